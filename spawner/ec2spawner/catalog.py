@@ -1,0 +1,190 @@
+"""The instance-class catalog: the one schema for ``instance-classes.yaml``.
+
+An admin describes the notebook instance classes in one YAML file at the root of the repository.
+``infra/`` turns each class into a launch template; the spawner offers the classes in its form.
+Both read the file through :func:`load_catalog`, so there is one schema and one direction of
+dependency (infra imports the spawner package, never the reverse).
+
+A bad catalog raises :class:`CatalogError` whose message is one line naming the file, the class
+and the field, e.g.::
+
+    instance-classes.yaml: class 'gpu': instance_types: 't9.huge' is not an EC2 instance type
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+AMI_PATTERN = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|ssm:/[A-Za-z0-9_./-]+)$"
+
+# A root volume must hold the AMI (Deep Learning AMIs need about 75 GB); gp3 allows up to 16 TiB.
+MIN_VOLUME_GB = 8
+MAX_VOLUME_GB = 16384
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, not YAML, or does not fit the schema (one-line message)."""
+
+
+@functools.cache
+def ec2_instance_types() -> frozenset[str]:
+    """Every instance type name EC2 knows, from botocore's own service model (no AWS call)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ec2")
+    return frozenset(model.shape_for("InstanceType").enum)
+
+
+class InstanceClass(BaseModel):
+    """One kind of notebook instance a user can pick."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
+    display_name: Annotated[str, Field(min_length=1, max_length=80)]
+    description: Annotated[str, Field(max_length=500)] = ""
+    instance_types: Annotated[list[str], Field(min_length=1, max_length=10)]
+    ami: Annotated[str, Field(pattern=AMI_PATTERN)]
+    volume_gb: Annotated[int, Field(ge=MIN_VOLUME_GB, le=MAX_VOLUME_GB)] = 30
+    market: Literal["on-demand", "spot"] = "on-demand"
+    allowed_groups: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
+    default: bool = False
+    hourly_cost_usd: Annotated[float, Field(ge=0, le=1000)] | None = None
+
+    @field_validator("instance_types")
+    @classmethod
+    def _known_instance_types(cls, types: list[str]) -> list[str]:
+        known = ec2_instance_types()
+        for name in types:
+            if name not in known:
+                raise ValueError(f"{name!r} is not an EC2 instance type")
+        duplicates = sorted({t for t in types if types.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"{duplicates[0]!r} is listed twice")
+        return types
+
+    @property
+    def is_spot(self) -> bool:
+        return self.market == "spot"
+
+    def allows(self, groups: set[str] | frozenset[str]) -> bool:
+        """Whether a user in ``groups`` may use this class (no allowed_groups: everyone may)."""
+        return not self.allowed_groups or bool(set(self.allowed_groups) & set(groups))
+
+
+# Fields that make sense once for all classes; slug and default are per class by nature.
+_DEFAULTABLE = set(InstanceClass.model_fields) - {"slug", "display_name", "default"}
+
+
+class Catalog(BaseModel):
+    """The whole file: shared ``defaults`` and the list of ``classes``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: Annotated[list[InstanceClass], Field(min_length=1, max_length=50)]
+
+    @model_validator(mode="after")
+    def _unique_slugs_and_one_default(self) -> "Catalog":
+        seen: set[str] = set()
+        for cls in self.classes:
+            if cls.slug in seen:
+                raise ValueError(f"class {cls.slug!r}: slug: {cls.slug!r} is used by two classes")
+            seen.add(cls.slug)
+        defaults = [c.slug for c in self.classes if c.default]
+        if len(defaults) != 1:
+            found = ", ".join(repr(s) for s in defaults) or "none"
+            raise ValueError(f"default: exactly one class must have default: true (found {found})")
+        return self
+
+    @property
+    def default_class(self) -> InstanceClass:
+        return next(c for c in self.classes if c.default)
+
+    def get(self, slug: str) -> InstanceClass | None:
+        return next((c for c in self.classes if c.slug == slug), None)
+
+    @property
+    def slugs(self) -> list[str]:
+        return [c.slug for c in self.classes]
+
+
+def _describe(error: ValidationError, raw_classes: list[Any]) -> str:
+    """One line for the first problem: ``class '<slug>': <field>: <message>``."""
+    first = error.errors()[0]
+    loc = list(first["loc"])
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    where = ""
+    if len(loc) >= 2 and loc[0] == "classes" and isinstance(loc[1], int):
+        index = loc[1]
+        raw = raw_classes[index] if index < len(raw_classes) else {}
+        slug = raw.get("slug") if isinstance(raw, dict) else None
+        where = f"class {slug!r}: " if isinstance(slug, str) else f"class #{index + 1}: "
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc if not isinstance(part, int))
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (allowed: " + ", ".join(sorted(InstanceClass.model_fields)) + ")"
+    if first["type"] == "missing":
+        message = "required field is missing"
+    return f"{where}{field + ': ' if field else ''}{message}"
+
+
+def parse_catalog(data: Any, *, source: str = "instance-classes.yaml") -> Catalog:
+    """Validate a parsed YAML document, applying ``defaults`` to every class."""
+    if not isinstance(data, dict):
+        raise CatalogError(f"{source}: the top level must be a mapping with 'defaults' and 'classes'")
+    unknown = set(data) - {"defaults", "classes"}
+    if unknown:
+        raise CatalogError(
+            f"{source}: unknown top-level key {sorted(unknown)[0]!r} (allowed: defaults, classes)"
+        )
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise CatalogError(f"{source}: defaults: must be a mapping of class fields")
+    bad = sorted(set(defaults) - _DEFAULTABLE)
+    if bad:
+        raise CatalogError(
+            f"{source}: defaults: {bad[0]!r} cannot be a default (allowed: {', '.join(sorted(_DEFAULTABLE))})"
+        )
+    raw_classes = data.get("classes")
+    if not isinstance(raw_classes, list):
+        raise CatalogError(f"{source}: classes: must be a list of classes")
+    merged = [{**defaults, **c} if isinstance(c, dict) else c for c in raw_classes]
+    try:
+        return Catalog(classes=merged)
+    except ValidationError as error:
+        raise CatalogError(f"{source}: {_describe(error, raw_classes)}") from None
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate a catalog file; every failure is a one-line :class:`CatalogError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise CatalogError(f"{path.name}: cannot read the catalog: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CatalogError(f"{path.name}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+    return parse_catalog(data, source=path.name)
+
+
+SLUG_RE = re.compile(SLUG_PATTERN)
