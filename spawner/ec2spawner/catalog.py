@@ -14,7 +14,6 @@ and the field, e.g.::
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -187,4 +186,3 @@ def load_catalog(path: str | Path) -> Catalog:
     return parse_catalog(data, source=path.name)
 
 
-SLUG_RE = re.compile(SLUG_PATTERN)

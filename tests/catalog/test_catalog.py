@@ -1,0 +1,97 @@
+"""The catalog schema: what an admin may write in instance-classes.yaml and what each mistake says."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ec2spawner.catalog import CatalogError, load_catalog, parse_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+
+SMALL = {"slug": "small", "display_name": "Small", "instance_types": ["t3.medium"], "default": True}
+BIG = {"slug": "big", "display_name": "Big", "instance_types": ["m5.4xlarge"]}
+DEFAULTS = {"ami": "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"}
+
+
+def catalog(*classes, defaults=DEFAULTS):
+    return {"defaults": defaults, "classes": list(classes)}
+
+
+def test_shipped_catalog_is_valid_with_one_default():
+    cat = load_catalog(REPO / "instance-classes.yaml")
+    assert cat.slugs == ["small", "large-cpu", "gpu"]
+    assert cat.default_class.slug == "small"
+    gpu = cat.get("gpu")
+    assert gpu.instance_types[0] == "g5.xlarge"
+    assert gpu.ami.startswith("ssm:/aws/service/deeplearning/")
+
+
+def test_defaults_apply_and_classes_override_them():
+    cat = parse_catalog(catalog(SMALL, {**BIG, "volume_gb": 200}, defaults={**DEFAULTS, "volume_gb": 50}))
+    assert cat.get("small").volume_gb == 50
+    assert cat.get("big").volume_gb == 200
+    assert cat.get("big").ami == DEFAULTS["ami"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (catalog({**SMALL, "instance_types": ["t9.huge"]}),
+         "class 'small': instance_types: 't9.huge' is not an EC2 instance type"),
+        (catalog(SMALL, {**BIG, "slug": "small"}),
+         "class 'small': slug: 'small' is used by two classes"),
+        (catalog(SMALL, {**BIG, "default": True}),
+         "default: exactly one class must have default: true (found 'small', 'big')"),
+        (catalog({**SMALL, "default": False}, BIG),
+         "default: exactly one class must have default: true (found none)"),
+        (catalog({**SMALL, "slug": "Small_1"}), "class 'Small_1': slug: String should match pattern"),
+        (catalog({**SMALL, "volume_gb": 2}), "class 'small': volume_gb: Input should be greater than or equal to 8"),
+        (catalog({**SMALL, "colour": "red"}), "class 'small': colour: unknown field (allowed: "),
+        (catalog({**SMALL, "ami": "ubuntu"}), "class 'small': ami: String should match pattern"),
+        (catalog({**SMALL, "market": "reserved"}), "class 'small': market: Input should be 'on-demand' or 'spot'"),
+        (catalog({**SMALL, "instance_types": []}), "class 'small': instance_types: List should have at least 1 item"),
+        (catalog({**SMALL, "instance_types": ["t3.medium", "t3.medium"]}),
+         "class 'small': instance_types: 't3.medium' is listed twice"),
+        (catalog({k: v for k, v in SMALL.items() if k != "display_name"}),
+         "class 'small': display_name: required field is missing"),
+        (catalog({**SMALL, "slug": None}), "class #1: slug: Input should be a valid string"),
+        (catalog(SMALL, defaults={**DEFAULTS, "slug": "x"}), "defaults: 'slug' cannot be a default"),
+        ({"classes": [SMALL], "extra": 1}, "unknown top-level key 'extra'"),
+        ({"defaults": DEFAULTS}, "classes: must be a list of classes"),
+        ([SMALL], "the top level must be a mapping"),
+    ],
+)
+def test_bad_catalog_names_file_class_and_field(data, message):
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(data, source="instance-classes.yaml")
+    text = str(caught.value)
+    assert text.startswith("instance-classes.yaml: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_file_that_is_not_yaml_reports_the_line(tmp_path):
+    path = tmp_path / "instance-classes.yaml"
+    path.write_text("classes:\n  - slug: [unclosed\n")
+    with pytest.raises(CatalogError, match=r"^instance-classes.yaml: not valid YAML at line \d+"):
+        load_catalog(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CatalogError, match="cannot read the catalog"):
+        load_catalog(tmp_path / "instance-classes.yaml")
+
+
+def test_allowed_groups_gate_classes():
+    cat = parse_catalog(catalog(SMALL, {**BIG, "allowed_groups": ["gpu-users"]}))
+    assert cat.get("small").allows(set())
+    assert not cat.get("big").allows({"students"})
+    assert cat.get("big").allows({"students", "gpu-users"})
+
+
+def test_round_trip_through_yaml_keeps_everything(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(catalog(SMALL, {**BIG, "market": "spot", "hourly_cost_usd": 0.5})))
+    big = load_catalog(path).get("big")
+    assert big.is_spot and big.hourly_cost_usd == 0.5
