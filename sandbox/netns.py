@@ -1,0 +1,360 @@
+"""Network namespaces for the sandbox's simulated VPC, and relays between namespaces.
+
+The network rule: sandbox traffic stays on loopback and inside namespaces created here. The
+machine's own (root) network namespace never gets an address other than loopback, and no namespace
+has a route off the machine:
+
+- :class:`Vpc` is a namespace (``<prefix>vpc``) holding a bridge and the gateway address of every
+  subnet. IPv4 forwarding is enabled in that namespace only, so instances on different subnets reach
+  each other through it, as in a VPC. Nothing connects it to the root namespace.
+- Each simulated instance has its own namespace with one end of a veth pair (``eth0``); the other
+  end is a port of the VPC bridge. Both ends are created directly inside their namespaces, so no
+  link ever exists in the root namespace, and deleting the namespaces deletes the links.
+- :class:`Relay` joins a listening socket in one namespace to a connecting socket in another
+  (either may be the root namespace). Sockets keep the namespace they were created in, so a thread
+  enters a namespace with ``setns(2)`` only for the ``socket()`` call. This is how the AWS emulator
+  on the root namespace's loopback is "a VPC endpoint", and how a test reaches a notebook on
+  10.x from 127.0.0.1.
+
+Everything is named with :data:`PREFIX` so :func:`cleanup_leftovers` can remove what a crashed run
+left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ec2hub-"
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+IFNAMSIZ = 15  # usable characters of a Linux interface name
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (never through a shell); raise with its stderr on failure."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return run("ip", *(("-n", netns) if netns else ()), *args, check=check)
+
+
+def list_netns() -> list[str]:
+    return sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
+
+
+def add_netns(name: str) -> None:
+    """Create a named network namespace with loopback up (and nothing else)."""
+    ip("netns", "add", name)
+    ip("link", "set", "lo", "up", netns=name)
+
+
+def delete_netns(name: str) -> None:
+    """Delete a named namespace; its links (veth ends, bridges) go with it. Idempotent."""
+    if (NETNS_DIR / name).exists():
+        ip("netns", "delete", name, check=False)
+
+
+def release_netns_dir(was_mounted: bool) -> None:
+    """``ip netns add`` bind-mounts /run/netns the first time; undo that if it was us and it is empty."""
+    if not was_mounted and not list_netns() and _is_mount_point(NETNS_DIR):
+        run("umount", str(NETNS_DIR), check=False)
+
+
+def _is_mount_point(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def netns_dir_mounted() -> bool:
+    return _is_mount_point(NETNS_DIR)
+
+
+def cleanup_leftovers(prefix: str = PREFIX) -> list[str]:
+    """Delete every namespace named with ``prefix`` (a crashed run's); return their names."""
+    names = [n for n in list_netns() if n.startswith(prefix)]
+    for name in names:
+        delete_netns(name)
+    return names
+
+
+def link_name(*parts: str) -> str:
+    """A short, stable interface name with the prefix (Linux allows 15 characters)."""
+    import hashlib
+
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
+    return (PREFIX + digest)[:IFNAMSIZ]
+
+
+# --- sockets inside a namespace -------------------------------------------------------------------
+
+
+def socket_in_netns(
+    netns: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A socket created inside the named network namespace (``None``: the caller's own).
+
+    ``setns(2)`` with CLONE_NEWNET changes only the calling thread, so a short-lived thread enters
+    the namespace, creates the socket and ends; the socket stays in that namespace for life.
+    """
+    if netns is None:
+        return socket.socket(family, type)
+    result: dict[str, object] = {}
+
+    def enter_and_create() -> None:
+        try:
+            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result["sock"] = socket.socket(family, type)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=enter_and_create, name=f"setns-{netns}")
+    worker.start()
+    worker.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["sock"]  # type: ignore[return-value]
+
+
+def listen_in_netns(netns: str | None, host: str, port: int, backlog: int = 128) -> socket.socket:
+    sock = socket_in_netns(netns)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
+def connect_in_netns(netns: str | None, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket_in_netns(netns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return sock
+
+
+def http_get(netns: str | None, url: str, headers: dict[str, str] | None = None, timeout: float = 5.0):
+    """GET ``url`` from inside a namespace: ``(status, body bytes)``. For tests and health checks."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    conn.sock = connect_in_netns(netns, parts.hostname, parts.port or 80, timeout)
+    conn.sock.settimeout(timeout)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+# --- relays ---------------------------------------------------------------------------------------
+
+
+class Relay:
+    """Forward TCP connections from a listener in one namespace to a target in another.
+
+    ``Relay(listen=("0.0.0.0", 4566), listen_netns="ec2hub-vpc", connect=("127.0.0.1", 5000))``
+    makes the AWS emulator on the root namespace's loopback answer at every gateway address of the
+    VPC, like a VPC endpoint. ``listen_netns=None`` listens in the root namespace (use 127.0.0.1
+    there, never another address); ``connect_netns`` picks the namespace the target lives in.
+    Port 0 picks a free port: read :attr:`port` after :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        *,
+        listen: tuple[str, int],
+        connect: tuple[str, int],
+        listen_netns: str | None = None,
+        connect_netns: str | None = None,
+        name: str = "relay",
+    ) -> None:
+        if listen_netns is None and not ipaddress.ip_address(listen[0]).is_loopback:
+            raise ValueError("in the root namespace a relay listens on loopback only")
+        self.listen_addr, self.connect_addr = listen, connect
+        self.listen_netns, self.connect_netns = listen_netns, connect_netns
+        self.name = name
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        assert self._sock is not None, "relay not started"
+        return self._sock.getsockname()[1]
+
+    def start(self) -> "Relay":
+        self._sock = listen_in_netns(self.listen_netns, *self.listen_addr)
+        self._sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._accept_loop, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        if self._sock:
+            self._sock.close()
+        with self._lock:
+            for conn in list(self._conns):
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._conns.clear()
+
+    def __enter__(self) -> "Relay":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
+
+    def _pipe(self, client: socket.socket) -> None:
+        try:
+            upstream = connect_in_netns(self.connect_netns, *self.connect_addr)
+        except OSError as exc:
+            log.debug("%s: connect %s failed: %s", self.name, self.connect_addr, exc)
+            client.close()
+            return
+        with self._lock:
+            self._conns.update((client, upstream))
+        peers = {client: upstream, upstream: client}
+        with selectors.DefaultSelector() as sel:
+            for s in peers:
+                s.setblocking(False)
+                sel.register(s, selectors.EVENT_READ)
+            open_ends = 2
+            try:
+                while open_ends and not self._stop.is_set():
+                    for key, _ in sel.select(timeout=0.5):
+                        src = key.fileobj
+                        try:
+                            data = src.recv(65536)
+                        except BlockingIOError:
+                            continue
+                        if not data:
+                            sel.unregister(src)
+                            with contextlib.suppress(OSError):
+                                peers[src].shutdown(socket.SHUT_WR)
+                            open_ends -= 1
+                            continue
+                        peers[src].setblocking(True)
+                        peers[src].sendall(data)
+                        peers[src].setblocking(False)
+            except OSError:
+                pass
+            finally:
+                with self._lock:
+                    for s in peers:
+                        self._conns.discard(s)
+                        with contextlib.suppress(OSError):
+                            s.close()
+
+
+# --- the VPC --------------------------------------------------------------------------------------
+
+
+class Vpc:
+    """A namespace holding the bridge every simulated instance plugs into, and the subnet gateways.
+
+    ``Vpc("ec2hub-vpc", gateways=["10.0.1.1/24", "10.0.2.1/24"])``. The gateway addresses live on
+    the bridge in this namespace (never in the root namespace); forwarding is on here only.
+    """
+
+    BRIDGE = "br0"
+
+    def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str]) -> None:
+        if not name.startswith(PREFIX):
+            raise ValueError(f"namespace names start with {PREFIX!r} so a crashed run can be cleaned")
+        self.name = name
+        self.gateways = [ipaddress.ip_interface(g) for g in gateways]
+        self._netns_dir_was_mounted = True
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+    def gateway_for(self, address: str) -> ipaddress.IPv4Interface:
+        """The gateway interface of the subnet that holds ``address``."""
+        ip_addr = ipaddress.ip_address(address)
+        for gw in self.gateways:
+            if ip_addr in gw.network:
+                return gw
+        raise ValueError(f"{address} is in none of the VPC's subnets {[str(g.network) for g in self.gateways]}")
+
+    def create(self) -> "Vpc":
+        self._netns_dir_was_mounted = netns_dir_mounted()
+        delete_netns(self.name)  # a crashed run's
+        add_netns(self.name)
+        try:
+            ip("link", "add", self.BRIDGE, "type", "bridge", netns=self.name)
+            for gw in self.gateways:
+                ip("addr", "add", str(gw), "dev", self.BRIDGE, netns=self.name)
+            ip("link", "set", self.BRIDGE, "up", netns=self.name)
+            # Forwarding between subnets, in this namespace only (net.ipv4.ip_forward is per netns).
+            run("ip", "netns", "exec", self.name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        delete_netns(self.name)
+        release_netns_dir(self._netns_dir_was_mounted)
+
+    def __enter__(self) -> "Vpc":
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    def plug(self, host_netns: str, address: str, prefix_len: int, gateway: str) -> str:
+        """Connect a namespace to the bridge as ``eth0`` with ``address``; return the bridge port name."""
+        port = link_name(self.name, host_netns)
+        ip("link", "add", port, "netns", self.name, "type", "veth", "peer", "name", "eth0", "netns", host_netns)
+        ip("link", "set", port, "master", self.BRIDGE, "up", netns=self.name)
+        ip("addr", "add", f"{address}/{prefix_len}", "dev", "eth0", netns=host_netns)
+        ip("link", "set", "eth0", "up", netns=host_netns)
+        # A route to the VPC's other subnets through the gateway: a default route that ends in this
+        # namespace, which has no link to anything else.
+        ip("route", "add", "default", "via", gateway, netns=host_netns)
+        return port
