@@ -1,0 +1,56 @@
+"""ec2hub's AWS CDK app: one stack built from ``instance-classes.yaml`` and CDK context.
+
+Entry points:
+
+- :func:`build_app` -- the configured ``cdk.App`` with the stack and cdk-nag attached (``app.py``
+  calls it; tests and the sandbox call it with a context dict).
+- :func:`synth_template` -- the synthesized CloudFormation template as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App
+from ec2spawner.catalog import load_catalog
+
+from .config import REPO_ROOT, ConfigError, HubConfig, config_from_context
+from .nag import acknowledge_findings, add_checks
+from .stack import Ec2HubStack
+
+__all__ = ["ConfigError", "Ec2HubStack", "HubConfig", "build_app", "cdk_json_context", "synth_template"]
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The context block of cdk.json (the CLI passes it to app.py; in-process callers need it too)."""
+    return json.loads((REPO_ROOT / "cdk.json").read_text(encoding="utf-8")).get("context", {})
+
+
+def build_app(context: dict[str, Any] | None = None, *, outdir: str | Path | None = None, nag: bool = True) -> App:
+    """The app with the ec2hub stack. ``context`` adds to (and overrides) cdk.json's context.
+
+    Raises ``ec2spawner.catalog.CatalogError`` or :class:`ConfigError` (one-line messages).
+    Under the CDK CLI, pass no context: the CLI hands its own (cdk.json plus ``-c``) to the App.
+    """
+    merged = None if context is None else {**cdk_json_context(), **context}
+    app = App(context=merged, outdir=str(outdir) if outdir is not None else None)
+    keys = ("hub_id", "account", "region", "catalog", "nat_gateways", "vpc_endpoints", "certificate_arn",
+            "domain_name", "admin_user", "hub_instance_type", "allowed_ingress_cidr")
+    values = {key: app.node.try_get_context(key) for key in keys}
+    config = config_from_context({k: v for k, v in values.items() if v is not None})
+    catalog = load_catalog(config.catalog_path)
+    stack = Ec2HubStack(app, config=config, catalog=catalog)
+    if nag:
+        acknowledge_findings(stack)
+        add_checks(app)
+    return app
+
+
+def synth_template(context: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Synthesize and return the stack's CloudFormation template."""
+    app = build_app(context or {}, **kwargs)
+    assembly = app.synth()
+    (stack,) = assembly.stacks
+    return stack.template

@@ -1,0 +1,337 @@
+"""The hub host behind an internet-facing load balancer, and what its role may do.
+
+The hub Instance runs JupyterHub, the proxy and the EC2Spawner (bootstrap/hub/user-data.sh, verbatim).
+It learns its inputs from its own tags through IMDSv2 (ARCHITECTURE.md §5): which SSM parameter holds
+the settings, where the spawner package is (an S3 asset of ``spawner/``), and the first admin.
+
+:func:`spawner_statements` is the hub role's whole EC2/SSM/IAM policy, built from the stack's
+resources; the Stack attaches it (grants live in the Stack).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_elasticloadbalancingv2_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct
+
+from .config import REPO_ROOT
+from .notebooks import read_user_data
+
+HUB_USER_DATA = REPO_ROOT / "bootstrap" / "hub" / "user-data.sh"
+SPAWNER_PACKAGE = REPO_ROOT / "spawner"
+PROXY_PORT = 8000  # configurable-http-proxy's public port: the ALB target
+HUB_API_PORT = 8081  # notebooks register back to the hub API here
+HEALTH_CHECK_PATH = "/hub/health"
+
+# Tags the hub bootstrap reads through IMDS (ARCHITECTURE.md §5).
+TAG_HUB = "ec2hub:hub"
+TAG_SETTINGS_PARAMETER = "ec2hub:settings-parameter"
+TAG_SPAWNER_ASSET = "ec2hub:spawner-asset"
+TAG_ADMIN_USER = "ec2hub:admin-user"
+
+
+class Hub(Construct):
+    """Hub instance, its security group and role, the spawner asset, the ALB and its log bucket."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        hub_subnets: ec2.SubnetSelection,
+        alb_subnets: ec2.SubnetSelection,
+        hub_id: str,
+        instance_type: str,
+        settings_parameter_name: str,
+        admin_user: str | None,
+        certificate_arn: str | None,
+        allowed_ingress_cidr: str,
+        user_data_path: Path = HUB_USER_DATA,
+        spawner_path: Path = SPAWNER_PACKAGE,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="ec2hub hub host: proxy 8000 from the load balancer, hub API 8081 from notebooks",
+            # The hub calls AWS APIs, reaches notebooks on 8888 and installs packages at first boot.
+            allow_all_outbound=True,
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="ec2hub hub host: launches and manages this hub's notebook instances",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+
+        # The spawner package as a zip in the CDK asset bucket; the hub bootstrap pip-installs it.
+        self.spawner_asset = s3_assets.Asset(
+            self,
+            "SpawnerPackage",
+            path=str(spawner_path),
+            exclude=["*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", "build", "dist"],
+        )
+
+        self.instance = ec2.Instance(
+            self,
+            "Instance",
+            vpc=vpc,
+            vpc_subnets=hub_subnets,
+            instance_type=ec2.InstanceType(instance_type),
+            machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+            security_group=self.security_group,
+            role=self.role,
+            user_data=ec2.UserData.custom(read_user_data(user_data_path).decode("utf-8")),
+            associate_public_ip_address=False,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        30,
+                        encrypted=True,
+                        volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                )
+            ],
+            http_endpoint=True,
+            http_tokens=ec2.HttpTokens.REQUIRED,
+            http_put_response_hop_limit=1,
+            instance_metadata_tags=True,
+            detailed_monitoring=True,
+            disable_api_termination=True,
+        )
+        tags = Tags.of(self.instance)
+        tags.add(TAG_HUB, hub_id)
+        tags.add(TAG_SETTINGS_PARAMETER, settings_parameter_name)
+        tags.add(TAG_SPAWNER_ASSET, self.spawner_asset.s3_object_url)
+        if admin_user:
+            tags.add(TAG_ADMIN_USER, admin_user)
+        tags.add("Name", f"ec2hub-{hub_id}-hub")
+
+        # --- load balancer -------------------------------------------------------------------
+        self.log_bucket = s3.Bucket(
+            self,
+            "AccessLogs",
+            # ALB access logs support only SSE-S3 (ELB user guide, "Access logs": bucket requirements).
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        self.alb_security_group = ec2.SecurityGroup(
+            self,
+            "LoadBalancerSecurityGroup",
+            vpc=vpc,
+            description="ec2hub load balancer: HTTP(S) from the allowed clients",
+            allow_all_outbound=False,
+        )
+        peer = (
+            ec2.Peer.ipv6(allowed_ingress_cidr) if ":" in allowed_ingress_cidr else ec2.Peer.ipv4(allowed_ingress_cidr)
+        )
+        self.load_balancer = elbv2.ApplicationLoadBalancer(
+            self,
+            "LoadBalancer",
+            vpc=vpc,
+            vpc_subnets=alb_subnets,
+            internet_facing=True,
+            security_group=self.alb_security_group,
+            drop_invalid_header_fields=True,
+            # Notebook websockets can sit idle between kernel messages; 60 s (the default) cuts them.
+            idle_timeout=Duration.minutes(10),
+        )
+        self.load_balancer.log_access_logs(self.log_bucket, prefix="alb")
+
+        self.target_group = elbv2.ApplicationTargetGroup(
+            self,
+            "HubTargets",
+            vpc=vpc,
+            port=PROXY_PORT,
+            protocol=elbv2.ApplicationProtocol.HTTP,
+            targets=[targets.InstanceTarget(self.instance, PROXY_PORT)],
+            health_check=elbv2.HealthCheck(
+                path=HEALTH_CHECK_PATH,
+                healthy_http_codes="200",
+                interval=Duration.seconds(30),
+                timeout=Duration.seconds(10),
+            ),
+            deregistration_delay=Duration.seconds(30),
+        )
+        if certificate_arn:
+            self.load_balancer.add_listener(
+                "Https",
+                port=443,
+                protocol=elbv2.ApplicationProtocol.HTTPS,
+                certificates=[elbv2.ListenerCertificate.from_arn(certificate_arn)],
+                ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+                open=False,
+                default_target_groups=[self.target_group],
+            )
+            self.load_balancer.add_redirect(source_port=80, target_port=443, open=False)
+            self.listener_ports = [443, 80]
+        else:
+            self.load_balancer.add_listener(
+                "Http",
+                port=80,
+                protocol=elbv2.ApplicationProtocol.HTTP,
+                open=False,
+                default_target_groups=[self.target_group],
+            )
+            self.listener_ports = [80]
+        for port in self.listener_ports:
+            self.alb_security_group.add_ingress_rule(
+                peer, ec2.Port.tcp(port), f"ec2hub clients on {port} ({'redirect' if port == 80 and certificate_arn else 'hub'})"
+            )
+
+
+def spawner_statements(
+    *,
+    scope: Construct,
+    hub_id: str,
+    launch_template_arns: list[str],
+    notebook_subnet_ids: list[str],
+    notebook_role: iam.IRole,
+    ssm_prefix: str,
+    secret_prefix: str,
+    spawner_asset: s3_assets.Asset,
+) -> list[iam.PolicyStatement]:
+    """Least privilege for the EC2Spawner on the hub (docs/ARCHITECTURE.md, Security model).
+
+    RunInstances authorizes every resource a launch touches; each statement below covers one kind,
+    all conditioned on ``ec2:LaunchTemplate`` being one of this stack's templates (EC2 user guide,
+    "Use launch templates to control launching instances"). Resources the template supplies (image,
+    security groups) must come from it (``ec2:IsLaunchTemplateResource``); the spawner overrides
+    only the subnet (one of the notebook subnets), the instance type (a capacity fallback) and tags.
+    """
+    stack = Stack.of(scope)
+
+    def ec2_arn(resource: str, name: str, account: bool = True) -> str:
+        return stack.format_arn(
+            service="ec2", resource=resource, resource_name=name, account=None if account else ""
+        )
+
+    def ssm_arn(path: str) -> str:
+        return stack.format_arn(service="ssm", resource="parameter", resource_name=path.lstrip("/"))
+
+    from_own_template = {"ArnEquals": {"ec2:LaunchTemplate": launch_template_arns}}
+    created_by_launch = [
+        ec2_arn("instance", "*"),
+        ec2_arn("volume", "*"),
+        ec2_arn("spot-instances-request", "*"),
+    ]
+    return [
+        iam.PolicyStatement(
+            sid="RunInstancesFromOwnTemplates",
+            actions=["ec2:RunInstances"],
+            resources=[*created_by_launch, *launch_template_arns],
+            conditions=from_own_template,
+        ),
+        iam.PolicyStatement(
+            sid="RunInstancesNoPublicAddress",
+            actions=["ec2:RunInstances"],
+            resources=[ec2_arn("network-interface", "*")],
+            conditions={
+                **from_own_template,
+                "BoolIfExists": {"ec2:AssociatePublicIpAddress": "false"},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="RunInstancesImageAndGroupsFromTemplate",
+            actions=["ec2:RunInstances"],
+            resources=[ec2_arn("image", "*", account=False), ec2_arn("security-group", "*")],
+            conditions={**from_own_template, "Bool": {"ec2:IsLaunchTemplateResource": "true"}},
+        ),
+        iam.PolicyStatement(
+            sid="RunInstancesInNotebookSubnets",
+            actions=["ec2:RunInstances"],
+            resources=[ec2_arn("subnet", subnet_id) for subnet_id in notebook_subnet_ids],
+            conditions=from_own_template,
+        ),
+        iam.PolicyStatement(
+            sid="TagOnlyAtLaunch",
+            actions=["ec2:CreateTags"],
+            resources=[*created_by_launch, ec2_arn("network-interface", "*")],
+            conditions={
+                "StringEquals": {
+                    "ec2:CreateAction": "RunInstances",
+                    f"aws:RequestTag/{TAG_HUB}": hub_id,
+                }
+            },
+        ),
+        iam.PolicyStatement(
+            sid="ManageOwnNotebooks",
+            actions=["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
+            resources=[ec2_arn("instance", "*")],
+            conditions={
+                "StringEquals": {f"aws:ResourceTag/{TAG_HUB}": hub_id},
+                # Notebooks carry a class tag; the hub instance (same hub tag) does not.
+                "Null": {"aws:ResourceTag/ec2hub:class": "false"},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="DescribeEc2",
+            # EC2 Describe* actions support no resource-level permissions (Resource must be *).
+            actions=[
+                "ec2:DescribeAvailabilityZones",
+                "ec2:DescribeInstances",
+                "ec2:DescribeInstanceStatus",
+                "ec2:DescribeInstanceTypeOfferings",
+                "ec2:DescribeInstanceTypes",
+                "ec2:DescribeLaunchTemplates",
+                "ec2:DescribeLaunchTemplateVersions",
+                "ec2:DescribeSpotInstanceRequests",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeTags",
+            ],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="PassNotebookRoleToEc2",
+            actions=["iam:PassRole"],
+            resources=[notebook_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        ),
+        iam.PolicyStatement(
+            sid="WriteServerSecrets",
+            actions=[
+                "ssm:AddTagsToResource",
+                "ssm:DeleteParameter",
+                "ssm:DeleteParameters",
+                "ssm:GetParameter",
+                "ssm:PutParameter",
+            ],
+            resources=[ssm_arn(secret_prefix + "*")],
+        ),
+        iam.PolicyStatement(
+            sid="ReadHubParameters",
+            actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+            resources=[ssm_arn(ssm_prefix + "*")],
+        ),
+        iam.PolicyStatement(
+            sid="SecureStringsViaSsm",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
+            conditions={
+                "StringEquals": {"kms:ViaService": f"ssm.{stack.region}.amazonaws.com"},
+                "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": ssm_arn(ssm_prefix + "*")},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="ReadSpawnerPackage",
+            actions=["s3:GetObject"],
+            resources=[spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)],
+        ),
+    ]

@@ -1,0 +1,128 @@
+"""cdk-nag (AwsSolutions) over the whole app, and every finding this stack acknowledges, with why.
+
+cdk-nag 3.x is a CDK validation plugin: an unacknowledged finding makes ``app.synth()`` fail and
+writes ``validation-report.json`` into the cloud assembly. Each acknowledgment below is attached to
+the one construct it concerns and names one finding (``Rule[finding]``), never a whole rule.
+
+cdk-nag does not check launch templates that no Instance or Auto Scaling group uses, so the
+notebook templates' encryption, IMDSv2 and public-IP settings are asserted in tests/infra instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aws_cdk import Acknowledgment, App, Validations
+from cdk_nag import AwsSolutionsChecks
+from constructs import IConstruct
+
+from .notebooks import AWS_CUSTOM_RESOURCE_PROVIDER_ID
+
+if TYPE_CHECKING:
+    from .stack import Ec2HubStack
+
+SSM_MANAGED_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
+LAMBDA_BASIC_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+
+
+def add_checks(app: App) -> None:
+    """Run the AwsSolutions pack over every stack of ``app`` at synth."""
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+
+
+def acknowledge(scope: IConstruct, finding: str, reason: str) -> None:
+    """Acknowledge one AwsSolutions finding (``IAM5[Resource::...]``, ``S1``...) on ``scope``."""
+    Validations.of(scope).acknowledge(
+        Acknowledgment(id=f"AwsSolutions::AwsSolutions-{finding}", reason=reason)
+    )
+
+
+def acknowledge_findings(stack: Ec2HubStack) -> None:
+    """Every finding the design accepts, each with the reason it is acceptable."""
+    region, account = stack.region, stack.account
+
+    def arn(service: str, resource: str, with_account: bool = True) -> str:
+        return f"Resource::arn:<AWS::Partition>:{service}:{region}:{account if with_account else ''}:{resource}"
+
+    hub_id = stack.config.hub_id
+    notebook_role = stack.notebooks.role
+    hub_role = stack.hub.role
+    session_manager = (
+        "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager and the "
+        "SSM agent (ssm/ssmmessages/ec2messages channel calls that support no resource scoping); "
+        "it is the only shell access to instances, which have no SSH keys."
+    )
+    acknowledge(notebook_role, f"IAM4[{SSM_MANAGED_POLICY}]", session_manager)
+    acknowledge(hub_role, f"IAM4[{SSM_MANAGED_POLICY}]", session_manager)
+
+    secrets = f"parameter/ec2hub/{hub_id}/servers/*"
+    acknowledge(
+        notebook_role.node.find_child("DefaultPolicy"),
+        f"IAM5[{arn('ssm', secrets)}]",
+        "Secret names end in the instance id, unknown at deploy time; the statement's condition "
+        "ssm:resourceTag/ec2hub:instance-arn = ${ec2:SourceInstanceARN} limits each instance to its own secret.",
+    )
+    acknowledge(
+        notebook_role.node.find_child("DefaultPolicy"),
+        f"IAM5[{arn('kms', 'key/*')}]",
+        "SecureStrings use the AWS-managed aws/ssm key, whose id is not known at synth; Decrypt is "
+        "allowed only via SSM (kms:ViaService) and only for parameters under the secret prefix "
+        "(kms:EncryptionContext:PARAMETER_ARN).",
+    )
+
+    hub_policy = hub_role.node.find_child("DefaultPolicy")
+    hub_findings = {
+        arn("ec2", "instance/*"): "RunInstances creates instances whose ids cannot be known in advance; "
+        "allowed only with ec2:LaunchTemplate = this stack's templates. Start/Stop/Terminate need "
+        f"aws:ResourceTag/ec2hub:hub = {hub_id} and a class tag (notebooks only, never the hub).",
+        arn("ec2", "volume/*"): "RunInstances creates the root volume; allowed only when launching "
+        "from this stack's launch templates (ec2:LaunchTemplate), which set encrypted gp3.",
+        arn("ec2", "spot-instances-request/*"): "Spot classes create a spot request at launch; "
+        "allowed only when launching from this stack's launch templates (ec2:LaunchTemplate).",
+        arn("ec2", "network-interface/*"): "RunInstances creates the primary network interface; "
+        "allowed only from this stack's templates and never with a public address "
+        "(ec2:AssociatePublicIpAddress). CreateTags on it only at launch.",
+        arn("ec2", "image/*", with_account=False): "The AMI is resolved from a public SSM parameter at "
+        "deploy time; it must be the one in the launch template (ec2:IsLaunchTemplateResource = true).",
+        arn("ec2", "security-group/*"): "The security group must be the one in the launch template "
+        "(ec2:IsLaunchTemplateResource = true with ec2:LaunchTemplate = this stack's templates).",
+        "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests) "
+        "support no resource-level permissions; they are read-only.",
+        arn("ssm", secrets): "The spawner writes and deletes one SecureString per notebook instance, "
+        "named by its instance id, under this hub's own secret prefix only.",
+        arn("ssm", f"parameter/ec2hub/{hub_id}/*"): "Read-only access to this hub's own parameters "
+        "(settings document, OAuth client secret) under /ec2hub/<hub_id>/.",
+        arn("kms", "key/*"): "SecureStrings use the AWS-managed aws/ssm key, whose id is not known at "
+        "synth; use is allowed only via SSM and only for this hub's parameters (encryption context).",
+    }
+    for resource, reason in hub_findings.items():
+        acknowledge(hub_policy, f"IAM5[{resource}]", reason)
+
+    acknowledge(
+        stack.hub.instance,
+        "EC26",
+        "cdk-nag 3.0.2's EC26 throws on an Instance without a LaunchTemplate when the stack holds "
+        "other launch templates; the hub root volume is encrypted gp3 (asserted in tests/infra).",
+    )
+    acknowledge(
+        stack.hub.log_bucket,
+        "S1",
+        "This bucket receives the load balancer's access logs; logging its own access would "
+        "need another bucket whose logs go nowhere. Public access is blocked and SSL enforced.",
+    )
+    if stack.config.allowed_ingress_cidr in ("0.0.0.0/0", "::/0"):
+        acknowledge(
+            stack.hub.alb_security_group,
+            "EC23",
+            "The load balancer is the public entry point of the hub: users sign in from anywhere. "
+            "It listens only on 80/443 (80 redirects when HTTPS is on); set allowed_ingress_cidr to narrow it.",
+        )
+
+    provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
+    if provider is not None:
+        acknowledge(
+            provider.node.find_child("ServiceRole"),
+            f"IAM4[{LAMBDA_BASIC_POLICY}]",
+            "The CDK AwsCustomResource Lambda that sets each launch template's default version "
+            "writes its own CloudWatch logs; its EC2 permission is ModifyLaunchTemplate on this stack's templates only.",
+        )

@@ -1,0 +1,100 @@
+"""The hub settings document (``ec2spawner.settings.HubSettings``) and the SSM parameter holding it.
+
+:func:`settings_document` is pure: given values (CDK tokens in the stack, plain strings in tests) it
+returns the mapping that the hub bootstrap copies to ``/etc/ec2hub/settings.json``.
+:class:`SettingsParameter` serializes it with ``Stack.to_json_string`` (tokens become
+CloudFormation references inside the JSON) into the String parameter ``/ec2hub/<hub_id>/settings``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_cdk import Stack
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+from ec2spawner.catalog import Catalog
+
+from .hub import HUB_API_PORT, PROXY_PORT
+from .notebooks import NOTEBOOK_PORT
+
+IDLE_TIMEOUT_S = 3600
+# SSM Standard tier holds 4 KB; a bigger document (many classes) needs the Advanced tier.
+STANDARD_TIER_LIMIT = 4096
+
+
+def settings_document(
+    *,
+    region: str,
+    hub_id: str,
+    subnets: dict[str, str],
+    catalog: Catalog,
+    launch_template_ids: dict[str, str],
+    secret_prefix: str,
+    efs_id: str | None,
+    admin_users: list[str],
+) -> dict[str, Any]:
+    """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
+    classes = [
+        {**cls.model_dump(mode="json", exclude_none=True), "launch_template_id": launch_template_ids[cls.slug]}
+        for cls in catalog.classes
+    ]
+    document: dict[str, Any] = {
+        "version": 1,
+        "region": region,
+        "hub_id": hub_id,
+        "subnets": dict(subnets),
+        "classes": classes,
+        "secret_prefix": secret_prefix,
+        "notebook_port": NOTEBOOK_PORT,
+        "hub_api_port": HUB_API_PORT,
+        "proxy_port": PROXY_PORT,
+        "idle_timeout_s": IDLE_TIMEOUT_S,
+        "auth": {"type": "native", "admin_users": list(admin_users)},
+    }
+    if efs_id is not None:
+        document["efs_id"] = efs_id
+    return document
+
+
+def estimated_size(catalog: Catalog, *, hub_id: str, region: str, azs: list[str], secret_prefix: str,
+                   admin_users: list[str]) -> int:
+    """Length of the document with ids of their real lengths (tokens have no length at synth)."""
+    sample = settings_document(
+        region=region,
+        hub_id=hub_id,
+        subnets={az: "subnet-0123456789abcdef0" for az in azs},
+        catalog=catalog,
+        launch_template_ids={slug: "lt-0123456789abcdef0" for slug in catalog.slugs},
+        secret_prefix=secret_prefix,
+        efs_id="fs-0123456789abcdef0",
+        admin_users=admin_users,
+    )
+    return len(json.dumps(sample))
+
+
+class SettingsParameter(Construct):
+    """The SSM String parameter with the settings JSON (nothing secret in it)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        parameter_name: str,
+        document: dict[str, Any],
+        size_estimate: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.parameter = ssm.StringParameter(
+            self,
+            "Parameter",
+            parameter_name=parameter_name,
+            description="ec2hub hub settings (HubSettings JSON), copied to /etc/ec2hub/settings.json",
+            string_value=Stack.of(self).to_json_string(document),
+            # Headroom for JSON escaping of tokens' values.
+            tier=ssm.ParameterTier.STANDARD
+            if size_estimate < STANDARD_TIER_LIMIT - 256
+            else ssm.ParameterTier.ADVANCED,
+        )

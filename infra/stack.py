@@ -1,0 +1,146 @@
+"""The one ec2hub Stack: builds each concern's construct and does all the wiring between them.
+
+Security-group rules, IAM grants and the settings document live here, where every resource they
+connect is in view.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Annotations, CfnOutput, Environment, Stack
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+from ec2spawner.catalog import Catalog
+
+from .config import HubConfig
+from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
+from .network import Network
+from .notebooks import NOTEBOOK_PORT, Notebooks
+from .settings import SettingsParameter, estimated_size, settings_document
+from .storage import Storage
+
+
+class Ec2HubStack(Stack):
+    """JupyterHub with one EC2 instance per notebook server, for one hub id (= stack name)."""
+
+    def __init__(self, scope: Construct, *, config: HubConfig, catalog: Catalog) -> None:
+        super().__init__(
+            scope,
+            config.hub_id,
+            stack_name=config.hub_id,
+            env=Environment(account=config.account, region=config.region),
+            description="ec2hub: JupyterHub where every notebook server runs on its own EC2 instance",
+        )
+        self.config = config
+
+        self.network = Network(
+            self, "Network", nat_gateways=config.nat_gateways, vpc_endpoints=config.vpc_endpoints
+        )
+        vpc = self.network.vpc
+        private = self.network.private_subnets
+
+        self.notebooks = Notebooks(
+            self,
+            "Notebooks",
+            vpc=vpc,
+            catalog=catalog,
+            hub_id=config.hub_id,
+            secret_prefix=config.secret_prefix,
+        )
+        self.storage = Storage(self, "Storage", vpc=vpc, subnets=private)
+        self.hub = Hub(
+            self,
+            "Hub",
+            vpc=vpc,
+            hub_subnets=private,
+            alb_subnets=self.network.public_subnets,
+            hub_id=config.hub_id,
+            instance_type=config.hub_instance_type,
+            settings_parameter_name=config.settings_parameter_name,
+            admin_user=config.admin_user,
+            certificate_arn=config.certificate_arn,
+            allowed_ingress_cidr=config.allowed_ingress_cidr,
+        )
+
+        # --- network paths: each one named, nothing else open ----------------------------------
+        notebook_sg = self.notebooks.security_group
+        hub_sg = self.hub.security_group
+        notebook_sg.add_ingress_rule(
+            hub_sg, ec2.Port.tcp(NOTEBOOK_PORT), "hub proxy and spawner to jupyterhub-singleuser"
+        )
+        hub_sg.add_ingress_rule(notebook_sg, ec2.Port.tcp(HUB_API_PORT), "notebooks to the hub API")
+        # Ingress on the hub and the matching egress on the (closed-outbound) ALB group.
+        self.hub.load_balancer.connections.allow_to(
+            hub_sg, ec2.Port.tcp(PROXY_PORT), "load balancer to the proxy"
+        )
+        endpoint_sg = self.network.endpoint_security_group
+        for peer, who in ((notebook_sg, "notebooks"), (hub_sg, "hub")):
+            if endpoint_sg is not None:
+                endpoint_sg.add_ingress_rule(peer, ec2.Port.tcp(443), f"AWS APIs from {who}")
+            self.storage.file_system.connections.allow_default_port_from(peer, f"NFS from {who}")
+
+        # --- the hub role ----------------------------------------------------------------------
+        notebook_subnets = vpc.select_subnets(subnet_group_name="private").subnets
+        for statement in spawner_statements(
+            scope=self,
+            hub_id=config.hub_id,
+            launch_template_arns=self.notebooks.launch_template_arns,
+            notebook_subnet_ids=[s.subnet_id for s in notebook_subnets],
+            notebook_role=self.notebooks.role,
+            ssm_prefix=config.ssm_prefix,
+            secret_prefix=config.secret_prefix,
+            spawner_asset=self.hub.spawner_asset,
+        ):
+            self.hub.role.add_to_principal_policy(statement)
+
+        # --- settings --------------------------------------------------------------------------
+        admin_users = [config.admin_user] if config.admin_user else []
+        document = settings_document(
+            region=self.region,
+            hub_id=config.hub_id,
+            subnets={s.availability_zone: s.subnet_id for s in notebook_subnets},
+            catalog=catalog,
+            launch_template_ids={slug: t.ref for slug, t in self.notebooks.launch_templates.items()},
+            secret_prefix=config.secret_prefix,
+            efs_id=self.storage.file_system.file_system_id,
+            admin_users=admin_users,
+        )
+        self.settings = SettingsParameter(
+            self,
+            "Settings",
+            parameter_name=config.settings_parameter_name,
+            document=document,
+            size_estimate=estimated_size(
+                catalog,
+                hub_id=config.hub_id,
+                region=self.region,
+                azs=[s.availability_zone for s in notebook_subnets],
+                secret_prefix=config.secret_prefix,
+                admin_users=admin_users,
+            ),
+        )
+        # The hub reads the settings at boot: create the parameter before the instance.
+        self.hub.instance.node.add_dependency(self.settings)
+
+        # --- outputs ---------------------------------------------------------------------------
+        scheme = "https" if config.https else "http"
+        host = config.domain_name or self.hub.load_balancer.load_balancer_dns_name
+        CfnOutput(self, "HubUrl", value=f"{scheme}://{host}/", description="Open this in a browser")
+        CfnOutput(
+            self,
+            "SettingsParameterName",
+            value=self.settings.parameter.parameter_name,
+            description="SSM parameter with the hub settings JSON",
+        )
+        CfnOutput(
+            self,
+            "LoadBalancerDnsName",
+            value=self.hub.load_balancer.load_balancer_dns_name,
+            description="Point domain_name here (CNAME or alias record)",
+        )
+        if not config.https:
+            Annotations.of(self.hub.load_balancer).add_warning_v2(
+                "ec2hub:plain-http",
+                "No certificate_arn given: the hub is served over plain HTTP, so passwords and "
+                "tokens cross the internet unencrypted. Pass -c certificate_arn=arn:aws:acm:... "
+                "(and -c domain_name=...) for HTTPS.",
+            )
