@@ -2,7 +2,7 @@
 
 Each :class:`IsolatedHost` has
 
-- its own **network namespace** (``ec2hub-h-<name>``) with ``eth0`` holding the instance's private
+- its own **network namespace** (``<vpc name>-<name>``, e.g. ``ec2hub-vpc-i-0abc``) with ``eth0`` holding the instance's private
   address on the :class:`~sandbox.netns.Vpc` bridge and a default route to its subnet gateway (a
   route that ends inside the VPC namespace: nothing leaves the machine);
 - an **IMDSv2 emulator** answering at 169.254.169.254:80 inside that namespace
@@ -186,7 +186,7 @@ class IsolatedHost:
         self.imds_data = imds
         if not imds.local_ipv4:
             imds.local_ipv4 = ip
-        self.netns = f"{PREFIX}h-{name}"
+        self.netns = f"{vpc.name}-{name}"  # a sandbox's namespaces share its VPC's name as prefix
         self.state_root = Path(state_root)
         self.state_dir = self.state_root / name
         self.efs_dir = Path(efs_dir) if efs_dir else None
@@ -302,6 +302,7 @@ class IsolatedHost:
         if self._imds:
             self._imds.stop()
             self._imds = None
+        self.vpc.unplug(self.netns)
         delete_netns(self.netns)
 
     def terminate(self) -> None:
@@ -380,8 +381,12 @@ def kill_processes_under(state_dir: Path) -> list[int]:
     return killed
 
 
-def cleanup_leftovers(state_root: str | Path = DEFAULT_STATE_ROOT, prefix: str = PREFIX) -> None:
-    """Remove what a crashed sandbox run left: its hosts' processes, then every prefixed namespace."""
+def cleanup_leftovers(state_root: str | Path = DEFAULT_STATE_ROOT, prefix: str = PREFIX + "vpc") -> None:
+    """Remove what a crashed run left: its hosts' processes, then its namespaces.
+
+    ``prefix`` is the VPC's name: the VPC namespace and every host namespace start with it, so two
+    sandboxes (or a sandbox and the tests) with different VPC names never clean each other up.
+    """
     kill_processes_under(Path(state_root))
     for name in list_netns():
         if name.startswith(prefix):

@@ -349,7 +349,7 @@ class Vpc:
 
     def plug(self, host_netns: str, address: str, prefix_len: int, gateway: str) -> str:
         """Connect a namespace to the bridge as ``eth0`` with ``address``; return the bridge port name."""
-        port = link_name(self.name, host_netns)
+        port = self.unplug(host_netns)  # a crashed run's port, if any
         ip("link", "add", port, "netns", self.name, "type", "veth", "peer", "name", "eth0", "netns", host_netns)
         ip("link", "set", port, "master", self.BRIDGE, "up", netns=self.name)
         ip("addr", "add", f"{address}/{prefix_len}", "dev", "eth0", netns=host_netns)
@@ -357,4 +357,11 @@ class Vpc:
         # A route to the VPC's other subnets through the gateway: a default route that ends in this
         # namespace, which has no link to anything else.
         ip("route", "add", "default", "via", gateway, netns=host_netns)
+        return port
+
+    def unplug(self, host_netns: str) -> str:
+        """Delete the host's veth pair now (a namespace's links go only when its last user does)."""
+        port = link_name(self.name, host_netns)
+        if (NETNS_DIR / self.name).exists():
+            ip("link", "del", port, netns=self.name, check=False)
         return port

@@ -1,0 +1,291 @@
+"""Fixtures for running the bootstrap scripts for real in isolated hosts.
+
+Everything lives on loopback or inside namespaces named ``ec2hub-bt*`` (the VPC and its hosts), so
+these tests never clean up, or trip over, another sandbox on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from sandbox.host import IsolatedHost, bake_ami, cleanup_leftovers, kill_processes_under
+from sandbox.imds import ImdsData
+from sandbox.netns import Relay, Vpc, list_netns
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK_USER_DATA = REPO / "bootstrap/notebook/user-data.sh"
+HUB_USER_DATA = REPO / "bootstrap/hub/user-data.sh"
+VPC_NAME = "ec2hub-bt"
+STATE_ROOT = Path("/var/tmp/ec2hub-bt-hosts")
+REGION = "us-east-1"
+GATEWAY = "10.0.1.1"
+AWS_ENDPOINT_PORT = 4566  # the emulator as a "VPC endpoint" on the gateway address
+HUB_API_PORT = 8081
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "unshare", "nsenter", "setpriv")),
+    reason="isolated hosts need root, iproute2 and util-linux",
+)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def failed(request) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> list[str]:
+    """Live child processes of this test process (not zombies)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Before: clear a crashed run's leftovers. After: prove the test left nothing behind."""
+    cleanup_leftovers(STATE_ROOT, VPC_NAME)
+    yield
+    netns = [n for n in list_netns() if n.startswith(VPC_NAME)]
+    mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if VPC_NAME in m or str(STATE_ROOT) in m]
+    procs = kill_processes_under(STATE_ROOT)
+    children = _children()
+    assert (netns, mounts, procs, children) == ([], [], [], []), "left behind (netns, mounts, host processes, children)"
+
+
+@pytest.fixture(scope="session")
+def aws():
+    """The AWS emulator (moto server) on the root namespace's loopback."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def client(aws: str, service: str):
+    return boto3.client(
+        service, region_name=REGION, endpoint_url=aws, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+class Network:
+    """The VPC (bridge in its own namespace) and the AWS emulator reachable from it."""
+
+    def __init__(self, aws: str):
+        self.vpc = Vpc(VPC_NAME, gateways=[f"{GATEWAY}/24"]).create()
+        self.relays: list[Relay] = []
+        port = int(aws.rsplit(":", 1)[1])
+        self.relay(listen=("0.0.0.0", AWS_ENDPOINT_PORT), listen_netns=self.vpc.netns, connect=("127.0.0.1", port))
+        self.aws_endpoint = f"http://{GATEWAY}:{AWS_ENDPOINT_PORT}"
+
+    def relay(self, **kwargs) -> Relay:
+        relay = Relay(**kwargs).start()
+        self.relays.append(relay)
+        return relay
+
+    def close(self):
+        for relay in self.relays:
+            relay.stop()
+        self.vpc.destroy()
+
+
+@pytest.fixture
+def network(aws):
+    net = Network(aws)
+    yield net
+    net.close()
+
+
+@pytest.fixture
+def make_host(network, tmp_path, request):
+    """Factory for isolated hosts baked like ec2hub's AMI; all terminated after the test."""
+    hosts: list[IsolatedHost] = []
+
+    def make(instance_id: str, ip: str, tags: dict[str, str], *, efs: bool = True, role="ec2hub-notebook"):
+        efs_dir = None
+        if efs:
+            efs_dir = tmp_path / f"efs-{instance_id}"
+            efs_dir.mkdir(exist_ok=True)
+        host = IsolatedHost(
+            instance_id,
+            vpc=network.vpc,
+            ip=ip,
+            imds=ImdsData(instance_id=instance_id, region=REGION, tags=tags, role=role),
+            state_root=STATE_ROOT,
+            efs_dir=efs_dir,
+            root_setup=bake_ami(aws_endpoint=network.aws_endpoint, region=REGION),
+        )
+        hosts.append(host)
+        return host
+
+    yield make
+    for host in hosts:
+        if failed(request):
+            sys.stderr.write(host.logs)
+        host.terminate()
+
+
+def notebook_tags(user: str, *, efs: str | None = "fs-0123456789abcdef0", **extra) -> dict[str, str]:
+    tags = {
+        "ec2hub:hub": "ec2hub-test",
+        "ec2hub:user": user,
+        "ec2hub:server": "",
+        "ec2hub:class": "small",
+        "ec2hub:secret-prefix": "/ec2hub/ec2hub-test/servers/",
+        "Name": f"ec2hub-ec2hub-test-{user}"[:255],
+    }
+    if efs:
+        tags["ec2hub:efs"] = efs
+    tags.update(extra)
+    return tags
+
+
+class Hub:
+    """A real JupyterHub + configurable-http-proxy on loopback, spawning with SecretSpawner."""
+
+    def __init__(self, workdir: Path, aws: str, instance_id: str, server_url: str, secret_prefix: str):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.api_port, self.proxy_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.token = secrets.token_hex(16)
+        config = f"""
+c = get_config()  # noqa
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "secret_spawner.SecretSpawner"
+c.JupyterHub.bind_url = "http://127.0.0.1:{self.proxy_port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{self.api_port}"
+# Notebooks in the VPC reach the hub API through a relay on the gateway address.
+c.JupyterHub.hub_connect_url = "http://{GATEWAY}:{HUB_API_PORT}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+c.JupyterHub.db_url = "sqlite:///{workdir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{workdir}/cookie_secret"
+c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{self.token}"}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["test-admin"]}}]
+c.Authenticator.allowed_users = {{"alice"}}
+c.Spawner.env_keep = []
+c.Spawner.http_timeout = 120
+c.Spawner.start_timeout = 120
+c.SecretSpawner.instance_id = "{instance_id}"
+c.SecretSpawner.secret_prefix = "{secret_prefix}"
+c.SecretSpawner.region = "{REGION}"
+c.SecretSpawner.endpoint_url = "{aws}"
+c.SecretSpawner.server_url = "{server_url}"
+"""
+        (workdir / "jupyterhub_config.py").write_text(config)
+        env = dict(os.environ)
+        env["PATH"] = f"{REPO}/node_modules/.bin:{REPO}/.venv/bin:{env.get('PATH', '')}"
+        env["PYTHONPATH"] = str(Path(__file__).parent)
+        self.log_path = workdir / "hub.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(self._up, 60, "the hub API")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"hub exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            return self.api("GET", "/")
+        except OSError:
+            return None
+
+    def api(self, method: str, path: str, body=None):
+        request = urllib.request.Request(
+            # The hub's own port: the proxy's route to the hub is its VPC address, not reachable here.
+            f"http://127.0.0.1:{self.api_port}/hub/api{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            data = resp.read()
+            return json.loads(data) if data else {}
+
+    def stop(self):
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # The proxy this hub started (JupyterHub stops it on SIGTERM; a crashed hub may not have).
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--api-port" in args and str(self.proxy_api_port).encode() in args and any(
+                b"configurable-http-proxy" in a for a in args
+            ):
+                try:
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def start_hub(aws, network, tmp_path, request):
+    hubs: list[Hub] = []
+
+    def start(instance_id: str, server_url: str, secret_prefix: str) -> Hub:
+        hub = Hub(tmp_path / "hub", aws, instance_id, server_url, secret_prefix)
+        hubs.append(hub)
+        network.relay(
+            listen=(GATEWAY, HUB_API_PORT), listen_netns=network.vpc.netns, connect=("127.0.0.1", hub.api_port)
+        )
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+        if failed(request):
+            sys.stderr.write(f"--- hub log ---\n{hub.log_path.read_text()}\n")
