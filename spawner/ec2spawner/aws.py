@@ -1,0 +1,300 @@
+"""The one seam between the spawner and AWS.
+
+Every AWS call of the package goes through :meth:`Aws.call` (or :meth:`Aws.describe_instances`),
+which runs boto3 in a thread (``asyncio.to_thread``) so the hub's event loop never waits on the
+network, and maps botocore's error codes to an :class:`ErrorKind` the spawner can act on. Clients
+are created lazily, once per region and service, and shared by every spawner of the process;
+botocore's ``standard`` retry mode retries throttling and transient errors on its own.
+
+A client-side limiter shaped like EC2's own token buckets (RunInstances: 5 requests burst, refilled
+at 2 per second; see https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html)
+queues calls before they are sent, so 100 users pressing "Start" together wait their turn instead
+of failing with ``RequestLimitExceeded``.
+
+No sandbox knowledge here: boto3 honours ``AWS_ENDPOINT_URL`` and the config file's
+``endpoint_url`` natively, which is how tests and the sandbox point it at an emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+
+class ErrorKind(enum.Enum):
+    CAPACITY = "capacity"  # EC2 has no capacity for this type in this AZ right now
+    THROTTLED = "throttled"  # request rate limit; wait and retry
+    QUOTA = "quota"  # an account limit (vCPU, instance count, spot count)
+    NOT_FOUND = "not-found"
+    ALREADY_EXISTS = "already-exists"
+    UNAUTHORIZED = "unauthorized"  # IAM said no
+    INVALID = "invalid"  # a bad request: misconfiguration, not the user's doing
+    OTHER = "other"
+
+
+_KINDS = {
+    ErrorKind.CAPACITY: {
+        "InsufficientInstanceCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacityOnOutpost",
+        # The type is not offered in this AZ: as good as no capacity there, try the next AZ.
+        "Unsupported",
+        "SpotMaxPriceTooLow",
+    },
+    ErrorKind.THROTTLED: {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyUpdates",
+    },
+    ErrorKind.QUOTA: {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "InsufficientFreeAddressesInSubnet",
+        "ParameterLimitExceeded",
+    },
+    ErrorKind.NOT_FOUND: {
+        "InvalidInstanceID.NotFound",
+        "ParameterNotFound",
+        "InvalidLaunchTemplateId.NotFound",
+        "InvalidLaunchTemplateName.NotFoundException",
+    },
+    ErrorKind.ALREADY_EXISTS: {"ParameterAlreadyExists"},
+    ErrorKind.UNAUTHORIZED: {
+        "UnauthorizedOperation",
+        "AccessDenied",
+        "AccessDeniedException",
+        "AuthFailure",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+    },
+    ErrorKind.INVALID: {
+        "InvalidParameterValue",
+        "InvalidParameterCombination",
+        "InvalidParameter",
+        "IdempotentParameterMismatch",
+        "InvalidLaunchTemplateId.Malformed",
+        "InvalidSubnetID.NotFound",
+        "ValidationException",
+    },
+}
+_KIND_OF = {code: kind for kind, codes in _KINDS.items() for code in codes}
+
+
+def classify(code: str) -> ErrorKind:
+    """What an AWS error code means for the spawner."""
+    return _KIND_OF.get(code, ErrorKind.OTHER)
+
+
+class AwsError(Exception):
+    """An AWS call failed; ``kind`` says what it means, ``code`` is AWS's own error code."""
+
+    def __init__(self, operation: str, code: str, message: str):
+        self.operation = operation
+        self.code = code
+        self.message = message
+        self.kind = classify(code)
+        super().__init__(f"{operation}: {code}: {message}")
+
+
+class TokenBucket:
+    """A request-rate limiter shaped like EC2's token buckets, for one event loop or many.
+
+    Implemented as a virtual-scheduling cell rate algorithm: each caller reserves the next slot
+    synchronously (no lock, so it works across event loops), then sleeps until its slot. Order of
+    arrival is order of service.
+    """
+
+    def __init__(self, burst: int, per_second: float):
+        self.burst = burst
+        self.per_second = per_second
+        self._interval = 1.0 / per_second
+        self._tolerance = (burst - 1) * self._interval
+        self._next = 0.0  # theoretical arrival time of the next request
+        self._lock = threading.Lock()
+
+    def reserve(self, now: float | None = None) -> float:
+        """Take a slot; return how many seconds to wait before using it."""
+        with self._lock:
+            now = time.monotonic() if now is None else now
+            self._next = max(self._next, now)
+            wait = max(0.0, self._next - self._tolerance - now)
+            self._next += self._interval
+            return wait
+
+    async def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+# Client-side limits, a little under EC2's published request buckets so jitter between our clock
+# and EC2's never spends a token EC2 does not have (one token of burst kept in reserve).
+DEFAULT_LIMITS: dict[str, tuple[int, float]] = {
+    "RunInstances": (4, 2.0),
+    "StartInstances": (4, 2.0),
+    "TerminateInstances": (49, 5.0),
+    "StopInstances": (49, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What the spawner needs to know about one instance, from DescribeInstances."""
+
+    instance_id: str
+    state: str
+    instance_type: str = ""
+    availability_zone: str = ""
+    subnet_id: str = ""
+    private_ip: str = ""
+    public_ip: str = ""
+    private_dns: str = ""
+    public_dns: str = ""
+    launch_time: datetime | None = None
+    owner_id: str = ""
+    state_reason_code: str = ""
+    state_reason_message: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, instance: dict, owner_id: str = "") -> "InstanceView":
+        reason = instance.get("StateReason") or {}
+        return cls(
+            instance_id=instance["InstanceId"],
+            state=instance["State"]["Name"],
+            instance_type=instance.get("InstanceType", ""),
+            availability_zone=(instance.get("Placement") or {}).get("AvailabilityZone", ""),
+            subnet_id=instance.get("SubnetId", ""),
+            private_ip=instance.get("PrivateIpAddress", ""),
+            public_ip=instance.get("PublicIpAddress", ""),
+            private_dns=instance.get("PrivateDnsName", ""),
+            public_dns=instance.get("PublicDnsName", ""),
+            launch_time=instance.get("LaunchTime"),
+            owner_id=owner_id,
+            state_reason_code=reason.get("Code", ""),
+            state_reason_message=reason.get("Message", ""),
+            tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+        )
+
+
+class Aws:
+    """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
+
+    _shared: dict[str, "Aws"] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, region: str, *, limits: dict[str, tuple[int, float]] | None = None):
+        self.region = region
+        self.config = botocore.config.Config(
+            region_name=region,
+            retries={"mode": "standard"},
+            max_pool_connections=50,
+        )
+        self._session = boto3.session.Session(region_name=region)
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+        limits = DEFAULT_LIMITS if limits is None else limits
+        self.limiters = {op: TokenBucket(*shape) for op, shape in limits.items()}
+        self.calls: dict[str, int] = {}  # operation -> count, for benchmarks and tests
+
+    @classmethod
+    def for_region(cls, region: str) -> "Aws":
+        """The process-wide instance for ``region``: one set of clients, one set of limiters."""
+        with cls._shared_lock:
+            if region not in cls._shared:
+                cls._shared[region] = cls(region)
+            return cls._shared[region]
+
+    @property
+    def partition(self) -> str:
+        return self._session.get_partition_for_region(self.region)
+
+    def client(self, service: str):
+        # boto3 sessions are not thread safe; clients are, once made.
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._session.client(service, config=self.config)
+            return self._clients[service]
+
+    def _invoke(self, service: str, operation: str, params: dict) -> dict:
+        """The one blocking call (runs in a worker thread). Tests patch this to inject faults."""
+        method = getattr(self.client(service), _snake(operation))
+        return method(**params)
+
+    def _invoke_mapped(self, service: str, operation: str, params: dict) -> dict:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        try:
+            return self._invoke(service, operation, params)
+        except botocore.exceptions.ClientError as error:
+            err = error.response.get("Error", {})
+            raise AwsError(operation, err.get("Code", "Unknown"), err.get("Message", "")) from None
+
+    async def call(self, service: str, operation: str, **params) -> dict:
+        """Call ``operation`` (API name, e.g. ``RunInstances``) off the event loop.
+
+        Raises :class:`AwsError` for an error AWS answered; network failures propagate as
+        botocore exceptions after botocore's own retries.
+        """
+        limiter = self.limiters.get(operation)
+        if limiter is not None:
+            await limiter.acquire()
+        return await asyncio.to_thread(self._invoke_mapped, service, operation, params)
+
+    def _describe_all_sync(self, filters: list[dict]) -> dict[str, InstanceView]:
+        views: dict[str, InstanceView] = {}
+        token = None
+        while True:
+            params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
+            if token:
+                params["NextToken"] = token
+            page = self._invoke_mapped("ec2", "DescribeInstances", params)
+            for reservation in page.get("Reservations", []):
+                owner = reservation.get("OwnerId", "")
+                for instance in reservation.get("Instances", []):
+                    view = InstanceView.from_api(instance, owner)
+                    views[view.instance_id] = view
+            token = page.get("NextToken")
+            if not token:
+                return views
+
+    async def describe_instances(self, filters: list[dict]) -> dict[str, InstanceView]:
+        """Every instance matching ``filters``, all pages, parsed in the worker thread."""
+        return await asyncio.to_thread(self._describe_all_sync, filters)
+
+    def _describe_parameters_sync(self, filters: list[dict]) -> dict[str, datetime | None]:
+        found: dict[str, datetime | None] = {}
+        token = None
+        while True:
+            params: dict[str, Any] = {"ParameterFilters": filters, "MaxResults": 50}
+            if token:
+                params["NextToken"] = token
+            page = self._invoke_mapped("ssm", "DescribeParameters", params)
+            for p in page.get("Parameters", []):
+                found[p["Name"]] = p.get("LastModifiedDate")
+            token = page.get("NextToken")
+            if not token:
+                return found
+
+    async def describe_parameters(self, filters: list[dict]) -> dict[str, datetime | None]:
+        """Parameter name -> last modified, for every parameter matching ``filters``."""
+        return await asyncio.to_thread(self._describe_parameters_sync, filters)
+
+
+def _snake(operation: str) -> str:
+    """``RunInstances`` -> ``run_instances`` (botocore's own mapping)."""
+    from botocore import xform_name
+
+    return xform_name(operation)

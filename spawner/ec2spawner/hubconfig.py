@@ -1,0 +1,114 @@
+"""The hub's configuration as a pure function of the hub settings document.
+
+``bootstrap/hub/jupyterhub_config.py`` stays thin::
+
+    from ec2spawner.hubconfig import apply_settings
+    from ec2spawner.settings import HubSettings
+    apply_settings(c, HubSettings.load("/etc/ec2hub/settings.json"), hub_connect_ip=<private ip>)
+
+Everything here is a plain assignment on a ``traitlets.config.Config``, so tests compare the result
+to a literal Config.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from traitlets.config import Config
+
+from .settings import AuthSettings, HubSettings
+
+IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def apply_settings(
+    c: Config,
+    settings: HubSettings,
+    *,
+    hub_connect_ip: str,
+    hub_ip: str = "0.0.0.0",
+    oauth_client_secret: str | None = None,
+    allow_named_servers: bool = True,
+    python: str = sys.executable,
+) -> Config:
+    """Set the hub, spawner, authenticator and idle-culler config from ``settings``; return ``c``.
+
+    ``hub_connect_ip`` is the hub host's private IP (notebooks call the hub API there).
+    ``oauth_client_secret`` is read by the caller from ``settings.auth.oauth_client_secret_parameter``
+    (SSM SecureString), so no AWS call happens here. ``python`` runs the idle culler.
+    """
+    c.JupyterHub.spawner_class = "ec2"
+    c.JupyterHub.hub_ip = hub_ip
+    c.JupyterHub.hub_port = settings.hub_api_port
+    c.JupyterHub.hub_connect_ip = hub_connect_ip
+    c.JupyterHub.port = settings.proxy_port
+    # Notebooks run on their own instances and survive a hub restart; the hub re-attaches to them.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.allow_named_servers = allow_named_servers
+
+    c.EC2Spawner.region = settings.region
+    c.EC2Spawner.hub_id = settings.hub_id
+    c.EC2Spawner.classes = [cls.model_dump() for cls in settings.classes]
+    c.EC2Spawner.subnets = dict(settings.subnets)
+    c.EC2Spawner.secret_prefix = settings.secret_prefix
+    c.EC2Spawner.efs_id = settings.efs_id
+    c.EC2Spawner.notebook_port = settings.notebook_port
+
+    _apply_auth(c, settings.auth, oauth_client_secret)
+
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            "command": [
+                python,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={settings.idle_timeout_s}",
+            ],
+        }
+    ]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "idle-culler",
+            "description": "Stop servers idle for longer than the hub's idle timeout",
+            "scopes": list(IDLE_CULLER_SCOPES),
+            "services": ["idle-culler"],
+        }
+    ]
+    return c
+
+
+def _apply_auth(c: Config, auth: AuthSettings, client_secret: str | None) -> None:
+    c.Authenticator.admin_users = set(auth.admin_users)
+    if auth.type == "native":
+        c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+        # Anyone may sign up; an admin must authorize the account before it can log in.
+        c.NativeAuthenticator.enable_signup = True
+        c.NativeAuthenticator.open_signup = False
+        # NativeAuthenticator refuses unauthorized accounts itself, so JupyterHub's own allow
+        # list must let every authenticated (= authorized) user through.
+        c.Authenticator.allow_all = True
+    elif auth.type == "github":
+        c.JupyterHub.authenticator_class = "oauthenticator.github.GitHubOAuthenticator"
+        _oauth_common(c.GitHubOAuthenticator, auth, client_secret)
+        if auth.allowed_organizations:
+            c.GitHubOAuthenticator.allowed_organizations = set(auth.allowed_organizations)
+    elif auth.type == "generic-oauth":
+        c.JupyterHub.authenticator_class = "oauthenticator.generic.GenericOAuthenticator"
+        _oauth_common(c.GenericOAuthenticator, auth, client_secret)
+        c.GenericOAuthenticator.authorize_url = auth.oauth_authorize_url
+        c.GenericOAuthenticator.token_url = auth.oauth_token_url
+        c.GenericOAuthenticator.userdata_url = auth.oauth_userdata_url
+    elif auth.type == "dummy":
+        # Any name, any password: only for a sandbox that asked for it explicitly.
+        c.JupyterHub.authenticator_class = "dummy"
+        c.Authenticator.allow_all = True
+
+
+def _oauth_common(section, auth: AuthSettings, client_secret: str | None) -> None:
+    section.client_id = auth.oauth_client_id
+    section.oauth_callback_url = auth.oauth_callback_url
+    if client_secret is not None:
+        section.client_secret = client_secret
+    # Users an admin added in the hub may log in; nobody else unless an allow rule says so.
+    section.allow_existing_users = True

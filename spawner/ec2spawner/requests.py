@@ -1,0 +1,186 @@
+"""Pure builders for every AWS request payload the spawner sends.
+
+Nothing here calls AWS or reads the clock: each function maps plain values to the dict boto3 takes,
+so tests compare the result to a literal (kubespawner's ``objects.make_pod`` habit). The tag keys
+and the secret naming are the contract of docs/ARCHITECTURE.md §3 and §4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+
+TAG_HUB = "ec2hub:hub"
+TAG_USER = "ec2hub:user"
+TAG_SERVER = "ec2hub:server"
+TAG_CLASS = "ec2hub:class"
+TAG_SECRET_PREFIX = "ec2hub:secret-prefix"
+TAG_EFS = "ec2hub:efs"
+TAG_INSTANCE_ARN = "ec2hub:instance-arn"
+# EC2 itself tags every instance launched from a template with the version it used
+# (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/create-launch-template.html).
+TAG_TEMPLATE_VERSION = "aws:ec2launchtemplate:version"
+
+# EC2 tag values are at most 256 characters; the Name tag is truncated to 255 by contract.
+MAX_TAG_VALUE = 256
+MAX_NAME = 255
+
+# States in which an instance still belongs to its server (a stopped one can be started again).
+LIVE_STATES = ("pending", "running")
+RESUMABLE_STATES = ("stopping", "stopped")
+GONE_STATES = ("shutting-down", "terminated")
+ALL_STATES = LIVE_STATES + RESUMABLE_STATES + GONE_STATES
+
+
+def instance_name(hub_id: str, user: str, server: str) -> str:
+    """The ``Name`` tag: ``ec2hub-<hub_id>-<user>[-<server>]``, truncated to 255 characters."""
+    name = f"ec2hub-{hub_id}-{user}" + (f"-{server}" if server else "")
+    return name[:MAX_NAME]
+
+
+def instance_tags(
+    *,
+    hub_id: str,
+    user: str,
+    server: str,
+    class_slug: str,
+    secret_prefix: str,
+    efs_id: str | None,
+) -> list[dict[str, str]]:
+    """Every tag of a notebook instance (docs/ARCHITECTURE.md §3), in a stable order."""
+    tags = {
+        TAG_HUB: hub_id,
+        TAG_USER: user[:MAX_TAG_VALUE],
+        TAG_SERVER: server[:MAX_TAG_VALUE],
+        TAG_CLASS: class_slug,
+        TAG_SECRET_PREFIX: secret_prefix,
+    }
+    if efs_id:
+        tags[TAG_EFS] = efs_id
+    tags["Name"] = instance_name(hub_id, user, server)
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def client_token(
+    *, hub_id: str, user: str, server: str, attempt: str, instance_type: str, subnet_id: str
+) -> str:
+    """RunInstances ``ClientToken`` for one launch attempt (at most 64 ASCII characters).
+
+    The same attempt, type and subnet always give the same token, so a retried call (ours after a
+    throttle, or botocore's after a lost response) returns the instance the first call made instead
+    of launching a second. Type and subnet are part of it because EC2 refuses a reused token whose
+    parameters differ (``IdempotentParameterMismatch``).
+    """
+    material = "\0".join([hub_id, user, server, attempt, instance_type, subnet_id])
+    return "ec2hub-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:57]
+
+
+def launch_params(
+    *,
+    launch_template_id: str,
+    instance_type: str,
+    subnet_id: str,
+    tags: list[dict[str, str]],
+    token: str,
+    spot: bool,
+) -> dict:
+    """RunInstances parameters: one instance from the class's template, version ``$Default``.
+
+    Tags go on the instance and its volumes here, all of them, so the result does not depend on
+    how EC2 merges them with the template's own tag specifications.
+    """
+    params = {
+        "LaunchTemplate": {"LaunchTemplateId": launch_template_id, "Version": "$Default"},
+        "InstanceType": instance_type,
+        "SubnetId": subnet_id,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": token,
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": list(tags)},
+            {"ResourceType": "volume", "Tags": list(tags)},
+        ],
+    }
+    if spot:
+        # One-time spot: an interruption terminates the instance (EC2 cannot stop a one-time
+        # spot instance), which the watcher reports as Server.SpotInstanceTermination.
+        params["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
+        }
+    return params
+
+
+def hub_filters(hub_id: str) -> list[dict]:
+    """DescribeInstances filters for every instance of this hub, in any state."""
+    return [
+        {"Name": f"tag:{TAG_HUB}", "Values": [hub_id]},
+        {"Name": "instance-state-name", "Values": list(ALL_STATES)},
+    ]
+
+
+def secret_name(secret_prefix: str, instance_id: str) -> str:
+    """The SSM parameter holding a server's env: ``<secret_prefix><instance-id>``."""
+    return f"{secret_prefix}{instance_id}"
+
+
+def instance_arn(*, partition: str, region: str, account: str, instance_id: str) -> str:
+    return f"arn:{partition}:ec2:{region}:{account}:instance/{instance_id}"
+
+
+def secret_put_params(*, name: str, env: Mapping[str, str], hub_id: str, arn: str) -> dict:
+    """PutParameter for a new secret (docs/ARCHITECTURE.md §4).
+
+    The notebook role may read it only when its ``ec2hub:instance-arn`` tag equals the caller's
+    ``ec2:SourceInstanceARN``. ``Intelligent-Tiering`` picks the Advanced tier only if the env
+    grows past the Standard 4 KB limit.
+    """
+    return {
+        "Name": name,
+        "Type": "SecureString",
+        "Value": json.dumps(dict(env), sort_keys=True),
+        "Tier": "Intelligent-Tiering",
+        "Tags": [
+            {"Key": TAG_HUB, "Value": hub_id},
+            {"Key": TAG_INSTANCE_ARN, "Value": arn},
+        ],
+    }
+
+
+def secret_overwrite_params(*, name: str, env: Mapping[str, str]) -> dict:
+    """PutParameter replacing an existing secret's value (SSM refuses Tags with Overwrite)."""
+    return {
+        "Name": name,
+        "Type": "SecureString",
+        "Value": json.dumps(dict(env), sort_keys=True),
+        "Tier": "Intelligent-Tiering",
+        "Overwrite": True,
+    }
+
+
+def secret_list_filters(secret_prefix: str) -> list[dict]:
+    """DescribeParameters filters for every secret under the prefix."""
+    return [{"Key": "Name", "Option": "BeginsWith", "Values": [secret_prefix]}]
+
+
+def ordered_subnets(
+    subnets: Mapping[str, str], load: Mapping[str, int] | None = None
+) -> list[tuple[str, str]]:
+    """(AZ, subnet) pairs to try: the AZ with the fewest of this hub's live instances first.
+
+    Ties keep the settings order, so a fresh hub spreads servers round-robin across AZs.
+    """
+    load = load or {}
+    order = {az: i for i, az in enumerate(subnets)}
+    return sorted(subnets.items(), key=lambda item: (load.get(item[0], 0), order[item[0]]))
+
+
+def launch_plan(
+    instance_types: Iterable[str], subnets: list[tuple[str, str]]
+) -> list[tuple[str, str, str]]:
+    """(instance type, AZ, subnet) in the order to try: every AZ for the preferred type first."""
+    return [(itype, az, subnet) for itype in instance_types for az, subnet in subnets]

@@ -1,0 +1,659 @@
+"""EC2Spawner: each JupyterHub server on its own EC2 instance, launched from its class's template.
+
+The spawner maps JupyterHub's Spawner contract onto AWS calls; the calls themselves live in
+:mod:`ec2spawner.aws`, the payloads in :mod:`ec2spawner.requests`, the shared instance view in
+:mod:`ec2spawner.watcher`, orphan cleanup in :mod:`ec2spawner.sweeper` and the options in
+:mod:`ec2spawner.options`. ``ec2spawner.hubconfig.apply_settings`` sets every trait below from the
+hub settings document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import uuid
+import weakref
+from datetime import datetime, timezone
+
+from jupyterhub.spawner import Spawner, SpawnException
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
+
+from . import options as opts
+from . import requests as req
+from .aws import Aws, AwsError, ErrorKind, InstanceView
+from .settings import ClassSettings
+from .sweeper import OrphanSweeper
+from .watcher import InstanceWatcher
+
+# What EC2's StateReason codes mean to a user whose instance ended while starting
+# (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
+_STATE_REASONS = {
+    "Server.SpotInstanceTermination": (
+        "spot-interruption",
+        "EC2 reclaimed the spot instance (spot interruption). Try again, or pick an on-demand class.",
+    ),
+    "Server.SpotInstanceShutdown": (
+        "spot-interruption",
+        "EC2 reclaimed the spot instance (spot interruption). Try again, or pick an on-demand class.",
+    ),
+    "Server.InsufficientInstanceCapacity": (
+        "capacity",
+        "EC2 ran out of capacity for this instance type while starting it. Try again in a few minutes.",
+    ),
+    "Client.UserInitiatedShutdown": (
+        "terminated",
+        "The instance was stopped or terminated outside JupyterHub while it was starting.",
+    ),
+    "Client.InstanceInitiatedShutdown": (
+        "instance-shutdown",
+        "The instance shut itself down while booting; an administrator should check its console log.",
+    ),
+}
+
+
+def _apply_user_options(spawner: "EC2Spawner", user_options: dict) -> None:
+    """``Spawner.apply_user_options`` default: validate before anything is launched.
+
+    JupyterHub runs this hook for form and REST spawns alike and turns an ``HTTPError`` into a
+    4xx response carrying its message.
+    """
+    spawner.instance_class = spawner.resolve_class(user_options).slug
+
+
+async def _options_form(spawner: "EC2Spawner") -> str:
+    return await spawner.render_options_form()
+
+
+class EC2Spawner(Spawner):
+    """Run each server on its own EC2 instance, launched from its class's launch template."""
+
+    # Every spawner object of the process; the sweeper asks them which instances are owned.
+    _live: "weakref.WeakSet[EC2Spawner]" = weakref.WeakSet()
+    _type_facts: dict[tuple[str, str], opts.TypeFacts] = {}
+
+    region = Unicode(help="""AWS region of the hub and its notebook instances.""").tag(config=True)
+
+    hub_id = Unicode(
+        help="""This hub's id (the CloudFormation stack name).
+
+        Every instance is tagged ``ec2hub:hub=<hub_id>``; the watcher and the sweeper only see
+        instances with this tag.
+        """
+    ).tag(config=True)
+
+    classes = List(
+        help="""Instance classes: the hub settings' ``classes`` (dicts of
+        :class:`ec2spawner.settings.ClassSettings` fields, each with its ``launch_template_id``).
+        """
+    ).tag(config=True)
+
+    subnets = Dict(
+        value_trait=Unicode(),
+        help="""Availability zone -> private subnet id for notebooks.
+
+        A new server goes to the AZ with the fewest of this hub's live instances (settings order
+        on a tie); on InsufficientInstanceCapacity the next AZ is tried, then the next instance type.
+        """,
+    ).tag(config=True)
+
+    secret_prefix = Unicode(
+        help="""SSM parameter name prefix of per-server secrets: ``<secret_prefix><instance-id>``."""
+    ).tag(config=True)
+
+    efs_id = Unicode(
+        None, allow_none=True, help="""EFS file system id for homes (tag ``ec2hub:efs``); None: no EFS."""
+    ).tag(config=True)
+
+    notebook_port = Integer(8888, help="""Port jupyterhub-singleuser listens on, on the instance.""").tag(
+        config=True
+    )
+
+    server_url_template = Unicode(
+        "http://{private_ip}:{port}",
+        help="""URL the hub and proxy use to reach a server.
+
+        Expands ``{private_ip}``, ``{public_ip}``, ``{private_dns}``, ``{public_dns}``,
+        ``{instance_id}`` and ``{port}`` (``notebook_port``). The default suits a hub in the same
+        VPC; ``http://{public_ip}:{port}`` suits a hub outside it.
+        """,
+    ).tag(config=True)
+
+    stop_mode = Enum(
+        ["terminate", "stop"],
+        "terminate",
+        help="""What stopping a server does to its instance.
+
+        ``terminate``: the instance and its root volume are deleted. ``stop``: the instance is
+        stopped (root volume kept) and started again on the user's next spawn of the same server
+        and class, unless the class's launch template default version changed since, in which case
+        it is replaced. Spot instances are always terminated (EC2 cannot stop one-time spot).
+        """,
+    ).tag(config=True)
+
+    fast_poll_interval = Float(
+        2.0,
+        help="""Seconds between DescribeInstances while any spawn or stop is waiting (``poll_interval`` otherwise).""",
+    ).tag(config=True)
+
+    launch_visibility_grace = Float(
+        60.0,
+        help="""Seconds an instance RunInstances returned counts as pending while DescribeInstances
+        does not list it yet (EC2 is eventually consistent).""",
+    ).tag(config=True)
+
+    stop_timeout = Float(
+        180.0, help="""Most seconds ``stop()`` waits for the instance to be stopped or terminated."""
+    ).tag(config=True)
+
+    sweep_orphans = Bool(
+        True,
+        help="""Run the orphan sweeper in the hub process (once per hub id and region).""",
+    ).tag(config=True)
+
+    orphan_grace = Float(
+        600.0,
+        help="""Seconds after launch before an instance no server owns is terminated by the sweeper.""",
+    ).tag(config=True)
+
+    sweep_interval = Float(300.0, help="""Seconds between orphan sweeps.""").tag(config=True)
+
+    # EC2 boot plus first-boot installs take minutes, not the 60 s/30 s of a local process.
+    start_timeout = Integer(
+        600,
+        help="""Seconds from the spawn request until the instance is running (then http_timeout applies).""",
+    ).tag(config=True)
+
+    http_timeout = Integer(
+        300, help="""Seconds from `running` until jupyterhub-singleuser answers the hub."""
+    ).tag(config=True)
+
+    # -- per-server state (get_state/load_state) ---------------------------------------------
+    instance_id = Unicode(None, allow_none=True)
+    instance_class = Unicode(None, allow_none=True)
+    subnet_id = Unicode(None, allow_none=True)
+    template_version = Unicode(None, allow_none=True)
+    attempt = Unicode(None, allow_none=True)
+
+    @default("ip")
+    def _default_ip(self):
+        # The notebook binds every interface of its instance; JUPYTERHUB_SERVICE_URL carries it.
+        return "0.0.0.0"
+
+    @default("port")
+    def _default_port(self):
+        return self.notebook_port
+
+    @default("env_keep")
+    def _default_env_keep(self):
+        # The hub's PATH or PYTHONPATH mean nothing on the notebook instance.
+        return []
+
+    @default("options_form")
+    def _default_options_form(self):
+        return _options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return opts.options_from_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return _apply_user_options
+
+    @validate("classes")
+    def _validate_classes(self, proposal):
+        return [
+            c.model_dump() if isinstance(c, ClassSettings) else ClassSettings.model_validate(c).model_dump()
+            for c in proposal["value"]
+        ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._starting = False
+        self._events: list[dict] = []
+        self._progress_changed: asyncio.Event | None = None
+        self._start_done = True
+        EC2Spawner._live.add(self)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @property
+    def class_settings(self) -> list[ClassSettings]:
+        return [ClassSettings.model_validate(c) for c in self.classes]
+
+    @property
+    def aws(self) -> Aws:
+        return Aws.for_region(self.region)
+
+    @property
+    def server_name(self) -> str:
+        return self.name or ""
+
+    def _groups(self) -> set[str]:
+        return {g.name for g in getattr(self.user, "groups", [])}
+
+    def _watcher(self) -> InstanceWatcher:
+        watcher = InstanceWatcher.for_hub(
+            self.aws,
+            self.hub_id,
+            slow_interval=self.poll_interval,
+            fast_interval=self.fast_poll_interval,
+            grace=self.launch_visibility_grace,
+            logger=self.log,
+        )
+        if self.sweep_orphans:
+            OrphanSweeper.ensure(
+                self.aws,
+                watcher,
+                hub_id=self.hub_id,
+                secret_prefix=self.secret_prefix,
+                owned=functools.partial(type(self).owned_instance_ids, self.hub_id),
+                grace=self.orphan_grace,
+                interval=self.sweep_interval,
+                keep_stopped=self.stop_mode == "stop",
+                logger=self.log,
+            )
+        return watcher
+
+    @classmethod
+    def owned_instance_ids(cls, hub_id: str) -> set[str]:
+        """Instances a server of this process owns: running, pending, or being started."""
+        return {s.instance_id for s in list(cls._live) if s.hub_id == hub_id and s.instance_id}
+
+    def _is_mine(self, view: InstanceView) -> bool:
+        return (
+            view.tags.get(req.TAG_HUB) == self.hub_id
+            and view.tags.get(req.TAG_USER) == self.user.name[: req.MAX_TAG_VALUE]
+            and view.tags.get(req.TAG_SERVER) == self.server_name[: req.MAX_TAG_VALUE]
+        )
+
+    def resolve_class(self, user_options) -> ClassSettings:
+        """The class ``user_options`` asks for; a 4xx SpawnException saying what is allowed if refused."""
+        try:
+            return opts.validate_user_options(user_options, self.class_settings, self._groups())
+        except opts.OptionsError as error:
+            raise SpawnException(
+                str(error), reason="invalid-options", status_code=error.status_code
+            ) from None
+
+    async def render_options_form(self) -> str:
+        allowed = opts.allowed_classes(self.class_settings, self._groups())
+        if len(allowed) <= 1:
+            return ""  # nothing to choose: JupyterHub skips the form
+        facts = await self._describe_types([t for c in allowed for t in c.instance_types[:1]])
+        previous = (self.user_options or {}).get(opts.OPTION_KEY)
+        selected = previous if any(c.slug == previous for c in allowed) else opts.default_class(allowed).slug
+        return opts.render_form(opts.form_entries(allowed, facts, selected))
+
+    async def _describe_types(self, types: list[str]) -> dict[str, opts.TypeFacts]:
+        """Instance type figures from DescribeInstanceTypes, once per type per process."""
+        missing = sorted({t for t in types if (self.region, t) not in self._type_facts})
+        if missing:
+            try:
+                answer = await self.aws.call("ec2", "DescribeInstanceTypes", InstanceTypes=missing)
+            except AwsError as error:
+                self.log.warning("DescribeInstanceTypes failed, form shows no figures: %s", error)
+            else:
+                for name, facts in opts.type_facts(answer.get("InstanceTypes", [])).items():
+                    self._type_facts[(self.region, name)] = facts
+        return {t: self._type_facts[(self.region, t)] for t in types if (self.region, t) in self._type_facts}
+
+    def _progress(self, message: str, progress: int | None = None) -> None:
+        self.log.info("%s: %s", self._log_name, message)
+        event = {"message": message}
+        if progress is not None:
+            event["progress"] = progress
+        self._events.append(event)
+        if self._progress_changed is not None:
+            self._progress_changed.set()
+
+    def _url(self, view: InstanceView) -> str:
+        return self.server_url_template.format(
+            private_ip=view.private_ip,
+            public_ip=view.public_ip,
+            private_dns=view.private_dns,
+            public_dns=view.public_dns,
+            instance_id=view.instance_id,
+            port=self.notebook_port,
+        )
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        for key in ("instance_id", "instance_class", "subnet_id", "template_version", "attempt"):
+            value = getattr(self, key)
+            if value:
+                state[key] = value
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        for key in ("instance_id", "instance_class", "subnet_id", "template_version", "attempt"):
+            if key in state:
+                setattr(self, key, state[key])
+
+    def clear_state(self):
+        super().clear_state()
+        self.instance_id = self.instance_class = self.subnet_id = self.template_version = self.attempt = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self):
+        cls = self.resolve_class(self.user_options)  # again: an admin may have replaced the hook
+        self.instance_class = cls.slug
+        self.attempt = uuid.uuid4().hex
+        self._events = []
+        self._progress_changed = asyncio.Event()
+        self._start_done = False
+        self._starting = True
+        watcher = self._watcher()
+        try:
+            with watcher.spawning():
+                view = await self._adopt_or_launch(cls, watcher)
+                await self._write_secret(view)
+                view = await self._wait_running(watcher)
+            self._progress(f"Running at {view.private_ip}, booting", 80)
+            self._progress("Waiting for the notebook server", 90)
+            return self._url(view)
+        except BaseException as error:
+            # Exception, timeout (JupyterHub cancels start() after start_timeout), cancellation or
+            # hub shutdown: leave no instance and no secret behind. Shielded so a second
+            # cancellation does not interrupt the cleanup itself.
+            self._progress(f"Start failed: {_describe_error(error)}")
+            await asyncio.shield(self._abandon())
+            if isinstance(error, AwsError):
+                raise _spawn_error(error) from None
+            raise
+        finally:
+            self._starting = False
+            self._start_done = True
+            self._progress_changed.set()
+
+    async def _abandon(self) -> None:
+        iid = self.instance_id
+        if not iid:
+            return
+        try:
+            await self._terminate(iid)
+            await self._delete_secret(iid)
+            self.log.info("%s: cleaned up %s after a failed start", self._log_name, iid)
+        except Exception:
+            self.log.exception("%s: cleanup of %s failed; the sweeper will retry", self._log_name, iid)
+        finally:
+            self.instance_id = None
+
+    async def _adopt_or_launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> InstanceView:
+        snapshot = await watcher.fresh()
+        mine = sorted(
+            (v for v in snapshot.values() if self._is_mine(v) and v.state not in req.GONE_STATES),
+            key=lambda v: v.launch_time or datetime.min.replace(tzinfo=timezone.utc),
+            reverse=True,
+        )
+        chosen: InstanceView | None = None
+        for view in mine:
+            if chosen is None and await self._can_reuse(view, cls):
+                chosen = view
+            else:
+                # A duplicate, another class, or a stopped instance from an older template.
+                self.log.info("%s: terminating %s (%s, class %s): not reusable",
+                              self._log_name, view.instance_id, view.state, view.tags.get(req.TAG_CLASS))
+                await self._terminate(view.instance_id)
+        if chosen is None:
+            return await self._launch(cls, watcher)
+        self.instance_id = chosen.instance_id
+        self.subnet_id = chosen.subnet_id
+        self.template_version = chosen.tags.get(req.TAG_TEMPLATE_VERSION)
+        if chosen.state in req.LIVE_STATES:
+            self._progress(f"Adopting {chosen.instance_id} ({chosen.state}), launched earlier for this server", 30)
+            return chosen
+        # stop_mode=stop: start it again (wait out `stopping` first: EC2 refuses to start it then).
+        if chosen.state == "stopping":
+            self._progress(f"Instance {chosen.instance_id} is still stopping", 20)
+            chosen = await watcher.wait_for(chosen.instance_id, lambda v: v is None or v.state != "stopping",
+                                            timeout=self.start_timeout)
+        self._progress(f"Starting stopped instance {self.instance_id} again", 30)
+        await self.aws.call("ec2", "StartInstances", InstanceIds=[self.instance_id])
+        watcher.expect(InstanceView(instance_id=self.instance_id, state="pending",
+                                    owner_id=chosen.owner_id, availability_zone=chosen.availability_zone))
+        return watcher.get(self.instance_id)
+
+    async def _can_reuse(self, view: InstanceView, cls: ClassSettings) -> bool:
+        if view.tags.get(req.TAG_CLASS) != cls.slug or view.instance_type not in cls.instance_types:
+            return False
+        if view.state in req.LIVE_STATES:
+            return True
+        if self.stop_mode != "stop" or view.state not in req.RESUMABLE_STATES:
+            return False
+        current = await self._default_template_version(cls)
+        if view.tags.get(req.TAG_TEMPLATE_VERSION) != current:
+            self._progress(
+                f"Class {cls.slug} changed since {view.instance_id} was made "
+                f"(template version {view.tags.get(req.TAG_TEMPLATE_VERSION)} -> {current}): replacing it",
+                20,
+            )
+            return False
+        return True
+
+    async def _default_template_version(self, cls: ClassSettings) -> str:
+        answer = await self.aws.call(
+            "ec2", "DescribeLaunchTemplates", LaunchTemplateIds=[cls.launch_template_id]
+        )
+        return str(answer["LaunchTemplates"][0]["DefaultVersionNumber"])
+
+    async def _launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> InstanceView:
+        tags = req.instance_tags(
+            hub_id=self.hub_id,
+            user=self.user.name,
+            server=self.server_name,
+            class_slug=cls.slug,
+            secret_prefix=self.secret_prefix,
+            efs_id=self.efs_id,
+        )
+        plan = req.launch_plan(cls.instance_types, req.ordered_subnets(self.subnets, watcher.load_by_az()))
+        no_capacity = []
+        for itype, az, subnet in plan:
+            self._progress(f"Requesting {itype} in {az}", 10)
+            params = req.launch_params(
+                launch_template_id=cls.launch_template_id,
+                instance_type=itype,
+                subnet_id=subnet,
+                tags=tags,
+                token=req.client_token(
+                    hub_id=self.hub_id, user=self.user.name, server=self.server_name,
+                    attempt=self.attempt, instance_type=itype, subnet_id=subnet,
+                ),
+                spot=cls.is_spot,
+            )
+            try:
+                answer = await self._run_instances(params)
+            except AwsError as error:
+                if error.kind is ErrorKind.CAPACITY:
+                    no_capacity.append(f"{itype} in {az}")
+                    self._progress(f"No capacity for {itype} in {az} ({error.code})")
+                    continue
+                raise
+            instance = answer["Instances"][0]
+            view = InstanceView.from_api(instance, answer.get("OwnerId", ""))
+            # Recorded before any await so every failure path can clean it up.
+            self.instance_id, self.subnet_id = view.instance_id, subnet
+            self.template_version = view.tags.get(req.TAG_TEMPLATE_VERSION)
+            watcher.expect(view)
+            self._progress(f"Instance {view.instance_id} pending ({itype} in {az})", 30)
+            return view
+        raise SpawnException(
+            f"EC2 has no capacity for class {cls.display_name!r} right now "
+            f"(tried {', '.join(no_capacity)}). Try again in a few minutes or pick another class.",
+            reason="capacity",
+            status_code=503,
+        )
+
+    async def _run_instances(self, params: dict) -> dict:
+        """RunInstances, retried while throttled (same ClientToken: never a second instance)."""
+        delay = 1.0
+        while True:
+            try:
+                return await self.aws.call("ec2", "RunInstances", **params)
+            except AwsError as error:
+                if error.kind is not ErrorKind.THROTTLED:
+                    raise
+                self.log.info("%s: RunInstances throttled, retrying in %.1f s", self._log_name, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 16)
+
+    async def _write_secret(self, view: InstanceView) -> None:
+        """The server's env (with its API token) as SecureString ``<prefix><instance-id>``."""
+        env = self.get_env()
+        name = req.secret_name(self.secret_prefix, view.instance_id)
+        owner = view.owner_id or await self._account_id()
+        arn = req.instance_arn(
+            partition=self.aws.partition, region=self.region, account=owner, instance_id=view.instance_id
+        )
+        try:
+            await self.aws.call("ssm", "PutParameter", **req.secret_put_params(
+                name=name, env=env, hub_id=self.hub_id, arn=arn))
+        except AwsError as error:
+            if error.kind is not ErrorKind.ALREADY_EXISTS:
+                raise
+            # An adopted or restarted instance: same name, new token.
+            await self.aws.call("ssm", "PutParameter", **req.secret_overwrite_params(name=name, env=env))
+        self.log.debug("%s: wrote secret %s", self._log_name, name)
+
+    async def _account_id(self) -> str:
+        answer = await self.aws.call("sts", "GetCallerIdentity")
+        return answer["Account"]
+
+    async def _wait_running(self, watcher: InstanceWatcher) -> InstanceView:
+        iid = self.instance_id
+        view = await watcher.wait_for(
+            iid, lambda v: v is None or v.state != "pending", timeout=self.start_timeout
+        )
+        if view is not None and view.state == "running":
+            return view
+        code = view.state_reason_code if view else ""
+        reason, message = _STATE_REASONS.get(
+            code, ("instance-ended", f"The instance ended while starting ({code or 'no longer listed by EC2'}).")
+        )
+        raise SpawnException(message, reason=reason, status_code=503,
+                             log_message=f"{self._log_name}: {iid} {view.state if view else 'gone'}: {code}")
+
+    # -- poll / url / stop ---------------------------------------------------------------------
+
+    async def poll(self):
+        if self._starting:
+            return None
+        if not self.instance_id:
+            return 0
+        watcher = self._watcher()
+        if watcher.refreshes == 0:
+            await watcher.refresh()  # first poll after a hub restart: no snapshot yet
+        view = watcher.get(self.instance_id)
+        if view is not None and view.state in req.LIVE_STATES:
+            return None
+        if view is None:
+            self.log.warning("%s: instance %s is gone", self._log_name, self.instance_id)
+        else:
+            self.log.warning("%s: instance %s is %s (%s)", self._log_name, self.instance_id,
+                             view.state, view.state_reason_code or "no reason given")
+        return 1 if view is None or view.state in req.GONE_STATES else 0
+
+    async def get_url(self):
+        if self.instance_id:
+            view = self._watcher().get(self.instance_id)
+            if view is not None and view.private_ip:
+                return self._url(view)
+        return await super().get_url()
+
+    async def stop(self, now=False):
+        iid = self.instance_id
+        if not iid:
+            return
+        watcher = self._watcher()
+        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
+        keep = self.stop_mode == "stop" and not (cls and cls.is_spot)
+        if keep:
+            try:
+                await self.aws.call("ec2", "StopInstances", InstanceIds=[iid])
+            except AwsError as error:
+                if error.kind is ErrorKind.NOT_FOUND:
+                    keep = False
+                elif error.code == "IncorrectInstanceState":  # e.g. still pending: cannot stop it
+                    keep = False
+                    await self._terminate(iid)
+                else:
+                    raise
+        else:
+            await self._terminate(iid)
+        await self._delete_secret(iid)
+        if not now:
+            final = ("stopped", "terminated") if keep else ("terminated",)
+            try:
+                await watcher.wait_for(iid, lambda v: v is None or v.state in final, timeout=self.stop_timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("%s: %s not %s after %.0f s; not waiting longer",
+                                 self._log_name, iid, " or ".join(final), self.stop_timeout)
+        self.log.info("%s: %s %s", self._log_name, "stopped" if keep else "terminated", iid)
+        self.instance_id = None
+
+    async def _terminate(self, iid: str) -> None:
+        try:
+            await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid])
+        except AwsError as error:
+            if error.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    async def _delete_secret(self, iid: str) -> None:
+        try:
+            await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid))
+        except AwsError as error:
+            if error.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    async def delete_forever(self):
+        """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""
+        watcher = self._watcher()
+        snapshot = await watcher.fresh()
+        for view in snapshot.values():
+            if self._is_mine(view) and view.state not in req.GONE_STATES:
+                self.log.info("%s: deleted, terminating %s", self._log_name, view.instance_id)
+                await self._terminate(view.instance_id)
+                await self._delete_secret(view.instance_id)
+
+    async def progress(self):
+        seen = 0
+        while True:
+            while seen < len(self._events):
+                yield self._events[seen]
+                seen += 1
+            if self._start_done or self._progress_changed is None:
+                return
+            self._progress_changed.clear()
+            await self._progress_changed.wait()
+
+
+def _describe_error(error: BaseException) -> str:
+    if isinstance(error, SpawnException):
+        return error.message
+    if isinstance(error, asyncio.CancelledError | asyncio.TimeoutError):
+        return "timed out or cancelled"
+    return str(error) or type(error).__name__
+
+
+def _spawn_error(error: AwsError) -> SpawnException:
+    """An AWS failure as a message a user understands, with the AWS detail in the log."""
+    detail = f"{error.operation}: {error.code}: {error.message}"
+    if error.kind is ErrorKind.QUOTA:
+        message = ("The AWS account has reached a limit for this instance class "
+                   f"({error.code}). Ask an administrator to raise the quota, or pick a smaller class.")
+        return SpawnException(message, reason="quota", status_code=503, log_message=detail)
+    if error.kind is ErrorKind.UNAUTHORIZED:
+        return SpawnException("The hub is not allowed to start this instance; an administrator "
+                              "should check the hub's IAM role.", reason="aws-permission",
+                              status_code=500, log_message=detail)
+    if error.kind is ErrorKind.THROTTLED:
+        return SpawnException("AWS is busy (request limit); try again in a minute.",
+                              reason="throttled", status_code=503, log_message=detail)
+    return SpawnException(f"AWS refused to start the server: {error.code}. An administrator "
+                          "can find the details in the hub log.", reason="aws-error",
+                          status_code=500, log_message=detail)

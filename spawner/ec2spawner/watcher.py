@@ -1,0 +1,199 @@
+"""One DescribeInstances loop per hub, shared by every server's poll() and start().
+
+JupyterHub polls every server every ``poll_interval`` seconds; a spawner that asked EC2 about its
+own instance each time would make N calls per interval and hit EC2's DescribeInstances rate limit
+at a few hundred servers. Instead one :class:`InstanceWatcher` per (hub, region, event loop) lists
+every instance tagged ``ec2hub:hub=<hub_id>`` (all pages, parsed in a worker thread) and keeps the
+result as a dictionary; ``poll()`` is a lookup in it. The loop runs every ``fast_interval`` seconds
+while any spawn is in progress and every ``slow_interval`` seconds otherwise.
+
+EC2's API is eventually consistent: an instance RunInstances just returned may be missing from
+DescribeInstances for a few seconds
+(https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html). An instance the
+spawner launched is therefore reported as ``pending`` until it appears, for ``grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable
+
+from .aws import Aws, InstanceView
+from .requests import hub_filters
+
+log = logging.getLogger(__name__)
+
+
+class InstanceWatcher:
+    """A shared, periodically refreshed view of this hub's instances."""
+
+    _registry: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(
+        self,
+        aws: Aws,
+        hub_id: str,
+        *,
+        slow_interval: float = 30.0,
+        fast_interval: float = 2.0,
+        grace: float = 60.0,
+        logger: logging.Logger | None = None,
+    ):
+        self.aws = aws
+        self.hub_id = hub_id
+        self.slow_interval = slow_interval
+        self.fast_interval = fast_interval
+        self.grace = grace
+        self.log = logger or log
+        self.snapshot: dict[str, InstanceView] = {}
+        self.snapshot_started: float = float("-inf")  # monotonic time the last refresh began
+        self.refreshes = 0
+        self._expected: dict[str, tuple[float, InstanceView]] = {}
+        self._spawning = 0
+        self._inflight: asyncio.Task | None = None
+        self._inflight_started = 0.0
+        self._loop_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._updated = asyncio.Condition()
+
+    @classmethod
+    def for_hub(cls, aws: Aws, hub_id: str, **kwargs) -> "InstanceWatcher":
+        """The watcher of (hub, region) on the running event loop, created on first use.
+
+        Intervals given by later callers do not change an existing watcher: the first spawner's
+        configuration wins (all spawners of a hub share one configuration).
+        """
+        loop = asyncio.get_running_loop()
+        watchers = cls._registry.setdefault(loop, {})
+        key = (hub_id, aws.region)
+        if key not in watchers:
+            watchers[key] = cls(aws, hub_id, **kwargs)
+        watcher = watchers[key]
+        watcher.ensure_running()
+        return watcher
+
+    @classmethod
+    async def stop_all(cls) -> None:
+        """Stop every watcher of the running loop (for tests and hub shutdown)."""
+        watchers = cls._registry.pop(asyncio.get_running_loop(), {})
+        for watcher in watchers.values():
+            await watcher.stop()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._run(), name=f"ec2hub-watcher-{self.hub_id}")
+
+    async def stop(self) -> None:
+        for task in (self._loop_task, self._inflight):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # keep the last snapshot; try again next interval
+                self.log.warning("ec2hub watcher %s: DescribeInstances failed: %s", self.hub_id, error)
+            interval = self.fast_interval if self._spawning else self.slow_interval
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+
+    async def refresh(self) -> dict[str, InstanceView]:
+        """Describe now, or join a describe already in flight."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight_started = time.monotonic()
+            self._inflight = asyncio.create_task(self._describe(self._inflight_started))
+        return await asyncio.shield(self._inflight)
+
+    async def fresh(self, since: float | None = None) -> dict[str, InstanceView]:
+        """A snapshot from a describe that began at or after ``since`` (default: now)."""
+        since = time.monotonic() if since is None else since
+        while self.snapshot_started < since:
+            if self._inflight is not None and not self._inflight.done():
+                if self._inflight_started >= since:
+                    return await asyncio.shield(self._inflight)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._inflight)
+                continue
+            await self.refresh()
+        return self.snapshot
+
+    async def _describe(self, started: float) -> dict[str, InstanceView]:
+        snapshot = await self.aws.describe_instances(hub_filters(self.hub_id))
+        self.snapshot = snapshot
+        self.snapshot_started = started
+        self.refreshes += 1
+        now = time.monotonic()
+        for iid, (since, _) in list(self._expected.items()):
+            if (iid in snapshot and started >= since) or now - since > self.grace:
+                del self._expected[iid]
+        async with self._updated:
+            self._updated.notify_all()
+        return snapshot
+
+    # -- what spawners use --------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> InstanceView | None:
+        """The instance as last seen; one just launched or started and not yet listed as such
+        counts as what the call returned (pending)."""
+        expected = self._expected.get(instance_id)
+        if expected is not None:
+            since, view = expected
+            fresh = since < self.snapshot_started and instance_id in self.snapshot
+            if not fresh and time.monotonic() - since <= self.grace:
+                return view
+        return self.snapshot.get(instance_id)
+
+    def expect(self, view: InstanceView) -> None:
+        """Register an instance RunInstances/StartInstances just returned."""
+        self._expected[view.instance_id] = (time.monotonic(), view)
+
+    def find(self, predicate: Callable[[InstanceView], bool]) -> list[InstanceView]:
+        return [v for v in self.snapshot.values() if predicate(v)]
+
+    @contextlib.contextmanager
+    def spawning(self):
+        """Poll fast while the body runs (a spawn or a stop is waiting on a state change)."""
+        self._spawning += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._spawning -= 1
+
+    async def wait_for(
+        self, instance_id: str, done: Callable[[InstanceView | None], bool], timeout: float
+    ) -> InstanceView | None:
+        """Wait until ``done(view)`` holds for the instance (``None`` = gone); bounded."""
+
+        async def _wait():
+            while True:
+                view = self.get(instance_id)
+                if done(view):
+                    return view
+                async with self._updated:
+                    await self._updated.wait()
+
+        with self.spawning():
+            return await asyncio.wait_for(_wait(), timeout=timeout)
+
+    def load_by_az(self) -> dict[str, int]:
+        """Live (pending or running) instances of this hub per availability zone."""
+        load: dict[str, int] = {}
+        for view in self.snapshot.values():
+            if view.state in ("pending", "running"):
+                load[view.availability_zone] = load.get(view.availability_zone, 0) + 1
+        return load

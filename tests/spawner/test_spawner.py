@@ -1,0 +1,331 @@
+"""EC2Spawner against the AWS emulator: start, adopt, state, fallback, throttling, cleanup, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from jupyterhub.spawner import SpawnException
+
+from ec2spawner.aws import Aws
+from ec2spawner.watcher import InstanceWatcher
+
+from conftest import AZS, TOKEN
+
+
+def tags_of(instance: dict) -> dict:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+async def until(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while not (result := await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+    return result
+
+
+async def test_start_launches_tagged_instance_and_writes_secret(new_spawner, hub_id, live, ssm, ec2):
+    spawner = new_spawner()
+    url = await spawner.start()
+
+    [instance] = live("alice")
+    assert url == f"http://{instance['PrivateIpAddress']}:8888"
+    assert instance["State"]["Name"] == "running"
+    assert instance["InstanceType"] == "t3.medium"
+    assert instance["Placement"]["AvailabilityZone"] == AZS[0]
+    tags = tags_of(instance)
+    assert {k: v for k, v in tags.items() if not k.startswith("aws:")} == {
+        "ec2hub:hub": hub_id, "ec2hub:user": "alice", "ec2hub:server": "", "ec2hub:class": "small",
+        "ec2hub:secret-prefix": f"/ec2hub/{hub_id}/servers/", "ec2hub:efs": "fs-12345678",
+        "Name": f"ec2hub-{hub_id}-alice",
+    }
+    iid = instance["InstanceId"]
+    name = f"/ec2hub/{hub_id}/servers/{iid}"
+    env = json.loads(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+    assert env["JUPYTERHUB_API_TOKEN"] == TOKEN
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8888/user/alice/"
+    assert env["JUPYTERHUB_API_URL"] == "http://10.0.0.5:8081/hub/api"
+    assert "PATH" not in env
+    param_tags = {t["Key"]: t["Value"] for t in ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name)["TagList"]}
+    assert param_tags == {"ec2hub:hub": hub_id, "ec2hub:instance-arn": f"arn:aws:ec2:us-east-1:123456789012:instance/{iid}"}
+    assert spawner.get_state() == {
+        "instance_id": iid, "instance_class": "small", "subnet_id": instance["SubnetId"],
+        "template_version": "1", "attempt": spawner.attempt,
+    }
+    assert await spawner.poll() is None
+
+
+async def test_token_never_in_user_data_tags_or_logs(new_spawner, monkeypatch, ec2, caplog):
+    sent = []
+    invoke = Aws._invoke
+
+    def recording(self, service, operation, params):
+        sent.append((operation, params))
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", recording)
+    caplog.set_level("DEBUG")
+    spawner = new_spawner()
+    await spawner.start()
+    await spawner.stop()
+
+    assert [op for op, params in sent if TOKEN in repr(params)] == ["PutParameter"]
+    [run] = [params for op, params in sent if op == "RunInstances"]
+    assert "UserData" not in run and "UserData" not in run["LaunchTemplate"]
+    attr = ec2.describe_instance_attribute(InstanceId=spawner.get_state().get("instance_id") or
+                                           [p for op, p in sent if op == "TerminateInstances"][0]["InstanceIds"][0],
+                                           Attribute="userData")
+    assert TOKEN not in json.dumps(attr, default=str)
+    # botocore's own DEBUG log prints request bodies (the hub must never run botocore at DEBUG);
+    # everything ec2spawner and the hub log must be free of the token.
+    ours = [r.getMessage() for r in caplog.records if not r.name.startswith(("botocore", "boto3", "urllib3"))]
+    assert ours and not [m for m in ours if TOKEN in m]
+
+
+async def test_second_start_adopts_instance_after_hub_died_mid_start(new_spawner, emu, live):
+    emu.set_timing(pending_s=2)
+    first = new_spawner()
+
+    async def hub_dies():  # a hub killed mid-start runs no cleanup at all
+        return None
+
+    first._abandon = hub_dies
+    task = asyncio.create_task(first.start())
+    await until(lambda: first.instance_id)
+    launched = first.instance_id
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    second = new_spawner()  # the restarted hub's spawner: no state
+    events = []
+    url = await second.start()
+    events = [e["message"] for e in second._events]
+    assert second.instance_id == launched
+    assert [i["InstanceId"] for i in live("alice")] == [launched]
+    assert any("Adopting" in m for m in events)
+    assert url.endswith(":8888")
+
+
+async def test_state_round_trip_recovers_after_hub_restart(new_spawner, emu):
+    spawner = new_spawner()
+    url = await spawner.start()
+    state = spawner.get_state()
+
+    restarted = new_spawner()
+    restarted.load_state(state)
+    assert restarted.get_state() == state
+    assert await restarted.poll() is None
+    assert await restarted.get_url() == url
+    restarted.clear_state()
+    assert restarted.get_state() == {}
+    assert await restarted.poll() == 0
+
+
+async def test_capacity_falls_back_to_next_az_then_next_type(new_spawner, emu, live):
+    emu.add_capacity_fault(AZS[0], "t3.medium")
+    first = new_spawner("anne")
+    await first.start()
+    [a] = live("anne")
+    assert (a["InstanceType"], a["Placement"]["AvailabilityZone"]) == ("t3.medium", AZS[1])
+
+    for az in AZS:
+        emu.add_capacity_fault(az, "t3.medium")
+    second = new_spawner("bob")
+    await second.start()
+    [b] = live("bob")
+    assert b["InstanceType"] == "t3a.medium"
+    messages = [e["message"] for e in second._events]
+    assert [m for m in messages if m.startswith("No capacity")] == [
+        f"No capacity for t3.medium in {az} (InsufficientInstanceCapacity)" for az in (AZS[2], AZS[0], AZS[1])
+    ] or len([m for m in messages if m.startswith("No capacity")]) == 3
+
+
+async def test_no_capacity_anywhere_is_a_clear_error_and_leaves_nothing(new_spawner, emu, live, hub_secrets):
+    for az in AZS:
+        for itype in ("t3.medium", "t3a.medium"):
+            emu.add_capacity_fault(az, itype)
+    spawner = new_spawner()
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.reason == "capacity"
+    assert "EC2 has no capacity for class 'Small CPU' right now" in info.value.message
+    assert "t3a.medium in us-east-1c" in info.value.message
+    assert live() == [] and hub_secrets() == []
+
+
+async def test_many_concurrent_starts_are_queued_not_failed(new_spawner, emu, live):
+    emu.set_throttle(5, 2.0)
+    before = emu.counters.get("RequestLimitExceeded", 0)
+    spawners = [new_spawner(f"user{i}") for i in range(12)]
+    started = time.monotonic()
+    results = await asyncio.gather(*(s.start() for s in spawners), return_exceptions=True)
+    elapsed = time.monotonic() - started
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert len(live()) == 12
+    assert emu.counters.get("RequestLimitExceeded", 0) - before == 0
+    assert elapsed < 12  # bucket allows 12 in (12 - 5) / 2 = 3.5 s, plus pending time
+
+
+@pytest.mark.parametrize("how", ["start_timeout", "cancelled_by_hub"])
+async def test_timeout_leaves_no_instance_and_no_secret(new_spawner, emu, live, hub_secrets, how):
+    emu.set_timing(pending_s=30)
+    if how == "start_timeout":
+        spawner = new_spawner(start_timeout=1)
+        with pytest.raises(asyncio.TimeoutError):
+            await spawner.start()
+    else:  # JupyterHub wraps start() in asyncio.wait_for(start_timeout) and cancels it
+        spawner = new_spawner()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(spawner.start(), timeout=1)
+    assert live() == []
+    assert hub_secrets() == []
+    assert spawner.instance_id is None
+    await spawner.stop()  # what the hub does next: a no-op
+
+
+async def test_stop_twice_is_idempotent(new_spawner, live, hub_secrets, ec2):
+    spawner = new_spawner()
+    await spawner.start()
+    iid = spawner.instance_id
+    await spawner.stop()
+    spawner.instance_id = iid  # a stop retried with stale state
+    await spawner.stop()
+    assert live() == [] and hub_secrets() == []
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "terminated"
+    assert await spawner.poll() == 0
+
+
+async def test_stop_waits_boundedly(new_spawner, emu):
+    emu.set_timing(shutting_down_s=30)
+    spawner = new_spawner(stop_timeout=0.5)
+    await spawner.start()
+    started = time.monotonic()
+    await spawner.stop()
+    assert time.monotonic() - started < 3
+
+
+async def test_poll_sees_termination_behind_the_hubs_back(new_spawner, emu):
+    spawner = new_spawner()
+    await spawner.start()
+    emu.terminate(spawner.instance_id)
+    watcher = spawner._watcher()
+    await watcher.fresh()
+    assert await spawner.poll() == 1
+
+
+async def test_spot_interruption_while_pending_tells_the_user(new_spawner, emu, live, hub_secrets):
+    emu.set_timing(pending_s=5)
+    spawner = new_spawner(user_options={"instance_class": "spot"})
+    task = asyncio.create_task(spawner.start())
+    await until(lambda: spawner.instance_id and spawner._watcher().get(spawner.instance_id))
+    emu.terminate(spawner.instance_id, spot=True)
+    with pytest.raises(SpawnException) as info:
+        await task
+    assert info.value.reason == "spot-interruption"
+    assert "spot interruption" in info.value.message
+    assert live() == [] and hub_secrets() == []
+
+
+async def test_named_servers_get_their_own_instances(new_spawner, live, hub_id):
+    default = new_spawner()
+    named = new_spawner(server="training", groups=["gpu"], user_options={"instance_class": "gpu"})
+    await asyncio.gather(default.start(), named.start())
+    by_server = {tags_of(i)["ec2hub:server"]: i for i in live("alice")}
+    assert set(by_server) == {"", "training"}
+    assert tags_of(by_server["training"])["Name"] == f"ec2hub-{hub_id}-alice-training"
+    assert by_server["training"]["InstanceType"] == "g5.xlarge"
+    await named.stop()
+    assert [tags_of(i)["ec2hub:server"] for i in live("alice")] == [""]
+
+
+async def test_stop_mode_stop_resumes_same_instance(new_spawner, live, hub_secrets):
+    first = new_spawner(stop_mode="stop")
+    await first.start()
+    iid = first.instance_id
+    await first.stop()
+    assert [(i["InstanceId"], i["State"]["Name"]) for i in live()] == [(iid, "stopped")]
+    assert hub_secrets() == []
+
+    again = new_spawner(stop_mode="stop")
+    await again.start()
+    assert again.instance_id == iid
+    assert [i["State"]["Name"] for i in live()] == ["running"]
+    assert len(hub_secrets()) == 1
+
+
+async def test_stop_mode_replaces_instance_when_template_changed(new_spawner, live, ec2, platform):
+    lt = platform.classes[0]["launch_template_id"]
+    first = new_spawner(stop_mode="stop")
+    await first.start()
+    old = first.instance_id
+    await first.stop()
+    version = ec2.create_launch_template_version(
+        LaunchTemplateId=lt, SourceVersion="1", LaunchTemplateData={"InstanceType": "t3.medium"}
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    ec2.modify_launch_template(LaunchTemplateId=lt, DefaultVersion=str(version))
+    try:
+        again = new_spawner(stop_mode="stop")
+        await again.start()
+        assert again.instance_id != old
+        assert [i["InstanceId"] for i in live()] == [again.instance_id]
+        assert any("changed since" in e["message"] for e in again._events)
+    finally:
+        ec2.modify_launch_template(LaunchTemplateId=lt, DefaultVersion="1")
+
+
+async def test_progress_reports_real_phases(new_spawner, emu):
+    emu.set_timing(pending_s=0.5)
+    spawner = new_spawner()
+    messages = []
+
+    async def follow():
+        await until(lambda: spawner._progress_changed is not None)
+        async for event in spawner.progress():
+            messages.append(event["message"])
+
+    follower = asyncio.create_task(follow())
+    await spawner.start()
+    await asyncio.wait_for(follower, 5)
+    iid, ip = spawner.instance_id, spawner._watcher().get(spawner.instance_id).private_ip
+    assert messages == [
+        f"Requesting t3.medium in {AZS[0]}",
+        f"Instance {iid} pending (t3.medium in {AZS[0]})",
+        f"Running at {ip}, booting",
+        "Waiting for the notebook server",
+    ]
+
+
+async def test_one_describe_serves_every_poll(new_spawner, emu):
+    spawners = [new_spawner(f"p{i}") for i in range(5)]
+    await asyncio.gather(*(s.start() for s in spawners))
+    aws = Aws.for_region("us-east-1")
+    before = aws.calls.get("DescribeInstances", 0)
+    for _ in range(3):
+        assert await asyncio.gather(*(s.poll() for s in spawners)) == [None] * 5
+    assert aws.calls.get("DescribeInstances", 0) - before <= 1
+
+
+async def test_just_launched_instance_not_yet_listed_counts_as_pending(new_spawner, emu, monkeypatch):
+    spawner = new_spawner()
+    await spawner.start()
+    watcher = spawner._watcher()
+    iid = spawner.instance_id
+    real = Aws._describe_all_sync
+
+    def invisible(self, filters):  # EC2's eventual consistency: not listed yet
+        views = real(self, filters)
+        views.pop(iid, None)
+        return views
+
+    monkeypatch.setattr(Aws, "_describe_all_sync", invisible)
+    watcher._expected[iid] = (time.monotonic(), watcher.snapshot[iid])
+    await watcher.fresh()
+    assert await spawner.poll() is None
+    watcher._expected[iid] = (time.monotonic() - 10, watcher._expected[iid][1])
+    assert await spawner.poll() == 1
