@@ -1,0 +1,77 @@
+"""Request payloads are pure functions: compared to literals."""
+
+from ec2spawner import requests as req
+
+TAGS = [
+    {"Key": "ec2hub:hub", "Value": "hub1"},
+    {"Key": "ec2hub:user", "Value": "alice"},
+    {"Key": "ec2hub:server", "Value": "gpu-work"},
+    {"Key": "ec2hub:class", "Value": "gpu"},
+    {"Key": "ec2hub:secret-prefix", "Value": "/ec2hub/hub1/servers/"},
+    {"Key": "ec2hub:efs", "Value": "fs-1"},
+    {"Key": "Name", "Value": "ec2hub-hub1-alice-gpu-work"},
+]
+
+
+def test_instance_tags_follow_the_contract():
+    assert req.instance_tags(hub_id="hub1", user="alice", server="gpu-work", class_slug="gpu",
+                             secret_prefix="/ec2hub/hub1/servers/", efs_id="fs-1") == TAGS
+    no_efs = req.instance_tags(hub_id="hub1", user="bob", server="", class_slug="small",
+                               secret_prefix="/p/", efs_id=None)
+    assert {t["Key"]: t["Value"] for t in no_efs} == {
+        "ec2hub:hub": "hub1", "ec2hub:user": "bob", "ec2hub:server": "", "ec2hub:class": "small",
+        "ec2hub:secret-prefix": "/p/", "Name": "ec2hub-hub1-bob"}
+
+
+def test_name_tag_is_truncated():
+    assert len(req.instance_name("h", "u" * 300, "")) == 255
+
+
+def test_launch_params_on_demand_and_spot():
+    assert req.launch_params(launch_template_id="lt-1", instance_type="g5.xlarge", subnet_id="subnet-1",
+                             tags=TAGS, token="tok", spot=False) == {
+        "LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": "$Default"},
+        "InstanceType": "g5.xlarge",
+        "SubnetId": "subnet-1",
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": "tok",
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": TAGS},
+                              {"ResourceType": "volume", "Tags": TAGS}],
+    }
+    spot = req.launch_params(launch_template_id="lt-1", instance_type="t3.large", subnet_id="s",
+                             tags=[], token="t", spot=True)
+    assert spot["InstanceMarketOptions"] == {
+        "MarketType": "spot",
+        "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+
+
+def test_client_token_is_stable_per_attempt_and_distinct_otherwise():
+    args = dict(hub_id="h", user="u", server="", attempt="a1", instance_type="t3.medium", subnet_id="s1")
+    token = req.client_token(**args)
+    assert token == req.client_token(**args) and len(token) <= 64 and token.isascii()
+    for change in ({"attempt": "a2"}, {"subnet_id": "s2"}, {"instance_type": "t3a.medium"}, {"server": "x"}):
+        assert req.client_token(**{**args, **change}) != token
+
+
+def test_filters_and_secret_payloads():
+    assert req.hub_filters("hub1") == [
+        {"Name": "tag:ec2hub:hub", "Values": ["hub1"]},
+        {"Name": "instance-state-name",
+         "Values": ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]},
+    ]
+    arn = req.instance_arn(partition="aws-cn", region="cn-north-1", account="111", instance_id="i-1")
+    assert arn == "arn:aws-cn:ec2:cn-north-1:111:instance/i-1"
+    assert req.secret_put_params(name="/p/i-1", env={"B": "2", "A": "1"}, hub_id="hub1", arn=arn) == {
+        "Name": "/p/i-1", "Type": "SecureString", "Value": '{"A": "1", "B": "2"}', "Tier": "Intelligent-Tiering",
+        "Tags": [{"Key": "ec2hub:hub", "Value": "hub1"}, {"Key": "ec2hub:instance-arn", "Value": arn}],
+    }
+    assert req.secret_list_filters("/p/") == [{"Key": "Name", "Option": "BeginsWith", "Values": ["/p/"]}]
+
+
+def test_subnet_order_spreads_across_azs_and_plan_tries_every_az_per_type():
+    subnets = {"a": "s-a", "b": "s-b", "c": "s-c"}
+    assert req.ordered_subnets(subnets) == [("a", "s-a"), ("b", "s-b"), ("c", "s-c")]
+    assert req.ordered_subnets(subnets, {"a": 2, "b": 1}) == [("c", "s-c"), ("b", "s-b"), ("a", "s-a")]
+    assert req.launch_plan(["x", "y"], [("a", "s-a"), ("b", "s-b")]) == [
+        ("x", "a", "s-a"), ("x", "b", "s-b"), ("y", "a", "s-a"), ("y", "b", "s-b")]
