@@ -2,9 +2,12 @@
 """The CDK app: `cdk synth` / `cdk deploy` run this (see cdk.json and docs/DEPLOY.md).
 
 A mistake in instance-classes.yaml or in a context value prints one line, `error: <message>`, and
-exits with status 1: no traceback.
+exits with status 1: no traceback. Context comes from cdk.json and `-c key=value` (the CLI passes
+them in CDK_CONTEXT_JSON); `-c catalog=<path>` points at another catalog file.
 """
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,17 +17,30 @@ for path in (ROOT, ROOT / "spawner"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from ec2spawner.catalog import CatalogError  # noqa: E402
+from ec2spawner.catalog import CatalogError, load_catalog
 
-from infra import ConfigError, build_app  # noqa: E402
+
+def fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
 
 
 def main() -> int:
+    # Check the catalog before loading the CDK (a second or two): an admin's typo answers at once.
     try:
-        app = build_app()
+        cli_context = json.loads(os.environ.get("CDK_CONTEXT_JSON") or "{}")
+        load_catalog(cli_context.get("catalog") or ROOT / "instance-classes.yaml")
+    except CatalogError as error:
+        return fail(error)
+    except ValueError:
+        pass  # not JSON: the CDK reads its context its own way; build_app checks everything again
+
+    from infra import ConfigError, build_app
+
+    try:
+        app = build_app({})
     except (CatalogError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error)
     app.synth()
     return 0
 

@@ -20,24 +20,57 @@ from .config import REPO_ROOT, ConfigError, HubConfig, config_from_context
 from .nag import acknowledge_findings, add_checks
 from .stack import Ec2HubStack
 
-__all__ = ["ConfigError", "Ec2HubStack", "HubConfig", "build_app", "cdk_json_context", "synth_template"]
+PATH_METADATA = "aws:cdk:enable-path-metadata"
+
+__all__ = [
+    "ConfigError",
+    "Ec2HubStack",
+    "HubConfig",
+    "build_app",
+    "cdk_json_context",
+    "synth_template",
+]
 
 
 def cdk_json_context() -> dict[str, Any]:
     """The context block of cdk.json (the CLI passes it to app.py; in-process callers need it too)."""
-    return json.loads((REPO_ROOT / "cdk.json").read_text(encoding="utf-8")).get("context", {})
+    return json.loads((REPO_ROOT / "cdk.json").read_text(encoding="utf-8")).get(
+        "context", {}
+    )
 
 
-def build_app(context: dict[str, Any] | None = None, *, outdir: str | Path | None = None, nag: bool = True) -> App:
+def build_app(
+    context: dict[str, Any] | None = None,
+    *,
+    outdir: str | Path | None = None,
+    nag: bool = True,
+) -> App:
     """The app with the ec2hub stack. ``context`` adds to (and overrides) cdk.json's context.
 
     Raises ``ec2spawner.catalog.CatalogError`` or :class:`ConfigError` (one-line messages).
     Under the CDK CLI, pass no context: the CLI hands its own (cdk.json plus ``-c``) to the App.
     """
-    merged = None if context is None else {**cdk_json_context(), **context}
+    # The CLI turns path metadata on itself (and warns about aws: keys in cdk.json); in-process
+    # synths need it too, or cfn-lint flags the pinned AZs (W3010).
+    merged = (
+        None
+        if context is None
+        else {**cdk_json_context(), PATH_METADATA: True, **context}
+    )
     app = App(context=merged, outdir=str(outdir) if outdir is not None else None)
-    keys = ("hub_id", "account", "region", "catalog", "nat_gateways", "vpc_endpoints", "certificate_arn",
-            "domain_name", "admin_user", "hub_instance_type", "allowed_ingress_cidr")
+    keys = (
+        "hub_id",
+        "account",
+        "region",
+        "catalog",
+        "nat_gateways",
+        "vpc_endpoints",
+        "certificate_arn",
+        "domain_name",
+        "admin_user",
+        "hub_instance_type",
+        "allowed_ingress_cidr",
+    )
     values = {key: app.node.try_get_context(key) for key in keys}
     config = config_from_context({k: v for k, v in values.items() if v is not None})
     catalog = load_catalog(config.catalog_path)
@@ -48,7 +81,9 @@ def build_app(context: dict[str, Any] | None = None, *, outdir: str | Path | Non
     return app
 
 
-def synth_template(context: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+def synth_template(
+    context: dict[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
     """Synthesize and return the stack's CloudFormation template."""
     app = build_app(context or {}, **kwargs)
     assembly = app.synth()

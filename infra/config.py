@@ -26,8 +26,12 @@ DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 _HUB_ID = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
-_CERT_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_CERT_ARN = re.compile(
+    r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$"
+)
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
 
@@ -78,7 +82,9 @@ def _text(context: dict[str, Any], key: str) -> str | None:
     return value.strip()
 
 
-def _checked(context: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str | None:
+def _checked(
+    context: dict[str, Any], key: str, pattern: re.Pattern[str], what: str
+) -> str | None:
     value = _text(context, key)
     if value is not None and not pattern.match(value):
         raise ConfigError(f"context {key}: {value!r} is not {what}")
@@ -89,7 +95,14 @@ def _bool(context: dict[str, Any], key: str, default: bool) -> bool:
     value = context.get(key, default)
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+    if isinstance(value, str) and value.lower() in {
+        "true",
+        "false",
+        "1",
+        "0",
+        "yes",
+        "no",
+    }:
         return value.lower() in {"true", "1", "yes"}
     raise ConfigError(f"context {key}: {value!r} is not true or false")
 
@@ -111,22 +124,31 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
     try:
         cidr = str(ipaddress.ip_network(cidr, strict=True))
     except ValueError:
-        raise ConfigError(f"context allowed_ingress_cidr: {cidr!r} is not an IPv4/IPv6 network") from None
+        raise ConfigError(
+            f"context allowed_ingress_cidr: {cidr!r} is not an IPv4/IPv6 network"
+        ) from None
     hub_type = _text(context, "hub_instance_type") or DEFAULT_HUB_INSTANCE_TYPE
     from ec2spawner.catalog import ec2_instance_types
 
     if hub_type not in ec2_instance_types():
-        raise ConfigError(f"context hub_instance_type: {hub_type!r} is not an EC2 instance type")
+        raise ConfigError(
+            f"context hub_instance_type: {hub_type!r} is not an EC2 instance type"
+        )
     catalog = _text(context, "catalog")
     return HubConfig(
-        hub_id=_checked(context, "hub_id", _HUB_ID, "a stack name ([A-Za-z][A-Za-z0-9-]*)")
+        hub_id=_checked(
+            context, "hub_id", _HUB_ID, "a stack name ([A-Za-z][A-Za-z0-9-]*)"
+        )
         or DEFAULT_HUB_ID,
-        account=_checked(context, "account", _ACCOUNT, "a 12-digit account id") or DEFAULT_ACCOUNT,
+        account=_checked(context, "account", _ACCOUNT, "a 12-digit account id")
+        or DEFAULT_ACCOUNT,
         region=_checked(context, "region", _REGION, "an AWS region") or DEFAULT_REGION,
         catalog_path=Path(catalog) if catalog else REPO_ROOT / "instance-classes.yaml",
         nat_gateways=_int(context, "nat_gateways", 1, 1, 3),
         vpc_endpoints=_bool(context, "vpc_endpoints", False),
-        certificate_arn=_checked(context, "certificate_arn", _CERT_ARN, "an ACM certificate ARN"),
+        certificate_arn=_checked(
+            context, "certificate_arn", _CERT_ARN, "an ACM certificate ARN"
+        ),
         domain_name=_checked(context, "domain_name", _DOMAIN, "a DNS name"),
         admin_user=_checked(context, "admin_user", _ADMIN_USER, "a plain user name"),
         hub_instance_type=hub_type,

@@ -72,7 +72,11 @@ class Hub(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="ec2hub hub host: launches and manages this hub's notebook instances",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(
+                    "AmazonSSMManagedInstanceCore"
+                )
+            ],
         )
 
         # The spawner package as a zip in the CDK asset bucket; the hub bootstrap pip-installs it.
@@ -80,7 +84,14 @@ class Hub(Construct):
             self,
             "SpawnerPackage",
             path=str(spawner_path),
-            exclude=["*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", "build", "dist"],
+            exclude=[
+                "*.egg-info",
+                "__pycache__",
+                "*.pyc",
+                ".pytest_cache",
+                "build",
+                "dist",
+            ],
         )
 
         self.instance = ec2.Instance(
@@ -92,7 +103,9 @@ class Hub(Construct):
             machine_image=ec2.MachineImage.latest_amazon_linux2023(),
             security_group=self.security_group,
             role=self.role,
-            user_data=ec2.UserData.custom(read_user_data(user_data_path).decode("utf-8")),
+            user_data=ec2.UserData.custom(
+                read_user_data(user_data_path).decode("utf-8")
+            ),
             associate_public_ip_address=False,
             block_devices=[
                 ec2.BlockDevice(
@@ -140,7 +153,9 @@ class Hub(Construct):
             allow_all_outbound=False,
         )
         peer = (
-            ec2.Peer.ipv6(allowed_ingress_cidr) if ":" in allowed_ingress_cidr else ec2.Peer.ipv4(allowed_ingress_cidr)
+            ec2.Peer.ipv6(allowed_ingress_cidr)
+            if ":" in allowed_ingress_cidr
+            else ec2.Peer.ipv4(allowed_ingress_cidr)
         )
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,
@@ -193,7 +208,9 @@ class Hub(Construct):
             self.listener_ports = [80]
         for port in self.listener_ports:
             self.alb_security_group.add_ingress_rule(
-                peer, ec2.Port.tcp(port), f"ec2hub clients on {port} ({'redirect' if port == 80 and certificate_arn else 'hub'})"
+                peer,
+                ec2.Port.tcp(port),
+                f"ec2hub clients on {port} ({'redirect' if port == 80 and certificate_arn else 'hub'})",
             )
 
 
@@ -220,11 +237,16 @@ def spawner_statements(
 
     def ec2_arn(resource: str, name: str, account: bool = True) -> str:
         return stack.format_arn(
-            service="ec2", resource=resource, resource_name=name, account=None if account else ""
+            service="ec2",
+            resource=resource,
+            resource_name=name,
+            account=None if account else "",
         )
 
     def ssm_arn(path: str) -> str:
-        return stack.format_arn(service="ssm", resource="parameter", resource_name=path.lstrip("/"))
+        return stack.format_arn(
+            service="ssm", resource="parameter", resource_name=path.lstrip("/")
+        )
 
     from_own_template = {"ArnEquals": {"ec2:LaunchTemplate": launch_template_arns}}
     created_by_launch = [
@@ -251,13 +273,21 @@ def spawner_statements(
         iam.PolicyStatement(
             sid="RunInstancesImageAndGroupsFromTemplate",
             actions=["ec2:RunInstances"],
-            resources=[ec2_arn("image", "*", account=False), ec2_arn("security-group", "*")],
-            conditions={**from_own_template, "Bool": {"ec2:IsLaunchTemplateResource": "true"}},
+            resources=[
+                ec2_arn("image", "*", account=False),
+                ec2_arn("security-group", "*"),
+            ],
+            conditions={
+                **from_own_template,
+                "Bool": {"ec2:IsLaunchTemplateResource": "true"},
+            },
         ),
         iam.PolicyStatement(
             sid="RunInstancesInNotebookSubnets",
             actions=["ec2:RunInstances"],
-            resources=[ec2_arn("subnet", subnet_id) for subnet_id in notebook_subnet_ids],
+            resources=[
+                ec2_arn("subnet", subnet_id) for subnet_id in notebook_subnet_ids
+            ],
             conditions=from_own_template,
         ),
         iam.PolicyStatement(
@@ -273,7 +303,11 @@ def spawner_statements(
         ),
         iam.PolicyStatement(
             sid="ManageOwnNotebooks",
-            actions=["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
+            actions=[
+                "ec2:StartInstances",
+                "ec2:StopInstances",
+                "ec2:TerminateInstances",
+            ],
             resources=[ec2_arn("instance", "*")],
             conditions={
                 "StringEquals": {f"aws:ResourceTag/{TAG_HUB}": hub_id},
@@ -317,21 +351,31 @@ def spawner_statements(
         ),
         iam.PolicyStatement(
             sid="ReadHubParameters",
-            actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+            actions=[
+                "ssm:GetParameter",
+                "ssm:GetParameters",
+                "ssm:GetParametersByPath",
+            ],
             resources=[ssm_arn(ssm_prefix + "*")],
         ),
         iam.PolicyStatement(
             sid="SecureStringsViaSsm",
             actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
+            resources=[
+                stack.format_arn(service="kms", resource="key", resource_name="*")
+            ],
             conditions={
                 "StringEquals": {"kms:ViaService": f"ssm.{stack.region}.amazonaws.com"},
-                "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": ssm_arn(ssm_prefix + "*")},
+                "StringLike": {
+                    "kms:EncryptionContext:PARAMETER_ARN": ssm_arn(ssm_prefix + "*")
+                },
             },
         ),
         iam.PolicyStatement(
             sid="ReadSpawnerPackage",
             actions=["s3:GetObject"],
-            resources=[spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)],
+            resources=[
+                spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)
+            ],
         ),
     ]

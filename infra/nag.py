@@ -21,7 +21,9 @@ from .notebooks import AWS_CUSTOM_RESOURCE_PROVIDER_ID
 if TYPE_CHECKING:
     from .stack import Ec2HubStack
 
-SSM_MANAGED_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
+SSM_MANAGED_POLICY = (
+    "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
+)
 LAMBDA_BASIC_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 
 
@@ -72,27 +74,45 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
 
     hub_policy = hub_role.node.find_child("DefaultPolicy")
     hub_findings = {
-        arn("ec2", "instance/*"): "RunInstances creates instances whose ids cannot be known in advance; "
+        arn(
+            "ec2", "instance/*"
+        ): "RunInstances creates instances whose ids cannot be known in advance; "
         "allowed only with ec2:LaunchTemplate = this stack's templates. Start/Stop/Terminate need "
         f"aws:ResourceTag/ec2hub:hub = {hub_id} and a class tag (notebooks only, never the hub).",
-        arn("ec2", "volume/*"): "RunInstances creates the root volume; allowed only when launching "
+        arn(
+            "ec2", "volume/*"
+        ): "RunInstances creates the root volume; allowed only when launching "
         "from this stack's launch templates (ec2:LaunchTemplate), which set encrypted gp3.",
-        arn("ec2", "spot-instances-request/*"): "Spot classes create a spot request at launch; "
+        arn(
+            "ec2", "spot-instances-request/*"
+        ): "Spot classes create a spot request at launch; "
         "allowed only when launching from this stack's launch templates (ec2:LaunchTemplate).",
-        arn("ec2", "network-interface/*"): "RunInstances creates the primary network interface; "
+        arn(
+            "ec2", "network-interface/*"
+        ): "RunInstances creates the primary network interface; "
         "allowed only from this stack's templates and never with a public address "
         "(ec2:AssociatePublicIpAddress). CreateTags on it only at launch.",
-        arn("ec2", "image/*", with_account=False): "The AMI is resolved from a public SSM parameter at "
+        arn(
+            "ec2", "image/*", with_account=False
+        ): "The AMI is resolved from a public SSM parameter at "
         "deploy time; it must be the one in the launch template (ec2:IsLaunchTemplateResource = true).",
-        arn("ec2", "security-group/*"): "The security group must be the one in the launch template "
+        arn(
+            "ec2", "security-group/*"
+        ): "The security group must be the one in the launch template "
         "(ec2:IsLaunchTemplateResource = true with ec2:LaunchTemplate = this stack's templates).",
         "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests) "
         "support no resource-level permissions; they are read-only.",
-        arn("ssm", secrets): "The spawner writes and deletes one SecureString per notebook instance, "
+        arn(
+            "ssm", secrets
+        ): "The spawner writes and deletes one SecureString per notebook instance, "
         "named by its instance id, under this hub's own secret prefix only.",
-        arn("ssm", f"parameter/ec2hub/{hub_id}/*"): "Read-only access to this hub's own parameters "
+        arn(
+            "ssm", f"parameter/ec2hub/{hub_id}/*"
+        ): "Read-only access to this hub's own parameters "
         "(settings document, OAuth client secret) under /ec2hub/<hub_id>/.",
-        arn("kms", "key/*"): "SecureStrings use the AWS-managed aws/ssm key, whose id is not known at "
+        arn(
+            "kms", "key/*"
+        ): "SecureStrings use the AWS-managed aws/ssm key, whose id is not known at "
         "synth; use is allowed only via SSM and only for this hub's parameters (encryption context).",
     }
     for resource, reason in hub_findings.items():

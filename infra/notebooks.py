@@ -41,8 +41,10 @@ def read_user_data(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}: "
-                          f"cannot read user data: {error.strerror}") from None
+        raise ConfigError(
+            f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}: "
+            f"cannot read user data: {error.strerror}"
+        ) from None
     if len(data) > MAX_USER_DATA_BYTES:
         name = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
         raise ConfigError(
@@ -72,7 +74,11 @@ def image_id(scope: Construct, ami: str) -> str:
     template parameter per path (shared by classes naming the same path); no lookup at synth.
     """
     if ami.startswith("ssm:"):
-        return ec2.MachineImage.from_ssm_parameter(ami[len("ssm:") :]).get_image(scope).image_id
+        return (
+            ec2.MachineImage.from_ssm_parameter(ami[len("ssm:") :])
+            .get_image(scope)
+            .image_id
+        )
     return ami
 
 
@@ -86,7 +92,10 @@ def launch_template_data(
     user_data: str,
 ) -> dict:
     """The ``LaunchTemplateData`` of one class (CloudFormation property names)."""
-    tags = [{"Key": "ec2hub:hub", "Value": hub_id}, {"Key": "ec2hub:class", "Value": cls.slug}]
+    tags = [
+        {"Key": "ec2hub:hub", "Value": hub_id},
+        {"Key": "ec2hub:class", "Value": cls.slug},
+    ]
     data: dict = {
         "ImageId": image,
         "InstanceType": cls.instance_types[0],
@@ -123,7 +132,10 @@ def launch_template_data(
     if cls.is_spot:
         data["InstanceMarketOptions"] = {
             "MarketType": "spot",
-            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
         }
     return data
 
@@ -159,10 +171,16 @@ class Notebooks(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="ec2hub notebook instances: Session Manager and their own server secret",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(
+                    "AmazonSSMManagedInstanceCore"
+                )
+            ],
         )
         secret_arn_pattern = stack.format_arn(
-            service="ssm", resource="parameter", resource_name=secret_prefix.lstrip("/") + "*"
+            service="ssm",
+            resource="parameter",
+            resource_name=secret_prefix.lstrip("/") + "*",
         )
         # An instance reads its own secret and no other: the spawner tags each secret with the ARN
         # of the instance it belongs to (ARCHITECTURE.md §4); ec2:SourceInstanceARN is the ARN of
@@ -173,7 +191,9 @@ class Notebooks(Construct):
                 actions=["ssm:GetParameter"],
                 resources=[secret_arn_pattern],
                 conditions={
-                    "StringEquals": {"ssm:resourceTag/ec2hub:instance-arn": "${ec2:SourceInstanceARN}"}
+                    "StringEquals": {
+                        "ssm:resourceTag/ec2hub:instance-arn": "${ec2:SourceInstanceARN}"
+                    }
                 },
             )
         )
@@ -183,14 +203,22 @@ class Notebooks(Construct):
             iam.PolicyStatement(
                 sid="DecryptOwnServerSecretViaSsm",
                 actions=["kms:Decrypt"],
-                resources=[stack.format_arn(service="kms", resource="key", resource_name="*")],
+                resources=[
+                    stack.format_arn(service="kms", resource="key", resource_name="*")
+                ],
                 conditions={
-                    "StringEquals": {"kms:ViaService": f"ssm.{stack.region}.amazonaws.com"},
-                    "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": secret_arn_pattern},
+                    "StringEquals": {
+                        "kms:ViaService": f"ssm.{stack.region}.amazonaws.com"
+                    },
+                    "StringLike": {
+                        "kms:EncryptionContext:PARAMETER_ARN": secret_arn_pattern
+                    },
                 },
             )
         )
-        self.instance_profile = iam.InstanceProfile(self, "InstanceProfile", role=self.role)
+        self.instance_profile = iam.InstanceProfile(
+            self, "InstanceProfile", role=self.role
+        )
 
         user_data = user_data_base64(user_data_path)
         self.launch_templates: dict[str, ec2.CfnLaunchTemplate] = {}
@@ -200,7 +228,9 @@ class Notebooks(Construct):
                 scope_for_class,
                 "LaunchTemplate",
                 launch_template_name=f"ec2hub-{hub_id}-{cls.slug}",
-                version_description=f"ec2hub class {cls.slug}: {cls.display_name}"[:255],
+                version_description=f"ec2hub class {cls.slug}: {cls.display_name}"[
+                    :255
+                ],
                 # Filled below with CloudFormation names: one plain mapping, built and tested by
                 # launch_template_data(), rather than a tree of L1 structs.
                 launch_template_data={},
@@ -233,7 +263,9 @@ class Notebooks(Construct):
     def launch_template_arns(self) -> list[str]:
         stack = Stack.of(self)
         return [
-            stack.format_arn(service="ec2", resource="launch-template", resource_name=t.ref)
+            stack.format_arn(
+                service="ec2", resource="launch-template", resource_name=t.ref
+            )
             for t in self.launch_templates.values()
         ]
 
@@ -247,7 +279,9 @@ class Notebooks(Construct):
         provider.node.default_child.add_deletion_override("DependsOn")
 
     @staticmethod
-    def _make_latest_version_default(scope: Construct, template: ec2.CfnLaunchTemplate) -> None:
+    def _make_latest_version_default(
+        scope: Construct, template: ec2.CfnLaunchTemplate
+    ) -> None:
         """Point the template's ``$Default`` at its newest version after every change.
 
         Updating ``LaunchTemplateData`` makes CloudFormation create a new version of the same
@@ -279,7 +313,9 @@ class Notebooks(Construct):
                         actions=["ec2:ModifyLaunchTemplate"],
                         resources=[
                             stack.format_arn(
-                                service="ec2", resource="launch-template", resource_name=template.ref
+                                service="ec2",
+                                resource="launch-template",
+                                resource_name=template.ref,
                             )
                         ],
                     )

@@ -37,7 +37,10 @@ def settings_document(
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
     classes = [
-        {**cls.model_dump(mode="json", exclude_none=True), "launch_template_id": launch_template_ids[cls.slug]}
+        {
+            **cls.model_dump(mode="json", exclude_none=True),
+            "launch_template_id": launch_template_ids[cls.slug],
+        }
         for cls in catalog.classes
     ]
     document: dict[str, Any] = {
@@ -58,8 +61,15 @@ def settings_document(
     return document
 
 
-def estimated_size(catalog: Catalog, *, hub_id: str, region: str, azs: list[str], secret_prefix: str,
-                   admin_users: list[str]) -> int:
+def estimated_size(
+    catalog: Catalog,
+    *,
+    hub_id: str,
+    region: str,
+    azs: list[str],
+    secret_prefix: str,
+    admin_users: list[str],
+) -> int:
     """Length of the document with ids of their real lengths (tokens have no length at synth)."""
     sample = settings_document(
         region=region,

@@ -22,7 +22,9 @@ from .storage import Storage
 class Ec2HubStack(Stack):
     """JupyterHub with one EC2 instance per notebook server, for one hub id (= stack name)."""
 
-    def __init__(self, scope: Construct, *, config: HubConfig, catalog: Catalog) -> None:
+    def __init__(
+        self, scope: Construct, *, config: HubConfig, catalog: Catalog
+    ) -> None:
         super().__init__(
             scope,
             config.hub_id,
@@ -33,7 +35,10 @@ class Ec2HubStack(Stack):
         self.config = config
 
         self.network = Network(
-            self, "Network", nat_gateways=config.nat_gateways, vpc_endpoints=config.vpc_endpoints
+            self,
+            "Network",
+            nat_gateways=config.nat_gateways,
+            vpc_endpoints=config.vpc_endpoints,
         )
         vpc = self.network.vpc
         private = self.network.private_subnets
@@ -65,9 +70,13 @@ class Ec2HubStack(Stack):
         notebook_sg = self.notebooks.security_group
         hub_sg = self.hub.security_group
         notebook_sg.add_ingress_rule(
-            hub_sg, ec2.Port.tcp(NOTEBOOK_PORT), "hub proxy and spawner to jupyterhub-singleuser"
+            hub_sg,
+            ec2.Port.tcp(NOTEBOOK_PORT),
+            "hub proxy and spawner to jupyterhub-singleuser",
         )
-        hub_sg.add_ingress_rule(notebook_sg, ec2.Port.tcp(HUB_API_PORT), "notebooks to the hub API")
+        hub_sg.add_ingress_rule(
+            notebook_sg, ec2.Port.tcp(HUB_API_PORT), "notebooks to the hub API"
+        )
         # Ingress on the hub and the matching egress on the (closed-outbound) ALB group.
         self.hub.load_balancer.connections.allow_to(
             hub_sg, ec2.Port.tcp(PROXY_PORT), "load balancer to the proxy"
@@ -75,8 +84,12 @@ class Ec2HubStack(Stack):
         endpoint_sg = self.network.endpoint_security_group
         for peer, who in ((notebook_sg, "notebooks"), (hub_sg, "hub")):
             if endpoint_sg is not None:
-                endpoint_sg.add_ingress_rule(peer, ec2.Port.tcp(443), f"AWS APIs from {who}")
-            self.storage.file_system.connections.allow_default_port_from(peer, f"NFS from {who}")
+                endpoint_sg.add_ingress_rule(
+                    peer, ec2.Port.tcp(443), f"AWS APIs from {who}"
+                )
+            self.storage.file_system.connections.allow_default_port_from(
+                peer, f"NFS from {who}"
+            )
 
         # --- the hub role ----------------------------------------------------------------------
         notebook_subnets = vpc.select_subnets(subnet_group_name="private").subnets
@@ -99,7 +112,9 @@ class Ec2HubStack(Stack):
             hub_id=config.hub_id,
             subnets={s.availability_zone: s.subnet_id for s in notebook_subnets},
             catalog=catalog,
-            launch_template_ids={slug: t.ref for slug, t in self.notebooks.launch_templates.items()},
+            launch_template_ids={
+                slug: t.ref for slug, t in self.notebooks.launch_templates.items()
+            },
             secret_prefix=config.secret_prefix,
             efs_id=self.storage.file_system.file_system_id,
             admin_users=admin_users,
@@ -124,7 +139,12 @@ class Ec2HubStack(Stack):
         # --- outputs ---------------------------------------------------------------------------
         scheme = "https" if config.https else "http"
         host = config.domain_name or self.hub.load_balancer.load_balancer_dns_name
-        CfnOutput(self, "HubUrl", value=f"{scheme}://{host}/", description="Open this in a browser")
+        CfnOutput(
+            self,
+            "HubUrl",
+            value=f"{scheme}://{host}/",
+            description="Open this in a browser",
+        )
         CfnOutput(
             self,
             "SettingsParameterName",

@@ -1,0 +1,199 @@
+"""The hub's and the notebooks' permissions: each condition that keeps them least-privileged."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import as_list, join_text, logical_id_by_description, policy_statements
+
+PREFIX = "arn:aws:ec2:us-east-1:111111111111"
+
+
+def role(synth, fragment):
+    return logical_id_by_description(synth, "AWS::IAM::Role", fragment)
+
+
+@pytest.fixture(params=["default", "full"])
+def hub(request):
+    synth = request.getfixturevalue(f"{request.param}_synth")
+    return (
+        synth,
+        policy_statements(synth, role(synth, "ec2hub hub host")),
+        synth.context.get("hub_id", "ec2hub"),
+    )
+
+
+def template_arns(synth):
+    ids = [
+        k
+        for k, v in synth.resources("AWS::EC2::LaunchTemplate").items()
+        if "LaunchTemplateName" in v["Properties"]
+    ]
+    return sorted(f"{PREFIX}:launch-template/{{{i}}}" for i in ids)
+
+
+def test_run_instances_only_from_this_stacks_launch_templates(hub):
+    synth, statements, _ = hub
+    runs = [s for s in statements.values() if s["Action"] == "ec2:RunInstances"]
+    assert len(runs) == 4
+    for statement in runs:
+        assert sorted(
+            join_text(a)
+            for a in statement["Condition"]["ArnEquals"]["ec2:LaunchTemplate"]
+        ) == template_arns(synth)
+    own = statements["RunInstancesFromOwnTemplates"]
+    assert sorted(join_text(r) for r in own["Resource"]) == sorted(
+        [
+            f"{PREFIX}:instance/*",
+            f"{PREFIX}:volume/*",
+            f"{PREFIX}:spot-instances-request/*",
+            *template_arns(synth),
+        ]
+    )
+
+
+def test_image_and_security_groups_must_come_from_the_template(hub):
+    _, statements, _ = hub
+    statement = statements["RunInstancesImageAndGroupsFromTemplate"]
+    assert statement["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
+    assert sorted(join_text(r) for r in statement["Resource"]) == sorted(
+        ["arn:aws:ec2:us-east-1::image/*", f"{PREFIX}:security-group/*"]
+    )
+
+
+def test_launches_only_into_private_subnets_without_public_address(hub):
+    _, statements, _ = hub
+    subnets = [
+        join_text(r) for r in statements["RunInstancesInNotebookSubnets"]["Resource"]
+    ]
+    assert len(subnets) == 2 and all("private" in s for s in subnets)
+    nic = statements["RunInstancesNoPublicAddress"]
+    assert join_text(nic["Resource"]) == f"{PREFIX}:network-interface/*"
+    assert nic["Condition"]["BoolIfExists"] == {"ec2:AssociatePublicIpAddress": "false"}
+
+
+def test_create_tags_only_as_part_of_run_instances(hub):
+    _, statements, hub_id = hub
+    tagging = [
+        s for s in statements.values() if "ec2:CreateTags" in as_list(s["Action"])
+    ]
+    assert len(tagging) == 1
+    assert tagging[0]["Condition"]["StringEquals"] == {
+        "ec2:CreateAction": "RunInstances",
+        "aws:RequestTag/ec2hub:hub": hub_id,
+    }
+
+
+def test_start_stop_terminate_only_this_hubs_notebooks(hub):
+    _, statements, hub_id = hub
+    lifecycle = {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
+    matching = [s for s in statements.values() if lifecycle & set(as_list(s["Action"]))]
+    assert len(matching) == 1
+    (statement,) = matching
+    assert set(statement["Action"]) == lifecycle
+    assert join_text(statement["Resource"]) == f"{PREFIX}:instance/*"
+    assert statement["Condition"]["StringEquals"] == {
+        "aws:ResourceTag/ec2hub:hub": hub_id
+    }
+    assert statement["Condition"]["Null"] == {"aws:ResourceTag/ec2hub:class": "false"}
+
+
+def test_pass_role_only_the_notebook_role_to_ec2(hub):
+    synth, statements, _ = hub
+    passing = [s for s in statements.values() if "iam:PassRole" in as_list(s["Action"])]
+    assert len(passing) == 1
+    assert passing[0]["Resource"] == {
+        "Fn::GetAtt": [role(synth, "ec2hub notebook instances"), "Arn"]
+    }
+    assert passing[0]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}
+    }
+
+
+def test_ssm_only_under_the_hubs_own_prefix(hub):
+    _, statements, hub_id = hub
+    ssm = [
+        s
+        for s in statements.values()
+        if any(a.startswith("ssm:") for a in as_list(s["Action"]))
+    ]
+    assert {s["Sid"] for s in ssm} == {"WriteServerSecrets", "ReadHubParameters"}
+    for statement in ssm:
+        for resource in as_list(statement["Resource"]):
+            assert join_text(resource).startswith(
+                f"arn:aws:ssm:us-east-1:111111111111:parameter/ec2hub/{hub_id}/"
+            )
+    writes = statements["WriteServerSecrets"]
+    assert (
+        join_text(writes["Resource"])
+        == f"arn:aws:ssm:us-east-1:111111111111:parameter/ec2hub/{hub_id}/servers/*"
+    )
+    assert {"ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource"} <= set(
+        writes["Action"]
+    )
+
+
+def test_only_wildcard_resource_is_read_only_describe(hub):
+    _, statements, _ = hub
+    for statement in statements.values():
+        if "*" in as_list(statement["Resource"]):
+            assert all(
+                a.startswith("ec2:Describe") for a in as_list(statement["Action"])
+            )
+    for statement in statements.values():
+        assert all("*" not in a.split(":")[1] for a in as_list(statement["Action"]))
+
+
+def test_hub_reads_only_its_spawner_asset_object(hub):
+    synth, statements, _ = hub
+    (instance,) = synth.resources("AWS::EC2::Instance").values()
+    asset_url = {t["Key"]: t["Value"] for t in instance["Properties"]["Tags"]}[
+        "ec2hub:spawner-asset"
+    ]
+    bucket_and_key = asset_url.removeprefix("s3://")
+    assert (
+        join_text(statements["ReadSpawnerPackage"]["Resource"])
+        == f"arn:aws:s3:::{bucket_and_key}"
+    )
+    assert statements["ReadSpawnerPackage"]["Action"] == "s3:GetObject"
+
+
+def test_notebook_reads_only_the_secret_tagged_with_its_own_arn(any_synth):
+    hub_id = any_synth.context.get("hub_id", "ec2hub")
+    statements = policy_statements(
+        any_synth, role(any_synth, "ec2hub notebook instances")
+    )
+    assert set(statements) == {"ReadOwnServerSecret", "DecryptOwnServerSecretViaSsm"}
+    read = statements["ReadOwnServerSecret"]
+    assert read["Action"] == "ssm:GetParameter"
+    assert (
+        join_text(read["Resource"])
+        == f"arn:aws:ssm:us-east-1:111111111111:parameter/ec2hub/{hub_id}/servers/*"
+    )
+    assert read["Condition"] == {
+        "StringEquals": {
+            "ssm:resourceTag/ec2hub:instance-arn": "${ec2:SourceInstanceARN}"
+        }
+    }
+    decrypt = statements["DecryptOwnServerSecretViaSsm"]
+    assert decrypt["Action"] == "kms:Decrypt"
+    assert decrypt["Condition"]["StringEquals"] == {
+        "kms:ViaService": "ssm.us-east-1.amazonaws.com"
+    }
+    assert join_text(
+        decrypt["Condition"]["StringLike"]["kms:EncryptionContext:PARAMETER_ARN"]
+    ) == join_text(read["Resource"])
+
+
+def test_notebook_profile_wraps_the_notebook_role(any_synth):
+    profiles = {
+        t["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"][
+            "Fn::GetAtt"
+        ][0]
+        for t in any_synth.resources("AWS::EC2::LaunchTemplate").values()
+        if "LaunchTemplateName" in t["Properties"]
+    }
+    assert len(profiles) == 1
+    profile = any_synth.template["Resources"][profiles.pop()]
+    assert profile["Properties"]["Roles"] == [
+        {"Ref": role(any_synth, "ec2hub notebook instances")}
+    ]

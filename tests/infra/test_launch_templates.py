@@ -1,0 +1,188 @@
+"""Every notebook launch template: the security settings cdk-nag does not look at."""
+
+from __future__ import annotations
+
+import base64
+
+from aws_cdk.assertions import Match
+from conftest import FULL_CATALOG, REPO
+from ec2spawner.catalog import load_catalog
+from helpers import logical_id_by_description
+
+LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
+
+
+def notebook_templates(synth):
+    return {
+        k: v
+        for k, v in synth.resources(LAUNCH_TEMPLATE).items()
+        if "LaunchTemplateName" in v["Properties"]
+    }
+
+
+def test_one_template_per_catalog_class(default_synth):
+    catalog = load_catalog(REPO / "instance-classes.yaml")
+    names = sorted(
+        v["Properties"]["LaunchTemplateName"]
+        for v in notebook_templates(default_synth).values()
+    )
+    assert names == sorted(f"ec2hub-ec2hub-{slug}" for slug in catalog.slugs)
+
+
+def test_every_template_requires_imdsv2_hop_limit_1_and_metadata_tags(any_synth):
+    templates = notebook_templates(any_synth)
+    matching = any_synth.assertions.find_resources(
+        LAUNCH_TEMPLATE,
+        {
+            "Properties": {
+                "LaunchTemplateData": Match.object_like(
+                    {
+                        "MetadataOptions": {
+                            "HttpEndpoint": "enabled",
+                            "HttpTokens": "required",
+                            "HttpPutResponseHopLimit": 1,
+                            "InstanceMetadataTags": "enabled",
+                        }
+                    }
+                )
+            }
+        },
+    )
+    assert templates and set(matching) >= set(templates)
+
+
+def test_every_template_has_an_encrypted_gp3_root_of_the_class_size(full_synth):
+    sizes = {c["slug"]: c.get("volume_gb", 30) for c in FULL_CATALOG["classes"]}
+    for slug, size in sizes.items():
+        full_synth.assertions.has_resource_properties(
+            LAUNCH_TEMPLATE,
+            {
+                "LaunchTemplateName": f"ec2hub-research-{slug}",
+                "LaunchTemplateData": Match.object_like(
+                    {
+                        "BlockDeviceMappings": [
+                            {
+                                "DeviceName": "/dev/xvda",
+                                "Ebs": {
+                                    "VolumeSize": size,
+                                    "VolumeType": "gp3",
+                                    "Encrypted": True,
+                                    "DeleteOnTermination": True,
+                                },
+                            }
+                        ]
+                    }
+                ),
+            },
+        )
+
+
+def test_no_template_can_give_a_notebook_a_public_address(any_synth):
+    for template in notebook_templates(any_synth).values():
+        data = template["Properties"]["LaunchTemplateData"]
+        # Groups by id only: no network interface block that could ask for a public IP.
+        assert "NetworkInterfaces" not in data
+        assert data["SecurityGroupIds"] == [
+            {
+                "Fn::GetAtt": [
+                    logical_id_by_description(
+                        any_synth,
+                        "AWS::EC2::SecurityGroup",
+                        "notebook servers",
+                        key="GroupDescription",
+                    ),
+                    "GroupId",
+                ]
+            }
+        ]
+    # The subnets notebooks may use (settings and IAM) never map public IPs on launch.
+    for subnet_id, subnet in any_synth.resources("AWS::EC2::Subnet").items():
+        if "private" in subnet_id:
+            assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
+
+
+def test_user_data_is_the_notebook_bootstrap_verbatim(any_synth):
+    expected = base64.b64encode(
+        (REPO / "bootstrap/notebook/user-data.sh").read_bytes()
+    ).decode()
+    for template in notebook_templates(any_synth).values():
+        assert template["Properties"]["LaunchTemplateData"]["UserData"] == expected
+
+
+def test_templates_carry_class_image_type_profile_and_tags(full_synth):
+    profile = {
+        "Fn::GetAtt": [
+            next(iter(full_synth.resources("AWS::IAM::InstanceProfile"))),
+            "Arn",
+        ]
+    }
+    full_synth.assertions.has_resource_properties(
+        LAUNCH_TEMPLATE,
+        {
+            "LaunchTemplateName": "ec2hub-research-spot-gpu",
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "ImageId": "ami-0123456789abcdef0",
+                    "InstanceType": "g5.xlarge",
+                    "IamInstanceProfile": {"Arn": profile},
+                    "InstanceMarketOptions": {
+                        "MarketType": "spot",
+                        "SpotOptions": {
+                            "SpotInstanceType": "one-time",
+                            "InstanceInterruptionBehavior": "terminate",
+                        },
+                    },
+                    "TagSpecifications": [
+                        {
+                            "ResourceType": "instance",
+                            "Tags": [
+                                {"Key": "ec2hub:hub", "Value": "research"},
+                                {"Key": "ec2hub:class", "Value": "spot-gpu"},
+                            ],
+                        },
+                        {
+                            "ResourceType": "volume",
+                            "Tags": [
+                                {"Key": "ec2hub:hub", "Value": "research"},
+                                {"Key": "ec2hub:class", "Value": "spot-gpu"},
+                            ],
+                        },
+                    ],
+                }
+            ),
+        },
+    )
+
+
+def test_ssm_amis_resolve_at_deploy_time_and_on_demand_has_no_market_options(
+    full_synth,
+):
+    (template,) = [
+        t
+        for t in notebook_templates(full_synth).values()
+        if t["Properties"]["LaunchTemplateName"] == "ec2hub-research-small"
+    ]
+    data = template["Properties"]["LaunchTemplateData"]
+    assert "InstanceMarketOptions" not in data
+    parameter = full_synth.template["Parameters"][data["ImageId"]["Ref"]]
+    assert parameter["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert (
+        parameter["Default"]
+        == "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    )
+
+
+def test_latest_template_version_is_made_the_default(default_synth):
+    """CloudFormation adds a version on update but leaves $Default alone: a custom resource moves it."""
+    templates = notebook_templates(default_synth)
+    calls = [r["Properties"] for r in default_synth.resources("Custom::AWS").values()]
+    for logical_id in templates:
+        update = [
+            c["Update"]
+            for c in calls
+            if {"Ref": logical_id} in c["Update"]["Fn::Join"][1]
+        ]
+        assert len(update) == 1
+        parts = update[0]["Fn::Join"][1]
+        assert '"action":"modifyLaunchTemplate"' in parts[0]
+        assert {"Fn::GetAtt": [logical_id, "LatestVersionNumber"]} in parts

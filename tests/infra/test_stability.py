@@ -1,0 +1,89 @@
+"""Editing the catalog touches only what it must: logical ids are stable per class slug."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO, synth, write_catalog
+
+LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
+
+
+def base_catalog():
+    return yaml.safe_load((REPO / "instance-classes.yaml").read_text())
+
+
+def templates(result):
+    return {
+        k: v
+        for k, v in result.resources(LAUNCH_TEMPLATE).items()
+        if "LaunchTemplateName" in v["Properties"]
+    }
+
+
+def synth_catalog(tmp_path_factory, catalog, name):
+    path = write_catalog(tmp_path_factory.mktemp(name), catalog)
+    return synth(tmp_path_factory, {"catalog": str(path)})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return synth_catalog(tmp_path_factory, base_catalog(), "base")
+
+
+def test_adding_a_class_adds_exactly_one_launch_template(tmp_path_factory, base):
+    catalog = base_catalog()
+    catalog["classes"].append(
+        {
+            "slug": "tiny",
+            "display_name": "Tiny",
+            "instance_types": ["t3.micro"],
+            "volume_gb": 8,
+        }
+    )
+    added = synth_catalog(tmp_path_factory, catalog, "added")
+    before, after = templates(base), templates(added)
+    assert set(before) < set(after)
+    (new_id,) = set(after) - set(before)
+    assert after[new_id]["Properties"]["LaunchTemplateName"] == "ec2hub-ec2hub-tiny"
+    for logical_id, template in before.items():
+        assert after[logical_id] == template
+    assert len(added.template["Resources"]) - len(base.template["Resources"]) == len(
+        [k for k in added.template["Resources"] if k not in base.template["Resources"]]
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("instance_types", ["m7i.8xlarge", "m6i.8xlarge"]), ("volume_gb", 250)],
+)
+def test_editing_a_class_changes_only_its_own_template(
+    tmp_path_factory, base, field, value
+):
+    catalog = copy.deepcopy(base_catalog())
+    (large,) = [c for c in catalog["classes"] if c["slug"] == "large-cpu"]
+    large[field] = value
+    edited = synth_catalog(tmp_path_factory, catalog, f"edit-{field}")
+    before, after = templates(base), templates(edited)
+    assert set(before) == set(after)
+    changed = [k for k in before if before[k] != after[k]]
+    assert len(changed) == 1
+    assert (
+        after[changed[0]]["Properties"]["LaunchTemplateName"]
+        == "ec2hub-ec2hub-large-cpu"
+    )
+    # Same logical id: CloudFormation updates the template in place (a new version, same id).
+    data = after[changed[0]]["Properties"]["LaunchTemplateData"]
+    if field == "instance_types":
+        assert data["InstanceType"] == "m7i.8xlarge"
+    else:
+        assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 250
+    # Nothing but the class's template and the settings document differs.
+    differing = {
+        k
+        for k in base.template["Resources"]
+        if base.template["Resources"][k] != edited.template["Resources"].get(k)
+    }
+    assert differing == {changed[0], *edited.resources("AWS::SSM::Parameter")}
