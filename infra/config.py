@@ -122,10 +122,11 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
     """Parse and check the context values this app understands; defaults for the rest."""
     cidr = _text(context, "allowed_ingress_cidr") or "0.0.0.0/0"
     try:
-        cidr = str(ipaddress.ip_network(cidr, strict=True))
+        # The load balancer is IPv4 (the VPC has no IPv6 block).
+        cidr = str(ipaddress.IPv4Network(cidr, strict=True))
     except ValueError:
         raise ConfigError(
-            f"context allowed_ingress_cidr: {cidr!r} is not an IPv4/IPv6 network"
+            f"context allowed_ingress_cidr: {cidr!r} is not an IPv4 network (a.b.c.d/n)"
         ) from None
     hub_type = _text(context, "hub_instance_type") or DEFAULT_HUB_INSTANCE_TYPE
     from ec2spawner.catalog import ec2_instance_types
@@ -144,7 +145,7 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         or DEFAULT_ACCOUNT,
         region=_checked(context, "region", _REGION, "an AWS region") or DEFAULT_REGION,
         catalog_path=Path(catalog) if catalog else REPO_ROOT / "instance-classes.yaml",
-        nat_gateways=_int(context, "nat_gateways", 1, 1, 3),
+        nat_gateways=_int(context, "nat_gateways", 1, 1, 2),  # one per AZ at most
         vpc_endpoints=_bool(context, "vpc_endpoints", False),
         certificate_arn=_checked(
             context, "certificate_arn", _CERT_ARN, "an ACM certificate ARN"

@@ -152,11 +152,7 @@ class Hub(Construct):
             description="ec2hub load balancer: HTTP(S) from the allowed clients",
             allow_all_outbound=False,
         )
-        peer = (
-            ec2.Peer.ipv6(allowed_ingress_cidr)
-            if ":" in allowed_ingress_cidr
-            else ec2.Peer.ipv4(allowed_ingress_cidr)
-        )
+        peer = ec2.Peer.ipv4(allowed_ingress_cidr)
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,
             "LoadBalancer",

@@ -130,7 +130,7 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         "This bucket receives the load balancer's access logs; logging its own access would "
         "need another bucket whose logs go nowhere. Public access is blocked and SSL enforced.",
     )
-    if stack.config.allowed_ingress_cidr in ("0.0.0.0/0", "::/0"):
+    if stack.config.allowed_ingress_cidr == "0.0.0.0/0":
         acknowledge(
             stack.hub.alb_security_group,
             "EC23",

@@ -1,0 +1,113 @@
+"""Context values and input files: each mistake is a one-line error naming what to fix."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import synth
+from helpers import ingress_rules, logical_id_by_description
+
+from infra.config import ConfigError, config_from_context
+from infra.notebooks import MAX_USER_DATA_BYTES, read_user_data
+
+
+def test_defaults():
+    config = config_from_context({})
+    assert (config.hub_id, config.account, config.region) == (
+        "ec2hub",
+        "111111111111",
+        "us-east-1",
+    )
+    assert (config.nat_gateways, config.vpc_endpoints, config.https) == (
+        1,
+        False,
+        False,
+    )
+    assert config.settings_parameter_name == "/ec2hub/ec2hub/settings"
+    assert config.secret_prefix == "/ec2hub/ec2hub/servers/"
+
+
+def test_command_line_strings_are_parsed():
+    config = config_from_context(
+        {"nat_gateways": "2", "vpc_endpoints": "true", "hub_id": "lab-2"}
+    )
+    assert (config.nat_gateways, config.vpc_endpoints, config.secret_prefix) == (
+        2,
+        True,
+        "/ec2hub/lab-2/servers/",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("hub_id", "my_hub", "context hub_id: 'my_hub' is not a stack name"),
+        ("account", "1234", "context account: '1234' is not a 12-digit account id"),
+        ("region", "mars", "context region: 'mars' is not an AWS region"),
+        ("nat_gateways", "0", "context nat_gateways: '0' must be between 1 and 2"),
+        ("nat_gateways", "many", "context nat_gateways: 'many' is not a whole number"),
+        (
+            "vpc_endpoints",
+            "maybe",
+            "context vpc_endpoints: 'maybe' is not true or false",
+        ),
+        (
+            "certificate_arn",
+            "arn:aws:iam::1:cert",
+            "context certificate_arn: 'arn:aws:iam::1:cert' is not an ACM",
+        ),
+        (
+            "domain_name",
+            "not a host",
+            "context domain_name: 'not a host' is not a DNS name",
+        ),
+        (
+            "admin_user",
+            "al ice",
+            "context admin_user: 'al ice' is not a plain user name",
+        ),
+        (
+            "hub_instance_type",
+            "t9.huge",
+            "context hub_instance_type: 't9.huge' is not an EC2 instance type",
+        ),
+        (
+            "allowed_ingress_cidr",
+            "10.0.0.1/8",
+            "context allowed_ingress_cidr: '10.0.0.1/8' is not an IPv4 network",
+        ),
+    ],
+)
+def test_bad_context_value_names_the_key(key, value, message):
+    with pytest.raises(ConfigError) as raised:
+        config_from_context({key: value})
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_user_data_over_the_ec2_limit_is_refused_at_synth(tmp_path):
+    script = tmp_path / "user-data.sh"
+    script.write_bytes(b"#!/bin/bash\n" + b"#" * MAX_USER_DATA_BYTES)
+    with pytest.raises(
+        ConfigError,
+        match=r"user-data.sh: 16396 bytes, but EC2 accepts at most 16384 bytes",
+    ):
+        read_user_data(script)
+    script.write_bytes(b"#!/bin/bash\n")
+    assert read_user_data(script) == b"#!/bin/bash\n"
+
+
+def test_narrowed_ingress_cidr_needs_no_open_ingress_acknowledgment(tmp_path_factory):
+    narrowed = synth(tmp_path_factory, {"allowed_ingress_cidr": "203.0.113.0/24"})
+    alb = logical_id_by_description(
+        narrowed,
+        "AWS::EC2::SecurityGroup",
+        "ec2hub load balancer",
+        key="GroupDescription",
+    )
+    assert [r["CidrIp"] for r in ingress_rules(narrowed, alb)] == ["203.0.113.0/24"]
+    (report,) = [
+        r
+        for r in narrowed.validation_report()["pluginReports"]
+        if r["pluginName"] == "AwsSolutions"
+    ]
+    assert not any("EC23" in v["ruleName"] for v in report["suppressedViolations"])
