@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, Duration, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_elasticloadbalancingv2_targets as targets
@@ -22,7 +22,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .config import REPO_ROOT
-from .notebooks import read_user_data
+from .userdata import load_user_data
 
 HUB_USER_DATA = REPO_ROOT / "bootstrap" / "hub" / "user-data.sh"
 SPAWNER_PACKAGE = REPO_ROOT / "spawner"
@@ -103,9 +103,6 @@ class Hub(Construct):
             machine_image=ec2.MachineImage.latest_amazon_linux2023(),
             security_group=self.security_group,
             role=self.role,
-            user_data=ec2.UserData.custom(
-                read_user_data(user_data_path).decode("utf-8")
-            ),
             associate_public_ip_address=False,
             block_devices=[
                 ec2.BlockDevice(
@@ -125,6 +122,14 @@ class Hub(Construct):
             detailed_monitoring=True,
             disable_api_termination=True,
         )
+        # The script's exact bytes (or their gzip, if over EC2's limit), base64 as EC2 takes them;
+        # the L2's UserData renders text only.
+        user_data = load_user_data(user_data_path)
+        self.instance.instance.add_property_override("UserData", user_data.base64)
+        if user_data.notice:
+            Annotations.of(self).add_warning_v2(
+                "ec2hub:user-data-compressed", user_data.notice
+            )
         tags = Tags.of(self.instance)
         tags.add(TAG_HUB, hub_id)
         tags.add(TAG_SETTINGS_PARAMETER, settings_parameter_name)

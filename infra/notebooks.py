@@ -9,18 +9,18 @@ user: per-server values reach the instance as tags and as its own SSM SecureStri
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
-from aws_cdk import CfnTag, Stack
+from aws_cdk import Annotations, CfnTag, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
 
-from .config import REPO_ROOT, ConfigError
+from .config import REPO_ROOT
+from .userdata import load_user_data
 
 NOTEBOOK_USER_DATA = REPO_ROOT / "bootstrap" / "notebook" / "user-data.sh"
 NOTEBOOK_PORT = 8888
@@ -29,33 +29,6 @@ AWS_CUSTOM_RESOURCE_PROVIDER_ID = "AWS679f53fac002430cb0da5b7982bd2287"
 # Root device of Amazon Linux 2023 and the AL2023 Deep Learning AMIs. An AMI with another root
 # device name (Ubuntu: /dev/sda1) would get this volume as a second disk instead.
 ROOT_DEVICE = "/dev/xvda"
-
-
-# "User data is limited to 16 KB, in raw form, before it is base64-encoded" (EC2 user guide,
-# "Run commands when you launch an EC2 instance with user data input").
-MAX_USER_DATA_BYTES = 16 * 1024
-
-
-def read_user_data(path: Path) -> bytes:
-    """A user-data script's exact bytes; a file EC2 would refuse is an error at synth, not at spawn."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ConfigError(
-            f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}: "
-            f"cannot read user data: {error.strerror}"
-        ) from None
-    if len(data) > MAX_USER_DATA_BYTES:
-        name = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
-        raise ConfigError(
-            f"{name}: {len(data)} bytes, but EC2 accepts at most {MAX_USER_DATA_BYTES} bytes of user data"
-        )
-    return data
-
-
-def user_data_base64(path: Path) -> str:
-    """The script's exact bytes, base64-encoded as LaunchTemplateData.UserData expects."""
-    return base64.b64encode(read_user_data(path)).decode("ascii")
 
 
 def class_construct_id(slug: str) -> str:
@@ -220,7 +193,11 @@ class Notebooks(Construct):
             self, "InstanceProfile", role=self.role
         )
 
-        user_data = user_data_base64(user_data_path)
+        user_data = load_user_data(user_data_path)
+        if user_data.notice:
+            Annotations.of(self).add_warning_v2(
+                "ec2hub:user-data-compressed", user_data.notice
+            )
         self.launch_templates: dict[str, ec2.CfnLaunchTemplate] = {}
         for cls in catalog.classes:
             scope_for_class = Construct(self, class_construct_id(cls.slug))
@@ -252,7 +229,7 @@ class Notebooks(Construct):
                     image=image_id(self, cls.ami),
                     security_group_id=self.security_group.security_group_id,
                     instance_profile_arn=self.instance_profile.instance_profile_arn,
-                    user_data=user_data,
+                    user_data=user_data.base64,
                 ),
             )
             self.launch_templates[cls.slug] = template

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 from typing import Any
 
 from conftest import Synth
@@ -67,3 +69,12 @@ def join_text(value: Any) -> str:
     if "Fn::GetAtt" in value:
         return "{" + ".".join(value["Fn::GetAtt"]) + "}"
     raise AssertionError(f"cannot render {value!r}")
+
+
+def user_data_script(encoded: str) -> bytes:
+    """What cloud-init runs for a base64 user-data value: gzip content is unpacked first."""
+    payload = base64.b64decode(encoded, validate=True)
+    if payload[:2] == b"\x1f\x8b":
+        assert len(payload) <= 16 * 1024
+        return gzip.decompress(payload)
+    return payload

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import random
+
 import pytest
 from conftest import synth
 from helpers import ingress_rules, logical_id_by_description
 
 from infra.config import ConfigError, config_from_context
-from infra.notebooks import MAX_USER_DATA_BYTES, read_user_data
+from infra.userdata import MAX_USER_DATA_BYTES, load_user_data
 
 
 def test_defaults():
@@ -84,16 +87,36 @@ def test_bad_context_value_names_the_key(key, value, message):
     assert "\n" not in str(raised.value)
 
 
-def test_user_data_over_the_ec2_limit_is_refused_at_synth(tmp_path):
+def test_user_data_within_the_limit_is_sent_verbatim(tmp_path):
     script = tmp_path / "user-data.sh"
-    script.write_bytes(b"#!/bin/bash\n" + b"#" * MAX_USER_DATA_BYTES)
+    script.write_bytes(b"#!/bin/bash\necho hi\n")
+    loaded = load_user_data(script)
+    assert (
+        loaded.payload == b"#!/bin/bash\necho hi\n"
+        and not loaded.compressed
+        and loaded.notice is None
+    )
+
+
+def test_user_data_over_the_limit_is_gzipped_deterministically(tmp_path):
+    script = tmp_path / "user-data.sh"
+    text = b"#!/bin/bash\n" + b"echo 'a line of a long bootstrap script'\n" * 1000
+    script.write_bytes(text)
+    first, second = load_user_data(script), load_user_data(script)
+    assert first.compressed and len(first.payload) <= MAX_USER_DATA_BYTES
+    assert gzip.decompress(first.payload) == text
+    assert first.payload == second.payload
+    assert "gzip-compressed" in first.notice
+
+
+def test_user_data_too_big_even_compressed_is_refused(tmp_path):
+    script = tmp_path / "user-data.sh"
+    script.write_bytes(random.Random(1).randbytes(MAX_USER_DATA_BYTES + 1))
     with pytest.raises(
         ConfigError,
-        match=r"user-data.sh: 16396 bytes, but EC2 accepts at most 16384 bytes",
+        match=r"user-data.sh: 16385 bytes \(\d+ gzip-compressed\), but EC2 accepts",
     ):
-        read_user_data(script)
-    script.write_bytes(b"#!/bin/bash\n")
-    assert read_user_data(script) == b"#!/bin/bash\n"
+        load_user_data(script)
 
 
 def test_narrowed_ingress_cidr_needs_no_open_ingress_acknowledgment(tmp_path_factory):

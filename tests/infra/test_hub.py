@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk.assertions import Match
 from conftest import CERT, REPO
+from helpers import user_data_script
 
 INSTANCE = "AWS::EC2::Instance"
 
@@ -49,8 +50,8 @@ def test_hub_is_private_protected_monitored_and_encrypted(any_synth):
 
 
 def test_hub_user_data_is_the_hub_bootstrap_verbatim(any_synth):
-    expected = (REPO / "bootstrap/hub/user-data.sh").read_bytes().decode("utf-8")
-    assert hub_instance(any_synth)["UserData"] == {"Fn::Base64": expected}
+    script = (REPO / "bootstrap/hub/user-data.sh").read_bytes()
+    assert user_data_script(hub_instance(any_synth)["UserData"]) == script
 
 
 def test_hub_tags_name_its_settings_asset_and_admin(full_synth, default_synth):
