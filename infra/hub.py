@@ -351,6 +351,13 @@ def spawner_statements(
             resources=[ssm_arn(secret_prefix + "*")],
         ),
         iam.PolicyStatement(
+            sid="ListServerSecrets",
+            # The orphan sweeper lists secrets by name prefix; DescribeParameters supports no
+            # resource-level permissions (Resource must be *) and returns metadata, never values.
+            actions=["ssm:DescribeParameters"],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
             sid="ReadHubParameters",
             actions=[
                 "ssm:GetParameter",

@@ -101,7 +101,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         ): "The security group must be the one in the launch template "
         "(ec2:IsLaunchTemplateResource = true with ec2:LaunchTemplate = this stack's templates).",
         "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests) "
-        "support no resource-level permissions; they are read-only.",
+        "and ssm:DescribeParameters support no resource-level permissions; all are read-only "
+        "and return no secret values.",
         arn(
             "ssm", secrets
         ): "The spawner writes and deletes one SecureString per notebook instance, "
