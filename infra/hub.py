@@ -22,6 +22,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .config import REPO_ROOT
+from .session import session_manager_statement
 from .userdata import load_user_data
 
 HUB_USER_DATA = REPO_ROOT / "bootstrap" / "hub" / "user-data.sh"
@@ -72,12 +73,8 @@ class Hub(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="ec2hub hub host: launches and manages this hub's notebook instances",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name(
-                    "AmazonSSMManagedInstanceCore"
-                )
-            ],
         )
+        self.role.add_to_policy(session_manager_statement())
 
         # The spawner package as a zip in the CDK asset bucket; the hub bootstrap pip-installs it.
         self.spawner_asset = s3_assets.Asset(

@@ -21,9 +21,6 @@ from .notebooks import AWS_CUSTOM_RESOURCE_PROVIDER_ID
 if TYPE_CHECKING:
     from .stack import Ec2HubStack
 
-SSM_MANAGED_POLICY = (
-    "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"
-)
 LAMBDA_BASIC_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 
 
@@ -50,12 +47,15 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
     notebook_role = stack.notebooks.role
     hub_role = stack.hub.role
     session_manager = (
-        "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for Session Manager and the "
-        "SSM agent (ssm/ssmmessages/ec2messages channel calls that support no resource scoping); "
-        "it is the only shell access to instances, which have no SSH keys."
+        "The SSM agent's Session Manager channel calls (ssm:UpdateInstanceInformation, "
+        "ssmmessages:*Channel) support no resource-level permissions; Session Manager is the only "
+        "shell access (no SSH keys)."
     )
-    acknowledge(notebook_role, f"IAM4[{SSM_MANAGED_POLICY}]", session_manager)
-    acknowledge(hub_role, f"IAM4[{SSM_MANAGED_POLICY}]", session_manager)
+    acknowledge(
+        notebook_role.node.find_child("DefaultPolicy"),
+        "IAM5[Resource::*]",
+        session_manager,
+    )
 
     secrets = f"parameter/ec2hub/{hub_id}/servers/*"
     acknowledge(
@@ -100,9 +100,9 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "ec2", "security-group/*"
         ): "The security group must be the one in the launch template "
         "(ec2:IsLaunchTemplateResource = true with ec2:LaunchTemplate = this stack's templates).",
-        "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests) "
-        "and ssm:DescribeParameters support no resource-level permissions; all are read-only "
-        "and return no secret values.",
+        "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests), "
+        "ssm:DescribeParameters and the SSM agent's Session Manager channel calls support no "
+        "resource-level permissions; none of them reads a secret value.",
         arn(
             "ssm", secrets
         ): "The spawner writes and deletes one SecureString per notebook instance, "

@@ -20,6 +20,7 @@ from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
 
 from .config import REPO_ROOT
+from .session import session_manager_statement
 from .userdata import load_user_data
 
 NOTEBOOK_USER_DATA = REPO_ROOT / "bootstrap" / "notebook" / "user-data.sh"
@@ -144,12 +145,8 @@ class Notebooks(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="ec2hub notebook instances: Session Manager and their own server secret",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name(
-                    "AmazonSSMManagedInstanceCore"
-                )
-            ],
         )
+        self.role.add_to_policy(session_manager_statement())
         secret_arn_pattern = stack.format_arn(
             service="ssm",
             resource="parameter",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import as_list, join_text, logical_id_by_description, policy_statements
 
+from infra.session import SESSION_MANAGER_ACTIONS
+
 PREFIX = "arn:aws:ec2:us-east-1:111111111111"
 
 
@@ -120,11 +122,12 @@ def test_ssm_only_under_the_hubs_own_prefix(hub):
         "WriteServerSecrets",
         "ReadHubParameters",
         "ListServerSecrets",
+        "SessionManagerAgent",
     }
-    # Listing (names and metadata, no values) cannot be scoped; everything else is.
+    # Listing (names and metadata, no values) and the agent's registration cannot be scoped.
     assert statements["ListServerSecrets"]["Action"] == "ssm:DescribeParameters"
     for statement in ssm:
-        if statement["Sid"] == "ListServerSecrets":
+        if statement["Sid"] in ("ListServerSecrets", "SessionManagerAgent"):
             continue
         for resource in as_list(statement["Resource"]):
             assert join_text(resource).startswith(
@@ -140,14 +143,17 @@ def test_ssm_only_under_the_hubs_own_prefix(hub):
     )
 
 
-def test_only_wildcard_resource_is_read_only_describe(hub):
+def test_only_describe_and_session_manager_are_unscoped(hub):
     _, statements, _ = hub
-    for statement in statements.values():
-        if "*" in as_list(statement["Resource"]):
-            assert all(
-                a.split(":")[1].startswith("Describe")
-                for a in as_list(statement["Action"])
-            )
+    unscoped = {
+        sid: as_list(s["Action"])
+        for sid, s in statements.items()
+        if "*" in as_list(s["Resource"])
+    }
+    assert set(unscoped) == {"DescribeEc2", "ListServerSecrets", "SessionManagerAgent"}
+    for action in unscoped["DescribeEc2"] + unscoped["ListServerSecrets"]:
+        assert action.split(":")[1].startswith("Describe")
+    assert sorted(unscoped["SessionManagerAgent"]) == sorted(SESSION_MANAGER_ACTIONS)
     for statement in statements.values():
         assert all("*" not in a.split(":")[1] for a in as_list(statement["Action"]))
 
@@ -171,7 +177,11 @@ def test_notebook_reads_only_the_secret_tagged_with_its_own_arn(any_synth):
     statements = policy_statements(
         any_synth, role(any_synth, "ec2hub notebook instances")
     )
-    assert set(statements) == {"ReadOwnServerSecret", "DecryptOwnServerSecretViaSsm"}
+    assert set(statements) == {
+        "ReadOwnServerSecret",
+        "DecryptOwnServerSecretViaSsm",
+        "SessionManagerAgent",
+    }
     read = statements["ReadOwnServerSecret"]
     assert read["Action"] == "ssm:GetParameter"
     assert (
@@ -206,3 +216,34 @@ def test_notebook_profile_wraps_the_notebook_role(any_synth):
     assert profile["Properties"]["Roles"] == [
         {"Ref": role(any_synth, "ec2hub notebook instances")}
     ]
+
+
+def test_no_instance_role_has_aws_managed_policies(any_synth):
+    """AmazonSSMManagedInstanceCore would allow ssm:GetParameter on every parameter."""
+    for fragment in ("ec2hub hub host", "ec2hub notebook instances"):
+        props = any_synth.template["Resources"][role(any_synth, fragment)]["Properties"]
+        assert "ManagedPolicyArns" not in props
+
+
+def test_notebook_can_read_no_parameter_but_its_own_secret(any_synth):
+    statements = policy_statements(
+        any_synth, role(any_synth, "ec2hub notebook instances")
+    )
+    for sid, statement in statements.items():
+        actions = as_list(statement["Action"])
+        reads = [a for a in actions if a.startswith(("ssm:Get", "kms:"))]
+        if sid == "ReadOwnServerSecret":
+            assert reads == ["ssm:GetParameter"] and "Condition" in statement
+        elif sid == "DecryptOwnServerSecretViaSsm":
+            assert reads == ["kms:Decrypt"] and "StringLike" in statement["Condition"]
+        else:
+            assert reads == [], (sid, actions)
+
+
+def test_session_manager_is_the_only_unscoped_notebook_permission(any_synth):
+    statements = policy_statements(
+        any_synth, role(any_synth, "ec2hub notebook instances")
+    )
+    unscoped = [s for s in statements.values() if "*" in as_list(s["Resource"])]
+    assert [s["Sid"] for s in unscoped] == ["SessionManagerAgent"]
+    assert sorted(unscoped[0]["Action"]) == sorted(SESSION_MANAGER_ACTIONS)
