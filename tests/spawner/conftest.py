@@ -156,3 +156,11 @@ def live(ec2, hub_id):
 @pytest.fixture
 def hub_secrets(ssm, hub_id):
     return lambda: secrets(ssm, hub_id)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Record each phase's outcome on the item, so server fixtures dump logs only on failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

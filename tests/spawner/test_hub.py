@@ -1,0 +1,169 @@
+"""A real JupyterHub (subprocess, 127.0.0.1 only) drives spawn and stop through EC2Spawner.
+
+Nothing boots on an emulated instance, so the test plays the notebook instance: once the spawner
+has written the server's secret it runs a real ``jupyterhub-singleuser`` on 127.0.0.1 with that env,
+and the spawner reaches it through ``server_url_template``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests as http
+
+from conftest import REGION, REPO
+
+pytestmark = pytest.mark.slow
+
+API_TOKEN = "hub-test-admin-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def hub(request, emulator, platform, tmp_path, hub_id):
+    ports = {name: free_port() for name in ("proxy", "proxy_api", "hub", "notebook")}
+    settings = {
+        "region": REGION, "hub_id": hub_id, "subnets": platform.subnets,
+        "classes": [{k: v for k, v in c.items()} for c in platform.classes],
+        "secret_prefix": f"/ec2hub/{hub_id}/servers/", "proxy_port": ports["proxy"],
+        "hub_api_port": ports["hub"], "auth": {"type": "dummy", "admin_users": ["admin"]},
+    }
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    (tmp_path / "jupyterhub_config.py").write_text(f"""
+import json
+from ec2spawner.hubconfig import apply_settings
+from ec2spawner.settings import HubSettings
+
+apply_settings(c, HubSettings.model_validate(json.load(open({str(tmp_path / 'settings.json')!r}))),
+               hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1")
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.db_url = "sqlite:///{tmp_path / 'hub.sqlite'}"
+c.JupyterHub.cookie_secret_file = {str(tmp_path / 'cookie_secret')!r}
+c.JupyterHub.pid_file = {str(tmp_path / 'hub.pid')!r}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
+c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]
+# No idle culler here; an API token for the test instead.
+c.JupyterHub.services = [{{"name": "test", "api_token": {API_TOKEN!r}}}]
+c.JupyterHub.load_roles = [{{"name": "test", "scopes": ["admin:users", "admin:servers", "read:servers", "access:servers"],
+                             "services": ["test"]}}]
+c.EC2Spawner.notebook_port = {ports['notebook']}
+c.EC2Spawner.server_url_template = "http://127.0.0.1:{{port}}"
+c.EC2Spawner.fast_poll_interval = 0.2
+c.EC2Spawner.poll_interval = 2
+c.EC2Spawner.start_timeout = 30
+c.EC2Spawner.http_timeout = 30
+c.EC2Spawner.sweep_orphans = False
+""")
+    env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "AWS_ENDPOINT_URL": emulator.endpoint_url}
+    log = open(tmp_path / "hub.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{ports['proxy']}/hub/api"
+    session = http.Session()
+    session.headers["Authorization"] = f"token {API_TOKEN}"
+
+    def up():
+        try:
+            return session.get(api + "/", timeout=2).ok
+        except http.ConnectionError:
+            return proc.poll() is not None and pytest.fail("hub exited:\n" + (tmp_path / "hub.log").read_text())
+
+    try:
+        wait_until(up, 60, "the hub API")
+        yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
+                               "env": env, "tmp": tmp_path})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
+            print("---- hub log ----\n" + (tmp_path / "hub.log").read_text())
+
+
+def play_instance(hub, ssm, env_path: Path) -> subprocess.Popen:
+    """What bootstrap/notebook does on the instance: read its secret, run jupyterhub-singleuser."""
+    prefix = f"/ec2hub/{hub.hub_id}/servers/"
+
+    def secret():
+        found = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])
+        return found["Parameters"]
+
+    [param] = wait_until(secret, 30, "the server's secret")
+    env = json.loads(ssm.get_parameter(Name=param["Name"], WithDecryption=True)["Parameter"]["Value"])
+    # On EC2 the server binds 0.0.0.0 of its own instance; here it stays on loopback.
+    env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", "127.0.0.1")
+    log = open(env_path, "w")
+    args = ["--allow-root"] if os.geteuid() == 0 else []
+    return subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub-singleuser"), *args],
+                            env={**hub.env, **env, "HOME": str(hub.tmp)}, cwd=hub.tmp, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+
+    # Refused before anything launches, with the reason, over REST.
+    bad = s.post(f"{api}/users/alice/server", json={"user_options": {"instance_class": "huge"}})
+    assert bad.status_code == 400
+    assert "Unknown instance class 'huge': use one of: small, spot" in bad.json()["message"]
+    assert live() == []
+
+    # The POST returns once the server answers or after slow_spawn_timeout, so the "instance"
+    # must come up meanwhile.
+    with ThreadPoolExecutor(1) as pool:
+        instance = pool.submit(play_instance, hub, ssm, hub.tmp / "singleuser.log")
+        started = s.post(f"{api}/users/alice/server", json={"user_options": {"instance_class": "small"}})
+        notebook = instance.result()
+    assert started.status_code in (201, 202)
+    try:
+        def ready():
+            model = s.get(f"{api}/users/alice").json()
+            server = model["servers"].get("")
+            return server and server["ready"] and server
+
+        server = wait_until(ready, 60, "the server to be ready")
+        assert server["user_options"] == {"instance_class": "small"}
+        [instance] = live("alice")
+        assert instance["State"]["Name"] == "running"
+
+        # Through the proxy to the real singleuser server.
+        status = s.get(f"http://127.0.0.1:{hub.ports['proxy']}/user/alice/api/status")
+        assert status.status_code == 200
+
+        assert s.delete(f"{api}/users/alice/server").status_code in (202, 204)
+        wait_until(lambda: not s.get(f"{api}/users/alice").json()["servers"], 30, "the server to stop")
+        assert live() == []
+        prefix = f"/ec2hub/{hub.hub_id}/servers/"
+        assert ssm.describe_parameters(ParameterFilters=[
+            {"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])["Parameters"] == []
+    finally:
+        notebook.terminate()
+        notebook.wait(10)
