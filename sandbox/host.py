@@ -121,6 +121,7 @@ def bake_ami(
     node_bin: str | Path | None = Path(__file__).resolve().parent.parent / "node_modules" / ".bin",
     aws_endpoint: str | None = None,
     region: str | None = None,
+    allow_dummy_auth: bool = False,
 ) -> Callable[[Path], None]:
     """A ``root_setup`` that makes the host look like ec2hub's baked AMI.
 
@@ -128,8 +129,11 @@ def bake_ami(
     - /opt/ec2hub/node/bin → ``node_bin`` (node and configurable-http-proxy);
     - /root traversable (0711): the venv's python lives under /root/.pyenv on this machine and the
       notebook runs as an unprivileged user;
-    - /root/.aws/config with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
-      normal configuration (docs/ARCHITECTURE.md §7).
+    - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
+      normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
+      service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
+    - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
+      refuses DummyAuthenticator (only a sandbox image has it).
     """
 
     def setup(upper: Path) -> None:
@@ -146,15 +150,21 @@ def bake_ami(
             root_dir.mkdir()
         os.chmod(root_dir, 0o711)
         if aws_endpoint or region:
-            config = upper_path(upper, "/root/.aws/config", mode=0o700)
             lines = ["[default]"]
             if region:
                 lines.append(f"region = {region}")
             if aws_endpoint:
                 lines.append(f"endpoint_url = {aws_endpoint}")
-            config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            os.chmod(config.parent, 0o700)
-            os.chmod(config, 0o600)
+            for home, mode in (("/root", 0o700), ("/var/lib/ec2hub", 0o755)):
+                config = upper_path(upper, f"{home}/.aws/config", mode=mode)
+                config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                os.chmod(config.parent, mode)
+                os.chmod(config, mode & 0o644)
+        marker = upper_path(upper, "/etc/ec2hub/allow-dummy-auth")
+        if allow_dummy_auth:
+            marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
+        elif marker.exists():
+            marker.unlink()
 
     return setup
 
@@ -257,6 +267,7 @@ class IsolatedHost:
             os.chmod(ud_file, 0o700)
         elif not ud_file.exists():
             raise ValueError(f"{self.name}: no user data given and none from a previous boot")
+        self._write_etc_hosts()
         if self.root_setup:
             self.root_setup(self.upper)
         try:
@@ -272,7 +283,7 @@ class IsolatedHost:
                         "unshare", "--mount", "--pid", "--uts", "--fork", "--propagation", "private", "--",
                         "/bin/bash", "-c", _MOUNT_AND_CHROOT, "ec2hub-init",
                         str(self.state_dir / "merged"), str(self.upper), str(self.state_dir / "work"),
-                        str(self.efs_dir or ""), str(self.state_root), "ip-" + self.ip.replace(".", "-"),
+                        str(self.efs_dir or ""), str(self.state_root), self.hostname,
                     ],
                     stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                     # cloud-init's environment, not the sandbox's (no AWS_* or test variables leak in)
@@ -286,6 +297,19 @@ class IsolatedHost:
             self.stop()
             raise
         return self
+
+    @property
+    def hostname(self) -> str:
+        return "ip-" + self.ip.replace(".", "-")
+
+    def _write_etc_hosts(self) -> None:
+        """The instance's own name resolves, as the VPC's DNS makes it on EC2 (no DNS here)."""
+        hosts = upper_path(self.upper, "/etc/hosts")
+        base = Path("/etc/hosts").read_text(encoding="utf-8") if Path("/etc/hosts").exists() else ""
+        line = f"{self.ip} {self.hostname}.ec2.internal {self.hostname}  # ec2hub sandbox\n"
+        kept = "".join(l for l in base.splitlines(keepends=True) if "# ec2hub sandbox" not in l)
+        hosts.write_text(kept + ("" if kept.endswith("\n") or not kept else "\n") + line, encoding="utf-8")
+        os.chmod(hosts, 0o644)
 
     def stop(self) -> None:
         """Kill every process of the host and remove its network; keep its disk. Idempotent."""

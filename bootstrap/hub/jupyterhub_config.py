@@ -1,0 +1,57 @@
+# ec2hub: JupyterHub configuration of the hub host. Thin on purpose: every platform value comes
+# from the settings document (/etc/ec2hub/settings.json, written by bootstrap/hub/user-data.sh from
+# the SSM parameter infra made) and ec2spawner.hubconfig.apply_settings turns it into config.
+#
+# This file is the source of truth; bootstrap/hub/user-data.sh embeds a byte-identical copy
+# (tests/bootstrap/test_hub.py checks) and installs it as /etc/ec2hub/jupyterhub_config.py.
+#
+# Inputs written by the hub user data:
+#   /etc/ec2hub/settings.json          HubSettings (nothing secret)
+#   /etc/ec2hub/host.json              {"private_ip", "admin_user"} from IMDS and tags
+#   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image
+#   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)
+#   /var/lib/ec2hub/jupyterhub_cookie_secret                                (0600, kept)
+#   /var/lib/ec2hub/oauth_client_secret  only with an OAuth authenticator   (0600)
+import json
+import sys
+from pathlib import Path
+
+from ec2spawner.hubconfig import apply_settings
+from ec2spawner.settings import HubSettings
+
+ETC = Path("/etc/ec2hub")
+STATE = Path("/var/lib/ec2hub")
+
+c = get_config()  # noqa: F821 (JupyterHub provides it)
+
+settings = HubSettings.load(ETC / "settings.json")
+host = json.loads((ETC / "host.json").read_text(encoding="utf-8"))
+
+# DummyAuthenticator accepts any password: refuse it unless this host's image allows it (only the
+# local sandbox's image has the marker file; nothing in AWS writes it).
+if settings.auth.type == "dummy" and not (ETC / "allow-dummy-auth").exists():
+    sys.exit("ec2hub: settings ask for the dummy authenticator, which is for the local sandbox only")
+
+client_secret_file = STATE / "oauth_client_secret"
+apply_settings(
+    c,
+    settings,
+    hub_connect_ip=host["private_ip"],
+    oauth_client_secret=(
+        client_secret_file.read_text(encoding="utf-8").strip() if client_secret_file.exists() else None
+    ),
+    python=sys.executable,
+)
+if host.get("admin_user"):
+    # The admin named by the hub instance's ec2hub:admin-user tag (with native auth: they sign up
+    # under this name and are authorized at once).
+    c.Authenticator.admin_users = set(c.Authenticator.admin_users) | {host["admin_user"]}
+
+# State kept across restarts of the hub (and its host), never in the working directory.
+c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.auth_token = (STATE / "proxy_auth_token").read_text(encoding="utf-8").strip()
+c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
+# Notebooks run on their own instances: a hub restart must not stop them (also set by apply_settings;
+# restated here because losing it would stop every user's server on each hub restart).
+c.JupyterHub.cleanup_servers = False

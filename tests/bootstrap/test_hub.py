@@ -1,0 +1,132 @@
+"""The hub user data, run for real as root in an isolated host against IMDSv2 and the settings
+parameter in the AWS emulator; the hub it starts must answer on the VPC."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+
+import pytest
+
+from sandbox.netns import http_get
+
+from .conftest import HUB_USER_DATA, REPO, client, needs_root, wait_until
+
+pytestmark = [needs_root, pytest.mark.slow]
+
+HUB_DIR = REPO / "bootstrap/hub"
+SETTINGS_PARAMETER = "/ec2hub/ec2hub-test/settings"
+HUB_IP = "10.0.1.5"
+
+
+def embedded(script: str, delimiter: str) -> str:
+    """The body of the quoted heredoc ``<<'delimiter'`` in ``script``."""
+    match = re.search(rf"<<'{delimiter}'\n(.*?\n){delimiter}\n", script, re.S)
+    assert match, f"no heredoc {delimiter} in user-data.sh"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    "source, delimiter",
+    [("jupyterhub_config.py", "EC2HUB_JUPYTERHUB_CONFIG"), ("ec2hub-hub.service", "EC2HUB_UNIT")],
+)
+def test_user_data_embeds_the_source_files_byte_for_byte(source, delimiter):
+    assert embedded(HUB_USER_DATA.read_text(), delimiter) == (HUB_DIR / source).read_text()
+
+
+def test_user_data_is_shellcheck_clean():
+    subprocess.run([str(REPO / ".venv/bin/shellcheck"), "--severity=style", str(HUB_USER_DATA)], check=True)
+
+
+def settings_document(auth_type: str = "native") -> str:
+    from ec2spawner.settings import HubSettings
+
+    return HubSettings.model_validate(
+        {
+            "region": "us-east-1",
+            "hub_id": "ec2hub-test",
+            "subnets": {"us-east-1a": "subnet-0123456789abcdef0"},
+            "classes": [
+                {
+                    "slug": "small",
+                    "display_name": "Small CPU",
+                    "instance_types": ["t3.medium"],
+                    "ami": "ami-0123456789abcdef0",
+                    "launch_template_id": "lt-0123456789abcdef0",
+                    "default": True,
+                }
+            ],
+            "secret_prefix": "/ec2hub/ec2hub-test/servers/",
+            "auth": {"type": auth_type},
+        }
+    ).dumps()
+
+
+def hub_tags(**extra) -> dict[str, str]:
+    tags = {
+        "ec2hub:hub": "ec2hub-test",
+        "ec2hub:settings-parameter": SETTINGS_PARAMETER,
+        "ec2hub:spawner-asset": "s3://cdk-hnb659fds-assets-123456789012-us-east-1/spawner.zip",
+        "ec2hub:admin-user": "admin",
+        "Name": "ec2hub-test-hub",
+    }
+    tags.update(extra)
+    return tags
+
+
+def _hub_api(network):
+    try:
+        status, body = http_get(network.vpc.netns, f"http://{HUB_IP}:8000/hub/api")
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, network, make_host):
+    document = settings_document()
+    client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=document, Type="String", Overwrite=True)
+    host = make_host("i-0fedcba9876543210", HUB_IP, hub_tags(), efs=False, role="ec2hub-hub")
+    host.start(HUB_USER_DATA)
+
+    version = wait_until(lambda: _hub_api(network), 90, "the hub's /hub/api through the proxy on :8000")
+    assert version["version"] == "6.1.1"
+
+    etc, state = host.upper / "etc/ec2hub", host.upper / "var/lib/ec2hub"
+    assert (etc / "settings.json").read_text() == document
+    assert (etc / "jupyterhub_config.py").read_bytes() == (HUB_DIR / "jupyterhub_config.py").read_bytes()
+    assert json.loads((etc / "host.json").read_text()) == {"private_ip": HUB_IP, "admin_user": "admin"}
+    hub_uid = int(host.exec(["id", "-u", "ec2hub"]).stdout)
+    secrets = {}
+    for name in ("jupyterhub_cookie_secret", "proxy_auth_token"):
+        st = (state / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, hub_uid), name
+        secrets[name] = (state / name).read_bytes()
+        assert secrets[name].strip().decode() not in host.console_output
+    # The hub runs unprivileged, with its culler as a hub-managed service.
+    ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
+    assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.M), ps
+    wait_until(lambda: "jupyterhub_idle_culler" in host.exec(["ps", "-eo", "args="]).stdout, 30, "the idle culler")
+
+    # Restarted instance: the same secrets, the same files, a hub again.
+    before = {p: (etc / p).read_bytes() for p in ("settings.json", "host.json", "jupyterhub_config.py")}
+    first = host.console_output
+    host.restart()
+    wait_until(lambda: host.console_output.count("in the foreground") == 2, 60, "second boot")
+    wait_until(lambda: _hub_api(network), 90, "the hub after a restart")
+    second = host.console_output[len(first) :]
+    assert {p: (etc / p).read_bytes() for p in before} == before
+    assert {n: (state / n).read_bytes() for n in secrets} == secrets
+    assert "jupyterhub_cookie_secret kept" in second and "proxy_auth_token kept" in second
+    assert "ERROR" not in second
+
+
+def test_hub_refuses_dummy_authenticator_outside_the_sandbox_image(aws, network, make_host):
+    client(aws, "ssm").put_parameter(
+        Name=SETTINGS_PARAMETER, Value=settings_document("dummy"), Type="String", Overwrite=True
+    )
+    host = make_host("i-0fedcba9876543211", HUB_IP, hub_tags(), efs=False, role="ec2hub-hub")
+    host.start(HUB_USER_DATA)
+    host.wait_for_console(r"user data exited with status [1-9]", 90)
+    assert "dummy authenticator, which is for the local sandbox only" in host.console_output
