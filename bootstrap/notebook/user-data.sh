@@ -92,7 +92,7 @@ ensure_venv() {
 # The launcher does every step that touches a tag value. Quoted heredoc: nothing expands.
 ensure_launcher() {
   mkdir -p "$(dirname "$LAUNCHER")"
-  cat >"$LAUNCHER.tmp" <<'PYTHON'
+  cat >"$LAUNCHER.tmp" <<'EC2HUB_LAUNCHER'
 """ec2hub notebook launcher: tags and secret -> unix user, home, env file, jupyterhub-singleuser.
 
 Written by the notebook user data (bootstrap/notebook/user-data.sh), which is the source of truth.
@@ -522,7 +522,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-PYTHON
+EC2HUB_LAUNCHER
   chmod 0755 "$LAUNCHER.tmp"
   mv -f "$LAUNCHER.tmp" "$LAUNCHER"
   log launcher "$LAUNCHER written"

@@ -289,3 +289,21 @@ def start_hub(aws, network, tmp_path, request):
         hub.stop()
         if failed(request):
             sys.stderr.write(f"--- hub log ---\n{hub.log_path.read_text()}\n")
+
+
+def embedded(script_path: Path, delimiter: str) -> str:
+    """The body of the quoted heredoc ``<<'delimiter'`` in a user-data script."""
+    import re
+
+    match = re.search(rf"<<'{delimiter}'\n(.*?\n){delimiter}\n", script_path.read_text(), re.S)
+    assert match, f"no heredoc {delimiter} in {script_path}"
+    return match.group(1)
+
+
+def load_launcher(script_path: Path, delimiter: str):
+    """The Python launcher embedded in a user-data script, as a module (for its pure functions)."""
+    import types
+
+    module = types.ModuleType(f"launcher_{delimiter.lower()}")
+    exec(compile(embedded(script_path, delimiter), f"{script_path}:{delimiter}", "exec"), module.__dict__)
+    return module

@@ -12,7 +12,7 @@ import pytest
 
 from sandbox.netns import http_get
 
-from .conftest import HUB_USER_DATA, REPO, client, needs_root, wait_until
+from .conftest import HUB_USER_DATA, REPO, client, embedded, needs_root, wait_until
 
 pytestmark = [needs_root, pytest.mark.slow]
 
@@ -21,19 +21,12 @@ SETTINGS_PARAMETER = "/ec2hub/ec2hub-test/settings"
 HUB_IP = "10.0.1.5"
 
 
-def embedded(script: str, delimiter: str) -> str:
-    """The body of the quoted heredoc ``<<'delimiter'`` in ``script``."""
-    match = re.search(rf"<<'{delimiter}'\n(.*?\n){delimiter}\n", script, re.S)
-    assert match, f"no heredoc {delimiter} in user-data.sh"
-    return match.group(1)
-
-
 @pytest.mark.parametrize(
     "source, delimiter",
     [("jupyterhub_config.py", "EC2HUB_JUPYTERHUB_CONFIG"), ("ec2hub-hub.service", "EC2HUB_UNIT")],
 )
 def test_user_data_embeds_the_source_files_byte_for_byte(source, delimiter):
-    assert embedded(HUB_USER_DATA.read_text(), delimiter) == (HUB_DIR / source).read_text()
+    assert embedded(HUB_USER_DATA, delimiter) == (HUB_DIR / source).read_text()
 
 
 def test_user_data_is_shellcheck_clean():
