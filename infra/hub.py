@@ -225,11 +225,15 @@ def spawner_statements(
 ) -> list[iam.PolicyStatement]:
     """Least privilege for the EC2Spawner on the hub (docs/ARCHITECTURE.md, Security model).
 
-    RunInstances authorizes every resource a launch touches; each statement below covers one kind,
-    all conditioned on ``ec2:LaunchTemplate`` being one of this stack's templates (EC2 user guide,
-    "Use launch templates to control launching instances"). Resources the template supplies (image,
-    security groups) must come from it (``ec2:IsLaunchTemplateResource``); the spawner overrides
-    only the subnet (one of the notebook subnets), the instance type (a capacity fallback) and tags.
+    RunInstances authorizes every resource a launch touches, the launch template included (EC2
+    user guide, "Use launch templates to control launching instances"). The launch-template
+    resource is allowed only for this stack's templates, by exact ARN; every other resource is
+    allowed only when ``ec2:LaunchTemplate`` names a template (a launch without one is refused),
+    which therefore must be one of ours. The exact list appears once, so the policy stays well
+    under IAM's 10,240-character inline limit however many classes there are. Resources the
+    template supplies (image, security groups) must come from it (``ec2:IsLaunchTemplateResource``);
+    the spawner overrides only the subnet (one of the notebook subnets), the instance type (a
+    capacity fallback) and tags.
     """
     stack = Stack.of(scope)
 
@@ -246,7 +250,9 @@ def spawner_statements(
             service="ssm", resource="parameter", resource_name=path.lstrip("/")
         )
 
-    from_own_template = {"ArnEquals": {"ec2:LaunchTemplate": launch_template_arns}}
+    from_own_template = {
+        "ArnLike": {"ec2:LaunchTemplate": ec2_arn("launch-template", "*")}
+    }
     created_by_launch = [
         ec2_arn("instance", "*"),
         ec2_arn("volume", "*"),
@@ -254,9 +260,14 @@ def spawner_statements(
     ]
     return [
         iam.PolicyStatement(
+            sid="UseOwnLaunchTemplates",
+            actions=["ec2:RunInstances"],
+            resources=list(launch_template_arns),
+        ),
+        iam.PolicyStatement(
             sid="RunInstancesFromOwnTemplates",
             actions=["ec2:RunInstances"],
-            resources=[*created_by_launch, *launch_template_arns],
+            resources=created_by_launch,
             conditions=from_own_template,
         ),
         iam.PolicyStatement(

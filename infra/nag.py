@@ -77,7 +77,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         arn(
             "ec2", "instance/*"
         ): "RunInstances creates instances whose ids cannot be known in advance; "
-        "allowed only with ec2:LaunchTemplate = this stack's templates. Start/Stop/Terminate need "
+        "allowed only through a launch template, and only this stack's templates may be used "
+        "(UseOwnLaunchTemplates lists their exact ARNs). Start/Stop/Terminate need "
         f"aws:ResourceTag/ec2hub:hub = {hub_id} and a class tag (notebooks only, never the hub).",
         arn(
             "ec2", "volume/*"

@@ -16,12 +16,28 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 from ec2spawner.catalog import Catalog
 
+from .config import ConfigError
 from .hub import HUB_API_PORT, PROXY_PORT
 from .notebooks import NOTEBOOK_PORT
 
 IDLE_TIMEOUT_S = 3600
-# SSM Standard tier holds 4 KB; a bigger document (many classes) needs the Advanced tier.
+# Parameter values: 4 KB in the Standard tier, 8 KB in the Advanced tier (SSM quotas). Estimates
+# keep some headroom for ids longer than the samples.
 STANDARD_TIER_LIMIT = 4096
+ADVANCED_TIER_LIMIT = 8192
+HEADROOM = 256
+
+
+def parameter_tier(size_estimate: int) -> ssm.ParameterTier:
+    """The cheapest tier that holds the document; too big for any is an error at synth."""
+    if size_estimate <= STANDARD_TIER_LIMIT - HEADROOM:
+        return ssm.ParameterTier.STANDARD
+    if size_estimate <= ADVANCED_TIER_LIMIT - HEADROOM:
+        return ssm.ParameterTier.ADVANCED
+    raise ConfigError(
+        f"the hub settings would be about {size_estimate} bytes, but an SSM parameter holds at most "
+        f"{ADVANCED_TIER_LIMIT}: use fewer classes or shorter descriptions in the catalog"
+    )
 
 
 def settings_document(
@@ -103,8 +119,5 @@ class SettingsParameter(Construct):
             parameter_name=parameter_name,
             description="ec2hub hub settings (HubSettings JSON), copied to /etc/ec2hub/settings.json",
             string_value=Stack.of(self).to_json_string(document),
-            # Headroom for JSON escaping of tokens' values.
-            tier=ssm.ParameterTier.STANDARD
-            if size_estimate < STANDARD_TIER_LIMIT - 256
-            else ssm.ParameterTier.ADVANCED,
+            tier=parameter_tier(size_estimate),
         )

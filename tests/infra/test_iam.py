@@ -35,20 +35,37 @@ def template_arns(synth):
 
 def test_run_instances_only_from_this_stacks_launch_templates(hub):
     synth, statements, _ = hub
-    runs = [s for s in statements.values() if s["Action"] == "ec2:RunInstances"]
-    assert len(runs) == 4
-    for statement in runs:
-        assert sorted(
-            join_text(a)
-            for a in statement["Condition"]["ArnEquals"]["ec2:LaunchTemplate"]
-        ) == template_arns(synth)
-    own = statements["RunInstancesFromOwnTemplates"]
-    assert sorted(join_text(r) for r in own["Resource"]) == sorted(
+    runs = {
+        sid: s
+        for sid, s in statements.items()
+        if as_list(s["Action"]) == ["ec2:RunInstances"]
+    }
+    assert len(runs) == 5
+    # The launch-template resource itself: this stack's templates, by exact ARN, and nothing else.
+    own = runs.pop("UseOwnLaunchTemplates")
+    assert sorted(join_text(r) for r in as_list(own["Resource"])) == template_arns(
+        synth
+    )
+    # Everything else a launch touches: only when a launch template is used (so one of ours).
+    for statement in runs.values():
+        assert statement["Condition"]["ArnLike"] == {
+            "ec2:LaunchTemplate": {
+                "Fn::Join": [
+                    "",
+                    [
+                        "arn:",
+                        {"Ref": "AWS::Partition"},
+                        f"{PREFIX[7:]}:launch-template/*",
+                    ],
+                ]
+            }
+        }
+    created = statements["RunInstancesFromOwnTemplates"]
+    assert sorted(join_text(r) for r in created["Resource"]) == sorted(
         [
             f"{PREFIX}:instance/*",
             f"{PREFIX}:volume/*",
             f"{PREFIX}:spot-instances-request/*",
-            *template_arns(synth),
         ]
     )
 

@@ -8,6 +8,9 @@ import pytest
 import yaml
 from conftest import REPO, synth, write_catalog
 
+import infra
+from infra.config import ConfigError
+
 LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 
 
@@ -87,3 +90,45 @@ def test_editing_a_class_changes_only_its_own_template(
         if base.template["Resources"][k] != edited.template["Resources"].get(k)
     }
     assert differing == {changed[0], *edited.resources("AWS::SSM::Parameter")}
+
+
+def test_many_classes_keep_the_hub_policy_inline_and_the_settings_in_one_parameter(
+    tmp_path_factory,
+):
+    """The hub policy lists template ARNs once, so it does not overflow into managed policies."""
+    classes = [
+        {
+            "slug": f"c{i}",
+            "display_name": f"Class {i}",
+            "instance_types": ["t3.medium"],
+            "ami": "ami-0123456789abcdef0",
+            "default": i == 0,
+        }
+        for i in range(20)
+    ]
+    result = synth_catalog(
+        tmp_path_factory, {**base_catalog(), "classes": classes}, "many"
+    )
+    assert len(templates(result)) == 20
+    assert result.resources("AWS::IAM::ManagedPolicy") == {}
+    (parameter,) = result.resources("AWS::SSM::Parameter").values()
+    assert parameter["Properties"]["Tier"] == "Advanced"
+
+
+def test_settings_too_big_for_ssm_is_a_one_line_error(tmp_path):
+    classes = [
+        {
+            "slug": f"c{i}",
+            "display_name": f"Class {i}",
+            "description": "d" * 400,
+            "instance_types": ["t3.medium"],
+            "default": i == 0,
+        }
+        for i in range(30)
+    ]
+    path = write_catalog(tmp_path, {**base_catalog(), "classes": classes})
+    with pytest.raises(
+        ConfigError,
+        match=r"^the hub settings would be about \d+ bytes, but an SSM parameter",
+    ):
+        infra.build_app({"catalog": str(path)})
