@@ -249,7 +249,7 @@ class Notebooks(Construct):
         provider = Stack.of(self).node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
         if provider is None:
             return
-        # Its only DependsOn entry is the role (checked in tests/infra).
+        # In CDK 2.275 its DependsOn holds only that role; the Role GetAtt keeps the order.
         provider.node.default_child.add_deletion_override("DependsOn")
 
     @staticmethod

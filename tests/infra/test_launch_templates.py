@@ -187,3 +187,18 @@ def test_latest_template_version_is_made_the_default(default_synth):
         parts = update[0]["Fn::Join"][1]
         assert '"action":"modifyLaunchTemplate"' in parts[0]
         assert {"Fn::GetAtt": [logical_id, "LatestVersionNumber"]} in parts
+
+
+def test_default_version_lambda_waits_for_its_role(default_synth):
+    functions = default_synth.resources("AWS::Lambda::Function")
+    assert len(functions) == 1
+    (function,) = functions.values()
+    role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert default_synth.template["Resources"][role_id]["Type"] == "AWS::IAM::Role"
+    # Each call's own policy (ModifyLaunchTemplate on its template) exists before the call runs.
+    for call in default_synth.resources("Custom::AWS").values():
+        (policy_id,) = call["DependsOn"]
+        statement = default_synth.template["Resources"][policy_id]["Properties"][
+            "PolicyDocument"
+        ]["Statement"]
+        assert [s["Action"] for s in statement] == ["ec2:ModifyLaunchTemplate"]
