@@ -92,7 +92,7 @@ class Ec2HubStack(Stack):
             )
 
         # --- the hub role ----------------------------------------------------------------------
-        notebook_subnets = vpc.select_subnets(subnet_group_name="private").subnets
+        notebook_subnets = vpc.select_subnets(private).subnets
         for statement in spawner_statements(
             scope=self,
             hub_id=config.hub_id,
