@@ -351,7 +351,7 @@ class IsolatedHost:
     def exec(self, argv: list[str], *, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the host (its namespaces and root) as root; never through a shell."""
         proc = subprocess.run(
-            ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--net", "--root", "--wd", "--", *argv],
+            ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--net", "--uts", "--root", "--wd", "--", *argv],
             capture_output=True, text=True, timeout=timeout, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
         )
         if check and proc.returncode != 0:
