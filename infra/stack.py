@@ -13,7 +13,7 @@ from ec2spawner.catalog import Catalog
 
 from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
-from .network import Network
+from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .settings import SettingsParameter, estimated_size, settings_document
 from .storage import Storage
@@ -92,7 +92,7 @@ class Ec2HubStack(Stack):
             )
 
         # --- the hub role ----------------------------------------------------------------------
-        notebook_subnets = vpc.select_subnets(private).subnets
+        notebook_subnets = vpc.select_subnets(subnet_group_name=PRIVATE_SUBNETS).subnets
         for statement in spawner_statements(
             scope=self,
             hub_id=config.hub_id,
