@@ -25,7 +25,8 @@ Usage for many instances on one bridge (what the sandbox's EC2 data plane does):
                      connect=("127.0.0.1", moto_port)).start()      # the AWS "VPC endpoint"
     host = IsolatedHost("i-0abc", vpc=vpc, ip="10.0.1.17",
                         imds=ImdsData(instance_id="i-0abc", region="us-east-1", tags={...}),
-                        efs_dir="/var/tmp/sandbox-efs",
+                        efs_dir="/var/tmp/sandbox-efs",          # bound at /mnt/efs
+                        hidden_paths=[".sandbox"],                # machine dirs it must not see
                         root_setup=bake_ami(aws_endpoint="http://10.0.1.1:4566", region="us-east-1"))
     host.start(user_data=b"#!/bin/bash\\n...")
     ...
@@ -43,7 +44,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .imds import IMDS_ADDRESS, ImdsData, ImdsEmulator
 from .netns import NETNS_DIR, PREFIX, Vpc, add_netns, delete_netns, ip, list_netns
@@ -53,7 +54,7 @@ USER_DATA_PATH = "var/lib/cloud/instance/user-data.txt"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Runs as PID 1 of the new PID namespace, in the new mount namespace, before chroot. Arguments:
-# merged upper work efs-source hide-dir hostname. Nothing here comes from the user data or its tags.
+# merged upper work efs-source hide-dir hostname [more dirs to hide]. Nothing here comes from the user data or its tags.
 _MOUNT_AND_CHROOT = r"""
 set -eu
 root=$1 upper=$2 work=$3 efs=$4 hide=$5  # $6: the host name (ip-10-0-1-17, as on EC2)
@@ -65,6 +66,10 @@ mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=1777,size=64m shm "$root/dev/shm"
 mount -t tmpfs -o mode=755,size=64m run "$root/run"
 mount -t tmpfs -o mode=700,size=1m hidden "$root$hide"
+shift 6
+for extra in "$@"; do
+  if [ -d "$root$extra" ]; then mount -t tmpfs -o mode=700,size=1m hidden "$root$extra"; fi
+done
 if [ -n "$efs" ]; then
   mkdir -p "$root/mnt/efs"
   mount --bind "$efs" "$root/mnt/efs"
@@ -184,6 +189,7 @@ class IsolatedHost:
         state_root: str | Path = DEFAULT_STATE_ROOT,
         efs_dir: str | Path | None = None,
         root_setup: Callable[[Path], None] | None = None,
+        hidden_paths: Sequence[str | Path] = (),
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", name):
             raise ValueError(f"host name {name!r}: letters, digits, '_', '.', '-' (at most 41)")
@@ -201,6 +207,9 @@ class IsolatedHost:
         self.state_dir = self.state_root / name
         self.efs_dir = Path(efs_dir) if efs_dir else None
         self.root_setup = root_setup
+        # Machine directories the instance must not see (the state root always is): e.g. the
+        # sandbox's own state with its admin token.
+        self.hidden_paths = [str(Path(p).resolve()) for p in hidden_paths]
         self._proc: subprocess.Popen | None = None
         self._imds: ImdsEmulator | None = None
 
@@ -283,7 +292,7 @@ class IsolatedHost:
                         "unshare", "--mount", "--pid", "--uts", "--fork", "--propagation", "private", "--",
                         "/bin/bash", "-c", _MOUNT_AND_CHROOT, "ec2hub-init",
                         str(self.state_dir / "merged"), str(self.upper), str(self.state_dir / "work"),
-                        str(self.efs_dir or ""), str(self.state_root), self.hostname,
+                        str(self.efs_dir or ""), str(self.state_root), self.hostname, *self.hidden_paths,
                     ],
                     stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                     # cloud-init's environment, not the sandbox's (no AWS_* or test variables leak in)

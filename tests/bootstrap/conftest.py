@@ -85,11 +85,12 @@ def _children() -> list[str]:
 def no_leftovers():
     """Before: clear a crashed run's leftovers. After: prove the test left nothing behind."""
     cleanup_leftovers(STATE_ROOT, VPC_NAME)
+    children_before = set(_children())  # other suites' session servers are not ours to judge
     yield
     netns = [n for n in list_netns() if n.startswith(VPC_NAME)]
     mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if VPC_NAME in m or str(STATE_ROOT) in m]
     procs = kill_processes_under(STATE_ROOT)
-    children = _children()
+    children = sorted(set(_children()) - children_before)
     assert (netns, mounts, procs, children) == ([], [], [], []), "left behind (netns, mounts, host processes, children)"
 
 
@@ -145,7 +146,7 @@ def make_host(network, tmp_path, request):
     """Factory for isolated hosts baked like ec2hub's AMI; all terminated after the test."""
     hosts: list[IsolatedHost] = []
 
-    def make(instance_id: str, ip: str, tags: dict[str, str], *, efs: bool = True, role="ec2hub-notebook"):
+    def make(instance_id: str, ip: str, tags: dict[str, str], *, efs: bool = True, role="ec2hub-notebook", **kwargs):
         efs_dir = None
         if efs:
             efs_dir = tmp_path / f"efs-{instance_id}"
@@ -158,6 +159,7 @@ def make_host(network, tmp_path, request):
             state_root=STATE_ROOT,
             efs_dir=efs_dir,
             root_setup=bake_ami(aws_endpoint=network.aws_endpoint, region=REGION),
+            **kwargs,
         )
         hosts.append(host)
         return host

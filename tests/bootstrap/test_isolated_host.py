@@ -6,6 +6,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,18 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_host_sees_the_machine_root_but_not_the_sandbox_state(network, make_host, tmp_path):
+    private = tmp_path / "sandbox-state"
+    private.mkdir()
+    (private / "env.json").write_text("{}")
+    host = make_host("i-0c00000000000000d", "10.0.1.33", {}, efs=False, hidden_paths=[private]).start(SLEEPER)
+    host.wait_for_console("^ready$")
+    assert host.exec(["ls", "-A", str(private)]).stdout == ""
+    assert host.exec(["ls", "-A", str(STATE_ROOT)]).stdout == ""
+    assert host.exec(["test", "-x", "/opt/ec2hub/venv/bin/jupyterhub-singleuser"]).returncode == 0
+    # Writes stay in the overlay.
+    host.exec(["touch", "/etc/ec2hub-written-inside"], check=True)
+    assert (host.upper / "etc/ec2hub-written-inside").exists()
+    assert not Path("/etc/ec2hub-written-inside").exists()

@@ -86,3 +86,17 @@ def _answers(network, url) -> bool:
         return http_get(network.vpc.netns, url)[0] == 200
     except OSError:
         return False
+
+
+def test_without_efs_the_home_is_local_and_the_log_says_so(aws, network, make_host):
+    iid = "i-0a1b2c3d4e5f60002"
+    client(aws, "ssm").put_parameter(
+        Name=SECRET_PREFIX + iid, Value=json.dumps({"JUPYTERHUB_API_TOKEN": "t"}), Type="SecureString", Overwrite=True
+    )
+    host = make_host(iid, "10.0.1.11", notebook_tags("bob", efs=None), efs=False)
+    host.start(NOTEBOOK_USER_DATA)
+    host.wait_for_console("running jupyterhub-singleuser as jupyter-bob", 60)
+    assert host.console_output.count("no ec2hub:efs tag") == 1
+    home = host.upper / "home/jupyter-bob"
+    assert home.is_dir() and home.stat().st_uid == int(host.exec(["id", "-u", "jupyter-bob"]).stdout)
+    assert host.exec(["mountpoint", "-q", "/mnt/efs"]).returncode != 0
