@@ -69,6 +69,22 @@ def hub_tags(**extra) -> dict[str, str]:
     return tags
 
 
+LOAD_CONFIG = """
+import json
+from traitlets.config.loader import PyFileConfigLoader
+c = PyFileConfigLoader("jupyterhub_config.py", path="/etc/ec2hub").load_config()
+print(json.dumps({
+    "cleanup_servers": c.JupyterHub.cleanup_servers,
+    "hub_connect_ip": c.JupyterHub.hub_connect_ip,
+    "authenticator_class": c.JupyterHub.authenticator_class,
+    "admin_users": sorted(c.Authenticator.admin_users),
+    "services": [s["name"] for s in c.JupyterHub.services],
+    "spawner_class": c.JupyterHub.spawner_class,
+    "db_url": c.JupyterHub.db_url,
+}))
+"""
+
+
 def _hub_api(network):
     try:
         status, body = http_get(network.vpc.netns, f"http://{HUB_IP}:8000/hub/api")
@@ -97,6 +113,17 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, hub_uid), name
         secrets[name] = (state / name).read_bytes()
         assert secrets[name].strip().decode() not in host.console_output
+    # The config the hub loaded: what apply_settings made of the settings, plus this host's facts.
+    loaded = json.loads(host.exec(["/opt/ec2hub/venv/bin/python", "-c", LOAD_CONFIG], check=True).stdout)
+    assert loaded == {
+        "cleanup_servers": False,
+        "hub_connect_ip": HUB_IP,
+        "authenticator_class": "nativeauthenticator.NativeAuthenticator",
+        "admin_users": ["admin"],
+        "services": ["idle-culler"],
+        "spawner_class": "ec2",
+        "db_url": "sqlite:////var/lib/ec2hub/jupyterhub.sqlite",
+    }
     # The hub runs unprivileged, with its culler as a hub-managed service.
     ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
     assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.M), ps
