@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from conftest import REPO
 from ec2spawner.catalog import CatalogError, load_catalog
+from infra_testing import REPO
 
 GOOD_CLASS = {
     "slug": "small",

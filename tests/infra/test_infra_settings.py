@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import REPO
 from ec2spawner.catalog import load_catalog
 from ec2spawner.settings import HubSettings
+from infra_testing import REPO
 
 from infra.settings import settings_document
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk.assertions import Match
-from conftest import CERT, REPO
-from helpers import user_data_script
+from infra_testing import CERT, REPO, user_data_script
 
 INSTANCE = "AWS::EC2::Instance"
 

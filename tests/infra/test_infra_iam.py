@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from helpers import as_list, join_text, logical_id_by_description, policy_statements
+from infra_testing import (
+    as_list,
+    join_text,
+    logical_id_by_description,
+    policy_statements,
+)
 
 from infra.session import SESSION_MANAGER_ACTIONS
 

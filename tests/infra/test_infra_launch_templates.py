@@ -5,9 +5,13 @@ from __future__ import annotations
 import base64
 
 from aws_cdk.assertions import Match
-from conftest import FULL_CATALOG, REPO
 from ec2spawner.catalog import load_catalog
-from helpers import logical_id_by_description, user_data_script
+from infra_testing import (
+    FULL_CATALOG,
+    REPO,
+    logical_id_by_description,
+    user_data_script,
+)
 
 LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 

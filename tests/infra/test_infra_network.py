@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk.assertions import Match
-from helpers import group_ref, ingress_rules, join_text, logical_id_by_description
+from infra_testing import group_ref, ingress_rules, join_text, logical_id_by_description
 
 
 def sg(synth, fragment):

@@ -6,8 +6,7 @@ import gzip
 import random
 
 import pytest
-from conftest import synth
-from helpers import ingress_rules, logical_id_by_description
+from infra_testing import ingress_rules, logical_id_by_description, synth
 
 from infra.config import ConfigError, config_from_context
 from infra.userdata import MAX_USER_DATA_BYTES, load_user_data

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO, synth, write_catalog
+from infra_testing import REPO, synth, write_catalog
 
 import infra
 from infra.config import ConfigError
