@@ -23,6 +23,8 @@
 # Outputs:
 #   unix user jupyter-<slug>          derived from ec2hub:user (see unix_name() below)
 #   /mnt/efs, /home/<unix-name>       EFS mounted, home = /mnt/efs/home/<unix-name> bound on it
+#                                     (with systemd also in /etc/fstab, for reboots: user data
+#                                     runs only at an instance's first boot)
 #   /opt/ec2hub/venv                  jupyterhub-singleuser (kept if the AMI has it)
 #   /etc/ec2hub/singleuser.env        the server's env, root 0600
 #   ec2hub-singleuser.service         hardened systemd unit; without systemd as PID 1 (a container,
@@ -271,17 +273,46 @@ def ensure_efs(efs_id, region):
         log("efs", f"{EFS_MOUNT} is already mounted")
         return True
     os.makedirs(EFS_MOUNT, exist_ok=True)
+    if not shutil.which("mount.efs") and not shutil.which("mount.nfs4"):
+        install_efs_client()
     if shutil.which("mount.efs"):  # amazon-efs-utils: TLS in transit, IAM auth
-        run("efs", ["mount", "-t", "efs", "-o", "tls,iam", f"{efs_id}:/", EFS_MOUNT])
-        log("efs", f"mounted {efs_id} at {EFS_MOUNT} (amazon-efs-utils, TLS)")
-        return True
-    # The NFS options AWS recommends for EFS (docs: "Mounting EFS file systems using NFS").
-    host = f"{efs_id}.efs.{region}.amazonaws.com"
-    run("efs", ["mount", "-t", "nfs4", "-o",
-                "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
-                f"{host}:/", EFS_MOUNT])
-    log("efs", f"mounted {host}:/ at {EFS_MOUNT} (nfs4 without TLS: install amazon-efs-utils for TLS)")
+        source, fstype, options = f"{efs_id}:/", "efs", "tls,iam"
+        how = "amazon-efs-utils, TLS"
+    else:
+        # The NFS options AWS recommends for EFS (docs: "Mounting EFS file systems using NFS").
+        source, fstype = f"{efs_id}.efs.{region}.amazonaws.com:/", "nfs4"
+        options = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
+        how = "nfs4 without TLS: install amazon-efs-utils for TLS"
+    run("efs", ["mount", "-t", fstype, "-o", options, source, EFS_MOUNT])
+    # With systemd, a rebooted instance mounts it again before the server starts (user data runs
+    # only at first boot there).
+    ensure_fstab_line(f"{source} {EFS_MOUNT} {fstype} _netdev,{options} 0 0")
+    log("efs", f"mounted {source} at {EFS_MOUNT} ({how})")
     return True
+
+
+def install_efs_client():
+    if shutil.which("dnf"):
+        argv = ["dnf", "install", "-y", "-q", "amazon-efs-utils"]
+    elif shutil.which("apt-get"):
+        argv = ["apt-get", "install", "-y", "-q", "nfs-common"]
+    else:
+        die("efs", "no mount.efs or mount.nfs4 and no package manager: bake amazon-efs-utils into the AMI")
+    log("efs", f"installing the EFS client: {' '.join(argv)}")
+    run("efs", argv)
+
+
+def ensure_fstab_line(line):
+    """Add one line to /etc/fstab when systemd will read it at the next boot; idempotent."""
+    if not systemd_is_pid1():
+        return
+    with open("/etc/fstab", encoding="utf-8") as f:
+        current = f.read()
+    if line in current.splitlines():
+        return
+    with open("/etc/fstab", "a", encoding="utf-8") as f:
+        f.write(("" if current.endswith("\n") or not current else "\n") + line + "\n")
+    log("fstab", f"added {line.split()[1]}")
 
 
 def ensure_home(user, on_efs):
@@ -295,6 +326,7 @@ def ensure_home(user, on_efs):
             log("home", f"{home} is bound to {source}")
         else:
             run("home", ["mount", "--bind", source, home])
+            ensure_fstab_line(f"{source} {home} none bind,x-systemd.requires-mounts-for={EFS_MOUNT} 0 0")
             log("home", f"bound {source} ({'new' if created else 'kept'}) on {home}")
     else:
         created = ensure_dir(home, user)
@@ -412,6 +444,8 @@ def unit_text(user, home):
 Description=ec2hub Jupyter server for {user.pw_name}
 Wants=network-online.target
 After=network-online.target remote-fs.target
+# The home (an EFS bind mount after a reboot, from /etc/fstab) must be there first.
+RequiresMountsFor={home}
 
 [Service]
 Type=simple
