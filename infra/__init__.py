@@ -48,7 +48,8 @@ def build_app(
     """The app with the ec2hub stack. ``context`` adds to (and overrides) cdk.json's context.
 
     Raises ``ec2spawner.catalog.CatalogError`` or :class:`ConfigError` (one-line messages).
-    Under the CDK CLI, pass no context: the CLI hands its own (cdk.json plus ``-c``) to the App.
+    Context given to an App has the lowest precedence: under the CDK CLI (app.py passes ``{}``),
+    cdk.json and ``-c key=value`` win over anything here.
     """
     # The CLI turns path metadata on itself (and warns about aws: keys in cdk.json); in-process
     # synths need it too, or cfn-lint flags the pinned AZs (W3010).

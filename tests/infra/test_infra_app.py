@@ -144,3 +144,41 @@ def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
     )
     # The CLI shows the synth-time warning about plain HTTP.
     assert "plain HTTP" in result.stdout + result.stderr
+    # cdk.json's context is valid for the CLI (no reserved keys) and it turns path metadata on.
+    assert "reserved context key" not in result.stdout + result.stderr
+    assert any(
+        "aws:cdk:path" in r.get("Metadata", {}) for r in template["Resources"].values()
+    )
+
+
+def test_cli_context_values_reach_the_stack(tmp_path):
+    outdir = tmp_path / "cdk.out"
+    result = subprocess.run(
+        [
+            str(REPO / "node_modules/.bin/cdk"),
+            "synth",
+            "--quiet",
+            "-o",
+            str(outdir),
+            "-c",
+            "hub_id=lab",
+            "-c",
+            "nat_gateways=2",
+            "-c",
+            "admin_user=alice",
+        ],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    template = json.loads((outdir / "lab.template.json").read_text())
+    types = [r["Type"] for r in template["Resources"].values()]
+    assert types.count("AWS::EC2::NatGateway") == 2
+    (parameter,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::SSM::Parameter"
+    ]
+    assert parameter["Properties"]["Name"] == "/ec2hub/lab/settings"
