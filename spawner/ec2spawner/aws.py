@@ -18,7 +18,9 @@ No sandbox knowledge here: boto3 honours ``AWS_ENDPOINT_URL`` and the config fil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
+import botocore.session
 
 
 class ErrorKind(enum.Enum):
@@ -190,6 +194,67 @@ class InstanceView:
         )
 
 
+# A DescribeInstances page of 1,000 instances is about 2.7 MB of XML. botocore hands it to expat in
+# one ``feed`` call, a single C call that holds the GIL for ~90 ms and so stalls the hub's event loop
+# even though it runs in a worker thread. Fed in 64 KiB pieces, the worker gives the GIL back
+# between pieces and the loop never waits more than a few milliseconds.
+_XML_CHUNK = 64 * 1024
+
+
+class _ChunkedEC2Parser(botocore.parsers.EC2QueryParser):
+    def _parse_xml_string_to_dom(self, xml_string):
+        from xml.etree import ElementTree
+        from xml.etree.ElementTree import ParseError
+
+        try:
+            parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(), encoding=self.DEFAULT_ENCODING)
+            for start in range(0, len(xml_string), _XML_CHUNK):
+                parser.feed(xml_string[start : start + _XML_CHUNK])
+            return parser.close()
+        except ParseError as error:
+            raise botocore.parsers.ResponseParserError(
+                f"Unable to parse response ({error}), invalid XML received. Further retries may succeed"
+            ) from None
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """Hold off CPython's cyclic garbage collector while a large response is parsed.
+
+    Parsing a 1,000-instance page allocates a few hundred thousand objects that live until the
+    parse ends; that many survivors trigger a full (generation 2) collection, which walks every
+    object of the hub process while holding the GIL: ~100 ms with 1,000 spawners loaded, measured
+    by benchmarks/poll_cost.py. The parse tree is acyclic and freed by reference counting, so
+    pausing the collector for the parse frees the same memory without the pause. Nested and
+    concurrent users are counted; the collector is re-enabled only if it was enabled before.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+class _ParserFactory(botocore.parsers.ResponseParserFactory):
+    def create_parser(self, protocol_name):
+        if protocol_name == "ec2":
+            return _ChunkedEC2Parser(**self._defaults)
+        return super().create_parser(protocol_name)
+
+
 class Aws:
     """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
 
@@ -203,7 +268,9 @@ class Aws:
             retries={"mode": "standard"},
             max_pool_connections=50,
         )
-        self._session = boto3.session.Session(region_name=region)
+        core = botocore.session.get_session()
+        core.register_component("response_parser_factory", _ParserFactory())
+        self._session = boto3.session.Session(region_name=region, botocore_session=core)
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
         limits = DEFAULT_LIMITS if limits is None else limits
@@ -260,7 +327,8 @@ class Aws:
             params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
             if token:
                 params["NextToken"] = token
-            page = self._invoke_mapped("ec2", "DescribeInstances", params)
+            with _cyclic_gc_paused():
+                page = self._invoke_mapped("ec2", "DescribeInstances", params)
             for reservation in page.get("Reservations", []):
                 owner = reservation.get("OwnerId", "")
                 for instance in reservation.get("Instances", []):
