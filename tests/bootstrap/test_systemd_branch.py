@@ -38,6 +38,15 @@ def boot_with_fake_systemd(host, user_data):
     return (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
 
 
+def assert_unit_verifies(host, unit: str, max_exposure: float):
+    """systemd's own checks, inside the instance (its users and binaries): syntax and exposure."""
+    verify = host.exec(["systemd-analyze", "verify", "--man=no", f"/etc/systemd/system/{unit}"])
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    security = host.exec(["systemd-analyze", "security", "--offline=true", f"--threshold={int(max_exposure * 10)}",
+                          f"/etc/systemd/system/{unit}"])
+    assert security.returncode == 0, security.stdout[-1500:]
+
+
 def test_notebook_installs_a_hardened_unit_and_fstab_entries(aws, make_host):
     iid = "i-0d00000000000000a"
     client(aws, "ssm").put_parameter(
@@ -52,6 +61,7 @@ def test_notebook_installs_a_hardened_unit_and_fstab_entries(aws, make_host):
     for line in ("User=jupyter-carol", "ReadWritePaths=/home/jupyter-carol", "RequiresMountsFor=/home/jupyter-carol",
                  "EnvironmentFile=/etc/ec2hub/singleuser.env", "ProtectSystem=strict", "NoNewPrivileges=yes"):
         assert line in unit
+    assert_unit_verifies(host, "ec2hub-singleuser.service", max_exposure=3.5)
     bind = "/mnt/efs/home/jupyter-carol /home/jupyter-carol none bind,x-systemd.requires-mounts-for=/mnt/efs 0 0"
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
 
@@ -73,3 +83,4 @@ def test_hub_installs_its_unit_byte_for_byte(aws, make_host):
     assert calls == ["daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service"]
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
     assert installed.read_bytes() == (REPO / "bootstrap/hub/ec2hub-hub.service").read_bytes()
+    assert_unit_verifies(host, "ec2hub-hub.service", max_exposure=3.5)
