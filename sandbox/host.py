@@ -2,15 +2,17 @@
 
 Each :class:`IsolatedHost` has
 
-- its own **network namespace** (``<vpc name>-<name>``, e.g. ``ec2hub-vpc-i-0abc``) with ``eth0`` holding the instance's private
-  address on the :class:`~sandbox.netns.Vpc` bridge and a default route to its subnet gateway (a
-  route that ends inside the VPC namespace: nothing leaves the machine);
+- its own **network namespace** (``<vpc name>-<name>``, e.g. ``ec2hub-vpc-i-0abc``) with ``eth0``
+  holding the instance's private address on the :class:`~sandbox.netns.Vpc` bridge and a default
+  route to its subnet gateway (a route that ends inside the VPC namespace: nothing leaves the
+  machine), and its hostname ``ip-10-0-1-17`` resolvable through its /etc/hosts;
 - an **IMDSv2 emulator** answering at 169.254.169.254:80 inside that namespace
   (:mod:`sandbox.imds`);
 - its own **mount and PID namespaces** over a copy-on-write overlay whose lower layer is the
   machine's root (the "AMI"), entered with ``unshare --mount --pid --fork`` and ``chroot``: useradd,
-  /etc writes and mounts inside never touch the machine; /proc, /sys, /dev and /run are mounted
-  inside; the directory holding every host's state is hidden under an empty tmpfs;
+  /etc writes and mounts inside never touch the machine; /proc, /sys, /run and a minimal /dev
+  (no disks; its own ptys) are mounted inside; the directory holding every host's state, and any
+  ``hidden_paths``, are covered by empty tmpfs;
 - its **user data** run as root by a small PID 1, stdout and stderr captured as the console output.
 
 ``stop()`` kills the PID namespace (the kernel ends every process in it, and with the last one the
@@ -54,7 +56,8 @@ USER_DATA_PATH = "var/lib/cloud/instance/user-data.txt"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Runs as PID 1 of the new PID namespace, in the new mount namespace, before chroot. Arguments:
-# merged upper work efs-source hide-dir hostname [more dirs to hide]. Nothing here comes from the user data or its tags.
+# merged upper work efs-source hide-dir hostname [more dirs to hide]. Nothing here comes from the
+# user data or its tags.
 _MOUNT_AND_CHROOT = r"""
 set -eu
 root=$1 upper=$2 work=$3 efs=$4 hide=$5  # $6: the host name (ip-10-0-1-17, as on EC2)
@@ -62,7 +65,19 @@ hostname "$6"
 mount -t overlay ec2hub-root -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys" 2>/dev/null || true
-mount --rbind /dev "$root/dev"
+# A container-style /dev: a few harmless devices, its own ptys; never the machine's disks.
+mount -t tmpfs -o mode=755,size=1m dev "$root/dev"
+for node in null zero full random urandom tty; do
+  touch "$root/dev/$node"
+  mount --bind "/dev/$node" "$root/dev/$node"
+done
+mkdir -p "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
+ln -s pts/ptmx "$root/dev/ptmx"
+ln -s /proc/self/fd "$root/dev/fd"
+ln -s /proc/self/fd/0 "$root/dev/stdin"
+ln -s /proc/self/fd/1 "$root/dev/stdout"
+ln -s /proc/self/fd/2 "$root/dev/stderr"
 mount -t tmpfs -o mode=1777,size=64m shm "$root/dev/shm"
 mount -t tmpfs -o mode=755,size=64m run "$root/run"
 mount -t tmpfs -o mode=700,size=1m hidden "$root$hide"

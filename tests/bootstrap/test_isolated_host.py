@@ -138,3 +138,12 @@ def test_the_host_sees_the_machine_root_but_not_the_sandbox_state(network, make_
     host.exec(["touch", "/etc/ec2hub-written-inside"], check=True)
     assert (host.upper / "etc/ec2hub-written-inside").exists()
     assert not Path("/etc/ec2hub-written-inside").exists()
+
+
+def test_the_host_has_no_access_to_the_machine_disks(network, make_host):
+    host = make_host("i-0c00000000000000e", "10.0.1.34", {}, efs=False).start(SLEEPER)
+    host.wait_for_console("^ready$")
+    devices = set(host.exec(["ls", "/dev"]).stdout.split())
+    assert {"null", "zero", "urandom", "pts", "ptmx", "shm"} <= devices
+    assert not [d for d in devices if d.startswith(("vd", "sd", "nvme", "xvd", "loop"))], devices
+    assert host.exec(["python3", "-c", "import os, pty; os.close(pty.openpty()[0])"]).returncode == 0
