@@ -227,7 +227,12 @@ c.SecretSpawner.server_url = "{server_url}"
                 [sys.executable, "-m", "jupyterhub", "-f", str(workdir / "jupyterhub_config.py")],
                 cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_until(self._up, 60, "the hub API")
+        try:
+            wait_until(self._up, 60, "the hub API")
+        except BaseException:
+            self.stop()
+            sys.stderr.write(f"--- hub log ---\n{self.log_path.read_text()}\n")
+            raise
 
     def _up(self):
         if self.proc.poll() is not None:
