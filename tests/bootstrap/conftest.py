@@ -69,15 +69,20 @@ def free_port() -> int:
 
 
 def _children() -> list[str]:
-    """Live child processes of this test process (not zombies)."""
-    found = []
+    """Live descendants of this test process (not zombies): e.g. a hub and its proxy."""
+    parents: dict[int, list[tuple[int, str]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            found.append(stat.parent.name)
+        parents.setdefault(int(fields[1]), []).append((int(stat.parent.name), fields[0]))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid, state in parents.get(todo.pop(), []):
+            todo.append(pid)
+            if state != "Z":
+                found.append(str(pid))
     return found
 
 
