@@ -81,8 +81,9 @@ def validate_user_options(
         )
     unexpected = sorted(str(k)[:MAX_VALUE_LENGTH] for k in options if k != OPTION_KEY)
     if unexpected:
+        shown = ", ".join(repr(k) for k in unexpected[:5]) + (", ..." if len(unexpected) > 5 else "")
         raise OptionsError(
-            f"Unexpected option {', '.join(repr(k) for k in unexpected)}: "
+            f"Unexpected option {shown}: "
             f"the only option is '{OPTION_KEY}' (one of: {_names(allowed)})"
         )
     if OPTION_KEY not in options:

@@ -30,6 +30,8 @@ CLASSES = [
          "Unexpected option 'image': the only option is 'instance_class' (one of: small, big)"),
         ({"cpu": 4, "mem": 8}, (), 400,
          "Unexpected option 'cpu', 'mem': the only option is 'instance_class' (one of: small, big)"),
+        ({f"k{i}": 1 for i in range(9)}, (), 400,
+         "Unexpected option 'k0', 'k1', 'k2', 'k3', 'k4', ...: the only option is 'instance_class' (one of: small, big)"),
         ({"instance_class": 3}, (), 400, "'instance_class' must be a string (one of: small, big), not int"),
         ({"instance_class": ["small"]}, (), 400, "'instance_class' must be a string (one of: small, big), not list"),
         ({"instance_class": None}, (), 400, "'instance_class' must be a string (one of: small, big), not NoneType"),

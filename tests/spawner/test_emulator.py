@@ -1,0 +1,93 @@
+"""The AWS emulator's own behaviours: pending time, delays, faults, events, HTTP control."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+
+import pytest
+
+from sandbox.emulator import EmulatorClient
+
+
+@pytest.fixture
+def subnet(platform):
+    return platform.subnets["us-east-1a"]
+
+
+def run(ec2, subnet, **kw):
+    return ec2.run_instances(ImageId="ami-12345678", InstanceType="t3.medium", SubnetId=subnet,
+                             MinCount=1, MaxCount=1, **kw)["Instances"][0]
+
+
+def state(ec2, iid):
+    return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def test_pending_then_running_and_listener_sees_it(emu, ec2, subnet):
+    seen = []
+    unsubscribe = emu.add_listener(seen.append)
+    try:
+        emu.set_timing(pending_s=0.3)
+        iid = run(ec2, subnet)["InstanceId"]
+        assert state(ec2, iid) == "pending"
+        deadline = time.monotonic() + 5
+        while state(ec2, iid) != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert [(e["instance_id"], e["state"]) for e in seen if e["instance_id"] == iid] == [(iid, "running")]
+        assert seen[-1]["private_ip"].startswith("10.0.1.")
+    finally:
+        unsubscribe()
+
+
+def test_stop_and_terminate_pass_through_transitional_states(emu, ec2, subnet):
+    emu.set_timing(pending_s=0, stopping_s=0.3, shutting_down_s=0.3)
+    iid = run(ec2, subnet)["InstanceId"]
+    ec2.stop_instances(InstanceIds=[iid])
+    assert state(ec2, iid) == "stopping"
+    time.sleep(0.4)
+    assert state(ec2, iid) == "stopped"
+    ec2.terminate_instances(InstanceIds=[iid])
+    assert state(ec2, iid) == "shutting-down"
+    time.sleep(0.4)
+    assert state(ec2, iid) == "terminated"
+
+
+def test_client_token_is_idempotent(emu, ec2, subnet):
+    first = run(ec2, subnet, ClientToken="same-token-1")["InstanceId"]
+    assert run(ec2, subnet, ClientToken="same-token-1")["InstanceId"] == first
+    assert run(ec2, subnet, ClientToken="other-token-1")["InstanceId"] != first
+
+
+def test_capacity_and_throttle_faults_over_http(emu, ec2, subnet):
+    client = EmulatorClient(emu.endpoint_url)
+    answer = client.faults(capacity=[{"az": "us-east-1a", "instance_type": "t3.medium"}],
+                           throttle={"burst": 1, "per_second": 0.01})
+    assert answer["capacity"] == [{"az": "us-east-1a", "instance_type": "t3.medium"}]
+    with pytest.raises(ec2.exceptions.ClientError) as info:
+        run(ec2, subnet)
+    assert info.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    client.faults(clear_capacity=True)
+    with pytest.raises(ec2.exceptions.ClientError) as info:  # bucket empty; botocore retried and gave up
+        run(ec2, subnet)
+    assert info.value.response["Error"]["Code"] == "RequestLimitExceeded"
+    assert client.faults(throttle=None)["throttle"] is None
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        client._request("POST", "nope", {})
+    assert bad.value.code == 404
+
+
+def test_spot_interruption_and_event_long_poll_over_http(emu, ec2, subnet):
+    emu.set_timing(pending_s=0)
+    client = EmulatorClient(emu.endpoint_url)
+    iid = run(ec2, subnet)["InstanceId"]
+    after = client.events(0)["last"]
+    threading.Timer(0.3, client.terminate, args=(iid,), kwargs={"spot": True}).start()
+    answer = client.events(after, timeout=5)
+    [event] = answer["events"]
+    assert (event["instance_id"], event["state"], event["reason"]) == (iid, "terminated", "Server.SpotInstanceTermination")
+    reason = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["StateReason"]
+    assert reason["Code"] == "Server.SpotInstanceTermination"
+    assert client.state()["instances"][iid] == "terminated"
