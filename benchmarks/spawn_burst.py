@@ -43,10 +43,9 @@ def platform(ec2):
 
 
 def make_spawner(i, subnets, classes):
+    from ec2spawner.spawner import EC2Spawner
     from jupyterhub import orm
     from jupyterhub.objects import Hub
-
-    from ec2spawner.spawner import EC2Spawner
 
     name = f"user{i:03d}"
     s = EC2Spawner(

@@ -413,7 +413,11 @@ def start_emulator(
         raise RuntimeError(f"an emulator already runs in this process at {_ACTIVE.endpoint_url}")
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
     from werkzeug.serving import make_server
 
     _install_patches()

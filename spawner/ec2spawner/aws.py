@@ -174,7 +174,7 @@ class InstanceView:
     tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_api(cls, instance: dict, owner_id: str = "") -> "InstanceView":
+    def from_api(cls, instance: dict, owner_id: str = "") -> InstanceView:
         reason = instance.get("StateReason") or {}
         return cls(
             instance_id=instance["InstanceId"],
@@ -258,7 +258,7 @@ class _ParserFactory(botocore.parsers.ResponseParserFactory):
 class Aws:
     """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
 
-    _shared: dict[str, "Aws"] = {}
+    _shared: dict[str, Aws] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, region: str, *, limits: dict[str, tuple[int, float]] | None = None):
@@ -278,7 +278,7 @@ class Aws:
         self.calls: dict[str, int] = {}  # operation -> count, for benchmarks and tests
 
     @classmethod
-    def for_region(cls, region: str) -> "Aws":
+    def for_region(cls, region: str) -> Aws:
         """The process-wide instance for ``region``: one set of clients, one set of limiters."""
         with cls._shared_lock:
             if region not in cls._shared:

@@ -52,7 +52,7 @@ _STATE_REASONS = {
 }
 
 
-def _apply_user_options(spawner: "EC2Spawner", user_options: dict) -> None:
+def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
     """``Spawner.apply_user_options`` default: validate before anything is launched.
 
     JupyterHub runs this hook for form and REST spawns alike and turns an ``HTTPError`` into a
@@ -61,7 +61,7 @@ def _apply_user_options(spawner: "EC2Spawner", user_options: dict) -> None:
     spawner.instance_class = spawner.resolve_class(user_options).slug
 
 
-async def _options_form(spawner: "EC2Spawner") -> str:
+async def _options_form(spawner: EC2Spawner) -> str:
     return await spawner.render_options_form()
 
 
@@ -69,7 +69,7 @@ class EC2Spawner(Spawner):
     """Run each server on its own EC2 instance, launched from its class's launch template."""
 
     # Every spawner object of the process; the sweeper asks them which instances are owned.
-    _live: "weakref.WeakSet[EC2Spawner]" = weakref.WeakSet()
+    _live: weakref.WeakSet[EC2Spawner] = weakref.WeakSet()
     _type_facts: dict[tuple[str, str], opts.TypeFacts] = {}
 
     region = Unicode(help="""AWS region of the hub and its notebook instances.""").tag(config=True)
@@ -590,7 +590,7 @@ class EC2Spawner(Spawner):
             final = ("stopped", "terminated") if keep else ("terminated",)
             try:
                 await watcher.wait_for(iid, lambda v: v is None or v.state in final, timeout=self.stop_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log.warning("%s: %s not %s after %.0f s; not waiting longer",
                                  self._log_name, iid, " or ".join(final), self.stop_timeout)
         self.log.info("%s: %s %s", self._log_name, "stopped" if keep else "terminated", iid)

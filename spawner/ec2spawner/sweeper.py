@@ -101,7 +101,7 @@ def find_orphan_secrets(
 
 
 class OrphanSweeper:
-    _registry: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class OrphanSweeper:
         self._task: asyncio.Task | None = None
 
     @classmethod
-    def ensure(cls, aws: Aws, watcher: InstanceWatcher, **kwargs) -> "OrphanSweeper":
+    def ensure(cls, aws: Aws, watcher: InstanceWatcher, **kwargs) -> OrphanSweeper:
         """The sweeper of (hub, region) on the running loop, started on first use."""
         sweepers = cls._registry.setdefault(asyncio.get_running_loop(), {})
         key = (kwargs["hub_id"], aws.region)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class InstanceWatcher:
     """A shared, periodically refreshed view of this hub's instances."""
 
-    _registry: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = (
+    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -63,7 +63,7 @@ class InstanceWatcher:
         self._updated = asyncio.Condition()
 
     @classmethod
-    def for_hub(cls, aws: Aws, hub_id: str, **kwargs) -> "InstanceWatcher":
+    def for_hub(cls, aws: Aws, hub_id: str, **kwargs) -> InstanceWatcher:
         """The watcher of (hub, region) on the running event loop, created on first use.
 
         Intervals given by later callers do not change an existing watcher: the first spawner's

@@ -24,7 +24,7 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 
-from sandbox.emulator import start_emulator  # noqa: E402
+from sandbox.emulator import start_emulator
 
 REGION = "us-east-1"
 AZS = ["us-east-1a", "us-east-1b", "us-east-1c"]
@@ -109,10 +109,9 @@ def make_user(name: str = "alice", groups=()):
 
 @pytest.fixture
 def new_spawner(platform, hub_id):
+    from ec2spawner.spawner import EC2Spawner
     from jupyterhub import orm
     from jupyterhub.objects import Hub
-
-    from ec2spawner.spawner import EC2Spawner
 
     def factory(user: str = "alice", server: str = "", groups=(), user_options=None, **traits):
         settings = dict(

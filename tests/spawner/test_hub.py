@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests as http
-
 from conftest import REGION, REPO
 
 pytestmark = pytest.mark.slow
@@ -79,29 +78,43 @@ c.EC2Spawner.sweep_orphans = False
 """)
     env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "AWS_ENDPOINT_URL": emulator.endpoint_url}
-    log = open(tmp_path / "hub.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "hub.log", "a")  # noqa: SIM115 (closed at teardown)
     api = f"http://127.0.0.1:{ports['proxy']}/hub/api"
     session = http.Session()
     session.headers["Authorization"] = f"token {API_TOKEN}"
+    procs = []
 
     def up():
         try:
             return session.get(api + "/", timeout=2).ok
         except http.ConnectionError:
-            return proc.poll() is not None and pytest.fail("hub exited:\n" + (tmp_path / "hub.log").read_text())
+            return procs[-1].poll() is not None and pytest.fail("hub exited:\n" + (tmp_path / "hub.log").read_text())
 
-    try:
+    def start():
+        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
+                                      cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
         wait_until(up, 60, "the hub API")
-        yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
-                               "env": env, "tmp": tmp_path})
-    finally:
+
+    def stop():
+        proc = procs[-1]
         proc.terminate()
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(5)
+
+    def restart():
+        stop()
+        start()
+
+    try:
+        start()
+        yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
+                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart)})
+    finally:
+        if procs:
+            stop()
         log.close()
         if getattr(request.node, "rep_call", None) is None or request.node.rep_call.failed:
             print("---- hub log ----\n" + (tmp_path / "hub.log").read_text())
@@ -119,7 +132,7 @@ def play_instance(hub, ssm, env_path: Path) -> subprocess.Popen:
     env = json.loads(ssm.get_parameter(Name=param["Name"], WithDecryption=True)["Parameter"]["Value"])
     # On EC2 the server binds 0.0.0.0 of its own instance; here it stays on loopback.
     env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", "127.0.0.1")
-    log = open(env_path, "w")
+    log = open(env_path, "w")  # noqa: SIM115 (the process owns it)
     args = ["--allow-root"] if os.geteuid() == 0 else []
     return subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub-singleuser"), *args],
                             env={**hub.env, **env, "HOME": str(hub.tmp)}, cwd=hub.tmp, stdout=log,
@@ -155,6 +168,14 @@ def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
         assert instance["State"]["Name"] == "running"
 
         # Through the proxy to the real singleuser server.
+        status = s.get(f"http://127.0.0.1:{hub.ports['proxy']}/user/alice/api/status")
+        assert status.status_code == 200
+
+        # cleanup_servers is False: a restarted hub re-attaches through load_state + poll().
+        hub.restart()
+        server = wait_until(ready, 30, "the server to be ready after the hub restart")
+        assert server["url"] == "/user/alice/"
+        assert [i["InstanceId"] for i in live("alice")] == [instance["InstanceId"]]
         status = s.get(f"http://127.0.0.1:{hub.ports['proxy']}/user/alice/api/status")
         assert status.status_code == 200
 

@@ -1,10 +1,9 @@
 """The hub config is a pure function of the settings document: compared to a literal Config."""
 
 import pytest
-from traitlets.config import Config
-
 from ec2spawner.hubconfig import apply_settings
 from ec2spawner.settings import HubSettings
+from traitlets.config import Config
 
 CLASS = {"slug": "small", "display_name": "Small", "instance_types": ["t3.medium"], "ami": "ami-12345678",
          "default": True, "launch_template_id": "lt-0abc"}

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from jupyterhub.spawner import SpawnException
-
 from ec2spawner import options as opts
 from ec2spawner.settings import ClassSettings
+from jupyterhub.spawner import SpawnException
 
 
 def _cls(slug, **kw):

@@ -7,12 +7,9 @@ import json
 import time
 
 import pytest
-from jupyterhub.spawner import SpawnException
-
-from ec2spawner.aws import Aws
-from ec2spawner.watcher import InstanceWatcher
-
 from conftest import AZS, TOKEN
+from ec2spawner.aws import Aws
+from jupyterhub.spawner import SpawnException
 
 
 def tags_of(instance: dict) -> dict:
@@ -333,3 +330,12 @@ async def test_just_launched_instance_not_yet_listed_counts_as_pending(new_spawn
     assert await spawner.poll() is None
     watcher._expected[iid] = (time.monotonic() - 10, watcher._expected[iid][1])
     assert await spawner.poll() == 1
+
+
+async def test_delete_forever_removes_a_kept_stopped_instance(new_spawner, live):
+    spawner = new_spawner(stop_mode="stop")
+    await spawner.start()
+    await spawner.stop()
+    assert [i["State"]["Name"] for i in live()] == ["stopped"]
+    await spawner.delete_forever()
+    assert live() == []

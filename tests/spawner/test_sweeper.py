@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ec2spawner.aws import Aws, InstanceView
 from ec2spawner.requests import instance_tags
 from ec2spawner.spawner import EC2Spawner
-from ec2spawner.sweeper import Decision, OrphanSweeper, find_orphan_secrets, find_orphans
+from ec2spawner.sweeper import (
+    Decision,
+    OrphanSweeper,
+    find_orphan_secrets,
+    find_orphans,
+)
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def view(iid, state="running", age_s=3600, user="u", server=""):
