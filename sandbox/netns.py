@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import ipaddress
 import logging
 import os
@@ -86,8 +87,12 @@ def netns_dir_mounted() -> bool:
     return _is_mount_point(NETNS_DIR)
 
 
-def cleanup_leftovers(prefix: str = PREFIX) -> list[str]:
-    """Delete every namespace named with ``prefix`` (a crashed run's); return their names."""
+def cleanup_leftovers(prefix: str = PREFIX + "vpc") -> list[str]:
+    """Delete every namespace named with ``prefix`` (a crashed run's); return their names.
+
+    The default is the sandbox VPC's name, which its hosts' namespaces start with too; tests use
+    VPCs of their own names so a sandbox start-up and a test run never delete each other's.
+    """
     names = [n for n in list_netns() if n.startswith(prefix)]
     for name in names:
         delete_netns(name)
@@ -96,8 +101,6 @@ def cleanup_leftovers(prefix: str = PREFIX) -> list[str]:
 
 def link_name(*parts: str) -> str:
     """A short, stable interface name with the prefix (Linux allows 15 characters)."""
-    import hashlib
-
     digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
     return (PREFIX + digest)[:IFNAMSIZ]
 
