@@ -212,8 +212,9 @@ class EC2Spawner(Spawner):
         super().__init__(**kwargs)
         self._starting = False
         self._events: list[dict] = []
-        self._progress_changed: asyncio.Event | None = None
-        self._start_done = True
+        # progress() may be asked for before start() runs: it waits for start() to finish.
+        self._progress_changed = asyncio.Event()
+        self._start_done = False
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -345,7 +346,6 @@ class EC2Spawner(Spawner):
         self.instance_class = cls.slug
         self.attempt = uuid.uuid4().hex
         self._events = []
-        self._progress_changed = asyncio.Event()
         self._start_done = False
         self._starting = True
         watcher = self._watcher()
@@ -361,10 +361,11 @@ class EC2Spawner(Spawner):
             # Exception, timeout (JupyterHub cancels start() after start_timeout), cancellation or
             # hub shutdown: leave no instance and no secret behind. Shielded so a second
             # cancellation does not interrupt the cleanup itself.
-            self._progress(f"Start failed: {_describe_error(error)}")
+            shown = _spawn_error(error) if isinstance(error, AwsError) else error
+            self._progress(f"Start failed: {_describe_error(shown)}")
             await asyncio.shield(self._abandon())
-            if isinstance(error, AwsError):
-                raise _spawn_error(error) from None
+            if shown is not error:
+                raise shown from None
             raise
         finally:
             self._starting = False
@@ -626,7 +627,7 @@ class EC2Spawner(Spawner):
             while seen < len(self._events):
                 yield self._events[seen]
                 seen += 1
-            if self._start_done or self._progress_changed is None:
+            if self._start_done:
                 return
             self._progress_changed.clear()
             await self._progress_changed.wait()

@@ -285,8 +285,7 @@ async def test_progress_reports_real_phases(new_spawner, emu):
     spawner = new_spawner()
     messages = []
 
-    async def follow():
-        await until(lambda: spawner._progress_changed is not None)
+    async def follow():  # subscribed before start() runs, as the hub's progress page may be
         async for event in spawner.progress():
             messages.append(event["message"])
 
@@ -338,4 +337,37 @@ async def test_delete_forever_removes_a_kept_stopped_instance(new_spawner, live)
     await spawner.stop()
     assert [i["State"]["Name"] for i in live()] == ["stopped"]
     await spawner.delete_forever()
+    assert live() == []
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status", "message"),
+    [
+        ("VcpuLimitExceeded", "quota", 503,
+         "The AWS account has reached a limit for this instance class (VcpuLimitExceeded). "
+         "Ask an administrator to raise the quota, or pick a smaller class."),
+        ("UnauthorizedOperation", "aws-permission", 500,
+         "The hub is not allowed to start this instance; an administrator should check the hub's IAM role."),
+        ("InternalError", "aws-error", 500,
+         "AWS refused to start the server: InternalError. An administrator can find the details in the hub log."),
+    ],
+)
+async def test_aws_refusals_become_messages_a_user_understands(new_spawner, monkeypatch, live, code, reason,
+                                                                status, message):
+    import botocore.exceptions
+
+    invoke = Aws._invoke
+
+    def refusing(self, service, operation, params):  # the one fault-injection seam
+        if operation == "RunInstances":
+            raise botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "no"}}, operation)
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", refusing)
+    spawner = new_spawner()
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert (info.value.reason, info.value.status_code, info.value.message) == (reason, status, message)
+    assert info.value.log_message == f"RunInstances: {code}: no"
+    assert spawner._events[-1]["message"] == f"Start failed: {message}"
     assert live() == []
