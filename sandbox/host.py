@@ -45,8 +45,9 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Self
 
 from .imds import IMDS_ADDRESS, ImdsData, ImdsEmulator
 from .netns import NETNS_DIR, PREFIX, Vpc, add_netns, delete_netns, ip, list_netns
@@ -54,6 +55,9 @@ from .netns import NETNS_DIR, PREFIX, Vpc, add_netns, delete_netns, ip, list_net
 DEFAULT_STATE_ROOT = Path("/var/tmp/ec2hub-hosts")
 USER_DATA_PATH = "var/lib/cloud/instance/user-data.txt"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What the sandbox's "AMI" has baked in: this repository's venv and Node toolchain.
+REPO_VENV = Path(__file__).resolve().parent.parent / ".venv"
+REPO_NODE_BIN = Path(__file__).resolve().parent.parent / "node_modules" / ".bin"
 
 # Runs as PID 1 of the new PID namespace, in the new mount namespace, before chroot. Arguments:
 # merged upper work efs-source hide-dir hostname [more dirs to hide]. Nothing here comes from the
@@ -137,8 +141,8 @@ def upper_path(upper: Path, path: str | Path, *, mode: int = 0o755) -> Path:
 
 def bake_ami(
     *,
-    venv: str | Path = Path(__file__).resolve().parent.parent / ".venv",
-    node_bin: str | Path | None = Path(__file__).resolve().parent.parent / "node_modules" / ".bin",
+    venv: str | Path = REPO_VENV,
+    node_bin: str | Path | None = REPO_NODE_BIN,
     aws_endpoint: str | None = None,
     region: str | None = None,
     allow_dummy_auth: bool = False,
@@ -270,7 +274,7 @@ class IsolatedHost:
         raise RuntimeError(f"{self.name}: no PID 1 (exited? {self.console_output[-2000:]})")
 
     # --- life cycle -----------------------------------------------------------------------------
-    def start(self, user_data: str | Path | bytes | None = None) -> "IsolatedHost":
+    def start(self, user_data: str | Path | bytes | None = None) -> IsolatedHost:
         """Boot: network, IMDS, overlay root, then the user data (a path or the script's bytes).
 
         Without ``user_data`` the host runs the user data of its previous boot (a restart).
@@ -299,8 +303,7 @@ class IsolatedHost:
             self.vpc.plug(self.netns, self.ip, self.prefix_len, self.gateway)
             ip("addr", "add", f"{IMDS_ADDRESS}/32", "dev", "lo", netns=self.netns)
             self._imds = ImdsEmulator(self.imds_data, netns=self.netns).start()
-            console = open(self.console_path, "ab")
-            try:
+            with open(self.console_path, "ab") as console:
                 self._proc = subprocess.Popen(
                     [
                         "nsenter", f"--net={NETNS_DIR / self.netns}", "--",
@@ -314,8 +317,6 @@ class IsolatedHost:
                     env={"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8", "INIT": _INIT},
                     start_new_session=True,
                 )
-            finally:
-                console.close()
             (self.state_dir / "unshare.pid").write_text(str(self._proc.pid))
         except BaseException:
             self.stop()
@@ -360,12 +361,12 @@ class IsolatedHost:
         with contextlib.suppress(OSError):
             self.state_root.rmdir()  # only when no other host is left
 
-    def restart(self) -> "IsolatedHost":
+    def restart(self) -> IsolatedHost:
         """Stop then start again with the same disk and user data: a rebooted instance."""
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "IsolatedHost":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -376,7 +377,7 @@ class IsolatedHost:
         """Run ``argv`` inside the host (its namespaces and root) as root; never through a shell."""
         proc = subprocess.run(
             ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--net", "--uts", "--root", "--wd", "--", *argv],
-            capture_output=True, text=True, timeout=timeout, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
+            capture_output=True, text=True, timeout=timeout, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"}, check=False,
         )
         if check and proc.returncode != 0:
             raise RuntimeError(f"{self.name}: {argv}: exit {proc.returncode}: {proc.stderr}")
@@ -385,7 +386,7 @@ class IsolatedHost:
     def wait_for_console(self, pattern: str, timeout: float = 60) -> re.Match:
         """Wait until the console output matches ``pattern`` (regex); raise with the output if not."""
         deadline = time.monotonic() + timeout
-        regex = re.compile(pattern, re.M)
+        regex = re.compile(pattern, re.MULTILINE)
         while True:
             found = regex.search(self.console_output)
             if found:

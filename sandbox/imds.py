@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import unquote
 
 from .netns import socket_in_netns
@@ -69,7 +70,7 @@ class ImdsData:
         for key, value in self.tags.items():
             leaves[f"tags/instance/{key}"] = value
         if self.role:
-            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            now = dt.datetime.now(dt.UTC).replace(microsecond=0)
             # "iam/security-credentials/" lists the role: the directory listing below answers it.
             leaves[f"iam/security-credentials/{self.role}"] = json.dumps(
                 {
@@ -100,7 +101,7 @@ class ImdsData:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # requests go to the emulator's own list, not stderr
@@ -158,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    emulator: "ImdsEmulator"
+    emulator: ImdsEmulator
 
 
 class ImdsEmulator:
@@ -184,7 +185,7 @@ class ImdsEmulator:
             expiry = self._tokens.get(token or "")
         return expiry is not None and expiry > time.monotonic()
 
-    def start(self) -> "ImdsEmulator":
+    def start(self) -> ImdsEmulator:
         server = _Server((self.address, self.port), _Handler, bind_and_activate=False)
         server.socket.close()
         server.socket = socket_in_netns(self.netns)
@@ -208,7 +209,7 @@ class ImdsEmulator:
             self._thread.join(timeout=2)
             self._thread = None
 
-    def __enter__(self) -> "ImdsEmulator":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command (never through a shell); raise with its stderr on failure."""
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -130,7 +131,7 @@ def socket_in_netns(
             finally:
                 os.close(fd)
             result["sock"] = socket.socket(family, type)
-        except BaseException as exc:  # handed to the caller's thread
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
             result["error"] = exc
 
     worker = threading.Thread(target=enter_and_create, name=f"setns-{netns}")
@@ -216,7 +217,7 @@ class Relay:
         assert self._sock is not None, "relay not started"
         return self._sock.getsockname()[1]
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self._sock = listen_in_netns(self.listen_netns, *self.listen_addr)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._accept_loop, name=self.name, daemon=True)
@@ -235,7 +236,7 @@ class Relay:
                     conn.close()
             self._conns.clear()
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +246,7 @@ class Relay:
         while not self._stop.is_set():
             try:
                 client, _ = self._sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -324,7 +325,7 @@ class Vpc:
                 return gw
         raise ValueError(f"{address} is in none of the VPC's subnets {[str(g.network) for g in self.gateways]}")
 
-    def create(self) -> "Vpc":
+    def create(self) -> Vpc:
         self._netns_dir_was_mounted = netns_dir_mounted()
         delete_netns(self.name)  # a crashed run's
         add_netns(self.name)
@@ -344,7 +345,7 @@ class Vpc:
         delete_netns(self.name)
         release_netns_dir(self._netns_dir_was_mounted)
 
-    def __enter__(self) -> "Vpc":
+    def __enter__(self) -> Self:
         return self.create()
 
     def __exit__(self, *exc) -> None:

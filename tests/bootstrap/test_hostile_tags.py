@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import NOTEBOOK_USER_DATA, client, load_launcher, needs_root, notebook_tags
+from .conftest import (
+    NOTEBOOK_USER_DATA,
+    client,
+    load_launcher,
+    needs_root,
+    notebook_tags,
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 

@@ -126,7 +126,7 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
     }
     # The hub runs unprivileged, with its culler as a hub-managed service.
     ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
-    assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.M), ps
+    assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.MULTILINE), ps
     wait_until(lambda: "jupyterhub_idle_culler" in host.exec(["ps", "-eo", "args="]).stdout, 30, "the idle culler")
 
     # Restarted instance: the same secrets, the same files, a hub again.

@@ -82,7 +82,7 @@ def test_hosts_add_nothing_to_the_root_namespace_and_route_nowhere(network, make
     # its own subnets.
     routes = host.exec(["ip", "-4", "route"]).stdout
     assert f"default via {GATEWAY} dev eth0" in routes and "10.0.1.0/24 dev eth0" in routes
-    vpc_routes = subprocess.run(["ip", "-n", VPC_NAME, "-4", "route"], capture_output=True, text=True).stdout
+    vpc_routes = subprocess.run(["ip", "-n", VPC_NAME, "-4", "route"], capture_output=True, text=True, check=True).stdout
     assert vpc_routes.strip().splitlines() == ["10.0.1.0/24 dev br0 proto kernel scope link src 10.0.1.1"]
     assert host.exec(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "0"
     # Its own PID namespace (PID 1 is the host's init) and hostname.

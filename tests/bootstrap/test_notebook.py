@@ -7,13 +7,19 @@ import json
 import pwd
 import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from sandbox.netns import Relay, http_get
+from sandbox.netns import http_get
 
-from .conftest import NOTEBOOK_USER_DATA, REPO, client, needs_root, notebook_tags, wait_until
+from .conftest import (
+    NOTEBOOK_USER_DATA,
+    REPO,
+    client,
+    needs_root,
+    notebook_tags,
+    wait_until,
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 

@@ -12,7 +12,14 @@ import pytest
 
 from sandbox.host import upper_path
 
-from .conftest import HUB_USER_DATA, NOTEBOOK_USER_DATA, REPO, client, needs_root, notebook_tags
+from .conftest import (
+    HUB_USER_DATA,
+    NOTEBOOK_USER_DATA,
+    REPO,
+    client,
+    needs_root,
+    notebook_tags,
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 
