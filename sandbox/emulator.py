@@ -36,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import urllib.request
@@ -100,6 +101,8 @@ class Emulator:
     _listeners: list[Callable[[dict], None]] = field(default_factory=list)
     _new_event: threading.Condition = field(default_factory=threading.Condition)
     _ticker: threading.Thread | None = None
+    _dispatcher: threading.Thread | None = None
+    _dispatch: queue.Queue = field(default_factory=queue.Queue)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -163,8 +166,9 @@ class Emulator:
         """Call ``listener(event)`` on every state change; returns a function that unsubscribes.
 
         Events: ``{"seq", "time", "instance_id", "state", "private_ip", "subnet_id",
-        "instance_type", "reason"}`` for ``running``, ``stopped`` and ``terminated``. Listeners
-        run on the emulator's threads: keep them short.
+        "instance_type", "reason"}`` for ``running``, ``stopped`` and ``terminated``. Listeners run
+        one at a time, in order, on a dispatcher thread of their own and outside every emulator
+        lock, so a listener may call the AWS API of this same emulator.
         """
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
@@ -197,11 +201,18 @@ class Emulator:
             self._events.append(event)
             del self._events[:-_MAX_EVENTS]
             self._new_event.notify_all()
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("emulator listener failed on %s", event)
+        self._dispatch.put(event)
+
+    def _dispatch_forever(self) -> None:
+        while True:
+            event = self._dispatch.get()
+            if event is None:
+                return
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("emulator listener failed on %s", event)
 
     # -- state machine ----------------------------------------------------------------------------
 
@@ -295,6 +306,7 @@ class Emulator:
         """Stop the server and the ticker; the moto patches stay installed but inactive."""
         global _ACTIVE
         self._stopping.set()
+        self._dispatch.put(None)
         if self._server is not None:
             self._server.stop()
         if _ACTIVE is self:
@@ -442,6 +454,9 @@ def start_emulator(
     emulator.port = server.get_host_and_port()[1]
     emulator._ticker = threading.Thread(target=emulator._tick_forever, daemon=True, name="ec2hub-emulator-tick")
     emulator._ticker.start()
+    emulator._dispatcher = threading.Thread(target=emulator._dispatch_forever, daemon=True,
+                                            name="ec2hub-emulator-listeners")
+    emulator._dispatcher.start()
     _ACTIVE = emulator
     return emulator
 

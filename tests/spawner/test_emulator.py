@@ -27,13 +27,23 @@ def state(ec2, iid):
 
 def test_pending_then_running_and_listener_sees_it(emu, ec2, subnet):
     seen = []
-    unsubscribe = emu.add_listener(seen.append)
+
+    def listener(event):  # may call the emulator's own API: runs outside its locks
+        if event["state"] == "running":
+            event["tags"] = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [event["instance_id"]]}])
+        seen.append(event)
+
+    unsubscribe = emu.add_listener(listener)
     try:
         emu.set_timing(pending_s=0.3)
         iid = run(ec2, subnet)["InstanceId"]
         assert state(ec2, iid) == "pending"
         deadline = time.monotonic() + 5
         while state(ec2, iid) != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while not [e for e in seen if e["instance_id"] == iid]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert [(e["instance_id"], e["state"]) for e in seen if e["instance_id"] == iid] == [(iid, "running")]
