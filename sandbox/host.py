@@ -38,6 +38,7 @@ Usage for many instances on one bridge (what the sandbox's EC2 data plane does):
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import shutil
@@ -275,7 +276,8 @@ class IsolatedHost:
 
     # --- life cycle -----------------------------------------------------------------------------
     def start(self, user_data: str | Path | bytes | None = None) -> IsolatedHost:
-        """Boot: network, IMDS, overlay root, then the user data (a path or the script's bytes).
+        """Boot: network, IMDS, overlay root, then the user data (a path or the script's bytes,
+        gzip-compressed or not, as EC2 accepts it).
 
         Without ``user_data`` the host runs the user data of its previous boot (a restart).
         """
@@ -290,6 +292,10 @@ class IsolatedHost:
             data = Path(user_data).read_bytes() if isinstance(user_data, Path) else (
                 user_data.encode() if isinstance(user_data, str) else user_data
             )
+            # cloud-init runs gzip-compressed user data after unpacking it; infra compresses the
+            # bootstrap scripts because they exceed EC2's 16 KB raw limit.
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
             ud_file = upper_path(self.upper, "/" + USER_DATA_PATH)
             ud_file.write_bytes(data)
             os.chmod(ud_file, 0o700)
