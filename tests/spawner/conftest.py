@@ -7,39 +7,43 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
 import pytest
+from spawner_testing import AZS, REGION, REPO, TOKEN
 
-REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the sandbox package lives at the repository root
 
-os.environ.update(
-    AWS_ACCESS_KEY_ID="testing",
-    AWS_SECRET_ACCESS_KEY="testing",
-    AWS_DEFAULT_REGION="us-east-1",
-    MOTO_EC2_LOAD_DEFAULT_AMIS="false",
-)
-os.environ.pop("AWS_PROFILE", None)
-
-from sandbox.emulator import start_emulator
-
-REGION = "us-east-1"
-AZS = ["us-east-1a", "us-east-1b", "us-east-1c"]
-TOKEN = "tok-" + "5ecret" * 6
+# Set for the spawner tests only (and restored after them): other test folders share the session.
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+}
 
 
 @pytest.fixture(scope="session")
 def emulator():
-    em = start_emulator(pending_s=0.3)
-    os.environ["AWS_ENDPOINT_URL"] = em.endpoint_url
     from ec2spawner.aws import Aws
 
+    from sandbox.emulator import start_emulator
+
+    saved = {k: os.environ.get(k) for k in [*_AWS_ENV, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
+    os.environ.update(_AWS_ENV)
+    os.environ.pop("AWS_PROFILE", None)
+    em = start_emulator(pending_s=0.3)
+    os.environ["AWS_ENDPOINT_URL"] = em.endpoint_url
     Aws._shared.clear()
     yield em
     em.stop()
+    Aws._shared.clear()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests as http
-from conftest import REGION, REPO
+from spawner_testing import REGION, REPO
 
 pytestmark = pytest.mark.slow
 

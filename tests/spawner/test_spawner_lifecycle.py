@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
-from conftest import AZS, TOKEN
 from ec2spawner.aws import Aws
 from jupyterhub.spawner import SpawnException
+from spawner_testing import AZS, TOKEN
 
 
 def tags_of(instance: dict) -> dict:
@@ -73,9 +73,8 @@ async def test_token_never_in_user_data_tags_or_logs(new_spawner, monkeypatch, e
     assert [op for op, params in sent if TOKEN in repr(params)] == ["PutParameter"]
     [run] = [params for op, params in sent if op == "RunInstances"]
     assert "UserData" not in run and "UserData" not in run["LaunchTemplate"]
-    attr = ec2.describe_instance_attribute(InstanceId=spawner.get_state().get("instance_id") or
-                                           [p for op, p in sent if op == "TerminateInstances"][0]["InstanceIds"][0],
-                                           Attribute="userData")
+    terminated = next(p for op, p in sent if op == "TerminateInstances")["InstanceIds"][0]
+    attr = ec2.describe_instance_attribute(InstanceId=terminated, Attribute="userData")
     assert TOKEN not in json.dumps(attr, default=str)
     # botocore's own DEBUG log prints request bodies (the hub must never run botocore at DEBUG);
     # everything ec2spawner and the hub log must be free of the token.
@@ -344,8 +343,8 @@ async def test_delete_forever_removes_a_kept_stopped_instance(new_spawner, live)
     ("code", "reason", "status", "message"),
     [
         ("VcpuLimitExceeded", "quota", 503,
-         "The AWS account has reached a limit for this instance class (VcpuLimitExceeded). "
-         "Ask an administrator to raise the quota, or pick a smaller class."),
+         ("The AWS account has reached a limit for this instance class (VcpuLimitExceeded). "
+          "Ask an administrator to raise the quota, or pick a smaller class.")),
         ("UnauthorizedOperation", "aws-permission", 500,
          "The hub is not allowed to start this instance; an administrator should check the hub's IAM role."),
         ("InternalError", "aws-error", 500,
