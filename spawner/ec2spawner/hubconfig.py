@@ -81,7 +81,7 @@ def apply_settings(
 def _apply_auth(c: Config, auth: AuthSettings, client_secret: str | None) -> None:
     c.Authenticator.admin_users = set(auth.admin_users)
     if auth.type == "native":
-        c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+        c.JupyterHub.authenticator_class = "ec2spawner.nativeauth.NativeAuthenticator"
         # Anyone may sign up; an admin must authorize the account before it can log in.
         c.NativeAuthenticator.enable_signup = True
         c.NativeAuthenticator.open_signup = False

@@ -119,7 +119,7 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
     assert loaded == {
         "cleanup_servers": False,
         "hub_connect_ip": HUB_IP,
-        "authenticator_class": "nativeauthenticator.NativeAuthenticator",
+        "authenticator_class": "ec2spawner.nativeauth.NativeAuthenticator",
         "admin_users": ["admin"],
         "services": ["idle-culler"],
         "spawner_class": "ec2",

@@ -48,7 +48,7 @@ def test_native_auth_with_admin_approval():
     c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py")
     expected = expected_common()
     expected.Authenticator.admin_users = {"root"}
-    expected.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+    expected.JupyterHub.authenticator_class = "ec2spawner.nativeauth.NativeAuthenticator"
     expected.NativeAuthenticator.enable_signup = True
     expected.NativeAuthenticator.open_signup = False
     expected.Authenticator.allow_all = True
