@@ -53,16 +53,63 @@ def find_stack(assembly: Path, stack_name: str | None = None) -> dict[str, Any]:
     return {"name": stack_name, **art}
 
 
-def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
-    """What CloudFormation would accept from `cdk deploy` minus the bootstrap-version check.
+def is_custom_resource(resource_type: str) -> bool:
+    return resource_type.startswith("Custom::") or resource_type == "AWS::CloudFormation::CustomResource"
 
-    The `BootstrapVersion` parameter and its `Rules` check a bootstrapped account; the emulator has
-    no bootstrap stack, and moto does not evaluate Rules.
+
+def prepare_template(template: dict[str, Any]) -> dict[str, Any]:
+    """What CloudFormation would accept from `cdk deploy`, minus what needs the real AWS.
+
+    - The `BootstrapVersion` parameter and its `Rules` check a bootstrapped account; the emulator
+      has no bootstrap stack, and moto does not evaluate Rules.
+    - Custom resources are answered by a Lambda function, which the emulator cannot run (moto
+      runs Lambda code in Docker): CloudFormation would wait for them forever. They are left out,
+      with the `DependsOn` entries that name them; `deploy_stack` reports them as not created. A
+      template whose other resources read a custom resource's attributes is refused, since leaving
+      it out would change what those resources are.
     """
     template = json.loads(json.dumps(template))
+    for res in template.get("Resources", {}).values():
+        if res.get("Type") == "AWS::EC2::Instance":
+            _hoist_primary_interface(res.get("Properties", {}))
     template.get("Parameters", {}).pop("BootstrapVersion", None)
     template.pop("Rules", None)
+    resources = template.get("Resources", {})
+    custom = {name for name, res in resources.items() if is_custom_resource(res.get("Type", ""))}
+    for name in custom:
+        del resources[name]
+    for name, res in resources.items():
+        depends = res.get("DependsOn")
+        if isinstance(depends, str):
+            depends = [depends]
+        if depends:
+            kept = [d for d in depends if d not in custom]
+            if kept:
+                res["DependsOn"] = kept
+            else:
+                res.pop("DependsOn")
+        text = json.dumps({k: v for k, v in res.items() if k != "DependsOn"})
+        for gone in custom:
+            if f'"Ref": "{gone}"' in text or f'["{gone}"' in text or f'"{gone}.' in text:
+                raise ValueError(f"resource {name} reads custom resource {gone}, which the emulator cannot run")
     return template
+
+
+def _hoist_primary_interface(props: dict[str, Any]) -> None:
+    """moto's CloudFormation ignores an Instance's `NetworkInterfaces` (the instance lands in no
+    subnet of the VPC); the same primary interface as `SubnetId` + `SecurityGroupIds` is what
+    EC2 makes of it, and moto honours those."""
+    interfaces = props.get("NetworkInterfaces") or []
+    primary = [n for n in interfaces if str(n.get("DeviceIndex")) == "0"]
+    if len(interfaces) != 1 or not primary or "SubnetId" in props:
+        return
+    nic = primary[0]
+    props.pop("NetworkInterfaces")
+    props["SubnetId"] = nic["SubnetId"]
+    if nic.get("GroupSet"):
+        props["SecurityGroupIds"] = nic["GroupSet"]
+    if nic.get("PrivateIpAddress"):
+        props["PrivateIpAddress"] = nic["PrivateIpAddress"]
 
 
 def _substitute(text: str, account: str, region: str) -> str:
@@ -102,7 +149,7 @@ def upload_assets(s3, assembly: Path, assets_file: str, account: str, region: st
     return uploaded
 
 
-def stand_in_ssm_parameters(ssm, ec2, template: dict[str, Any]) -> list[str]:
+def stand_in_ssm_parameters(ssm, ec2, template: dict[str, Any], account: str) -> list[str]:
     """Create the public AMI parameters the template reads that the emulator lacks.
 
     Returns the parameter names it created, so the sandbox can say so at start-up.
@@ -121,23 +168,22 @@ def stand_in_ssm_parameters(ssm, ec2, template: dict[str, Any]) -> list[str]:
     if missing:
         image_id = stand_in_image(ec2)
         for name in missing:
-            _seed_public_parameter(ssm.meta.region_name, name, image_id)
+            _seed_public_parameter(account, ssm.meta.region_name, name, image_id)
     return missing
 
 
-def _seed_public_parameter(region: str, name: str, value: str) -> None:
+def _seed_public_parameter(account: str, region: str, name: str, value: str) -> None:
     """Add an AWS-owned ("/aws/service/...") parameter, which the SSM API refuses to create.
 
     Public parameters are AWS's to publish, so this reaches into the emulator's backend: it works
     only where the emulator runs in this process, as the sandbox's and the tests' does.
     """
-    from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ssm.models import Parameter, ssm_backends
 
-    parameters = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
+    parameters = ssm_backends[account][region]._parameters
     parameters[name].append(
         Parameter(
-            account_id=DEFAULT_ACCOUNT_ID,
+            account_id=account,
             name=name,
             value=value,
             parameter_type="String",
@@ -165,8 +211,13 @@ def stand_in_image(ec2) -> str:
     )["ImageId"]
 
 
-def deploy_stack(cfn, stack_name: str, template: dict[str, Any], *, timeout_s: float = 120) -> Deployment:
-    """Create (or replace) the stack and report what the emulator created and what it could not."""
+def deploy_stack(
+    cfn, stack_name: str, template: dict[str, Any], *, original: dict[str, Any] | None = None, timeout_s: float = 120
+) -> Deployment:
+    """Create (or replace) the stack and report what the emulator created and what it could not.
+
+    ``original`` is the template before :func:`prepare_template`, so what it left out is reported too.
+    """
     try:
         cfn.delete_stack(StackName=stack_name)
     except cfn.exceptions.ClientError:
@@ -191,7 +242,7 @@ def deploy_stack(cfn, stack_name: str, template: dict[str, Any], *, timeout_s: f
         for item in page["StackResourceSummaries"]:
             if item.get("PhysicalResourceId"):
                 resources[item["LogicalResourceId"]] = item["PhysicalResourceId"]
-    types = {logical: res["Type"] for logical, res in template.get("Resources", {}).items()}
+    types = {logical: res["Type"] for logical, res in (original or template).get("Resources", {}).items()}
     not_created = sorted((logical, kind) for logical, kind in types.items() if logical not in resources)
     outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
     return Deployment(stack_name, outputs, resources, types, not_created)
@@ -201,7 +252,7 @@ def deploy_assembly(session, assembly: Path, *, account: str, region: str, stack
     """Upload assets, stand in missing public parameters, deploy the stack. `session` is a boto3 Session."""
     art = find_stack(assembly, stack_name)
     props = art.get("properties", {})
-    template = json.loads((assembly / props["templateFile"]).read_text())
+    original = json.loads((assembly / props["templateFile"]).read_text())
     s3 = session.client("s3", region_name=region)
     ssm = session.client("ssm", region_name=region)
     ec2 = session.client("ec2", region_name=region)
@@ -209,8 +260,8 @@ def deploy_assembly(session, assembly: Path, *, account: str, region: str, stack
     for dep in art.get("dependencies", []):
         if dep.endswith(".assets"):
             upload_assets(s3, assembly, f"{dep}.json", account, region)
-    template = prepare_template(template)
-    stood_in = stand_in_ssm_parameters(ssm, ec2, template)
-    deployment = deploy_stack(cfn, props.get("stackName", art["name"]), template)
+    template = prepare_template(original)
+    stood_in = stand_in_ssm_parameters(ssm, ec2, template, account)
+    deployment = deploy_stack(cfn, props.get("stackName", art["name"]), template, original=original)
     deployment.stood_in_parameters = stood_in
     return deployment

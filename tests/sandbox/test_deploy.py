@@ -80,6 +80,9 @@ TEMPLATE = {
         "Template": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
             "LaunchTemplateData": {"ImageId": {"Ref": "GpuAmi"}, "InstanceType": "g5.xlarge"}}},
         "Secret": {"Type": "AWS::SecretsManager::Secret", "Properties": {}},
+        "SetDefault": {"Type": "Custom::AWS", "Properties": {"ServiceToken": "arn:aws:lambda:x"}},
+        "Flow": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.1.0.0/16"},
+                 "DependsOn": ["SetDefault", "Vpc"]},
     },
     "Outputs": {"TemplateId": {"Value": {"Ref": "Template"}}},
 }
@@ -88,7 +91,9 @@ TEMPLATE = {
 def test_prepare_template_drops_only_the_bootstrap_check():
     prepared = prepare_template(TEMPLATE)
     assert "BootstrapVersion" not in prepared["Parameters"] and "Rules" not in prepared
-    assert prepared["Resources"] == TEMPLATE["Resources"]
+    assert "SetDefault" not in prepared["Resources"], "custom resources need Lambda, which the emulator cannot run"
+    assert prepared["Resources"]["Flow"]["DependsOn"] == ["Vpc"]
+    assert prepared["Resources"]["Vpc"] == TEMPLATE["Resources"]["Vpc"]
     assert "BootstrapVersion" in TEMPLATE["Parameters"], "the input is not mutated"
 
 
@@ -97,7 +102,7 @@ def test_deploy_uploads_assets_stands_in_amis_and_reports_what_it_skipped(sessio
     deployment = deploy_assembly(EndpointSession(session), assembly, account=ACCOUNT, region=REGION)
 
     assert deployment.stood_in_parameters == [DLAMI]
-    assert deployment.not_created == [("Secret", "AWS::SecretsManager::Secret")]
+    assert deployment.not_created == [("Secret", "AWS::SecretsManager::Secret"), ("SetDefault", "Custom::AWS")]
     template_id = deployment.outputs["TemplateId"]
     assert deployment.physical_ids("AWS::EC2::LaunchTemplate") == [template_id]
 
@@ -118,3 +123,22 @@ def test_redeploy_replaces_the_stack_and_reuses_the_stand_in_image(session, tmp_
     second = deploy_assembly(EndpointSession(session), assembly, account=ACCOUNT, region=REGION)
     assert second.stood_in_parameters == []  # created by the first deploy, or the previous test
     assert first.outputs.keys() == second.outputs.keys()
+
+
+def test_a_resource_reading_a_custom_resource_is_refused():
+    template = {"Resources": {
+        "Custom": {"Type": "Custom::Thing", "Properties": {}},
+        "User": {"Type": "AWS::SSM::Parameter", "Properties": {"Value": {"Fn::GetAtt": ["Custom", "Out"]}}},
+    }}
+    with pytest.raises(ValueError, match="resource User reads custom resource Custom"):
+        prepare_template(template)
+
+
+def test_an_instance_primary_interface_becomes_its_subnet_for_the_emulator():
+    nic = {"DeviceIndex": "0", "AssociatePublicIpAddress": False, "SubnetId": {"Ref": "Sub"},
+           "GroupSet": [{"Fn::GetAtt": ["Sg", "GroupId"]}]}
+    template = {"Resources": {"Hub": {"Type": "AWS::EC2::Instance",
+                                      "Properties": {"InstanceType": "t3.medium", "NetworkInterfaces": [nic]}}}}
+    props = prepare_template(template)["Resources"]["Hub"]["Properties"]
+    assert props == {"InstanceType": "t3.medium", "SubnetId": {"Ref": "Sub"},
+                     "SecurityGroupIds": [{"Fn::GetAtt": ["Sg", "GroupId"]}]}
