@@ -1,0 +1,69 @@
+"""`python -m sandbox up|down|status|inject`: the local sandbox's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description="ec2hub on one machine, against an AWS emulator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the sandbox in the foreground (Ctrl-C stops it)")
+    up.add_argument("--pending-s", type=float, default=2.0, help="how long new instances stay pending (default 2)")
+    up.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
+    commands.add_parser("down", help="stop a running sandbox and remove what a crashed one left")
+    commands.add_parser("status", help="list instances with state, class and user")
+    inject = commands.add_parser("inject", help="inject an EC2 fault into the running emulator")
+    faults = inject.add_subparsers(dest="fault", required=True)
+    capacity = faults.add_parser("capacity", help="InsufficientInstanceCapacity for a type in an AZ")
+    capacity.add_argument("--az", required=True)
+    capacity.add_argument("--type", required=True, dest="instance_type")
+    faults.add_parser("throttle", help="RequestLimitExceeded on RunInstances beyond EC2's bucket (5 burst, 2/s)")
+    spot = faults.add_parser("spot-interruption", help="interrupt a (spot) instance")
+    spot.add_argument("instance_id")
+    terminate = faults.add_parser("terminate", help="terminate an instance behind the hub's back")
+    terminate.add_argument("instance_id")
+    faults.add_parser("clear", help="remove every injected fault")
+    pending = faults.add_parser("pending", help="set how long new instances stay pending")
+    pending.add_argument("seconds", type=float)
+    args = parser.parse_args(argv)
+
+    from . import runner
+
+    if args.command == "up":
+        return runner.up(args.pending_s, args.port)
+    if args.command == "down":
+        return runner.down()
+    if args.command == "status":
+        return runner.status()
+    return _inject(args)
+
+
+def _inject(args) -> int:
+    from .emulator import EmulatorClient
+    from .runner import ENV_FILE
+
+    if not ENV_FILE.exists():
+        print("sandbox: not running (no .sandbox/env.json)", file=sys.stderr)
+        return 1
+    client = EmulatorClient(json.loads(ENV_FILE.read_text())["aws_endpoint_url"])
+    if args.fault == "capacity":
+        reply = client.faults(capacity=[{"az": args.az, "instance_type": args.instance_type}])
+    elif args.fault == "throttle":
+        reply = client.faults(throttle={"burst": 5, "per_second": 2})
+    elif args.fault == "spot-interruption":
+        reply = client.terminate(args.instance_id, spot=True)
+    elif args.fault == "terminate":
+        reply = client.terminate(args.instance_id)
+    elif args.fault == "pending":
+        reply = client.faults(pending_s=args.seconds)
+    else:
+        reply = client.faults(clear_capacity=True, throttle=None)
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

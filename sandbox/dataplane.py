@@ -1,0 +1,236 @@
+"""The simulated EC2 data plane: every instance the emulator runs boots as an isolated host.
+
+The emulator (moto plus :mod:`sandbox.emulator`) is EC2's control plane: it answers RunInstances,
+keeps state and emits an event on each state change. This module is the data plane behind it:
+
+- ``running``: the instance boots as an :class:`~sandbox.host.IsolatedHost` at its private IP on
+  the VPC bridge, with an IMDSv2 endpoint that serves its id, placement and tags, and runs its real
+  user data (read back through DescribeInstanceAttribute, as EC2 would hand it to cloud-init);
+- ``stopped``: its processes end, its root volume (the overlay's upper layer) stays;
+- ``running`` again after a stop: it boots from the same root volume and runs its user data again
+  (the bootstrap scripts are idempotent; without systemd this is how the server comes back);
+- ``terminated``: its processes and its root volume are gone.
+
+Boots run on one worker thread per instance so the emulator's threads never wait on a host.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .host import IsolatedHost, bake_ami
+from .imds import ImdsData
+from .netns import Vpc
+
+log = logging.getLogger(__name__)
+
+EFS_TAG = "ec2hub:efs"
+
+
+def subnet_gateways(ec2, vpc_id: str) -> list[str]:
+    """The VPC router address of every subnet (the first host address, as AWS reserves it)."""
+    gateways = []
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]:
+        network = ipaddress.ip_network(subnet["CidrBlock"])
+        gateways.append(f"{network.network_address + 1}/{network.prefixlen}")
+    return sorted(gateways)
+
+
+@dataclass
+class InstanceFacts:
+    """What EC2 knows about an instance that the data plane needs to boot it."""
+
+    instance_id: str
+    private_ip: str
+    availability_zone: str
+    instance_type: str
+    tags: dict[str, str]
+    user_data: bytes
+    role: str | None
+
+    @classmethod
+    def describe(cls, ec2, instance_id: str) -> "InstanceFacts":
+        reservation = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+        instance = reservation["Instances"][0]
+        encoded = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        user_data = base64.b64decode(encoded.get("UserData", {}).get("Value", "") or "")
+        if user_data[:2] == b"\x1f\x8b":  # gzip: cloud-init decompresses it before running it
+            user_data = gzip.decompress(user_data)
+        profile = instance.get("IamInstanceProfile", {}).get("Arn", "")
+        return cls(
+            instance_id=instance_id,
+            private_ip=instance["PrivateIpAddress"],
+            availability_zone=instance["Placement"]["AvailabilityZone"],
+            instance_type=instance["InstanceType"],
+            tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+            user_data=user_data,
+            role=profile.rsplit("/", 1)[-1] or None,
+        )
+
+
+class DataPlane:
+    """Boots, stops and terminates isolated hosts as the emulator's instances change state."""
+
+    def __init__(
+        self,
+        *,
+        ec2,
+        vpc: Vpc,
+        region: str,
+        aws_endpoint: str,
+        efs_root: Path,
+        state_root: Path,
+        console_dir: Path | None = None,
+        on_boot: Callable[[IsolatedHost], None] | None = None,
+    ) -> None:
+        self.ec2 = ec2
+        self.vpc = vpc
+        self.region = region
+        self.aws_endpoint = aws_endpoint
+        self.efs_root = efs_root
+        self.state_root = state_root
+        self.console_dir = console_dir
+        self.on_boot = on_boot
+        self.hosts: dict[str, IsolatedHost] = {}
+        self.errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        # Events for one instance are handled in order; different instances in parallel.
+        self._queues: dict[str, list[dict]] = {}
+        self._busy: set[str] = set()
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def handle(self, event: dict) -> None:
+        """The emulator listener: queue the event for its instance's worker."""
+        if event["state"] not in ("running", "stopped", "terminated"):
+            return
+        iid = event["instance_id"]
+        with self._lock:
+            if self._closed:
+                return
+            self._queues.setdefault(iid, []).append(event)
+            if iid in self._busy:
+                return
+            self._busy.add(iid)
+        threading.Thread(target=self._work, args=(iid,), name=f"dataplane-{iid}", daemon=True).start()
+
+    def _work(self, iid: str) -> None:
+        while True:
+            with self._lock:
+                queue = self._queues.get(iid) or []
+                if not queue or self._closed:
+                    self._busy.discard(iid)
+                    self._queues.pop(iid, None)
+                    self._idle.notify_all()
+                    return
+                event = queue.pop(0)
+            try:
+                self._apply(event)
+            except Exception as error:  # one instance's failure must not stop the data plane
+                log.exception("data plane: %s %s failed", iid, event["state"])
+                self.errors[iid] = f"{event['state']}: {error}"
+
+    def _apply(self, event: dict) -> None:
+        iid, state = event["instance_id"], event["state"]
+        host = self.hosts.get(iid)
+        if state == "running":
+            if host is not None:
+                if not host.running:
+                    log.info("data plane: %s starts again from its root volume", iid)
+                    host.start()
+                return
+            self.boot(iid)
+        elif state == "stopped" and host is not None:
+            log.info("data plane: %s stopped", iid)
+            host.stop()
+        elif state == "terminated":
+            host = self.hosts.pop(iid, None)
+            if host is not None:
+                log.info("data plane: %s terminated", iid)
+                self._terminate(host)
+
+    # -- hosts --------------------------------------------------------------------------------------
+
+    def boot(self, instance_id: str) -> IsolatedHost:
+        facts = InstanceFacts.describe(self.ec2, instance_id)
+        efs_id = facts.tags.get(EFS_TAG)
+        efs_dir = None
+        if efs_id:
+            efs_dir = self.efs_root / efs_id
+            efs_dir.mkdir(parents=True, exist_ok=True)
+        gateway = self.vpc.gateway_for(facts.private_ip)
+        host = IsolatedHost(
+            instance_id,
+            vpc=self.vpc,
+            ip=facts.private_ip,
+            imds=ImdsData(
+                instance_id=instance_id,
+                region=self.region,
+                availability_zone=facts.availability_zone,
+                tags=facts.tags,
+                role=facts.role or "ec2hub-instance",
+                instance_type=facts.instance_type,
+            ),
+            state_root=self.state_root,
+            efs_dir=efs_dir,
+            root_setup=bake_ami(aws_endpoint=f"http://{gateway.ip}:{self.endpoint_port}", region=self.region),
+        )
+        self.hosts[instance_id] = host
+        log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
+        host.start(user_data=facts.user_data or b"#!/bin/sh\necho no user data\n")
+        if self.on_boot:
+            self.on_boot(host)
+        return host
+
+    @property
+    def endpoint_port(self) -> int:
+        return int(self.aws_endpoint.rsplit(":", 1)[1])
+
+    def boot_running(self) -> None:
+        """Boot every instance that was already running before the data plane subscribed."""
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-state-name", "Values": ["running"]}]
+        )
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for instance in reservation["Instances"]:
+                    self.handle({"instance_id": instance["InstanceId"], "state": "running"})
+
+    def _terminate(self, host: IsolatedHost) -> None:
+        """Terminate, keeping the console output (EC2 keeps it for a while after termination too)."""
+        host.stop()
+        if self.console_dir is not None:
+            self.console_dir.mkdir(parents=True, exist_ok=True)
+            (self.console_dir / f"{host.name}.log").write_text(host.console_output)
+        host.terminate()
+
+    def console_output(self, instance_id: str) -> str:
+        host = self.hosts.get(instance_id)
+        if host is not None:
+            return host.console_output
+        kept = self.console_dir / f"{instance_id}.log" if self.console_dir else None
+        return kept.read_text() if kept and kept.exists() else ""
+
+    def wait_idle(self, timeout: float = 60) -> bool:
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._busy, timeout=timeout)
+
+    def close(self) -> None:
+        """Terminate every host (the sandbox is going away)."""
+        with self._lock:
+            self._closed = True
+        for iid, host in list(self.hosts.items()):
+            try:
+                self._terminate(host)
+            except Exception:
+                log.exception("data plane: cleaning up %s", iid)
+        self.hosts.clear()

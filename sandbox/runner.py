@@ -1,0 +1,414 @@
+"""`make local`: the whole platform on one machine, against the AWS emulator.
+
+Start-up, in order (each step prints one status line):
+1. preflight: root, `ip netns`, overlayfs; then remove what a crashed run left behind;
+2. the AWS emulator (moto + :mod:`sandbox.emulator`) on 127.0.0.1;
+3. `cdk synth` with the real CLI, and the stack deployed into the emulator's CloudFormation
+   (:mod:`sandbox.deploy`): the very launch templates, user data and settings `cdk deploy` makes;
+   what the emulator could not create is listed by name;
+4. the VPC: a bridge in a namespace of the sandbox's own, with the subnets' gateway addresses and
+   the emulator reachable inside it as a VPC endpoint (a relay);
+5. the data plane (:mod:`sandbox.dataplane`): the hub instance the stack created boots from its
+   real user data, and so will every notebook instance the spawner launches;
+6. a relay from 127.0.0.1:8000 to the hub's proxy (the load balancer's job in AWS), the demo
+   accounts, an admin API token, and `.sandbox/env.json`.
+Ctrl-C or SIGTERM tears everything down: hosts, namespaces, mounts, relays, the emulator.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO / ".sandbox"
+ENV_FILE = STATE_DIR / "env.json"
+PID_FILE = STATE_DIR / "sandbox.pid"
+HOSTS_ROOT = Path("/var/tmp/ec2hub-hosts")
+VPC_NAME = "ec2hub-vpc"
+ENDPOINT_PORT = 4566
+ACCOUNT = "111111111111"  # the CDK app's default account, so the template and emulator agree
+REGION = "us-east-1"
+ADMIN_USER = "admin"
+DEMO_USER = "demo"
+ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "read:servers"]
+
+log = logging.getLogger("sandbox")
+
+
+class SandboxError(RuntimeError):
+    """A start-up step failed; the message says what and what to do."""
+
+
+def say(message: str) -> None:
+    print(f"sandbox: {message}", flush=True)
+
+
+def preflight() -> None:
+    """Fail fast, with one message, where the sandbox cannot run."""
+    if sys.platform != "linux":
+        raise SandboxError("the sandbox needs Linux (network, mount and PID namespaces)")
+    if os.geteuid() != 0:
+        raise SandboxError("the sandbox needs root (it creates network namespaces and overlay mounts): run it as root")
+    for tool in ("ip", "unshare", "nsenter", "mount"):
+        if shutil.which(tool) is None:
+            raise SandboxError(f"'{tool}' is missing: install iproute2 and util-linux (make deps does)")
+    probe = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SandboxError(f"this machine does not allow namespaces ({probe.stderr.strip()}): run on a VM or as privileged")
+    overlay = Path("/proc/filesystems").read_text()
+    if "overlay" not in overlay:
+        raise SandboxError("the kernel has no overlayfs (modprobe overlay)")
+
+
+def cleanup_leftovers() -> None:
+    """Remove what a crashed run left: processes, mounts, namespaces and host disks."""
+    from . import host, netns
+
+    host.cleanup_leftovers(HOSTS_ROOT)
+    netns.cleanup_leftovers()
+
+
+@dataclass
+class Sandbox:
+    pending_s: float = 2.0
+    port: int = 8000
+    emulator: object = None
+    session: object = None
+    deployment: object = None
+    vpc: object = None
+    dataplane: object = None
+    relays: list = field(default_factory=list)
+    hub_host: object = None
+    hub_ip: str = ""
+
+    # -- start ------------------------------------------------------------------------------------
+
+    def start(self) -> dict:
+        os.environ.setdefault("MOTO_ACCOUNT_ID", ACCOUNT)
+        from . import netns
+        from .dataplane import DataPlane, subnet_gateways
+        from .deploy import deploy_assembly
+        from .emulator import start_emulator
+
+        preflight()
+        cleanup_leftovers()
+        STATE_DIR.mkdir(exist_ok=True)
+        ENV_FILE.unlink(missing_ok=True)
+
+        self.emulator = start_emulator(0, pending_s=self.pending_s)
+        say(f"AWS emulator at {self.emulator.endpoint_url} (instances stay pending {self.pending_s:g} s)")
+        import boto3
+
+        self.session = boto3.Session(
+            aws_access_key_id="sandbox", aws_secret_access_key="sandbox", region_name=REGION
+        )
+        ec2 = self.client("ec2")
+
+        assembly = self.synth()
+        self.deployment = deploy_assembly(_EndpointSession(self), assembly, account=ACCOUNT, region=REGION)
+        say(f"stack {self.deployment.stack_name} deployed into the emulator: {len(self.deployment.resources)} resources")
+        for logical, kind in self.deployment.not_created:
+            say(f"  not created by the emulator: {logical} ({kind})")
+        for name in self.deployment.stood_in_parameters:
+            say(f"  public parameter stood in with the sandbox image: {name}")
+
+        vpc_ids = self.deployment.physical_ids("AWS::EC2::VPC")
+        if len(vpc_ids) != 1:
+            raise SandboxError(f"expected one VPC in the stack, found {vpc_ids}")
+        self.vpc = netns.Vpc(VPC_NAME, gateways=subnet_gateways(ec2, vpc_ids[0])).create()
+        endpoint = netns.Relay(
+            listen=("0.0.0.0", ENDPOINT_PORT), listen_netns=self.vpc.netns,
+            connect=("127.0.0.1", self.emulator.port), name="aws-endpoint",
+        ).start()
+        self.relays.append(endpoint)
+        say(f"VPC bridge up in namespace {self.vpc.netns} ({len(self.vpc.gateways)} subnets); AWS endpoint on port {ENDPOINT_PORT}")
+
+        self.dataplane = DataPlane(
+            ec2=ec2, vpc=self.vpc, region=REGION, aws_endpoint=f"http://127.0.0.1:{ENDPOINT_PORT}",
+            efs_root=STATE_DIR / "efs", state_root=HOSTS_ROOT,
+            console_dir=STATE_DIR / "console",
+        )
+        self.emulator.add_listener(self.dataplane.handle)
+        self.dataplane.boot_running()
+        self.hub_host, self.hub_ip = self.wait_for_hub_host()
+        say(f"hub instance {self.hub_host.name} booting at {self.hub_ip} from its user data")
+
+        forward = netns.Relay(
+            listen=("127.0.0.1", self.port), connect=(self.hub_ip, 8000),
+            connect_netns=self.hub_host.netns, name="hub-forward",
+        ).start()
+        self.relays.append(forward)
+        hub_url = f"http://127.0.0.1:{forward.port}"
+        self.wait_for_hub(hub_url)
+        say(f"hub answers at {hub_url}")
+
+        accounts = create_demo_accounts(hub_url)
+        token = admin_token(hub_url, ADMIN_USER, accounts[ADMIN_USER])
+        env = {
+            "hub_url": hub_url,
+            "api_token": token,
+            "aws_endpoint_url": self.emulator.endpoint_url,
+            "region": REGION,
+            "hub_instance_id": self.hub_host.name,
+            "stack_name": self.deployment.stack_name,
+            "users": accounts,
+            "pid": os.getpid(),
+        }
+        fd = os.open(ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(env, out, indent=2)
+        return env
+
+    def client(self, name: str):
+        return self.session.client(name, region_name=REGION, endpoint_url=self.emulator.endpoint_url)
+
+    def synth(self) -> Path:
+        """The real CDK CLI, offline, with the sandbox's context."""
+        out = STATE_DIR / "cdk.out"
+        env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
+        for key in list(env):
+            if key.startswith("AWS_"):
+                env.pop(key)
+        env["PATH"] = f"{REPO / 'node_modules' / '.bin'}:{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+        env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
+        env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
+        cdk = REPO / "node_modules" / ".bin" / "cdk"
+        cmd = [str(cdk), "synth", "--quiet", "-o", str(out), "-c", f"admin_user={ADMIN_USER}",
+               "-c", f"account={ACCOUNT}", "-c", f"region={REGION}"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
+        say("cdk synth: template written to .sandbox/cdk.out")
+        return out
+
+    def wait_for_hub_host(self, timeout: float = 60):
+        """The hub instance the stack created, once the data plane has booted it."""
+        ec2 = self.client("ec2")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reservations = ec2.describe_instances(Filters=[
+                {"Name": "tag-key", "Values": ["ec2hub:settings-parameter"]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ])["Reservations"]
+            instances = [i for r in reservations for i in r["Instances"]]
+            for instance in instances:
+                host = self.dataplane.hosts.get(instance["InstanceId"])
+                if host is not None and host.running:
+                    return host, instance["PrivateIpAddress"]
+            time.sleep(0.2)
+        raise SandboxError(f"the hub instance did not boot within {timeout:.0f} s: {self.dataplane.errors}")
+
+    def wait_for_hub(self, hub_url: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{hub_url}/hub/api/", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as error:
+                last = str(error)
+            if self.hub_host is not None and not self.hub_host.running:
+                break
+            time.sleep(0.5)
+        console = self.hub_host.console_output[-4000:] if self.hub_host else ""
+        raise SandboxError(f"the hub did not answer at {hub_url} within {timeout:.0f} s ({last}); console:\n{console}")
+
+    # -- stop -------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for relay in reversed(self.relays):
+            relay.stop()
+        self.relays.clear()
+        if self.dataplane is not None:
+            self.dataplane.close()
+        if self.vpc is not None:
+            self.vpc.destroy()
+        if self.emulator is not None:
+            self.emulator.stop()
+        ENV_FILE.unlink(missing_ok=True)
+        cleanup_leftovers()
+
+
+class _EndpointSession:
+    """deploy_assembly takes a boto3-Session-like object; every client talks to the emulator."""
+
+    def __init__(self, sandbox: Sandbox):
+        self._sandbox = sandbox
+
+    def client(self, name: str, region_name: str | None = None):
+        return self._sandbox.client(name)
+
+
+# -- demo accounts ------------------------------------------------------------------------------
+
+
+class _Browser:
+    """A cookie-keeping HTTP client that speaks JupyterHub's XSRF protection (loopback only)."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def xsrf(self) -> str:
+        for cookie in self.jar:
+            if cookie.name == "_xsrf":
+                return cookie.value
+        return ""
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=30) as response:
+            return response.read().decode()
+
+    def post_form(self, path: str, data: dict) -> tuple[int, str]:
+        body = urllib.parse.urlencode({**data, "_xsrf": self.xsrf()}).encode()
+        try:
+            with self.opener.open(self.base + path, data=body, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def post_json(self, path: str, data: dict) -> dict:
+        request = urllib.request.Request(
+            self.base + path, data=json.dumps(data).encode(), method="POST",
+            headers={"Content-Type": "application/json", "X-XSRFToken": self.xsrf()},
+        )
+        with self.opener.open(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
+def create_demo_accounts(hub_url: str) -> dict[str, str]:
+    """Sign up the admin and a demo user through NativeAuthenticator, as a person would, and have
+    the admin approve the demo user. Returns user name -> password (sandbox only)."""
+    accounts = {ADMIN_USER: secrets.token_urlsafe(12), DEMO_USER: secrets.token_urlsafe(12)}
+    for name, password in accounts.items():
+        browser = _Browser(hub_url)
+        browser.get("/hub/signup")
+        status, page = browser.post_form("/hub/signup", {
+            "username": name, "signup_password": password, "signup_password_confirmation": password,
+        })
+        # NativeAuthenticator answers 200 either way, with <div class="alert alert-..." role="alert">.
+        alert = re.search(r'<div class="alert (alert-\w+)" role="alert">(.*?)</div>', page, re.S)
+        if status != 200 or alert is None or alert.group(1) == "alert-danger":
+            reason = re.sub(r"<[^>]+>|\s+", " ", alert.group(2)).strip() if alert else f"HTTP {status}"
+            raise SandboxError(f"signing up {name!r} failed: {reason}")
+    admin = _Browser(hub_url)
+    login(admin, ADMIN_USER, accounts[ADMIN_USER])
+    admin.get(f"/hub/authorize/{DEMO_USER}")
+    return accounts
+
+
+def login(browser: _Browser, name: str, password: str) -> None:
+    browser.get("/hub/login")
+    status, _ = browser.post_form("/hub/login", {"username": name, "password": password})
+    if not any(c.name.startswith("jupyterhub-session-id") or c.name == "jupyterhub-hub-login" for c in browser.jar):
+        raise SandboxError(f"logging in as {name!r} failed (HTTP {status})")
+
+
+def admin_token(hub_url: str, name: str, password: str) -> str:
+    browser = _Browser(hub_url)
+    login(browser, name, password)
+    reply = browser.post_json(f"/hub/api/users/{name}/tokens", {"note": "sandbox admin", "scopes": ADMIN_SCOPES})
+    return reply["token"]
+
+
+# -- entry points ----------------------------------------------------------------------------------
+
+
+def up(pending_s: float, port: int) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    # moto logs each resource its CloudFormation skips and each Lambda it cannot run in Docker;
+    # the sandbox reports those itself, by name, from the deployed stack.
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Tried to parse")
+    sandbox = Sandbox(pending_s=pending_s, port=port)
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def on_signal(signum, frame):
+        # While starting, unwind at once (the finally below tears down what was made); once
+        # ready, let the main thread leave its wait.
+        if not ready.is_set():
+            raise SystemExit(128 + signum)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    STATE_DIR.mkdir(exist_ok=True)
+    PID_FILE.write_text(str(os.getpid()))
+    try:
+        env = sandbox.start()
+        ready.set()
+        say(f"ready: open {env['hub_url']} and log in")
+        say(f"  user  {DEMO_USER} / {env['users'][DEMO_USER]}")
+        say(f"  admin {ADMIN_USER} / {env['users'][ADMIN_USER]}")
+        say(f"  API token and endpoints in {ENV_FILE.relative_to(REPO)}; `python -m sandbox status` lists instances")
+        say("Ctrl-C stops the sandbox and removes everything it made")
+        stop.wait()
+        say("stopping")
+        return 0
+    except SandboxError as error:
+        say(f"error: {error}")
+        return 1
+    finally:
+        sandbox.stop()
+        PID_FILE.unlink(missing_ok=True)
+        say("stopped; namespaces, mounts and hosts removed")
+
+
+def down() -> int:
+    """Stop a running sandbox (by its pid file) and remove anything a crashed one left."""
+    if PID_FILE.exists():
+        pid = int(PID_FILE.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(300):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:
+            pass
+    cleanup_leftovers()
+    say("down")
+    return 0
+
+
+def status() -> int:
+    if not ENV_FILE.exists():
+        say("not running (no .sandbox/env.json)")
+        return 1
+    import boto3
+
+    env = json.loads(ENV_FILE.read_text())
+    ec2 = boto3.client("ec2", region_name=env["region"], endpoint_url=env["aws_endpoint_url"],
+                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    print(f"hub: {env['hub_url']}")
+    print(f"{'instance':21} {'state':13} {'type':12} {'class':10} {'ip':15} user")
+    for page in ec2.get_paginator("describe_instances").paginate():
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                role = "(hub)" if "ec2hub:settings-parameter" in tags else tags.get("ec2hub:user", "")
+                server = tags.get("ec2hub:server", "")
+                print(f"{inst['InstanceId']:21} {inst['State']['Name']:13} {inst['InstanceType']:12} "
+                      f"{tags.get('ec2hub:class', ''):10} {inst.get('PrivateIpAddress', ''):15} "
+                      f"{role}{'/' + server if server else ''}")
+    return 0
