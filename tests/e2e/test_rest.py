@@ -1,0 +1,121 @@
+"""The platform end to end over REST, through the real proxy: every class, persistence, hub restart,
+hostile user names. Each test cleans up its servers and asserts nothing is left in the emulator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e_hub import Hub
+
+CLASSES = ["small", "large-cpu", "gpu"]
+
+
+def wait_until(predicate, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(message)
+
+
+@pytest.mark.parametrize("slug", CLASSES)
+def test_each_class_starts_runs_code_and_terminates(hub: Hub, slug):
+    user = f"e2e-{slug}"
+    hub.create_user(user)
+    hub.start(user, {"instance_class": slug})
+
+    [instance] = hub.instances(user, states=("running",))
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["ec2hub:class"] == slug
+    secret = hub.secret_prefix() + instance["InstanceId"]
+    assert hub.secret_exists(secret)
+
+    status, info = hub.server_api(user, "GET", "/status")
+    assert status == 200 and "started" in info, (status, info)
+    output = hub.run_code(user, "import os, socket; print(os.environ['JUPYTERHUB_USER'], socket.gethostname())")
+    name, hostname = output.split()
+    assert name == user
+    assert hostname == "ip-" + instance["PrivateIpAddress"].replace(".", "-"), "the kernel runs on the instance"
+
+    hub.stop(user)
+    state = wait_until(lambda: hub.instance(instance["InstanceId"])["State"]["Name"] == "terminated",
+                       60, "the instance was not terminated")
+    assert state
+    assert not hub.secret_exists(secret), "the server's secret outlived it"
+
+
+def test_files_in_the_home_survive_a_new_instance(hub: Hub):
+    user = "e2e-persist"
+    hub.create_user(user)
+    hub.start(user)
+    [first] = hub.instances(user, states=("running",))
+    status, _ = hub.server_api(user, "PUT", "/contents/keep.txt",
+                               {"type": "file", "format": "text", "content": "still here"})
+    assert status in (200, 201)
+    hub.stop(user)
+
+    hub.start(user)
+    [second] = hub.instances(user, states=("running",))
+    assert second["InstanceId"] != first["InstanceId"]
+    status, model = hub.server_api(user, "GET", "/contents/keep.txt?content=1")
+    assert status == 200 and model["content"] == "still here"
+    hub.stop(user)
+
+
+def test_hub_restart_keeps_running_servers_without_new_instances(hub: Hub):
+    users = ["e2e-restart-a", "e2e-restart-b"]
+    for user in users:
+        hub.create_user(user)
+        hub.start(user)
+    before = {i["InstanceId"] for i in hub.all_notebook_instances()}
+
+    hub_id = hub.env["hub_instance_id"]
+    hub.ec2.stop_instances(InstanceIds=[hub_id])
+    wait_until(lambda: hub.instance(hub_id)["State"]["Name"] == "stopped", 60, "the hub did not stop")
+    hub.ec2.start_instances(InstanceIds=[hub_id])
+
+    def hub_answers():
+        try:
+            return hub.api("GET", "/")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(hub_answers, 180, "the hub did not come back")
+    for user in users:
+        model = wait_until(lambda: hub.server_model(user), 60, f"{user}'s server is gone after the restart")
+        assert model["ready"]
+        status, _ = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(hub.server_api(user, "GET", "/status")),
+                               60, f"{user}'s server is not reachable through the proxy after the restart")
+        assert status == 200
+    after = {i["InstanceId"] for i in hub.all_notebook_instances()}
+    assert after == before, "the restart launched or lost instances"
+    for user in users:
+        hub.stop(user)
+    assert not any(hub.instances(u) for u in users), "instances left behind"
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        "o'brien\"$(touch /tmp/e2e-pwned)`id`",
+        "zoë-日本語-ünïcode",
+        "x" * 110,
+    ],
+    ids=["quotes-and-substitutions", "unicode", "110-characters"],
+)
+def test_hostile_user_names_spawn_and_inject_nothing(hub: Hub, user):
+    hub.create_user(user)
+    hub.start(user)
+    status, _ = hub.server_api(user, "GET", "/status")
+    assert status == 200
+    output = hub.run_code(user, "import os; print(os.path.exists('/tmp/e2e-pwned'))")
+    assert output.strip() == "False"
+    [instance] = hub.instances(user.lower(), states=("running",))
+    assert instance
+    hub.stop(user)
+    assert not Path("/tmp/e2e-pwned").exists()
