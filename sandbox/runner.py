@@ -111,6 +111,8 @@ class Sandbox:
         cleanup_leftovers()
         STATE_DIR.mkdir(exist_ok=True)
         ENV_FILE.unlink(missing_ok=True)
+        shutil.rmtree(STATE_DIR / "console", ignore_errors=True)
+        shutil.rmtree(STATE_DIR / "efs", ignore_errors=True)
 
         self.emulator = start_emulator(0, pending_s=self.pending_s)
         say(f"AWS emulator at {self.emulator.endpoint_url} (instances stay pending {self.pending_s:g} s)")

@@ -43,7 +43,10 @@ class Hub:
             payload, status = error.read(), error.code
         if raw:
             return status, payload
-        return status, (json.loads(payload) if payload.strip() else None)
+        try:
+            return status, (json.loads(payload) if payload.strip() else None)
+        except ValueError:  # the proxy's own error page while the hub restarts, say
+            return status, payload.decode(errors="replace")
 
     def api(self, method: str, path: str, body=None, **kw):
         return self.request(method, "/hub/api" + path, body, **kw)
@@ -85,10 +88,13 @@ class Hub:
             time.sleep(0.5)
 
     def instances(self, user: str, states=("pending", "running", "stopping", "stopped", "shutting-down")) -> list[dict]:
-        filters = [{"Name": "tag:ec2hub:user", "Values": [user]},
+        # Matched here rather than with a tag:ec2hub:user filter: moto reads filter values as
+        # patterns, so a user name with regex characters would match nothing.
+        filters = [{"Name": "tag-key", "Values": ["ec2hub:user"]},
                    {"Name": "instance-state-name", "Values": list(states)}]
         reservations = self.ec2.describe_instances(Filters=filters)["Reservations"]
-        return [i for r in reservations for i in r["Instances"]]
+        return [i for r in reservations for i in r["Instances"]
+                if {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get("ec2hub:user") == user]
 
     def instance(self, instance_id: str) -> dict:
         return self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]

@@ -18,6 +18,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+PROGRESS_RECORDER = """
+document.addEventListener('DOMContentLoaded', () => {
+  const log = document.getElementById('progress-log');
+  if (!log) return;
+  const keep = () => sessionStorage.setItem('ec2hub-progress',
+    (sessionStorage.getItem('ec2hub-progress') || '') + '\\n' + log.textContent);
+  new MutationObserver(keep).observe(log, {childList: true, subtree: true, characterData: true});
+});
+"""
+
+
 @pytest.fixture
 def page(request):
     from playwright.sync_api import sync_playwright
@@ -25,6 +36,9 @@ def page(request):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # Keep what the spawn-pending page's progress log showed: the page navigates to JupyterLab
+        # as soon as the server is ready, so a test reading the log afterwards would find nothing.
+        context.add_init_script(PROGRESS_RECORDER)
         page = context.new_page()
         page.set_default_timeout(30_000)
         yield page
@@ -64,14 +78,13 @@ def test_user_logs_in_picks_gpu_reaches_jupyterlab_and_stops(sandbox, hub: Hub, 
     page.click("input[type=submit], button[type=submit]")
 
     # The progress page shows the spawner's real messages, then JupyterLab opens.
-    page.wait_for_selector("#progress-log", timeout=30_000)
-    page.wait_for_function(
-        "() => /Requesting g5\\.xlarge in/.test(document.querySelector('#progress-log').innerText)",
-        timeout=60_000,
-    )
     page.wait_for_url(re.compile(rf".*/user/{user}/lab.*"), timeout=240_000)
     page.wait_for_selector(".jp-LabShell, #jp-main-dock-panel", timeout=120_000)
     print(f"click to JupyterLab: {time.monotonic() - started:.1f} s")
+    progress = page.evaluate("() => sessionStorage.getItem('ec2hub-progress') || ''")
+    assert re.search(r"Requesting g5\.xlarge in us-east-1[a-z]", progress), progress
+    assert re.search(r"Instance i-[0-9a-f]+ pending", progress), progress
+    assert "Waiting for the notebook server" in progress, progress
 
     [instance] = hub.instances(user, states=("running",))
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}

@@ -11,6 +11,17 @@ import pytest
 from e2e_hub import Hub
 
 CLASSES = ["small", "large-cpu", "gpu"]
+PWNED_CHECK = """
+import os
+places = ["/", "/root", "/tmp", "/var/lib/cloud/instance", "/etc/ec2hub", os.path.expanduser("~"), "/home", "/mnt/efs/home"]
+found = []
+for place in places:
+    try:
+        found += [os.path.join(place, n) for n in os.listdir(place) if "pwned" in n]
+    except OSError:
+        pass
+print(sorted(set(found)))
+"""
 
 
 def wait_until(predicate, timeout: float, message: str):
@@ -102,7 +113,8 @@ def test_hub_restart_keeps_running_servers_without_new_instances(hub: Hub):
 @pytest.mark.parametrize(
     "user",
     [
-        "o'brien\"$(touch /tmp/e2e-pwned)`id`",
+        # NativeAuthenticator refuses spaces, commas and slashes in names; ${IFS} stands for a space.
+        "o'brien\"$(touch${IFS}e2e-pwned)`touch${IFS}e2e-pwned`;touch${IFS}e2e-pwned",
         "zoë-日本語-ünïcode",
         "x" * 110,
     ],
@@ -113,9 +125,11 @@ def test_hostile_user_names_spawn_and_inject_nothing(hub: Hub, user):
     hub.start(user)
     status, _ = hub.server_api(user, "GET", "/status")
     assert status == 200
-    output = hub.run_code(user, "import os; print(os.path.exists('/tmp/e2e-pwned'))")
-    assert output.strip() == "False"
-    [instance] = hub.instances(user.lower(), states=("running",))
+    # Wherever an injected command would have run (the user data's working directory, root's
+    # home, the user's home, /tmp), there is no file it made.
+    output = hub.run_code(user, PWNED_CHECK)
+    assert output.strip() == "[]", output
+    [instance] = hub.instances(user, states=("running",))
     assert instance
     hub.stop(user)
-    assert not Path("/tmp/e2e-pwned").exists()
+    assert not (Path.cwd() / "e2e-pwned").exists() and not Path("/e2e-pwned").exists()
