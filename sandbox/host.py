@@ -140,6 +140,16 @@ def upper_path(upper: Path, path: str | Path, *, mode: int = 0o755) -> Path:
     return upper / rel
 
 
+def _make_traversable(upper: Path, path: Path) -> None:
+    """Give every ancestor directory of ``path`` in the host's root search (x) permission for all."""
+    for ancestor in [*reversed(path.parents[:-1]), *([path] if path.is_dir() else [])]:
+        copy = upper_path(upper, ancestor / "x").parent
+        if not copy.exists():
+            copy.mkdir()
+            _copy_dir_attrs(ancestor, copy)
+        os.chmod(copy, stat.S_IMODE(copy.stat().st_mode) | 0o111)
+
+
 def bake_ami(
     *,
     venv: str | Path = REPO_VENV,
@@ -152,8 +162,8 @@ def bake_ami(
 
     - /opt/ec2hub/venv → ``venv`` (jupyterhub-singleuser, the hub, ec2spawner, boto3 already there);
     - /opt/ec2hub/node/bin → ``node_bin`` (node and configurable-http-proxy);
-    - /root traversable (0711): the venv's python lives under /root/.pyenv on this machine and the
-      notebook runs as an unprivileged user;
+    - every directory on the way to the venv, its interpreter and node searchable by all (in the
+      overlay only): the notebook and the hub run as unprivileged users;
     - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
       normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
       service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
@@ -170,10 +180,15 @@ def bake_ami(
             if dst.is_symlink() or dst.exists():
                 dst.unlink()
             dst.symlink_to(target)
-        root_dir = upper_path(upper, "/root/x").parent
-        if not root_dir.exists():
-            root_dir.mkdir()
-        os.chmod(root_dir, 0o711)
+        # The notebook and the hub run as unprivileged users: every directory on the way to the
+        # venv, the interpreter it points to and node must be traversable for them, wherever
+        # this checkout lives (under /root/.pyenv here, under a 0700 mktemp directory in a CI
+        # clone). Only the overlay's copies change; the machine's directories keep their modes.
+        targets = [Path(venv), (Path(venv) / "bin" / "python").resolve()]
+        if node_bin:
+            targets += [Path(node_bin), (Path(node_bin) / "node").resolve()]
+        for target in targets:
+            _make_traversable(upper, target)
         if aws_endpoint or region:
             lines = ["[default]"]
             if region:
