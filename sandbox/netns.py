@@ -279,6 +279,14 @@ class Relay:
                             sel.unregister(src)
                             with contextlib.suppress(OSError):
                                 peers[src].shutdown(socket.SHUT_WR)
+                            if src is upstream:
+                                # The server closed: end the whole connection, as socat does.
+                                # Keeping the client's half open let a keep-alive client send its
+                                # next request into a connection whose server was gone; it then
+                                # waited for an answer until its own timeout (60 s for botocore).
+                                # Closing makes it see the close and retry on a new connection.
+                                open_ends = 0
+                                break
                             open_ends -= 1
                             continue
                         peers[src].setblocking(True)
