@@ -313,6 +313,7 @@ class Vpc:
     """
 
     BRIDGE = "br0"
+    BRIDGE_MAC = "02:ec:20:00:00:01"  # locally administered
 
     def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str]) -> None:
         if not name.startswith(PREFIX):
@@ -338,7 +339,10 @@ class Vpc:
         delete_netns(self.name)  # a crashed run's
         add_netns(self.name)
         try:
-            ip("link", "add", self.BRIDGE, "type", "bridge", netns=self.name)
+            # A fixed address: a bridge otherwise takes the lowest address among its ports and
+            # changes it as instances come and go, and every host's ARP entry for its gateway
+            # then points at an address nobody answers to (connections hung until it expired).
+            ip("link", "add", self.BRIDGE, "address", self.BRIDGE_MAC, "type", "bridge", netns=self.name)
             for gw in self.gateways:
                 ip("addr", "add", str(gw), "dev", self.BRIDGE, netns=self.name)
             ip("link", "set", self.BRIDGE, "up", netns=self.name)
