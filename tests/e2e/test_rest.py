@@ -3,12 +3,14 @@ hostile user names. Each test cleans up its servers and asserts nothing is left 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e_hub import Hub
+from e2e_hub import REPO, Hub
 
 CLASSES = ["small", "large-cpu", "gpu"]
 PWNED_CHECK = """
@@ -133,3 +135,30 @@ def test_hostile_user_names_spawn_and_inject_nothing(hub: Hub, user):
     assert instance
     hub.stop(user)
     assert not (Path.cwd() / "e2e-pwned").exists() and not Path("/e2e-pwned").exists()
+
+
+def sandbox_cli(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_injected_capacity_shortage_falls_back_to_the_next_type_and_status_lists_it(hub: Hub):
+    """`python -m sandbox inject capacity` takes g5.xlarge away in every AZ: the GPU class comes up
+    on its fallback type, and `python -m sandbox status` shows the instance with its class and user."""
+    subnets = hub.ec2.describe_subnets(Filters=[{"Name": "tag:aws-cdk:subnet-type", "Values": ["Private"]}])["Subnets"]
+    azs = sorted({s["AvailabilityZone"] for s in subnets}) or ["us-east-1a", "us-east-1b"]
+    for az in azs:
+        sandbox_cli("inject", "capacity", "--az", az, "--type", "g5.xlarge")
+    user = "e2e-fallback"
+    try:
+        hub.create_user(user)
+        hub.start(user, {"instance_class": "gpu"})
+        [instance] = hub.instances(user, states=("running",))
+        assert instance["InstanceType"] == "g6.xlarge"
+        listing = sandbox_cli("status")
+        row = next(line for line in listing.splitlines() if line.startswith(instance["InstanceId"]))
+        assert row.split()[1:4] == ["running", "g6.xlarge", "gpu"] and row.endswith(user)
+    finally:
+        sandbox_cli("inject", "clear")
+    hub.stop(user)
