@@ -56,7 +56,7 @@ class InstanceFacts:
     role: str | None
 
     @classmethod
-    def describe(cls, ec2, instance_id: str) -> "InstanceFacts":
+    def describe(cls, ec2, instance_id: str) -> InstanceFacts:
         reservation = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
         instance = reservation["Instances"][0]
         encoded = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")

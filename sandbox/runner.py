@@ -69,7 +69,8 @@ def preflight() -> None:
     for tool in ("ip", "unshare", "nsenter", "mount"):
         if shutil.which(tool) is None:
             raise SandboxError(f"'{tool}' is missing: install iproute2 and util-linux (make deps does)")
-    probe = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"], capture_output=True, text=True)
+    probe = subprocess.run(["unshare", "--net", "--mount", "--pid", "--fork", "true"],
+                           capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise SandboxError(f"this machine does not allow namespaces ({probe.stderr.strip()}): run on a VM or as privileged")
     overlay = Path("/proc/filesystems").read_text()
@@ -194,7 +195,7 @@ class Sandbox:
         cdk = REPO / "node_modules" / ".bin" / "cdk"
         cmd = [str(cdk), "synth", "--quiet", "-o", str(out), "-c", f"admin_user={ADMIN_USER}",
                "-c", f"account={ACCOUNT}", "-c", f"region={REGION}"]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
         say("cdk synth: template written to .sandbox/cdk.out")
@@ -308,7 +309,7 @@ def create_demo_accounts(hub_url: str) -> dict[str, str]:
             "username": name, "signup_password": password, "signup_password_confirmation": password,
         })
         # NativeAuthenticator answers 200 either way, with <div class="alert alert-..." role="alert">.
-        alert = re.search(r'<div class="alert (alert-\w+)" role="alert">(.*?)</div>', page, re.S)
+        alert = re.search(r'<div class="alert (alert-\w+)" role="alert">(.*?)</div>', page, re.DOTALL)
         if status != 200 or alert is None or alert.group(1) == "alert-danger":
             reason = re.sub(r"<[^>]+>|\s+", " ", alert.group(2)).strip() if alert else f"HTTP {status}"
             raise SandboxError(f"signing up {name!r} failed: {reason}")

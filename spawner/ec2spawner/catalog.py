@@ -97,7 +97,7 @@ class Catalog(BaseModel):
     classes: Annotated[list[InstanceClass], Field(min_length=1, max_length=50)]
 
     @model_validator(mode="after")
-    def _unique_slugs_and_one_default(self) -> "Catalog":
+    def _unique_slugs_and_one_default(self) -> Catalog:
         seen: set[str] = set()
         for cls in self.classes:
             if cls.slug in seen:
@@ -126,8 +126,7 @@ def _describe(error: ValidationError, raw_classes: list[Any]) -> str:
     first = error.errors()[0]
     loc = list(first["loc"])
     message = first["msg"]
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    message = message.removeprefix("Value error, ")
     where = ""
     if len(loc) >= 2 and loc[0] == "classes" and isinstance(loc[1], int):
         index = loc[1]

@@ -12,9 +12,9 @@ a parent class's section to its subclasses. Drop it once a fixed release is pinn
 from __future__ import annotations
 
 from nativeauthenticator import NativeAuthenticator as _NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as _NativeLoginHandler
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
-from nativeauthenticator.handlers import LoginHandler as _NativeLoginHandler
 
 
 class LoginHandler(_NativeLoginHandler):

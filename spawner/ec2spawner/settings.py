@@ -64,7 +64,7 @@ class HubSettings(BaseModel):
     auth: AuthSettings = AuthSettings()
 
     @classmethod
-    def load(cls, path: str | Path) -> "HubSettings":
+    def load(cls, path: str | Path) -> HubSettings:
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def dumps(self) -> str:

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ec2spawner.catalog import CatalogError, load_catalog, parse_catalog
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from e2e_hub import ARTIFACTS, REPO, Hub
+
 ENV_FILE = REPO / ".sandbox" / "env.json"
 
 pytestmark = pytest.mark.slow
 
 
 def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.startswith("ec2hub-")}
 
 
@@ -56,7 +57,7 @@ def sandbox(request):
         proc.wait()
     log.close()
     left = _namespaces()
-    assert proc.returncode == 0, "sandbox exited with %s:\n%s" % (proc.returncode, log_path.read_text()[-4000:])
+    assert proc.returncode == 0, f"sandbox exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
     assert not left, f"the sandbox left namespaces behind: {left}"
     assert "ec2hub-root" not in Path("/proc/mounts").read_text(), "the sandbox left overlay mounts behind"
 

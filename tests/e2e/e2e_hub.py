@@ -24,8 +24,8 @@ class Hub:
         self.url = env["hub_url"]
         self.token = env["api_token"]
         self.env = env
-        kw = dict(region_name=env["region"], endpoint_url=env["aws_endpoint_url"],
-                  aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+        kw = {"region_name": env["region"], "endpoint_url": env["aws_endpoint_url"],
+              "aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
         self.ec2 = boto3.client("ec2", **kw)
         self.ssm = boto3.client("ssm", **kw)
 

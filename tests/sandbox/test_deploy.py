@@ -1,9 +1,9 @@
 """Deploying a cloud assembly into the AWS emulator: assets, stand-in AMI parameters, and honesty
 about what the emulator's CloudFormation could not create."""
 
+import io
 import json
 import zipfile
-import io
 
 import boto3
 import pytest

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from sandbox.netns import Vpc, add_netns, connect_in_netns, delete_netns, ip, list_netns, listen_in_netns
+from sandbox.netns import (
+    Vpc,
+    add_netns,
+    connect_in_netns,
+    delete_netns,
+    ip,
+    list_netns,
+    listen_in_netns,
+)
 
 VPC = "ec2hub-vtest"
 
