@@ -356,6 +356,11 @@ def up(pending_s: float, port: int) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    try:
+        preflight()
+    except SandboxError as error:
+        say(f"error: {error}")
+        return 1
     STATE_DIR.mkdir(exist_ok=True)
     PID_FILE.write_text(str(os.getpid()))
     try:
