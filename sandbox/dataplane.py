@@ -21,7 +21,6 @@ import gzip
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,27 +83,24 @@ class DataPlane:
         ec2,
         vpc: Vpc,
         region: str,
-        aws_endpoint: str,
+        endpoint_port: int,
         efs_root: Path,
         state_root: Path,
         console_dir: Path | None = None,
-        on_boot: Callable[[IsolatedHost], None] | None = None,
     ) -> None:
         self.ec2 = ec2
         self.vpc = vpc
         self.region = region
-        self.aws_endpoint = aws_endpoint
+        self.endpoint_port = endpoint_port  # the AWS emulator's port at every subnet gateway
         self.efs_root = efs_root
         self.state_root = state_root
         self.console_dir = console_dir
-        self.on_boot = on_boot
         self.hosts: dict[str, IsolatedHost] = {}
         self.errors: dict[str, str] = {}
         self._lock = threading.Lock()
         # Events for one instance are handled in order; different instances in parallel.
         self._queues: dict[str, list[dict]] = {}
         self._busy: set[str] = set()
-        self._idle = threading.Condition(self._lock)
         self._closed = False
 
     # -- events -----------------------------------------------------------------------------------
@@ -130,7 +126,6 @@ class DataPlane:
                 if not queue or self._closed:
                     self._busy.discard(iid)
                     self._queues.pop(iid, None)
-                    self._idle.notify_all()
                     return
                 event = queue.pop(0)
             try:
@@ -187,13 +182,7 @@ class DataPlane:
         self.hosts[instance_id] = host
         log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
         host.start(user_data=facts.user_data or b"#!/bin/sh\necho no user data\n")
-        if self.on_boot:
-            self.on_boot(host)
         return host
-
-    @property
-    def endpoint_port(self) -> int:
-        return int(self.aws_endpoint.rsplit(":", 1)[1])
 
     def boot_running(self) -> None:
         """Boot every instance that was already running before the data plane subscribed."""
@@ -212,17 +201,6 @@ class DataPlane:
             self.console_dir.mkdir(parents=True, exist_ok=True)
             (self.console_dir / f"{host.name}.log").write_text(host.console_output)
         host.terminate()
-
-    def console_output(self, instance_id: str) -> str:
-        host = self.hosts.get(instance_id)
-        if host is not None:
-            return host.console_output
-        kept = self.console_dir / f"{instance_id}.log" if self.console_dir else None
-        return kept.read_text() if kept and kept.exists() else ""
-
-    def wait_idle(self, timeout: float = 60) -> bool:
-        with self._lock:
-            return self._idle.wait_for(lambda: not self._busy, timeout=timeout)
 
     def close(self) -> None:
         """Terminate every host (the sandbox is going away)."""
