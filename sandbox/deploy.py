@@ -13,6 +13,7 @@ import io
 import json
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,15 +249,17 @@ def deploy_stack(
     return Deployment(stack_name, outputs, resources, types, not_created)
 
 
-def deploy_assembly(session, assembly: Path, *, account: str, region: str, stack_name: str | None = None) -> Deployment:
-    """Upload assets, stand in missing public parameters, deploy the stack. `session` is a boto3 Session."""
+def deploy_assembly(
+    client: Callable[[str], Any], assembly: Path, *, account: str, region: str, stack_name: str | None = None
+) -> Deployment:
+    """Upload assets, stand in missing public parameters, deploy the stack.
+
+    ``client(service_name)`` returns a boto3 client talking to the emulator.
+    """
     art = find_stack(assembly, stack_name)
     props = art.get("properties", {})
     original = json.loads((assembly / props["templateFile"]).read_text())
-    s3 = session.client("s3", region_name=region)
-    ssm = session.client("ssm", region_name=region)
-    ec2 = session.client("ec2", region_name=region)
-    cfn = session.client("cloudformation", region_name=region)
+    s3, ssm, ec2, cfn = (client(name) for name in ("s3", "ssm", "ec2", "cloudformation"))
     for dep in art.get("dependencies", []):
         if dep.endswith(".assets"):
             upload_assets(s3, assembly, f"{dep}.json", account, region)

@@ -125,7 +125,7 @@ class Sandbox:
         ec2 = self.client("ec2")
 
         assembly = self.synth()
-        self.deployment = deploy_assembly(_EndpointSession(self), assembly, account=ACCOUNT, region=REGION)
+        self.deployment = deploy_assembly(self.client, assembly, account=ACCOUNT, region=REGION)
         say(f"stack {self.deployment.stack_name} deployed into the emulator: {len(self.deployment.resources)} resources")
         for logical, kind in self.deployment.not_created:
             say(f"  not created by the emulator: {logical} ({kind})")
@@ -248,16 +248,6 @@ class Sandbox:
             self.emulator.stop()
         ENV_FILE.unlink(missing_ok=True)
         cleanup_leftovers()
-
-
-class _EndpointSession:
-    """deploy_assembly takes a boto3-Session-like object; every client talks to the emulator."""
-
-    def __init__(self, sandbox: Sandbox):
-        self._sandbox = sandbox
-
-    def client(self, name: str, region_name: str | None = None):
-        return self._sandbox.client(name)
 
 
 # -- demo accounts ------------------------------------------------------------------------------

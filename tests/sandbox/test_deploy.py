@@ -4,6 +4,7 @@ about what the emulator's CloudFormation could not create."""
 import io
 import json
 import zipfile
+from functools import partial
 
 import boto3
 import pytest
@@ -28,16 +29,6 @@ def session():
 
 def client(session, name):
     return session.client(name, region_name=REGION, endpoint_url=session._endpoint)
-
-
-class EndpointSession:
-    """A boto3 Session whose clients all talk to the emulator."""
-
-    def __init__(self, session):
-        self._session = session
-
-    def client(self, name, region_name=None):
-        return client(self._session, name)
 
 
 def write_assembly(tmp_path, template):
@@ -99,7 +90,7 @@ def test_prepare_template_drops_only_the_bootstrap_check():
 
 def test_deploy_uploads_assets_stands_in_amis_and_reports_what_it_skipped(session, tmp_path):
     assembly = write_assembly(tmp_path, TEMPLATE)
-    deployment = deploy_assembly(EndpointSession(session), assembly, account=ACCOUNT, region=REGION)
+    deployment = deploy_assembly(partial(client, session), assembly, account=ACCOUNT, region=REGION)
 
     assert deployment.stood_in_parameters == [DLAMI]
     assert deployment.not_created == [("Secret", "AWS::SecretsManager::Secret"), ("SetDefault", "Custom::AWS")]
@@ -119,8 +110,8 @@ def test_deploy_uploads_assets_stands_in_amis_and_reports_what_it_skipped(sessio
 
 def test_redeploy_replaces_the_stack_and_reuses_the_stand_in_image(session, tmp_path):
     assembly = write_assembly(tmp_path, TEMPLATE)
-    first = deploy_assembly(EndpointSession(session), assembly, account=ACCOUNT, region=REGION)
-    second = deploy_assembly(EndpointSession(session), assembly, account=ACCOUNT, region=REGION)
+    first = deploy_assembly(partial(client, session), assembly, account=ACCOUNT, region=REGION)
+    second = deploy_assembly(partial(client, session), assembly, account=ACCOUNT, region=REGION)
     assert second.stood_in_parameters == []  # created by the first deploy, or the previous test
     assert first.outputs.keys() == second.outputs.keys()
 
