@@ -20,6 +20,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
+from ec2spawner.requests import TAG_CLASS, TAG_HUB
 
 from .config import REPO_ROOT
 from .session import session_manager_statement
@@ -31,8 +32,8 @@ PROXY_PORT = 8000  # configurable-http-proxy's public port: the ALB target
 HUB_API_PORT = 8081  # notebooks register back to the hub API here
 HEALTH_CHECK_PATH = "/hub/health"
 
-# Tags the hub bootstrap reads through IMDS (ARCHITECTURE.md §5).
-TAG_HUB = "ec2hub:hub"
+# Tags the hub bootstrap reads through IMDS (ARCHITECTURE.md §5); the hub tag and the class tag
+# are the spawner's (ec2spawner.requests), which the IAM conditions below must match.
 TAG_SETTINGS_PARAMETER = "ec2hub:settings-parameter"
 TAG_SPAWNER_ASSET = "ec2hub:spawner-asset"
 TAG_ADMIN_USER = "ec2hub:admin-user"
@@ -321,7 +322,7 @@ def spawner_statements(
             conditions={
                 "StringEquals": {f"aws:ResourceTag/{TAG_HUB}": hub_id},
                 # Notebooks carry a class tag; the hub instance (same hub tag) does not.
-                "Null": {"aws:ResourceTag/ec2hub:class": "false"},
+                "Null": {f"aws:ResourceTag/{TAG_CLASS}": "false"},
             },
         ),
         iam.PolicyStatement(

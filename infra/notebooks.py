@@ -18,6 +18,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
+from ec2spawner.requests import TAG_CLASS, TAG_HUB, TAG_INSTANCE_ARN
 
 from .config import REPO_ROOT
 from .session import session_manager_statement
@@ -67,8 +68,8 @@ def launch_template_data(
 ) -> dict:
     """The ``LaunchTemplateData`` of one class (CloudFormation property names)."""
     tags = [
-        {"Key": "ec2hub:hub", "Value": hub_id},
-        {"Key": "ec2hub:class", "Value": cls.slug},
+        {"Key": TAG_HUB, "Value": hub_id},
+        {"Key": TAG_CLASS, "Value": cls.slug},
     ]
     data: dict = {
         "ImageId": image,
@@ -162,7 +163,7 @@ class Notebooks(Construct):
                 resources=[secret_arn_pattern],
                 conditions={
                     "StringEquals": {
-                        "ssm:resourceTag/ec2hub:instance-arn": "${ec2:SourceInstanceARN}"
+                        f"ssm:resourceTag/{TAG_INSTANCE_ARN}": "${ec2:SourceInstanceARN}"
                     }
                 },
             )
@@ -212,8 +213,8 @@ class Notebooks(Construct):
                     ec2.CfnLaunchTemplate.LaunchTemplateTagSpecificationProperty(
                         resource_type="launch-template",
                         tags=[
-                            CfnTag(key="ec2hub:hub", value=hub_id),
-                            CfnTag(key="ec2hub:class", value=cls.slug),
+                            CfnTag(key=TAG_HUB, value=hub_id),
+                            CfnTag(key=TAG_CLASS, value=cls.slug),
                         ],
                     )
                 ],
