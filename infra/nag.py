@@ -57,7 +57,9 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         session_manager,
     )
 
-    secrets = f"parameter/ec2hub/{hub_id}/servers/*"
+    # The policies' SSM resources, as the HubConfig prefixes spell them.
+    secrets = f"parameter{stack.config.secret_prefix}*"
+    hub_parameters = f"parameter{stack.config.ssm_prefix}*"
     acknowledge(
         notebook_role.node.find_child("DefaultPolicy"),
         f"IAM5[{arn('ssm', secrets)}]",
@@ -108,9 +110,7 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "ssm", secrets
         ): "The spawner writes and deletes one SecureString per notebook instance, "
         "named by its instance id, under this hub's own secret prefix only.",
-        arn(
-            "ssm", f"parameter/ec2hub/{hub_id}/*"
-        ): "Read-only access to this hub's own parameters "
+        arn("ssm", hub_parameters): "Read-only access to this hub's own parameters "
         "(settings document, OAuth client secret) under /ec2hub/<hub_id>/.",
         arn(
             "kms", "key/*"
