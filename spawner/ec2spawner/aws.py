@@ -261,7 +261,7 @@ class Aws:
     _shared: dict[str, Aws] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, region: str, *, limits: dict[str, tuple[int, float]] | None = None):
+    def __init__(self, region: str):
         self.region = region
         self.config = botocore.config.Config(
             region_name=region,
@@ -273,8 +273,7 @@ class Aws:
         self._session = boto3.session.Session(region_name=region, botocore_session=core)
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        limits = DEFAULT_LIMITS if limits is None else limits
-        self.limiters = {op: TokenBucket(*shape) for op, shape in limits.items()}
+        self.limiters = {op: TokenBucket(*shape) for op, shape in DEFAULT_LIMITS.items()}
         self.calls: dict[str, int] = {}  # operation -> count, for benchmarks and tests
 
     @classmethod

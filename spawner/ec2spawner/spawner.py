@@ -306,8 +306,7 @@ class EC2Spawner(Spawner):
         if progress is not None:
             event["progress"] = progress
         self._events.append(event)
-        if self._progress_changed is not None:
-            self._progress_changed.set()
+        self._progress_changed.set()
 
     def _url(self, view: InstanceView) -> str:
         return self.server_url_template.format(

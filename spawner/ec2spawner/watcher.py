@@ -161,9 +161,6 @@ class InstanceWatcher:
         """Register an instance RunInstances/StartInstances just returned."""
         self._expected[view.instance_id] = (time.monotonic(), view)
 
-    def find(self, predicate: Callable[[InstanceView], bool]) -> list[InstanceView]:
-        return [v for v in self.snapshot.values() if predicate(v)]
-
     @contextlib.contextmanager
     def spawning(self):
         """Poll fast while the body runs (a spawn or a stop is waiting on a state change)."""
