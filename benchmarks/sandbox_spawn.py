@@ -20,11 +20,8 @@ Run as root: `.venv/bin/python benchmarks/sandbox_spawn.py [--spawns 5] [--pendi
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,27 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
-from e2e_hub import Hub
+from e2e_hub import Hub, SandboxProcess
 
 from sandbox.emulator import EmulatorClient
 
-ENV_FILE = REPO / ".sandbox" / "env.json"
 HOSTS = Path("/var/tmp/ec2hub-hosts")
-
-
-def start_sandbox(pending_s: float) -> tuple[subprocess.Popen, dict]:
-    ENV_FILE.unlink(missing_ok=True)
-    ENV_FILE.parent.mkdir(exist_ok=True)
-    log = open(ENV_FILE.parent / "bench.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "up", "--port", "0", "--pending-s", str(pending_s)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not ENV_FILE.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("the sandbox did not start: see .sandbox/bench.log")
-        time.sleep(0.2)
-    return proc, json.loads(ENV_FILE.read_text())
 
 
 def follow_emulator(client: EmulatorClient, after: int, marks: dict, t0_wall: float) -> None:
@@ -129,7 +110,11 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the sandbox makes namespaces")
-    proc, env = start_sandbox(args.pending_s)
+    process = SandboxProcess(REPO / ".sandbox" / "bench.log", pending_s=args.pending_s)
+    try:
+        env = process.start()
+    except RuntimeError as error:
+        sys.exit(str(error))
     try:
         hub = Hub(env)
         spawn_once(hub, "bench-warmup")  # first spawn pays for cold caches; not counted
@@ -150,8 +135,7 @@ def main() -> None:
               f"user_data_p50_s={p50['user_data_s']:.2f} singleuser_p50_s={p50['singleuser_s']:.2f} "
               f"hub_check_p50_s={p50['hub_check_s']:.2f} spawns={len(rows)} pending_s={args.pending_s:g}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
+        process.stop()
 
 
 if __name__ == "__main__":

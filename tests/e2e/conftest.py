@@ -7,18 +7,12 @@ test-artifacts/sandbox.log and printed when a test failed.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from e2e_hub import ARTIFACTS, REPO, Hub
-
-ENV_FILE = REPO / ".sandbox" / "env.json"
+from e2e_hub import ARTIFACTS, Hub, SandboxProcess
 
 pytestmark = pytest.mark.slow
 
@@ -32,32 +26,17 @@ def _namespaces() -> set[str]:
 def sandbox(request):
     if os.geteuid() != 0:
         pytest.fail("the e2e tests run the sandbox, which needs root")
-    ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / "sandbox.log"
-    ENV_FILE.unlink(missing_ok=True)
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--port", "0", "--pending-s", "1"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not ENV_FILE.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the sandbox did not start:\n" + log_path.read_text()[-6000:])
-        time.sleep(0.5)
-    env = json.loads(ENV_FILE.read_text())
+    process = SandboxProcess(log_path, pending_s=1)
+    try:
+        env = process.start()
+    except RuntimeError as error:
+        pytest.fail(str(error))
     env["log_path"] = log_path
     yield env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    returncode = process.stop()
     left = _namespaces()
-    assert proc.returncode == 0, f"sandbox exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+    assert returncode == 0, f"sandbox exited with {returncode}:\n{log_path.read_text()[-4000:]}"
     assert not left, f"the sandbox left namespaces behind: {left}"
     assert "ec2hub-root" not in Path("/proc/mounts").read_text(), "the sandbox left overlay mounts behind"
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -15,6 +19,43 @@ import boto3
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+ENV_FILE = REPO / ".sandbox" / "env.json"
+
+
+class SandboxProcess:
+    """`python -m sandbox up` in the background, as a newcomer runs it, with its output in a file."""
+
+    def __init__(self, log_path: Path, *, pending_s: float):
+        self.log_path = log_path
+        self.pending_s = pending_s
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> dict:
+        """Start it and wait for `.sandbox/env.json`; RuntimeError with the log's tail if it dies."""
+        ENV_FILE.unlink(missing_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandbox", "up", "--port", "0", "--pending-s", str(self.pending_s)],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not ENV_FILE.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError("the sandbox did not start:\n" + self.log_path.read_text()[-6000:])
+            time.sleep(0.2)
+        return json.loads(ENV_FILE.read_text())
+
+    def stop(self) -> int:
+        """SIGTERM (its Ctrl-C path) and wait for the teardown; its exit status."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
 
 
 class Hub:
