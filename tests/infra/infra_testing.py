@@ -91,6 +91,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory, context: dict[str, Any]) -> 
     return Synth(context, stack.template, Template.from_json(stack.template), outdir)
 
 
+def notebook_templates(synth: Synth) -> dict[str, dict[str, Any]]:
+    """The notebook classes' launch templates (named ``ec2hub-<hub_id>-<slug>``), by logical id."""
+    return {
+        k: v
+        for k, v in synth.resources("AWS::EC2::LaunchTemplate").items()
+        if "LaunchTemplateName" in v["Properties"]
+    }
+
+
 def write_catalog(
     directory: Path, catalog: dict[str, Any], name: str = "classes.yaml"
 ) -> Path:

@@ -7,6 +7,7 @@ from infra_testing import (
     as_list,
     join_text,
     logical_id_by_description,
+    notebook_templates,
     policy_statements,
 )
 
@@ -30,12 +31,9 @@ def hub(request):
 
 
 def template_arns(synth):
-    ids = [
-        k
-        for k, v in synth.resources("AWS::EC2::LaunchTemplate").items()
-        if "LaunchTemplateName" in v["Properties"]
-    ]
-    return sorted(f"{PREFIX}:launch-template/{{{i}}}" for i in ids)
+    return sorted(
+        f"{PREFIX}:launch-template/{{{i}}}" for i in notebook_templates(synth)
+    )
 
 
 def test_run_instances_only_from_this_stacks_launch_templates(hub):
@@ -230,8 +228,7 @@ def test_notebook_profile_wraps_the_notebook_role(any_synth):
         t["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"][
             "Fn::GetAtt"
         ][0]
-        for t in any_synth.resources("AWS::EC2::LaunchTemplate").values()
-        if "LaunchTemplateName" in t["Properties"]
+        for t in notebook_templates(any_synth).values()
     }
     assert len(profiles) == 1
     profile = any_synth.template["Resources"][profiles.pop()]

@@ -10,18 +10,11 @@ from infra_testing import (
     FULL_CATALOG,
     REPO,
     logical_id_by_description,
+    notebook_templates,
     user_data_script,
 )
 
 LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
-
-
-def notebook_templates(synth):
-    return {
-        k: v
-        for k, v in synth.resources(LAUNCH_TEMPLATE).items()
-        if "LaunchTemplateName" in v["Properties"]
-    }
 
 
 def test_one_template_per_catalog_class(default_synth):

@@ -6,24 +6,14 @@ import copy
 
 import pytest
 import yaml
-from infra_testing import REPO, synth, write_catalog
+from infra_testing import REPO, notebook_templates, synth, write_catalog
 
 import infra
 from infra.config import ConfigError
 
-LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
-
 
 def base_catalog():
     return yaml.safe_load((REPO / "instance-classes.yaml").read_text())
-
-
-def templates(result):
-    return {
-        k: v
-        for k, v in result.resources(LAUNCH_TEMPLATE).items()
-        if "LaunchTemplateName" in v["Properties"]
-    }
 
 
 def synth_catalog(tmp_path_factory, catalog, name):
@@ -47,7 +37,7 @@ def test_adding_a_class_adds_exactly_one_launch_template(tmp_path_factory, base)
         }
     )
     added = synth_catalog(tmp_path_factory, catalog, "added")
-    before, after = templates(base), templates(added)
+    before, after = notebook_templates(base), notebook_templates(added)
     assert set(before) < set(after)
     (new_id,) = set(after) - set(before)
     assert after[new_id]["Properties"]["LaunchTemplateName"] == "ec2hub-ec2hub-tiny"
@@ -69,7 +59,7 @@ def test_editing_a_class_changes_only_its_own_template(
     (large,) = [c for c in catalog["classes"] if c["slug"] == "large-cpu"]
     large[field] = value
     edited = synth_catalog(tmp_path_factory, catalog, f"edit-{field}")
-    before, after = templates(base), templates(edited)
+    before, after = notebook_templates(base), notebook_templates(edited)
     assert set(before) == set(after)
     changed = [k for k in before if before[k] != after[k]]
     assert len(changed) == 1
@@ -109,7 +99,7 @@ def test_many_classes_keep_the_hub_policy_inline_and_the_settings_in_one_paramet
     result = synth_catalog(
         tmp_path_factory, {**base_catalog(), "classes": classes}, "many"
     )
-    assert len(templates(result)) == 20
+    assert len(notebook_templates(result)) == 20
     assert result.resources("AWS::IAM::ManagedPolicy") == {}
     (parameter,) = result.resources("AWS::SSM::Parameter").values()
     assert parameter["Properties"]["Tier"] == "Advanced"
