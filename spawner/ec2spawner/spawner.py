@@ -52,6 +52,10 @@ _STATE_REASONS = {
 }
 
 
+# The per-server traits get_state/load_state/clear_state carry (declared on EC2Spawner).
+_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt")
+
+
 def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
     """``Spawner.apply_user_options`` default: validate before anything is launched.
 
@@ -322,7 +326,7 @@ class EC2Spawner(Spawner):
 
     def get_state(self):
         state = super().get_state()
-        for key in ("instance_id", "instance_class", "subnet_id", "template_version", "attempt"):
+        for key in _STATE_KEYS:
             value = getattr(self, key)
             if value:
                 state[key] = value
@@ -330,13 +334,14 @@ class EC2Spawner(Spawner):
 
     def load_state(self, state):
         super().load_state(state)
-        for key in ("instance_id", "instance_class", "subnet_id", "template_version", "attempt"):
+        for key in _STATE_KEYS:
             if key in state:
                 setattr(self, key, state[key])
 
     def clear_state(self):
         super().clear_state()
-        self.instance_id = self.instance_class = self.subnet_id = self.template_version = self.attempt = None
+        for key in _STATE_KEYS:
+            setattr(self, key, None)
 
     # -- start ---------------------------------------------------------------------------------
 
