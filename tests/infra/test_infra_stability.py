@@ -22,8 +22,9 @@ def synth_catalog(tmp_path_factory, catalog, name):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return synth_catalog(tmp_path_factory, base_catalog(), "base")
+def base(default_synth):
+    """The repo's catalog as it is: the session's default synth, not a second one."""
+    return default_synth
 
 
 def test_adding_a_class_adds_exactly_one_launch_template(tmp_path_factory, base):
