@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 
 from .aws import Aws, InstanceView
-from .requests import hub_filters
+from .requests import LIVE_STATES, hub_filters
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,6 @@ class InstanceWatcher:
         """Live (pending or running) instances of this hub per availability zone."""
         load: dict[str, int] = {}
         for view in self.snapshot.values():
-            if view.state in ("pending", "running"):
+            if view.state in LIVE_STATES:
                 load[view.availability_zone] = load.get(view.availability_zone, 0) + 1
         return load
