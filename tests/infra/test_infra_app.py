@@ -126,10 +126,17 @@ def test_bad_catalog_is_one_line_error_and_nonzero_exit(bad_catalog_runs, name):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
-    outdir = tmp_path / "cdk.out"
-    result = subprocess.run(
-        [str(REPO / "node_modules/.bin/cdk"), "synth", "--quiet", "-o", str(outdir)],
+def cdk_synth(outdir, *args):
+    """``cdk synth --quiet -o <outdir> [args]`` from the repo root, offline."""
+    return subprocess.run(
+        [
+            str(REPO / "node_modules/.bin/cdk"),
+            "synth",
+            "--quiet",
+            "-o",
+            str(outdir),
+            *args,
+        ],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,
@@ -137,6 +144,11 @@ def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
         timeout=300,
         check=False,
     )
+
+
+def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
+    outdir = tmp_path / "cdk.out"
+    result = cdk_synth(outdir)
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "ec2hub.template.json").read_text())
     assert any(
@@ -153,26 +165,8 @@ def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
 
 def test_cli_context_values_reach_the_stack(tmp_path):
     outdir = tmp_path / "cdk.out"
-    result = subprocess.run(
-        [
-            str(REPO / "node_modules/.bin/cdk"),
-            "synth",
-            "--quiet",
-            "-o",
-            str(outdir),
-            "-c",
-            "hub_id=lab",
-            "-c",
-            "nat_gateways=2",
-            "-c",
-            "admin_user=alice",
-        ],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = cdk_synth(
+        outdir, "-c", "hub_id=lab", "-c", "nat_gateways=2", "-c", "admin_user=alice"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "lab.template.json").read_text())
