@@ -77,26 +77,19 @@ def settings_document(
     return document
 
 
-def estimated_size(
-    catalog: Catalog,
-    *,
-    hub_id: str,
-    region: str,
-    azs: list[str],
-    secret_prefix: str,
-    admin_users: list[str],
-) -> int:
-    """Length of the document with ids of their real lengths (tokens have no length at synth)."""
-    sample = settings_document(
-        region=region,
-        hub_id=hub_id,
-        subnets={az: "subnet-0123456789abcdef0" for az in azs},
-        catalog=catalog,
-        launch_template_ids={slug: "lt-0123456789abcdef0" for slug in catalog.slugs},
-        secret_prefix=secret_prefix,
-        efs_id="fs-0123456789abcdef0",
-        admin_users=admin_users,
-    )
+def estimated_size(document: dict[str, Any]) -> int:
+    """Length of the document with its ids at their real lengths (tokens have no length at synth)."""
+    sample_id = "0123456789abcdef0"
+    sample = {
+        **document,
+        "subnets": {az: f"subnet-{sample_id}" for az in document["subnets"]},
+        "classes": [
+            {**cls, "launch_template_id": f"lt-{sample_id}"}
+            for cls in document["classes"]
+        ],
+    }
+    if "efs_id" in document:
+        sample["efs_id"] = f"fs-{sample_id}"
     return len(json.dumps(sample))
 
 
@@ -110,7 +103,6 @@ class SettingsParameter(Construct):
         *,
         parameter_name: str,
         document: dict[str, Any],
-        size_estimate: int,
     ) -> None:
         super().__init__(scope, construct_id)
         self.parameter = ssm.StringParameter(
@@ -119,5 +111,5 @@ class SettingsParameter(Construct):
             parameter_name=parameter_name,
             description="ec2hub hub settings (HubSettings JSON), copied to /etc/ec2hub/settings.json",
             string_value=Stack.of(self).to_json_string(document),
-            tier=parameter_tier(size_estimate),
+            tier=parameter_tier(estimated_size(document)),
         )

@@ -15,7 +15,7 @@ from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
-from .settings import SettingsParameter, estimated_size, settings_document
+from .settings import SettingsParameter, settings_document
 from .storage import Storage
 
 
@@ -106,7 +106,6 @@ class Ec2HubStack(Stack):
             self.hub.role.add_to_principal_policy(statement)
 
         # --- settings --------------------------------------------------------------------------
-        admin_users = [config.admin_user] if config.admin_user else []
         document = settings_document(
             region=self.region,
             hub_id=config.hub_id,
@@ -117,21 +116,13 @@ class Ec2HubStack(Stack):
             },
             secret_prefix=config.secret_prefix,
             efs_id=self.storage.file_system.file_system_id,
-            admin_users=admin_users,
+            admin_users=[config.admin_user] if config.admin_user else [],
         )
         self.settings = SettingsParameter(
             self,
             "Settings",
             parameter_name=config.settings_parameter_name,
             document=document,
-            size_estimate=estimated_size(
-                catalog,
-                hub_id=config.hub_id,
-                region=self.region,
-                azs=[s.availability_zone for s in notebook_subnets],
-                secret_prefix=config.secret_prefix,
-                admin_users=admin_users,
-            ),
         )
         # The hub reads the settings at boot: create the parameter before the instance.
         self.hub.instance.node.add_dependency(self.settings)
