@@ -132,18 +132,25 @@ def instance_arn(*, partition: str, region: str, account: str, instance_id: str)
     return f"arn:{partition}:ec2:{region}:{account}:instance/{instance_id}"
 
 
-def secret_put_params(*, name: str, env: Mapping[str, str], hub_id: str, arn: str) -> dict:
-    """PutParameter for a new secret (docs/ARCHITECTURE.md §4).
-
-    The notebook role may read it only when its ``ec2hub:instance-arn`` tag equals the caller's
-    ``ec2:SourceInstanceARN``. ``Intelligent-Tiering`` picks the Advanced tier only if the env
-    grows past the Standard 4 KB limit.
-    """
+def _secret_value_params(name: str, env: Mapping[str, str]) -> dict:
+    """What every PutParameter of a secret sends. ``Intelligent-Tiering`` picks the Advanced tier
+    only if the env grows past the Standard 4 KB limit."""
     return {
         "Name": name,
         "Type": "SecureString",
         "Value": json.dumps(dict(env), sort_keys=True),
         "Tier": "Intelligent-Tiering",
+    }
+
+
+def secret_put_params(*, name: str, env: Mapping[str, str], hub_id: str, arn: str) -> dict:
+    """PutParameter for a new secret (docs/ARCHITECTURE.md §4).
+
+    The notebook role may read it only when its ``ec2hub:instance-arn`` tag equals the caller's
+    ``ec2:SourceInstanceARN``.
+    """
+    return {
+        **_secret_value_params(name, env),
         "Tags": [
             {"Key": TAG_HUB, "Value": hub_id},
             {"Key": TAG_INSTANCE_ARN, "Value": arn},
@@ -153,13 +160,7 @@ def secret_put_params(*, name: str, env: Mapping[str, str], hub_id: str, arn: st
 
 def secret_overwrite_params(*, name: str, env: Mapping[str, str]) -> dict:
     """PutParameter replacing an existing secret's value (SSM refuses Tags with Overwrite)."""
-    return {
-        "Name": name,
-        "Type": "SecureString",
-        "Value": json.dumps(dict(env), sort_keys=True),
-        "Tier": "Intelligent-Tiering",
-        "Overwrite": True,
-    }
+    return {**_secret_value_params(name, env), "Overwrite": True}
 
 
 def secret_list_filters(secret_prefix: str) -> list[dict]:
