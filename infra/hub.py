@@ -10,8 +10,6 @@ resources; the Stack attaches it (grants live in the Stack).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aws_cdk import Annotations, Duration, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -56,8 +54,6 @@ class Hub(Construct):
         admin_user: str | None,
         certificate_arn: str | None,
         allowed_ingress_cidr: str,
-        user_data_path: Path = HUB_USER_DATA,
-        spawner_path: Path = SPAWNER_PACKAGE,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -81,7 +77,7 @@ class Hub(Construct):
         self.spawner_asset = s3_assets.Asset(
             self,
             "SpawnerPackage",
-            path=str(spawner_path),
+            path=str(SPAWNER_PACKAGE),
             exclude=[
                 "*.egg-info",
                 "__pycache__",
@@ -122,7 +118,7 @@ class Hub(Construct):
         )
         # The script's exact bytes (or their gzip, if over EC2's limit), base64 as EC2 takes them;
         # the L2's UserData renders text only.
-        user_data = load_user_data(user_data_path)
+        user_data = load_user_data(HUB_USER_DATA)
         self.instance.instance.add_property_override("UserData", user_data.base64)
         if user_data.notice:
             Annotations.of(self).add_warning_v2(

@@ -35,7 +35,6 @@ class Network(Construct):
         *,
         nat_gateways: int,
         vpc_endpoints: bool,
-        flow_log_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
     ) -> None:
         super().__init__(scope, construct_id)
         region = Stack.of(self).region
@@ -96,7 +95,7 @@ class Network(Construct):
             self,
             "FlowLogGroup",
             encryption_key=self.log_key,
-            retention=flow_log_retention,
+            retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=RemovalPolicy.RETAIN,
         )
         self.flow_log = self.vpc.add_flow_log(

@@ -10,7 +10,6 @@ user: per-server values reach the instance as tags and as its own SSM SecureStri
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from aws_cdk import Annotations, CfnTag, Stack
 from aws_cdk import aws_ec2 as ec2
@@ -127,7 +126,6 @@ class Notebooks(Construct):
         catalog: Catalog,
         hub_id: str,
         secret_prefix: str,
-        user_data_path: Path = NOTEBOOK_USER_DATA,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -191,7 +189,7 @@ class Notebooks(Construct):
             self, "InstanceProfile", role=self.role
         )
 
-        user_data = load_user_data(user_data_path)
+        user_data = load_user_data(NOTEBOOK_USER_DATA)
         if user_data.notice:
             Annotations.of(self).add_warning_v2(
                 "ec2hub:user-data-compressed", user_data.notice
