@@ -59,18 +59,18 @@ class HubConfig:
         return self.certificate_arn is not None
 
     @property
-    def settings_parameter_name(self) -> str:
-        return f"/ec2hub/{self.hub_id}/settings"
-
-    @property
     def ssm_prefix(self) -> str:
         """Every SSM parameter of this hub lives under this path."""
         return f"/ec2hub/{self.hub_id}/"
 
     @property
+    def settings_parameter_name(self) -> str:
+        return f"{self.ssm_prefix}settings"
+
+    @property
     def secret_prefix(self) -> str:
         """Per-server secret env parameters: ``<secret_prefix><instance-id>``."""
-        return f"/ec2hub/{self.hub_id}/servers/"
+        return f"{self.ssm_prefix}servers/"
 
 
 def _text(context: dict[str, Any], key: str) -> str | None:
