@@ -83,6 +83,15 @@ class Synth:
     def validation_report(self) -> dict[str, Any]:
         return json.loads((self.outdir / "validation-report.json").read_text())
 
+    def aws_solutions_report(self) -> dict[str, Any]:
+        """cdk-nag's AwsSolutions plugin report from the validation report."""
+        (report,) = [
+            r
+            for r in self.validation_report()["pluginReports"]
+            if r["pluginName"] == "AwsSolutions"
+        ]
+        return report
+
 
 def synth(tmp_path_factory: pytest.TempPathFactory, context: dict[str, Any]) -> Synth:
     outdir = tmp_path_factory.mktemp("cdk.out")

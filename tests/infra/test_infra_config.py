@@ -127,9 +127,5 @@ def test_narrowed_ingress_cidr_needs_no_open_ingress_acknowledgment(tmp_path_fac
         key="GroupDescription",
     )
     assert [r["CidrIp"] for r in ingress_rules(narrowed, alb)] == ["203.0.113.0/24"]
-    (report,) = [
-        r
-        for r in narrowed.validation_report()["pluginReports"]
-        if r["pluginName"] == "AwsSolutions"
-    ]
+    report = narrowed.aws_solutions_report()
     assert not any("EC23" in v["ruleName"] for v in report["suppressedViolations"])

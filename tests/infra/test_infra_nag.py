@@ -11,15 +11,6 @@ import infra
 MIN_REASON = 60
 
 
-def aws_solutions(synth):
-    (report,) = [
-        r
-        for r in synth.validation_report()["pluginReports"]
-        if r["pluginName"] == "AwsSolutions"
-    ]
-    return report
-
-
 def acknowledgments(synth):
     metadata = synth.metadata()
     return {
@@ -33,7 +24,7 @@ def acknowledgments(synth):
 
 
 def test_aws_solutions_reports_no_violation(any_synth):
-    report = aws_solutions(any_synth)
+    report = any_synth.aws_solutions_report()
     assert report["conclusion"] == "success"
     assert report["violations"] == []
 
@@ -51,7 +42,8 @@ def test_every_acknowledgment_names_one_finding_with_a_real_reason(any_synth):
 
 def test_every_acknowledgment_is_used(any_synth):
     used = {
-        v["acknowledgedId"] for v in aws_solutions(any_synth)["suppressedViolations"]
+        v["acknowledgedId"]
+        for v in any_synth.aws_solutions_report()["suppressedViolations"]
     }
     assert {rule for (_, rule) in acknowledgments(any_synth)} == used
 
