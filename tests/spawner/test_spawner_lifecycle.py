@@ -98,7 +98,6 @@ async def test_second_start_adopts_instance_after_hub_died_mid_start(new_spawner
         await task
 
     second = new_spawner()  # the restarted hub's spawner: no state
-    events = []
     url = await second.start()
     events = [e["message"] for e in second._events]
     assert second.instance_id == launched

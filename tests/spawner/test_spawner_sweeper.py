@@ -50,7 +50,7 @@ def test_find_orphan_secrets():
 
 
 async def test_sweeper_terminates_orphan_and_spares_live_and_pending_servers(
-        new_spawner, emu, ec2, ssm, hub_id, live, caplog):
+        new_spawner, emu, ec2, ssm, hub_id, live, hub_secrets, caplog):
     # An orphan: launched for this hub (e.g. by a hub that died), owned by no server.
     orphan = ec2.run_instances(
         ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.medium",
@@ -78,10 +78,8 @@ async def test_sweeper_terminates_orphan_and_spares_live_and_pending_servers(
     assert sorted(i["InstanceId"] for i in live()) == sorted([running.instance_id, pending.instance_id])
     assert f"terminating orphan {orphan} (user 'ghost' server '')" in caplog.text
     assert f"deleting orphan secret /ec2hub/{hub_id}/servers/{orphan}" in caplog.text
-    names = {p["Name"] for p in ssm.describe_parameters(ParameterFilters=[
-        {"Key": "Name", "Option": "BeginsWith", "Values": [f"/ec2hub/{hub_id}/"]}])["Parameters"]}
-    assert names == {f"/ec2hub/{hub_id}/servers/{running.instance_id}",
-                     f"/ec2hub/{hub_id}/servers/{pending.instance_id}"}
+    assert set(hub_secrets()) == {f"/ec2hub/{hub_id}/servers/{running.instance_id}",
+                                  f"/ec2hub/{hub_id}/servers/{pending.instance_id}"}
     spawn.cancel()
     await asyncio.gather(spawn, return_exceptions=True)
 
