@@ -9,8 +9,6 @@ user: per-server values reach the instance as tags and as its own SSM SecureStri
 
 from __future__ import annotations
 
-import re
-
 from aws_cdk import Annotations, CfnTag, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -38,7 +36,7 @@ def class_construct_id(slug: str) -> str:
     Adding a class adds resources under a new id; editing a class changes only the properties
     under its own id. Slugs are ``[a-z0-9-]``: CamelCase them to keep logical ids readable.
     """
-    return "Class" + "".join(part.capitalize() for part in re.split(r"-", slug))
+    return "Class" + "".join(part.capitalize() for part in slug.split("-"))
 
 
 def image_id(scope: Construct, ami: str) -> str:
