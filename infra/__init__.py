@@ -16,7 +16,7 @@ from typing import Any
 from aws_cdk import App
 from ec2spawner.catalog import load_catalog
 
-from .config import REPO_ROOT, ConfigError, HubConfig, config_from_context
+from .config import CONTEXT_KEYS, REPO_ROOT, ConfigError, HubConfig, config_from_context
 from .nag import acknowledge_findings, add_checks
 from .stack import Ec2HubStack
 
@@ -59,20 +59,7 @@ def build_app(
         else {**cdk_json_context(), PATH_METADATA: True, **context}
     )
     app = App(context=merged, outdir=str(outdir) if outdir is not None else None)
-    keys = (
-        "hub_id",
-        "account",
-        "region",
-        "catalog",
-        "nat_gateways",
-        "vpc_endpoints",
-        "certificate_arn",
-        "domain_name",
-        "admin_user",
-        "hub_instance_type",
-        "allowed_ingress_cidr",
-    )
-    values = {key: app.node.try_get_context(key) for key in keys}
+    values = {key: app.node.try_get_context(key) for key in CONTEXT_KEYS}
     config = config_from_context({k: v for k, v in values.items() if v is not None})
     catalog = load_catalog(config.catalog_path)
     stack = Ec2HubStack(app, config=config, catalog=catalog)

@@ -22,6 +22,21 @@ DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 
+# Every context key config_from_context() reads (build_app looks each one up in the CDK context).
+CONTEXT_KEYS = (
+    "hub_id",
+    "account",
+    "region",
+    "catalog",
+    "nat_gateways",
+    "vpc_endpoints",
+    "certificate_arn",
+    "domain_name",
+    "admin_user",
+    "hub_instance_type",
+    "allowed_ingress_cidr",
+)
+
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
 _HUB_ID = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
