@@ -27,8 +27,9 @@ from sandbox.netns import Relay, Vpc, list_netns
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_USER_DATA = REPO / "bootstrap/notebook/user-data.sh"
 HUB_USER_DATA = REPO / "bootstrap/hub/user-data.sh"
-VPC_NAME = "ec2hub-bt"
-STATE_ROOT = Path("/var/tmp/ec2hub-bt-hosts")
+# Two runs on one machine (two work trees) stay apart when each sets its own name (ec2hub-*).
+VPC_NAME = os.environ.get("EC2HUB_TEST_VPC", "ec2hub-bt")
+STATE_ROOT = Path(f"/var/tmp/{VPC_NAME}-hosts")
 REGION = "us-east-1"
 GATEWAY = "10.0.1.1"
 AWS_ENDPOINT_PORT = 4566  # the emulator as a "VPC endpoint" on the gateway address
