@@ -216,6 +216,8 @@ def spawner_statements(
     launch_template_arns: list[str],
     notebook_subnet_ids: list[str],
     notebook_role: iam.IRole,
+    notebook_instance_profile_arn: str,
+    instance_types: list[str],
     ssm_prefix: str,
     secret_prefix: str,
     spawner_asset: s3_assets.Asset,
@@ -228,9 +230,18 @@ def spawner_statements(
     allowed only when ``ec2:LaunchTemplate`` names a template (a launch without one is refused),
     which therefore must be one of ours. The exact list appears once, so the policy stays well
     under IAM's 10,240-character inline limit however many classes there are. Resources the
-    template supplies (image, security groups) must come from it (``ec2:IsLaunchTemplateResource``);
-    the spawner overrides only the subnet (one of the notebook subnets), the instance type (a
-    capacity fallback) and tags.
+    template supplies (image, security groups, the root volume) must come from it
+    (``ec2:IsLaunchTemplateResource``); the spawner overrides only the subnet (one of the notebook
+    subnets), the instance type (a capacity fallback: one of ``instance_types``, the catalog's) and
+    tags. The instance must also be what every template makes it: IMDSv2 only with hop limit 1,
+    the notebook instance profile, encrypted volumes. These keys are evaluated on the launch as
+    EC2 resolves it, template values included (Service Authorization Reference, Amazon EC2,
+    RunInstances: ``instance`` and ``volume`` condition keys).
+
+    What IAM cannot express: RunInstances has no condition key for the user data, so a request
+    that overrides ``UserData`` cannot be refused here; nor for the template version, so a caller
+    could name an older version of one of our templates (CloudFormation keeps versions; every one
+    of them is ours and satisfies the conditions above). The spawner sends neither.
     """
     stack = Stack.of(scope)
 
@@ -262,9 +273,37 @@ def spawner_statements(
             resources=list(launch_template_arns),
         ),
         iam.PolicyStatement(
-            sid="RunInstancesFromOwnTemplates",
+            sid="RunInstancesAsTemplated",
             actions=["ec2:RunInstances"],
-            resources=created_by_launch,
+            resources=[ec2_arn("instance", "*")],
+            conditions={
+                **from_own_template,
+                "StringEquals": {
+                    "ec2:InstanceType": sorted(set(instance_types)),
+                    "ec2:MetadataHttpTokens": "required",
+                },
+                "ArnEquals": {"ec2:InstanceProfile": notebook_instance_profile_arn},
+                "NumericLessThanEquals": {"ec2:MetadataHttpPutResponseHopLimit": "1"},
+            },
+        ),
+        iam.PolicyStatement(
+            sid="RunInstancesEncryptedTemplateVolumes",
+            actions=["ec2:RunInstances"],
+            resources=[ec2_arn("volume", "*")],
+            # A BlockDeviceMappings override makes a volume that is not the template's.
+            conditions={
+                **from_own_template,
+                "Bool": {
+                    "ec2:Encrypted": "true",
+                    "ec2:IsLaunchTemplateResource": "true",
+                },
+            },
+        ),
+        iam.PolicyStatement(
+            sid="RunInstancesSpotRequests",
+            actions=["ec2:RunInstances"],
+            # A spot request has no condition key of its own beyond the template.
+            resources=[ec2_arn("spot-instances-request", "*")],
             conditions=from_own_template,
         ),
         iam.PolicyStatement(

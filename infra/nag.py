@@ -80,12 +80,15 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "ec2", "instance/*"
         ): "RunInstances creates instances whose ids cannot be known in advance; "
         "allowed only through a launch template, and only this stack's templates may be used "
-        "(UseOwnLaunchTemplates lists their exact ARNs). Start/Stop/Terminate need "
+        "(UseOwnLaunchTemplates lists their exact ARNs), only with a catalog instance type, "
+        "IMDSv2 required with hop limit 1 and the notebook instance profile (RunInstancesAsTemplated). "
+        "Start/Stop/Terminate need "
         f"aws:ResourceTag/ec2hub:hub = {hub_id} and a class tag (notebooks only, never the hub).",
         arn(
             "ec2", "volume/*"
         ): "RunInstances creates the root volume; allowed only when launching "
-        "from this stack's launch templates (ec2:LaunchTemplate), which set encrypted gp3.",
+        "from this stack's launch templates (ec2:LaunchTemplate), only encrypted (ec2:Encrypted) "
+        "and only the template's own volumes (ec2:IsLaunchTemplateResource: no block-device override).",
         arn(
             "ec2", "spot-instances-request/*"
         ): "Spot classes create a spot request at launch; "

@@ -99,6 +99,8 @@ class Ec2HubStack(Stack):
             launch_template_arns=self.notebooks.launch_template_arns,
             notebook_subnet_ids=[s.subnet_id for s in notebook_subnets],
             notebook_role=self.notebooks.role,
+            notebook_instance_profile_arn=self.notebooks.instance_profile.instance_profile_arn,
+            instance_types=[t for cls in catalog.classes for t in cls.instance_types],
             ssm_prefix=config.ssm_prefix,
             secret_prefix=config.secret_prefix,
             spawner_asset=self.hub.spawner_asset,

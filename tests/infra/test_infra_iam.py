@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from aws_cdk.assertions import Match
+from ec2spawner.catalog import load_catalog
 from infra_testing import (
+    REPO,
     as_list,
     join_text,
     logical_id_by_description,
@@ -43,7 +46,7 @@ def test_run_instances_only_from_this_stacks_launch_templates(hub):
         for sid, s in statements.items()
         if as_list(s["Action"]) == ["ec2:RunInstances"]
     }
-    assert len(runs) == 5
+    assert len(runs) == 7
     # The launch-template resource itself: this stack's templates, by exact ARN, and nothing else.
     own = runs.pop("UseOwnLaunchTemplates")
     assert sorted(join_text(r) for r in as_list(own["Resource"])) == template_arns(
@@ -63,14 +66,136 @@ def test_run_instances_only_from_this_stacks_launch_templates(hub):
                 ]
             }
         }
-    created = statements["RunInstancesFromOwnTemplates"]
-    assert sorted(join_text(r) for r in created["Resource"]) == sorted(
-        [
-            f"{PREFIX}:instance/*",
-            f"{PREFIX}:volume/*",
-            f"{PREFIX}:spot-instances-request/*",
-        ]
+    created = {
+        sid: join_text(statements[sid]["Resource"])
+        for sid in (
+            "RunInstancesAsTemplated",
+            "RunInstancesEncryptedTemplateVolumes",
+            "RunInstancesSpotRequests",
+        )
+    }
+    assert created == {
+        "RunInstancesAsTemplated": f"{PREFIX}:instance/*",
+        "RunInstancesEncryptedTemplateVolumes": f"{PREFIX}:volume/*",
+        "RunInstancesSpotRequests": f"{PREFIX}:spot-instances-request/*",
+    }
+
+
+def catalog_instance_types(synth):
+    path = synth.context.get("catalog") or REPO / "instance-classes.yaml"
+    return sorted({t for cls in load_catalog(path).classes for t in cls.instance_types})
+
+
+def notebook_profile(synth):
+    (profile,) = {
+        t["Properties"]["LaunchTemplateData"]["IamInstanceProfile"]["Arn"][
+            "Fn::GetAtt"
+        ][0]
+        for t in notebook_templates(synth).values()
+    }
+    return profile
+
+
+def test_run_instances_makes_only_what_the_templates_make(hub):
+    """Instance type from the catalog, IMDSv2 with hop limit 1, the notebook profile only."""
+    synth, _, _ = hub
+    synth.assertions.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "Roles": [{"Ref": role(synth, "ec2hub hub host")}],
+            "PolicyDocument": Match.object_like(
+                {
+                    "Statement": Match.array_with(
+                        [
+                            Match.object_like(
+                                {
+                                    "Sid": "RunInstancesAsTemplated",
+                                    "Effect": "Allow",
+                                    "Action": "ec2:RunInstances",
+                                    "Condition": {
+                                        "ArnLike": Match.object_like(
+                                            {"ec2:LaunchTemplate": Match.any_value()}
+                                        ),
+                                        "StringEquals": {
+                                            "ec2:InstanceType": catalog_instance_types(
+                                                synth
+                                            ),
+                                            "ec2:MetadataHttpTokens": "required",
+                                        },
+                                        "ArnEquals": {
+                                            "ec2:InstanceProfile": {
+                                                "Fn::GetAtt": [
+                                                    notebook_profile(synth),
+                                                    "Arn",
+                                                ]
+                                            }
+                                        },
+                                        "NumericLessThanEquals": {
+                                            "ec2:MetadataHttpPutResponseHopLimit": "1"
+                                        },
+                                    },
+                                }
+                            )
+                        ]
+                    )
+                }
+            ),
+        },
     )
+
+
+def test_run_instances_volumes_only_the_templates_encrypted_ones(hub):
+    synth, _, _ = hub
+    synth.assertions.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "Roles": [{"Ref": role(synth, "ec2hub hub host")}],
+            "PolicyDocument": Match.object_like(
+                {
+                    "Statement": Match.array_with(
+                        [
+                            Match.object_like(
+                                {
+                                    "Sid": "RunInstancesEncryptedTemplateVolumes",
+                                    "Action": "ec2:RunInstances",
+                                    "Condition": Match.object_like(
+                                        {
+                                            "Bool": {
+                                                "ec2:Encrypted": "true",
+                                                "ec2:IsLaunchTemplateResource": "true",
+                                            }
+                                        }
+                                    ),
+                                }
+                            )
+                        ]
+                    )
+                }
+            ),
+        },
+    )
+
+
+def test_the_templates_satisfy_the_run_instances_conditions(hub):
+    """The conditions are the templates' own settings: a launch the spawner makes passes them."""
+    synth, statements, _ = hub
+    condition = statements["RunInstancesAsTemplated"]["Condition"]
+    allowed_types = set(condition["StringEquals"]["ec2:InstanceType"])
+    for template in notebook_templates(synth).values():
+        data = template["Properties"]["LaunchTemplateData"]
+        assert data["InstanceType"] in allowed_types
+        assert (
+            data["MetadataOptions"]["HttpTokens"]
+            == condition["StringEquals"]["ec2:MetadataHttpTokens"]
+        )
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] <= int(
+            condition["NumericLessThanEquals"]["ec2:MetadataHttpPutResponseHopLimit"]
+        )
+        assert (
+            data["IamInstanceProfile"]["Arn"]
+            == condition["ArnEquals"]["ec2:InstanceProfile"]
+        )
+        assert all(m["Ebs"]["Encrypted"] is True for m in data["BlockDeviceMappings"])
 
 
 def test_image_and_security_groups_must_come_from_the_template(hub):

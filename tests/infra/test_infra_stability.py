@@ -6,7 +6,13 @@ import copy
 
 import pytest
 import yaml
-from infra_testing import REPO, notebook_templates, synth, write_catalog
+from infra_testing import (
+    REPO,
+    logical_id_by_description,
+    notebook_templates,
+    synth,
+    write_catalog,
+)
 
 import infra
 from infra.config import ConfigError
@@ -74,13 +80,25 @@ def test_editing_a_class_changes_only_its_own_template(
         assert data["InstanceType"] == "m7i.8xlarge"
     else:
         assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 250
-    # Nothing but the class's template and the settings document differs.
+    # Nothing but the class's template and the settings document differs, and for new instance
+    # types the hub policy, which allows RunInstances only with the catalog's types.
     differing = {
         k
         for k in base.template["Resources"]
         if base.template["Resources"][k] != edited.template["Resources"].get(k)
     }
-    assert differing == {changed[0], *edited.resources("AWS::SSM::Parameter")}
+    expected = {changed[0], *edited.resources("AWS::SSM::Parameter")}
+    if field == "instance_types":
+        hub_role = logical_id_by_description(
+            edited, "AWS::IAM::Role", "ec2hub hub host"
+        )
+        (hub_policy,) = [
+            k
+            for k, v in edited.resources("AWS::IAM::Policy").items()
+            if {"Ref": hub_role} in v["Properties"]["Roles"]
+        ]
+        expected.add(hub_policy)
+    assert differing == expected
 
 
 def test_many_classes_keep_the_hub_policy_inline_and_the_settings_in_one_parameter(
