@@ -45,8 +45,11 @@ test: deps
 lint: deps
 	$(PY) -m ruff check .
 
+# An offline look at the template needs the two required values; a deploy names its own.
+SYNTH_CONTEXT ?= -c admin_user=admin -c allow_http=true
+
 synth: deps
-	cdk synth --quiet
+	cdk synth --quiet $(SYNTH_CONTEXT)
 
 local: deps
 	$(PY) -m sandbox up

@@ -31,6 +31,7 @@ CONTEXT_KEYS = (
     "nat_gateways",
     "vpc_endpoints",
     "certificate_arn",
+    "allow_http",
     "domain_name",
     "admin_user",
     "hub_instance_type",
@@ -64,6 +65,7 @@ class HubConfig:
     nat_gateways: int = 1
     vpc_endpoints: bool = False
     certificate_arn: str | None = None
+    allow_http: bool = False
     domain_name: str | None = None
     admin_user: str | None = None
     hub_instance_type: str = DEFAULT_HUB_INSTANCE_TYPE
@@ -134,7 +136,11 @@ def _int(context: dict[str, Any], key: str, default: int, low: int, high: int) -
 
 
 def config_from_context(context: dict[str, Any]) -> HubConfig:
-    """Parse and check the context values this app understands; defaults for the rest."""
+    """Parse and check the context values this app understands; defaults for the rest.
+
+    ``admin_user`` is required, and so is ``certificate_arn`` unless ``allow_http`` is true: the
+    hub takes passwords, so plain HTTP must be asked for by name.
+    """
     cidr = _text(context, "allowed_ingress_cidr") or "0.0.0.0/0"
     try:
         # The load balancer is IPv4 (the VPC has no IPv6 block).
@@ -151,7 +157,7 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
             f"context hub_instance_type: {hub_type!r} is not an EC2 instance type"
         )
     catalog = _text(context, "catalog")
-    return HubConfig(
+    config = HubConfig(
         hub_id=_checked(
             context, "hub_id", _HUB_ID, "a stack name ([A-Za-z][A-Za-z0-9-]*)"
         )
@@ -169,4 +175,17 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         admin_user=_checked(context, "admin_user", _ADMIN_USER, "a plain user name"),
         hub_instance_type=hub_type,
         allowed_ingress_cidr=cidr,
+        allow_http=_bool(context, "allow_http", False),
     )
+    # Checked after every value parsed, so a malformed value is reported as such first.
+    if config.admin_user is None:
+        raise ConfigError(
+            "context admin_user: required: the user name of the hub's first admin "
+            "(-c admin_user=<name>)"
+        )
+    if not config.https and not config.allow_http:
+        raise ConfigError(
+            "context certificate_arn: required: an ACM certificate ARN for HTTPS "
+            "(-c certificate_arn=arn:aws:acm:...), or -c allow_http=true to serve plain HTTP"
+        )
+    return config

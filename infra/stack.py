@@ -118,7 +118,7 @@ class Ec2HubStack(Stack):
             },
             secret_prefix=config.secret_prefix,
             efs_id=self.storage.file_system.file_system_id,
-            admin_users=[config.admin_user] if config.admin_user else [],
+            admin_users=[config.admin_user],
         )
         self.settings = SettingsParameter(
             self,
@@ -153,7 +153,7 @@ class Ec2HubStack(Stack):
         if not config.https:
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",
-                "No certificate_arn given: the hub is served over plain HTTP, so passwords and "
-                "tokens cross the internet unencrypted. Pass -c certificate_arn=arn:aws:acm:... "
-                "(and -c domain_name=...) for HTTPS.",
+                "allow_http is set and no certificate_arn given: the hub is served over plain "
+                "HTTP, so passwords and tokens cross the network unencrypted. Pass "
+                "-c certificate_arn=arn:aws:acm:... (and -c domain_name=...) for HTTPS.",
             )

@@ -193,7 +193,7 @@ class Sandbox:
         env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
         env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
         cdk = REPO / "node_modules" / ".bin" / "cdk"
-        cmd = [str(cdk), "synth", "--quiet", "-o", str(out), "-c", f"admin_user={ADMIN_USER}",
+        cmd = [str(cdk), "synth", "--quiet", "-o", str(out), "-c", f"admin_user={ADMIN_USER}", "-c", "allow_http=true",
                "-c", f"account={ACCOUNT}", "-c", f"region={REGION}"]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:

@@ -8,7 +8,7 @@ from infra_testing import FULL_CATALOG, FULL_CONTEXT, Synth, synth, write_catalo
 
 @pytest.fixture(scope="session")
 def default_synth(tmp_path_factory) -> Synth:
-    """The repo as it is: instance-classes.yaml and cdk.json's defaults (plain HTTP, no endpoints)."""
+    """The repo as it is: instance-classes.yaml, cdk.json's defaults, an admin and allow_http."""
     return synth(tmp_path_factory, {})
 
 

@@ -93,7 +93,20 @@ class Synth:
         return report
 
 
+# What every synth must be told: the admin, and HTTPS or an explicit refusal of it.
+REQUIRED_CONTEXT = {"admin_user": "admin", "allow_http": True}
+
+
+def required_context(context: dict[str, Any]) -> dict[str, Any]:
+    """``context`` with the required values it lacks (plain HTTP only where no certificate)."""
+    base = {"admin_user": REQUIRED_CONTEXT["admin_user"]}
+    if "certificate_arn" not in context:
+        base["allow_http"] = REQUIRED_CONTEXT["allow_http"]
+    return {**base, **context}
+
+
 def synth(tmp_path_factory: pytest.TempPathFactory, context: dict[str, Any]) -> Synth:
+    context = required_context(context)
     outdir = tmp_path_factory.mktemp("cdk.out")
     app = infra.build_app(context, outdir=outdir)
     (stack,) = app.synth().stacks

@@ -148,7 +148,7 @@ def cdk_synth(outdir, *args):
 
 def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
     outdir = tmp_path / "cdk.out"
-    result = cdk_synth(outdir)
+    result = cdk_synth(outdir, "-c", "admin_user=admin", "-c", "allow_http=true")
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "ec2hub.template.json").read_text())
     assert any(
@@ -166,7 +166,15 @@ def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
 def test_cli_context_values_reach_the_stack(tmp_path):
     outdir = tmp_path / "cdk.out"
     result = cdk_synth(
-        outdir, "-c", "hub_id=lab", "-c", "nat_gateways=2", "-c", "admin_user=alice"
+        outdir,
+        "-c",
+        "hub_id=lab",
+        "-c",
+        "nat_gateways=2",
+        "-c",
+        "admin_user=alice",
+        "-c",
+        "allow_http=true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "lab.template.json").read_text())
@@ -176,3 +184,14 @@ def test_cli_context_values_reach_the_stack(tmp_path):
         r for r in template["Resources"].values() if r["Type"] == "AWS::SSM::Parameter"
     ]
     assert parameter["Properties"]["Name"] == "/ec2hub/lab/settings"
+
+
+def test_cdk_synth_without_certificate_is_one_line_naming_the_context_value(tmp_path):
+    result = cdk_synth(tmp_path / "cdk.out", "-c", "admin_user=alice")
+    assert result.returncode != 0
+    assert (
+        "error: context certificate_arn: required: an ACM certificate ARN for HTTPS "
+        "(-c certificate_arn=arn:aws:acm:...), or -c allow_http=true to serve plain HTTP\n"
+    ) in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "cdk.out" / "ec2hub.template.json").exists()

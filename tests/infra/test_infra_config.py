@@ -6,14 +6,20 @@ import gzip
 import random
 
 import pytest
-from infra_testing import ingress_rules, logical_id_by_description, synth
+from infra_testing import (
+    CERT,
+    REQUIRED_CONTEXT,
+    ingress_rules,
+    logical_id_by_description,
+    synth,
+)
 
 from infra.config import ConfigError, config_from_context
 from infra.userdata import MAX_USER_DATA_BYTES, load_user_data
 
 
 def test_defaults():
-    config = config_from_context({})
+    config = config_from_context(REQUIRED_CONTEXT)
     assert (config.hub_id, config.account, config.region) == (
         "ec2hub",
         "111111111111",
@@ -30,7 +36,13 @@ def test_defaults():
 
 def test_command_line_strings_are_parsed():
     config = config_from_context(
-        {"nat_gateways": "2", "vpc_endpoints": "true", "hub_id": "lab-2"}
+        {
+            "nat_gateways": "2",
+            "vpc_endpoints": "true",
+            "hub_id": "lab-2",
+            "admin_user": "alice",
+            "allow_http": "true",
+        }
     )
     assert (config.nat_gateways, config.vpc_endpoints, config.secret_prefix) == (
         2,
@@ -84,6 +96,49 @@ def test_bad_context_value_names_the_key(key, value, message):
         config_from_context({key: value})
     assert str(raised.value).startswith(message)
     assert "\n" not in str(raised.value)
+
+
+NO_ADMIN = (
+    "context admin_user: required: the user name of the hub's first admin "
+    "(-c admin_user=<name>)"
+)
+NO_CERTIFICATE = (
+    "context certificate_arn: required: an ACM certificate ARN for HTTPS "
+    "(-c certificate_arn=arn:aws:acm:...), or -c allow_http=true to serve plain HTTP"
+)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        (
+            {"allow_http": True},
+            NO_ADMIN,
+        ),
+        (
+            {"admin_user": "alice"},
+            NO_CERTIFICATE,
+        ),
+        (
+            {"admin_user": "alice", "allow_http": "false"},
+            NO_CERTIFICATE,
+        ),
+    ],
+)
+def test_missing_required_value_is_one_line_naming_the_key(context, message):
+    with pytest.raises(ConfigError) as raised:
+        config_from_context(context)
+    assert str(raised.value) == message
+
+
+def test_https_needs_no_allow_http():
+    config = config_from_context({"admin_user": "alice", "certificate_arn": CERT})
+    assert config.https and not config.allow_http
+
+
+def test_plain_http_only_when_asked():
+    config = config_from_context({"admin_user": "alice", "allow_http": "true"})
+    assert not config.https and config.allow_http
 
 
 def test_user_data_within_the_limit_is_sent_verbatim(tmp_path):

@@ -66,8 +66,8 @@ def test_hub_tags_name_its_settings_asset_and_admin(full_synth, default_synth):
     ]
     assert asset_dirs and (asset_dirs[0] / "ec2spawner" / "catalog.py").exists()
     assert asset.rsplit("/", 1)[1] == asset_dirs[0].name.removeprefix("asset.") + ".zip"
-    default_tags = {t["Key"] for t in hub_instance(default_synth)["Tags"]}
-    assert "ec2hub:admin-user" not in default_tags
+    default_tags = {t["Key"]: t["Value"] for t in hub_instance(default_synth)["Tags"]}
+    assert default_tags["ec2hub:admin-user"] == "admin"
 
 
 def test_settings_parameter_exists_before_the_hub_boots(any_synth):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from infra_testing import REQUIRED_CONTEXT
 
 import infra
 
@@ -50,7 +51,7 @@ def test_every_acknowledgment_is_used(any_synth):
 
 def test_an_unacknowledged_finding_fails_synth(monkeypatch, tmp_path):
     monkeypatch.setattr(infra, "acknowledge_findings", lambda stack: None)
-    app = infra.build_app({}, outdir=tmp_path)
+    app = infra.build_app(REQUIRED_CONTEXT, outdir=tmp_path)
     with pytest.raises(RuntimeError, match="ValidationFailed"):
         app.synth()
     report = json.loads((tmp_path / "validation-report.json").read_text())

@@ -10,6 +10,7 @@ from infra_testing import (
     REPO,
     logical_id_by_description,
     notebook_templates,
+    required_context,
     synth,
     write_catalog,
 )
@@ -140,4 +141,4 @@ def test_settings_too_big_for_ssm_is_a_one_line_error(tmp_path):
         ConfigError,
         match=r"^the hub settings would be about \d+ bytes, but an SSM parameter",
     ):
-        infra.build_app({"catalog": str(path)})
+        infra.build_app(required_context({"catalog": str(path)}))
