@@ -16,7 +16,7 @@ from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .settings import SettingsParameter, settings_document
-from .storage import Storage
+from .storage import Storage, file_system_statements
 
 
 class Ec2HubStack(Stack):
@@ -90,6 +90,10 @@ class Ec2HubStack(Stack):
             self.storage.file_system.connections.allow_default_port_from(
                 peer, f"NFS from {who}"
             )
+
+        # --- who may mount the homes -----------------------------------------------------------
+        for statement in file_system_statements(notebook_role=self.notebooks.role):
+            self.storage.file_system.add_to_resource_policy(statement)
 
         # --- the hub role ----------------------------------------------------------------------
         notebook_subnets = vpc.select_subnets(subnet_group_name=PRIVATE_SUBNETS).subnets

@@ -1,6 +1,7 @@
 """Users' home directories: one encrypted EFS file system, mounted by every notebook at /mnt/efs.
 
-Who may reach it (NFS from the notebook and hub security groups) is wired in the Stack.
+Who may reach it (NFS from the notebook and hub security groups) and who may mount it (the file
+system policy, :func:`file_system_statements`) are wired in the Stack.
 """
 
 from __future__ import annotations
@@ -8,7 +9,59 @@ from __future__ import annotations
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_efs as efs
+from aws_cdk import aws_iam as iam
 from constructs import Construct
+
+CLIENT_MOUNT = "elasticfilesystem:ClientMount"
+CLIENT_WRITE = "elasticfilesystem:ClientWrite"
+CLIENT_ROOT_ACCESS = "elasticfilesystem:ClientRootAccess"
+
+
+def file_system_statements(*, notebook_role: iam.IRole) -> list[iam.PolicyStatement]:
+    """The file system policy: TLS and IAM always, notebooks only through an access point, no root.
+
+    With a file system policy in place EFS allows a client only what the policy (or the client's
+    identity policy) allows (EFS user guide, "Using IAM to control file system data access"), so
+    an anonymous client, one that mounts without the mount helper's ``iam`` option, gets nothing:
+    no statement allows ``*``. Over plain NFS (no ``tls``) everything is denied.
+
+    No role gets ``ClientRootAccess``: an access point enforces its own POSIX user and root
+    directory (and creates that directory with its owner), so neither the notebooks nor the hub
+    need root on the file system; root on the whole tree is what let any notebook read every home.
+
+    What IAM cannot express: binding one instance to one user's access point. EFS identifies an NFS
+    client by its IAM role (EFS user guide, "Using access points in IAM policies"), and every
+    notebook shares the notebook role; ``elasticfilesystem:AccessPointArn`` can only be compared
+    with fixed ARNs, and access point ids are generated, so no policy variable of the instance can
+    name its own. A notebook may therefore mount any access point of this file system whose id it
+    knows; the role cannot list access points (no ``elasticfilesystem:Describe*``) or other
+    instances' tags, so the id the spawner gives an instance is the only one it learns.
+    """
+    return [
+        iam.PolicyStatement(
+            sid="DenyWithoutTls",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["*"],
+            conditions={"Bool": {"aws:SecureTransport": "false"}},
+        ),
+        iam.PolicyStatement(
+            sid="DenyRootAccess",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=[CLIENT_ROOT_ACCESS],
+        ),
+        iam.PolicyStatement(
+            sid="NotebooksThroughAccessPoints",
+            principals=[iam.ArnPrincipal(notebook_role.role_arn)],
+            actions=[CLIENT_MOUNT, CLIENT_WRITE],
+            conditions={
+                "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
+                # The mount must name an access point (uid/gid and root directory enforced).
+                "Null": {"elasticfilesystem:AccessPointArn": "false"},
+            },
+        ),
+    ]
 
 
 class Storage(Construct):
