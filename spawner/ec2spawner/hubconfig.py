@@ -20,6 +20,14 @@ from .settings import AuthSettings, HubSettings
 
 IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
+# Native sign-in on a public hub: passwords of at least 12 characters and not on NativeAuthenticator's
+# list of 10,000 common ones; after 5 failed logins a name waits 60 s, doubling with each further
+# failure up to an hour (ec2spawner.nativeauth).
+MINIMUM_PASSWORD_LENGTH = 12
+ALLOWED_FAILED_LOGINS = 5
+LOCKOUT_SECONDS = 60
+LOCKOUT_MAX_SECONDS = 3600
+
 
 def apply_settings(
     c: Config,
@@ -28,6 +36,7 @@ def apply_settings(
     hub_connect_ip: str,
     hub_ip: str = "0.0.0.0",
     oauth_client_secret: str | None = None,
+    admin_password_file: str | None = None,
     allow_named_servers: bool = True,
     python: str = sys.executable,
 ) -> Config:
@@ -35,7 +44,9 @@ def apply_settings(
 
     ``hub_connect_ip`` is the hub host's private IP (notebooks call the hub API there).
     ``oauth_client_secret`` is read by the caller from ``settings.auth.oauth_client_secret_parameter``
-    (SSM SecureString), so no AWS call happens here. ``python`` runs the idle culler.
+    (SSM SecureString), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
+    holds the first admin's password, from which the hub creates that account at start; nobody can
+    sign up under an admin's name. ``python`` runs the idle culler.
     """
     c.JupyterHub.spawner_class = "ec2"
     c.JupyterHub.hub_ip = hub_ip
@@ -54,7 +65,7 @@ def apply_settings(
     c.EC2Spawner.efs_id = settings.efs_id
     c.EC2Spawner.notebook_port = settings.notebook_port
 
-    _apply_auth(c, settings.auth, oauth_client_secret)
+    _apply_auth(c, settings.auth, oauth_client_secret, admin_password_file)
 
     c.JupyterHub.services = [
         {
@@ -78,13 +89,22 @@ def apply_settings(
     return c
 
 
-def _apply_auth(c: Config, auth: AuthSettings, client_secret: str | None) -> None:
+def _apply_auth(
+    c: Config, auth: AuthSettings, client_secret: str | None, admin_password_file: str | None
+) -> None:
     c.Authenticator.admin_users = set(auth.admin_users)
     if auth.type == "native":
         c.JupyterHub.authenticator_class = "ec2spawner.nativeauth.NativeAuthenticator"
         # Anyone may sign up; an admin must authorize the account before it can log in.
         c.NativeAuthenticator.enable_signup = True
         c.NativeAuthenticator.open_signup = False
+        c.NativeAuthenticator.minimum_password_length = MINIMUM_PASSWORD_LENGTH
+        c.NativeAuthenticator.check_common_password = True
+        c.NativeAuthenticator.allowed_failed_logins = ALLOWED_FAILED_LOGINS
+        c.NativeAuthenticator.seconds_before_next_try = LOCKOUT_SECONDS
+        c.NativeAuthenticator.lockout_max_seconds = LOCKOUT_MAX_SECONDS
+        if admin_password_file is not None:
+            c.NativeAuthenticator.admin_password_file = admin_password_file
         # NativeAuthenticator refuses unauthorized accounts itself, so JupyterHub's own allow
         # list must let every authenticated (= authorized) user through.
         c.Authenticator.allow_all = True

@@ -51,8 +51,19 @@ def test_native_auth_with_admin_approval():
     expected.JupyterHub.authenticator_class = "ec2spawner.nativeauth.NativeAuthenticator"
     expected.NativeAuthenticator.enable_signup = True
     expected.NativeAuthenticator.open_signup = False
+    expected.NativeAuthenticator.minimum_password_length = 12
+    expected.NativeAuthenticator.check_common_password = True
+    expected.NativeAuthenticator.allowed_failed_logins = 5
+    expected.NativeAuthenticator.seconds_before_next_try = 60
+    expected.NativeAuthenticator.lockout_max_seconds = 3600
     expected.Authenticator.allow_all = True
     assert c == expected
+
+
+def test_native_auth_creates_the_admin_from_a_password_file():
+    c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py",
+                       admin_password_file="/var/lib/ec2hub/admin_password")
+    assert c.NativeAuthenticator.admin_password_file == "/var/lib/ec2hub/admin_password"
 
 
 def test_github_oauth():
