@@ -18,6 +18,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
+from ec2spawner.hubconfig import LOAD_BALANCER_IDLE_TIMEOUT_S
 from ec2spawner.requests import TAG_CLASS, TAG_HUB
 
 from .config import REPO_ROOT
@@ -161,7 +162,8 @@ class Hub(Construct):
             security_group=self.alb_security_group,
             drop_invalid_header_fields=True,
             # Notebook websockets can sit idle between kernel messages; 60 s (the default) cuts them.
-            idle_timeout=Duration.minutes(10),
+            # The proxy keeps connections open longer than this (ec2spawner.hubconfig).
+            idle_timeout=Duration.seconds(LOAD_BALANCER_IDLE_TIMEOUT_S),
         )
         self.load_balancer.log_access_logs(self.log_bucket, prefix="alb")
 

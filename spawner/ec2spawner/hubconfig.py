@@ -23,6 +23,14 @@ IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "dele
 # Native sign-in on a public hub: passwords of at least 12 characters and not on NativeAuthenticator's
 # list of 10,000 common ones; after 5 failed logins a name waits 60 s, doubling with each further
 # failure up to an hour (ec2spawner.nativeauth).
+# The load balancer in front of the proxy drops a connection idle this long (infra/hub.py sets it).
+# The proxy must keep idle client connections open longer: if it closed first, the load balancer
+# could send a request on a connection the proxy is just closing and answer 502 (ELB user guide,
+# "Connection idle timeout": the target's keep-alive timeout should exceed the load balancer's).
+# configurable-http-proxy closes them after 5 s unless told otherwise.
+LOAD_BALANCER_IDLE_TIMEOUT_S = 600
+PROXY_KEEP_ALIVE_TIMEOUT_S = LOAD_BALANCER_IDLE_TIMEOUT_S + 60
+
 MINIMUM_PASSWORD_LENGTH = 12
 ALLOWED_FAILED_LOGINS = 5
 LOCKOUT_SECONDS = 60
@@ -39,6 +47,7 @@ def apply_settings(
     admin_password_file: str | None = None,
     allow_named_servers: bool = True,
     python: str = sys.executable,
+    proxy_command: str = "configurable-http-proxy",
 ) -> Config:
     """Set the hub, spawner, authenticator and idle-culler config from ``settings``; return ``c``.
 
@@ -46,13 +55,15 @@ def apply_settings(
     ``oauth_client_secret`` is read by the caller from ``settings.auth.oauth_client_secret_parameter``
     (SSM SecureString), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
-    sign up under an admin's name. ``python`` runs the idle culler.
+    sign up under an admin's name. ``python`` runs the idle culler; ``proxy_command`` is the
+    configurable-http-proxy executable (found on PATH by default).
     """
     c.JupyterHub.spawner_class = "ec2"
     c.JupyterHub.hub_ip = hub_ip
     c.JupyterHub.hub_port = settings.hub_api_port
     c.JupyterHub.hub_connect_ip = hub_connect_ip
     c.JupyterHub.port = settings.proxy_port
+    c.ConfigurableHTTPProxy.command = proxy_args(proxy_command)
     # Notebooks run on their own instances and survive a hub restart; the hub re-attaches to them.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.allow_named_servers = allow_named_servers
@@ -87,6 +98,11 @@ def apply_settings(
         }
     ]
     return c
+
+
+def proxy_args(proxy_command: str) -> list[str]:
+    """configurable-http-proxy's command line before the arguments JupyterHub adds."""
+    return [proxy_command, f"--keep-alive-timeout={PROXY_KEEP_ALIVE_TIMEOUT_S * 1000}"]
 
 
 def _apply_auth(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from aws_cdk.assertions import Match
+from ec2spawner.hubconfig import (
+    LOAD_BALANCER_IDLE_TIMEOUT_S,
+    PROXY_KEEP_ALIVE_TIMEOUT_S,
+)
 from infra_testing import CERT, REPO, user_data_script
 
 INSTANCE = "AWS::EC2::Instance"
@@ -154,3 +158,21 @@ def test_outputs_name_hub_url_and_settings_parameter(default_synth):
     assert outputs["HubUrl"]["Value"]["Fn::Join"][1][0] == "http://"
     (parameter_id,) = default_synth.resources("AWS::SSM::Parameter")
     assert outputs["SettingsParameterName"]["Value"] == {"Ref": parameter_id}
+
+
+def test_load_balancer_gives_up_on_idle_connections_before_the_proxy(any_synth):
+    """The ALB's idle timeout, from the constant the hub config sets the proxy's keep-alive from."""
+    any_synth.assertions.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::LoadBalancer",
+        {
+            "LoadBalancerAttributes": Match.array_with(
+                [
+                    {
+                        "Key": "idle_timeout.timeout_seconds",
+                        "Value": str(LOAD_BALANCER_IDLE_TIMEOUT_S),
+                    }
+                ]
+            )
+        },
+    )
+    assert PROXY_KEEP_ALIVE_TIMEOUT_S > LOAD_BALANCER_IDLE_TIMEOUT_S

@@ -24,6 +24,7 @@ def expected_common() -> Config:
     c.JupyterHub.hub_port = 8081
     c.JupyterHub.hub_connect_ip = "10.0.0.5"
     c.JupyterHub.port = 8000
+    c.ConfigurableHTTPProxy.command = ["configurable-http-proxy", "--keep-alive-timeout=660000"]
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.allow_named_servers = True
     c.EC2Spawner.region = "eu-west-1"
