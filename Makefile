@@ -32,12 +32,19 @@ $(STAMP)/python: requirements.txt requirements-dev.txt spawner/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e spawner
 	@mkdir -p $(STAMP) && touch $@
 
+# checkov pins its own boto3 (conflicting with ours): it lives in a venv of its own.
+CHECKOV_VENV := .cache/checkov
+$(STAMP)/checkov: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	@mkdir -p $(STAMP) && touch $@
+
 $(STAMP)/node: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@node --version | grep -q '^v22\.' || { echo "node_modules/.bin/node is not Node 22"; exit 1; }
 	@mkdir -p $(STAMP) && touch $@
 
-deps: $(STAMP)/system $(STAMP)/python $(STAMP)/node
+deps: $(STAMP)/system $(STAMP)/python $(STAMP)/checkov $(STAMP)/node
 
 test: deps
 	$(PY) -m pytest

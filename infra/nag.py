@@ -1,8 +1,16 @@
-"""cdk-nag (AwsSolutions) over the whole app, and every finding this stack acknowledges, with why.
+"""Every finding of the three security linters this stack accepts, each with why: the one place.
 
-cdk-nag 3.x is a CDK validation plugin: an unacknowledged finding makes ``app.synth()`` fail and
-writes ``validation-report.json`` into the cloud assembly. Each acknowledgment below is attached to
-the one construct it concerns and names one finding (``Rule[finding]``), never a whole rule.
+- **cdk-nag** (AwsSolutions) runs at synth over the whole app. cdk-nag 3.x is a CDK validation
+  plugin: an unacknowledged finding makes ``app.synth()`` fail and writes ``validation-report.json``
+  into the cloud assembly. Each acknowledgment is attached to the one construct it concerns and
+  names one finding (``Rule[finding]``), never a whole rule.
+- **checkov** runs over the synthesized template (tests/infra/test_infra_linters.py). Its
+  acknowledgments go into the template as the resource's ``Metadata.checkov.skip`` (checkov's own
+  suppression format), so a checkov run by anyone on ``cdk.out`` reports them as skipped, with
+  the reason, and nothing as failed.
+- **parliament** lints every identity policy of the template (the same test). It has no
+  suppression of its own: :data:`PARLIAMENT_ACKNOWLEDGED` lists each accepted finding by the
+  policy's construct path and the finding's issue.
 
 cdk-nag does not check launch templates that no Instance or Auto Scaling group uses, so the
 notebook templates' encryption, IMDSv2 and public-IP settings are asserted in tests/infra instead.
@@ -12,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aws_cdk import Acknowledgment, App, Validations
+from aws_cdk import Acknowledgment, App, CfnResource, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
@@ -34,6 +42,46 @@ def acknowledge(scope: IConstruct, finding: str, reason: str) -> None:
     Validations.of(scope).acknowledge(
         Acknowledgment(id=f"AwsSolutions::AwsSolutions-{finding}", reason=reason)
     )
+
+
+SESSION_MANAGER_WRITES = (
+    "The Session Manager agent's calls (ssm:UpdateInstanceInformation, ssmmessages:*Channel) "
+    "support no resource-level permissions (Resource must be *); Session Manager is the only shell "
+    "access (no SSH keys). Every other write of this policy names its resources."
+)
+
+# parliament findings accepted, by (construct path of the policy in the stack, issue).
+PARLIAMENT_ACKNOWLEDGED: dict[tuple[str, str], str] = {
+    ("Hub/Role/DefaultPolicy", "RESOURCE_MISMATCH"): (
+        "parliament expects every statement that allows ec2:RunInstances to name all the resource "
+        "types RunInstances needs; the policy splits them into one statement per resource type on "
+        "purpose, so that each type gets its own conditions (catalog instance types, IMDSv2, "
+        "encrypted template volumes, notebook subnets, no public address)."
+    ),
+    ("Hub/Role/DefaultPolicy", "PRIVILEGE_ESCALATION"): (
+        "iam:PassRole with ec2:RunInstances is what a spawner does: it may pass only the notebook "
+        "role, only to EC2, and launch only from this stack's templates with the notebook instance "
+        "profile (ec2:InstanceProfile), so it cannot give an instance any other role."
+    ),
+    ("Hub/Role/DefaultPolicy", "PERMISSIONS_MANAGEMENT_ACTIONS"): (
+        "The one permissions-management action is iam:PassRole, on the notebook role's exact ARN "
+        "with iam:PassedToService = ec2.amazonaws.com; notebook instances need their role."
+    ),
+    ("Notebooks/Role/DefaultPolicy", "UNKNOWN_CONDITION_FOR_ACTION"): (
+        "ssm:resourceTag/<key> is SSM's documented tag condition for GetParameter (Systems Manager "
+        "user guide, 'Restricting access to parameters using tags'); parliament's action table "
+        "lists only aws:ResourceTag for it. It limits each instance to its own secret."
+    ),
+}
+
+
+def acknowledge_checkov(scope: IConstruct, check: str, reason: str) -> None:
+    """Skip one checkov check on the CloudFormation resource of ``scope``, with the reason."""
+    resource = scope if isinstance(scope, CfnResource) else scope.node.default_child
+    assert isinstance(resource, CfnResource), scope.node.path
+    skips = list((resource.get_metadata("checkov") or {}).get("skip", []))
+    skips.append({"id": check, "comment": reason})
+    resource.add_metadata("checkov", {"skip": skips})
 
 
 def acknowledge_findings(stack: Ec2HubStack) -> None:
@@ -151,3 +199,49 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "The CDK AwsCustomResource Lambda that sets each launch template's default version "
             "writes its own CloudWatch logs; its EC2 permission is ModifyLaunchTemplate on this stack's templates only.",
         )
+        lambda_function = provider.node.find_child("Resource")
+        for check, reason in {
+            "CKV_AWS_115": "CDK's AwsCustomResource Lambda runs only when CloudFormation calls it "
+            "(once per launch template change); a concurrency limit would only fail a deploy.",
+            "CKV_AWS_116": "CloudFormation invokes the AwsCustomResource Lambda synchronously and "
+            "reports a failure on the stack itself; a dead-letter queue would never receive anything.",
+            "CKV_AWS_117": "The AwsCustomResource Lambda calls only the EC2 API "
+            "(ModifyLaunchTemplate); in the VPC it would need a NAT or an endpoint for nothing.",
+        }.items():
+            acknowledge_checkov(lambda_function, check, reason)
+
+    # --- checkov -------------------------------------------------------------------------------
+    for policy in (notebook_role, hub_role):
+        acknowledge_checkov(
+            policy.node.find_child("DefaultPolicy"),
+            "CKV_AWS_111",
+            SESSION_MANAGER_WRITES,
+        )
+    acknowledge_checkov(
+        stack.hub.log_bucket,
+        "CKV_AWS_18",
+        "This bucket receives the load balancer's access logs; logging its own access would need "
+        "another bucket whose logs go nowhere (as cdk-nag S1 above).",
+    )
+    acknowledge_checkov(
+        stack.hub.log_bucket,
+        "CKV_AWS_21",
+        "Access-log objects are written once by the load balancer and expire after 365 days; "
+        "versions would only keep expired logs. Nothing but the ELB log service may write here.",
+    )
+    if stack.config.allowed_ingress_cidr == "0.0.0.0/0":
+        acknowledge_checkov(
+            stack.hub.alb_security_group,
+            "CKV_AWS_260",
+            "Port 80 is open to the world because the hub is: with HTTPS it only redirects to 443; "
+            "without, the operator asked for plain HTTP (allow_http). allowed_ingress_cidr narrows it.",
+        )
+    if not stack.config.https:
+        listener = stack.hub.load_balancer.node.find_child("Http")
+        for check in ("CKV_AWS_2", "CKV_AWS_103"):
+            acknowledge_checkov(
+                listener,
+                check,
+                "Plain HTTP only because the deployment set allow_http (synth refuses it "
+                "otherwise); with certificate_arn the listener is HTTPS with a TLS 1.2+ policy.",
+            )

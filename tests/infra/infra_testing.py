@@ -199,3 +199,41 @@ def user_data_script(encoded: str) -> bytes:
         assert len(payload) <= 16 * 1024
         return gzip.decompress(payload)
     return payload
+
+
+# ARNs of the stack's resources as GetAtt would give them, for linters that need plain strings.
+_ARN_FORMATS = {
+    "AWS::IAM::Role": "arn:aws:iam::{account}:role/{id}",
+    "AWS::IAM::InstanceProfile": "arn:aws:iam::{account}:instance-profile/{id}",
+    "AWS::S3::Bucket": "arn:aws:s3:::{id}",
+    "AWS::KMS::Key": "arn:aws:kms:{region}:{account}:key/{id}",
+    "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{id}:*",
+}
+
+
+def resolve_intrinsics(value: Any, template: dict[str, Any]) -> Any:
+    """``value`` with Fn::Join, Ref and GetAtt ... Arn replaced by plausible literal strings."""
+    if isinstance(value, list):
+        return [resolve_intrinsics(v, template) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(resolve_intrinsics(p, template) for p in parts)
+    if "Ref" in value:
+        pseudo = {
+            "AWS::Partition": "aws",
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+        return pseudo.get(value["Ref"], value["Ref"].lower())
+    if "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        resource_type = template["Resources"][logical_id]["Type"]
+        if attribute == "Arn":
+            return _ARN_FORMATS[resource_type].format(
+                account=ACCOUNT, region=REGION, id=logical_id.lower()
+            )
+        return logical_id.lower()
+    return {k: resolve_intrinsics(v, template) for k, v in value.items()}
