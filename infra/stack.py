@@ -6,11 +6,13 @@ connect is in view.
 
 from __future__ import annotations
 
-from aws_cdk import Annotations, CfnOutput, Environment, Stack
+from aws_cdk import Annotations, ArnFormat, CfnOutput, Environment, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 from ec2spawner.catalog import Catalog
 
+from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
@@ -111,6 +113,30 @@ class Ec2HubStack(Stack):
         ):
             self.hub.role.add_to_principal_policy(statement)
 
+        # --- the first admin: a generated password only the hub may read ------------------------
+        self.admin = AdminAccount(
+            self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
+        )
+        self.hub.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ReadAdminPassword",
+                actions=["secretsmanager:GetSecretValue"],
+                # Secrets Manager appends a hyphen and 6 random characters to a secret's name in
+                # its ARN (Secrets Manager user guide, "Secret ARN"): '??????' matches exactly those.
+                resources=[
+                    self.format_arn(
+                        service="secretsmanager",
+                        resource="secret",
+                        resource_name=f"{self.admin.secret_name}-??????",
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
+        Tags.of(self.hub.instance).add(
+            TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
+        )
+
         # --- settings --------------------------------------------------------------------------
         document = settings_document(
             region=self.region,
@@ -153,6 +179,16 @@ class Ec2HubStack(Stack):
             "LoadBalancerDnsName",
             value=self.hub.load_balancer.load_balancer_dns_name,
             description="Point domain_name here (CNAME or alias record)",
+        )
+        CfnOutput(
+            self,
+            "AdminPasswordCommand",
+            value=(
+                "aws secretsmanager get-secret-value --query SecretString --output text "
+                f"--region {self.region} --secret-id {self.admin.secret_name}"
+            ),
+            description=f"Prints the initial password of the admin {config.admin_user}: "
+            "sign in with it, then change it at /hub/change-password",
         )
         if not config.https:
             Annotations.of(self.hub.load_balancer).add_warning_v2(

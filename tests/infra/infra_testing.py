@@ -211,6 +211,11 @@ _ARN_FORMATS = {
 }
 
 
+_REF_IS_ARN = {
+    "AWS::SecretsManager::Secret": "arn:aws:secretsmanager:{region}:{account}:secret:{id}",
+}
+
+
 def resolve_intrinsics(value: Any, template: dict[str, Any]) -> Any:
     """``value`` with Fn::Join, Ref and GetAtt ... Arn replaced by plausible literal strings."""
     if isinstance(value, list):
@@ -227,7 +232,14 @@ def resolve_intrinsics(value: Any, template: dict[str, Any]) -> Any:
             "AWS::AccountId": ACCOUNT,
             "AWS::URLSuffix": "amazonaws.com",
         }
-        return pseudo.get(value["Ref"], value["Ref"].lower())
+        if value["Ref"] in pseudo:
+            return pseudo[value["Ref"]]
+        resource_type = template["Resources"].get(value["Ref"], {}).get("Type")
+        if resource_type in _REF_IS_ARN:  # Ref of these gives the ARN
+            return _REF_IS_ARN[resource_type].format(
+                account=ACCOUNT, region=REGION, id=value["Ref"].lower()
+            )
+        return value["Ref"].lower()
     if "Fn::GetAtt" in value:
         logical_id, attribute = value["Fn::GetAtt"]
         resource_type = template["Resources"][logical_id]["Type"]

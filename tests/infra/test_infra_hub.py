@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk.assertions import Match
 from ec2spawner.hubconfig import (
     LOAD_BALANCER_IDLE_TIMEOUT_S,
     PROXY_KEEP_ALIVE_TIMEOUT_S,
 )
-from infra_testing import CERT, REPO, user_data_script
+from infra_testing import CERT, REPO, join_text, user_data_script
 
 INSTANCE = "AWS::EC2::Instance"
 
@@ -176,3 +178,26 @@ def test_load_balancer_gives_up_on_idle_connections_before_the_proxy(any_synth):
         },
     )
     assert PROXY_KEEP_ALIVE_TIMEOUT_S > LOAD_BALANCER_IDLE_TIMEOUT_S
+
+
+def test_admin_password_is_generated_and_named_to_the_hub(any_synth):
+    """A generated password in Secrets Manager, its name in a hub tag and the command in an output."""
+    (secret_id,) = any_synth.resources("AWS::SecretsManager::Secret")
+    any_synth.assertions.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {"GenerateSecretString": {"PasswordLength": 32, "ExcludePunctuation": True}},
+    )
+    secret = any_synth.template["Resources"][secret_id]["Properties"]
+    assert "SecretString" not in secret  # no password in the template
+    name = secret["Name"]
+    tags = {t["Key"]: t["Value"] for t in hub_instance(any_synth)["Tags"]}
+    assert tags["ec2hub:admin-password-secret"] == name
+    command = join_text(any_synth.template["Outputs"]["AdminPasswordCommand"]["Value"])
+    assert command == (
+        "aws secretsmanager get-secret-value --query SecretString --output text "
+        f"--region us-east-1 --secret-id {name}"
+    )
+    # Nothing refers to the secret resource: an emulator that cannot create it deploys the rest.
+    text = json.dumps(any_synth.template)
+    assert f'"Ref": "{secret_id}"' not in text
+    assert f'["{secret_id}",' not in text

@@ -391,3 +391,22 @@ def test_session_manager_is_the_only_unscoped_notebook_permission(any_synth):
     unscoped = [s for s in statements.values() if "*" in as_list(s["Resource"])]
     assert [s["Sid"] for s in unscoped] == ["SessionManagerAgent"]
     assert sorted(unscoped[0]["Action"]) == sorted(SESSION_MANAGER_ACTIONS)
+
+
+def test_hub_reads_only_the_admin_password_secret(hub):
+    synth, statements, hub_id = hub
+    (secret,) = synth.resources("AWS::SecretsManager::Secret").values()
+    assert secret["Properties"]["Name"] == f"ec2hub/{hub_id}/admin-password"
+    reads = [
+        s
+        for s in statements.values()
+        if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))
+    ]
+    assert [(s["Sid"], s["Effect"], s["Action"]) for s in reads] == [
+        ("ReadAdminPassword", "Allow", "secretsmanager:GetSecretValue")
+    ]
+    # The secret's ARN is its name, a hyphen and 6 random characters: exactly that one secret.
+    assert join_text(reads[0]["Resource"]) == (
+        "arn:aws:secretsmanager:us-east-1:111111111111:secret:"
+        f"ec2hub/{hub_id}/admin-password-??????"
+    )
