@@ -9,7 +9,7 @@ rotating it would not change the account's. Who may read it (the hub role) is wi
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, Fn, RemovalPolicy
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -19,13 +19,17 @@ ADMIN_PASSWORD_LENGTH = 32
 
 
 def admin_password_secret_name(hub_id: str) -> str:
-    """The secret's fixed name: the hub tag, the policy and the output use it instead of a Ref.
+    """The secret's name, ``ec2hub/<hub_id>/admin-password-<stack uuid>``, as a deploy-time token.
 
-    A name, not a Ref, so that nothing else in the template depends on the secret resource: an
-    emulator whose CloudFormation cannot create Secrets Manager secrets (moto's) still deploys the
-    rest, and the local sandbox can put a secret of this name there itself.
+    The hub tag, the policy and the outputs use the name instead of a Ref, so that nothing else in
+    the template depends on the secret resource: an emulator whose CloudFormation cannot create
+    Secrets Manager secrets (moto's) still deploys the rest, and the local sandbox can put a
+    secret of that name there itself (the ``AdminPasswordSecretName`` output). The stack's UUID
+    makes each deployment's name new: a deleted secret keeps its name for its 30-day recovery
+    window, which would otherwise block deploying the same hub id again.
     """
-    return f"ec2hub/{hub_id}/admin-password"
+    stack_uuid = Fn.select(2, Fn.split("/", Aws.STACK_ID))
+    return f"ec2hub/{hub_id}/admin-password-{stack_uuid}"
 
 
 class AdminAccount(Construct):

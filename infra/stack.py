@@ -182,6 +182,12 @@ class Ec2HubStack(Stack):
         )
         CfnOutput(
             self,
+            "AdminPasswordSecretName",
+            value=self.admin.secret_name,
+            description="Secrets Manager secret with the admin's initial password",
+        )
+        CfnOutput(
+            self,
             "AdminPasswordCommand",
             value=(
                 "aws secretsmanager get-secret-value --query SecretString --output text "

@@ -176,6 +176,10 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+# The UUID part of the stack id, as infra.admin spells it.
+STACK_UUID = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+
+
 def join_text(value: Any) -> str:
     """Render an ``Fn::Join`` of literals and pseudo-parameters as text, for ARN comparisons."""
     if isinstance(value, str):
@@ -189,6 +193,8 @@ def join_text(value: Any) -> str:
         return "{" + value["Ref"] + "}"
     if "Fn::GetAtt" in value:
         return "{" + ".".join(value["Fn::GetAtt"]) + "}"
+    if value == STACK_UUID:
+        return "{stack-uuid}"
     raise AssertionError(f"cannot render {value!r}")
 
 
@@ -240,6 +246,8 @@ def resolve_intrinsics(value: Any, template: dict[str, Any]) -> Any:
                 account=ACCOUNT, region=REGION, id=value["Ref"].lower()
             )
         return value["Ref"].lower()
+    if value == STACK_UUID:
+        return "0f1e2d3c-aaaa-bbbb-cccc-000000000000"
     if "Fn::GetAtt" in value:
         logical_id, attribute = value["Fn::GetAtt"]
         resource_type = template["Resources"][logical_id]["Type"]

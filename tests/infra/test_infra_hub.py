@@ -189,10 +189,14 @@ def test_admin_password_is_generated_and_named_to_the_hub(any_synth):
     )
     secret = any_synth.template["Resources"][secret_id]["Properties"]
     assert "SecretString" not in secret  # no password in the template
-    name = secret["Name"]
+    name = join_text(secret["Name"])
+    hub_id = any_synth.context.get("hub_id", "ec2hub")
+    assert name == f"ec2hub/{hub_id}/admin-password-{{stack-uuid}}"
     tags = {t["Key"]: t["Value"] for t in hub_instance(any_synth)["Tags"]}
-    assert tags["ec2hub:admin-password-secret"] == name
-    command = join_text(any_synth.template["Outputs"]["AdminPasswordCommand"]["Value"])
+    assert join_text(tags["ec2hub:admin-password-secret"]) == name
+    outputs = any_synth.template["Outputs"]
+    assert join_text(outputs["AdminPasswordSecretName"]["Value"]) == name
+    command = join_text(outputs["AdminPasswordCommand"]["Value"])
     assert command == (
         "aws secretsmanager get-secret-value --query SecretString --output text "
         f"--region us-east-1 --secret-id {name}"

@@ -396,7 +396,8 @@ def test_session_manager_is_the_only_unscoped_notebook_permission(any_synth):
 def test_hub_reads_only_the_admin_password_secret(hub):
     synth, statements, hub_id = hub
     (secret,) = synth.resources("AWS::SecretsManager::Secret").values()
-    assert secret["Properties"]["Name"] == f"ec2hub/{hub_id}/admin-password"
+    name = f"ec2hub/{hub_id}/admin-password-{{stack-uuid}}"
+    assert join_text(secret["Properties"]["Name"]) == name
     reads = [
         s
         for s in statements.values()
@@ -407,6 +408,5 @@ def test_hub_reads_only_the_admin_password_secret(hub):
     ]
     # The secret's ARN is its name, a hyphen and 6 random characters: exactly that one secret.
     assert join_text(reads[0]["Resource"]) == (
-        "arn:aws:secretsmanager:us-east-1:111111111111:secret:"
-        f"ec2hub/{hub_id}/admin-password-??????"
+        f"arn:aws:secretsmanager:us-east-1:111111111111:secret:{name}-??????"
     )
