@@ -63,7 +63,11 @@ class LoginHandler(_NativeLoginHandler):
         username = data.get("username", "")
         error = "Invalid username or password."
         info = self.authenticator.get_user(username)
-        if info is not None and info.is_valid_password(data.get("password", "")) and not info.is_authorized:
+        # Saying "not authorized yet" tells that the password was right: never while the name is
+        # locked out, or the lockout would not slow down guessing a pending account's password.
+        name = self.authenticator.normalize_username(username)
+        if (info is not None and not info.is_authorized and not self.authenticator.is_blocked(name)
+                and info.is_valid_password(data.get("password", ""))):
             error = f"User {username} has not been authorized by an administrator yet."
         self.set_status(403)
         self.finish(await self._render(login_error=error, username=username))

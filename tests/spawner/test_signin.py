@@ -123,7 +123,10 @@ class Browser:
                                  allow_redirects=False, timeout=10)
 
     def login(self, name, password) -> int:
-        return self.post_form("/hub/login", {"username": name, "password": password}).status_code
+        return self.login_reply(name, password).status_code
+
+    def login_reply(self, name, password):
+        return self.post_form("/hub/login", {"username": name, "password": password})
 
 
 def sign_up(hub, name, password) -> tuple[str, str]:
@@ -182,3 +185,18 @@ def test_wrong_passwords_lock_the_account_out_with_a_growing_delay(hub):
     assert browser.login(name, password) == 403
     wait_until(lambda: browser.login(name, password) == 302, 30, "the second lockout to end")
     assert time.monotonic() - failed_at >= 2 * LOCKOUT_S
+
+
+def test_a_locked_out_pending_account_does_not_reveal_its_password(hub):
+    """'Not authorized yet' means the password was right: not said while the name is locked."""
+    name, password = "dave", "daves long passphrase"
+    assert sign_up(hub, name, password)[0] == "alert-info"  # pending: not authorized
+    browser = Browser(hub.base)
+    first = browser.login_reply(name, password)
+    assert first.status_code == 403 and "has not been authorized" in first.text
+    for _ in range(ALLOWED_FAILURES):
+        assert browser.login(name, "wrong password") == 403
+    locked = browser.login_reply(name, password)
+    assert locked.status_code == 403
+    assert "has not been authorized" not in locked.text
+    assert "Invalid username or password." in locked.text
