@@ -15,6 +15,9 @@ classes of the process that runs the server (so use it in-process through
   StateReason ``Server.SpotInstanceTermination``);
 * state-change events (``running``, ``stopped``, ``terminated``, ``rebooted``) to in-process
   listeners and over HTTP, for the sandbox's simulated data plane;
+* a ``visibility_lag_s`` during which an instance RunInstances just made is not listed, and
+  DescribeInstances, TerminateInstances, StopInstances and StartInstances naming it answer
+  ``InvalidInstanceID.NotFound`` (EC2's eventual consistency right after a launch);
 * InsufficientInstanceCapacity on StartInstances too (a stopped instance resumed in an AZ that has
   no capacity for its type), and a ``start_lag_s`` during which a started instance is still
   described as ``stopped`` (EC2's eventual consistency);
@@ -31,7 +34,8 @@ Control in-process through the :class:`Emulator` methods, or over HTTP on the sa
 (``EmulatorClient`` speaks it)::
 
     GET  /_ec2hub/state                       current faults and counters
-    POST /_ec2hub/faults    {"pending_s": 5, "stopping_s": 0, "shutting_down_s": 0,
+    POST /_ec2hub/faults    {"pending_s": 5, "stopping_s": 0, "shutting_down_s": 0, "start_lag_s": 0,
+                             "visibility_lag_s": 0,
                              "capacity": [{"az": "us-east-1a", "instance_type": "g5.xlarge"}],
                              "clear_capacity": true,
                              "throttle": {"burst": 5, "per_second": 2} | null}
@@ -137,9 +141,11 @@ class Emulator:
     capacity_faults: set[tuple[str, str]] = field(default_factory=set)
     throttle: _Bucket | None = None
     start_lag_s: float = 0.0
+    visibility_lag_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     outage_until: float = 0.0
+    _launched: dict[str, float] = field(default_factory=dict)  # instance id -> monotonic launch time
     _holds: dict[int, Hold] = field(default_factory=dict)
     _hold_ids: int = 0
     _hold_changed: threading.Condition = field(default_factory=threading.Condition)
@@ -163,8 +169,11 @@ class Emulator:
     # -- faults ---------------------------------------------------------------------------------
 
     def set_timing(self, *, pending_s: float | None = None, stopping_s: float | None = None,
-                   shutting_down_s: float | None = None, start_lag_s: float | None = None) -> None:
+                   shutting_down_s: float | None = None, start_lag_s: float | None = None,
+                   visibility_lag_s: float | None = None) -> None:
         with self._lock:
+            if visibility_lag_s is not None:
+                self.visibility_lag_s = visibility_lag_s
             if start_lag_s is not None:
                 self.start_lag_s = start_lag_s
             if pending_s is not None:
@@ -276,6 +285,7 @@ class Emulator:
                 "stopping_s": self.stopping_s,
                 "shutting_down_s": self.shutting_down_s,
                 "start_lag_s": self.start_lag_s,
+                "visibility_lag_s": self.visibility_lag_s,
                 "outage_s": max(0.0, self.outage_until - time.monotonic()),
                 "holds": self.holds(),
                 "calls": dict(self.calls),
@@ -430,7 +440,13 @@ class Emulator:
             if token:
                 self._tokens[token] = reservation
             for instance in reservation.instances:
+                self._launched[instance.id] = time.monotonic()
                 self._enter(instance, "pending", "running", self.pending_s)
+
+    def visible(self, instance_id: str) -> bool:
+        """False while a just-launched instance is still unknown to EC2's read side."""
+        launched = self._launched.get(instance_id)
+        return launched is None or time.monotonic() - launched >= self.visibility_lag_s
 
     def before_start(self, instance: Any) -> None:
         """StartInstances of a stopped instance needs capacity for its type in its AZ, as EC2's does."""
@@ -483,7 +499,7 @@ def _install_patches() -> None:
         return
     from moto.ec2.models.instances import Instance, InstanceBackend
 
-    run_instances = InstanceBackend.run_instances
+    run_instances, all_reservations = InstanceBackend.run_instances, InstanceBackend.all_reservations
     start, stop, terminate, reboot = Instance.start, Instance.stop, Instance.terminate, Instance.reboot
 
     def patched_run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
@@ -496,6 +512,18 @@ def _install_patches() -> None:
         reservation = run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
         emulator.after_run_instances(kwargs, reservation)
         return reservation
+
+    def patched_all_reservations(self, filters=None):
+        reservations = all_reservations(self, filters)
+        emulator = _ACTIVE
+        if emulator is None or emulator.visibility_lag_s <= 0:
+            return reservations
+        shown = []
+        for reservation in reservations:  # shallow copies: give each its own list
+            reservation.instances = [i for i in reservation.instances if emulator.visible(i.id)]
+            if reservation.instances:
+                shown.append(reservation)
+        return shown
 
     def patched_start(self):
         if _ACTIVE is not None:
@@ -524,6 +552,8 @@ def _install_patches() -> None:
         return previous
 
     InstanceBackend.run_instances = patched_run_instances
+    # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
+    InstanceBackend.all_reservations = patched_all_reservations
     Instance.start, Instance.stop, Instance.terminate = patched_start, patched_stop, patched_terminate
     Instance.reboot = patched_reboot
     _PATCHED = True
@@ -582,7 +612,8 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             if path == CONTROL_PREFIX + "faults" and method == "POST":
                 emulator.set_timing(pending_s=body.get("pending_s"), stopping_s=body.get("stopping_s"),
                                     shutting_down_s=body.get("shutting_down_s"),
-                                    start_lag_s=body.get("start_lag_s"))
+                                    start_lag_s=body.get("start_lag_s"),
+                                    visibility_lag_s=body.get("visibility_lag_s"))
                 if body.get("clear_capacity"):
                     emulator.clear_capacity_faults()
                 for fault in body.get("capacity", []):

@@ -36,7 +36,7 @@ def aws(emulator):
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
     yield type("Aws", (), {"ec2": ec2, "ssm": ssm, "client": client, "subnet": subnet})
     client.outage(0)
-    client.faults(pending_s=0, stopping_s=0, start_lag_s=0, clear_capacity=True)
+    client.faults(pending_s=0, stopping_s=0, start_lag_s=0, visibility_lag_s=0, clear_capacity=True)
     for hold in client.state()["holds"]:
         if not hold["released"]:
             client.release(hold["id"])
@@ -149,3 +149,16 @@ def test_reboot_emits_an_event(aws):
     events = aws.client.events(after, timeout=5)["events"]
     assert [(e["instance_id"], e["state"]) for e in events] == [(iid, "rebooted")]
     assert state(aws, iid) == "running"
+
+
+def test_a_just_launched_instance_is_not_found_until_visible(aws):
+    aws.client.faults(visibility_lag_s=1.0)
+    iid = run(aws, "young")
+    assert iid not in {i["InstanceId"] for r in aws.ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    for call in (lambda: aws.ec2.describe_instances(InstanceIds=[iid]),
+                 lambda: aws.ec2.terminate_instances(InstanceIds=[iid])):
+        with pytest.raises(botocore.exceptions.ClientError) as missing:
+            call()
+        assert missing.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+    wait_until(lambda: users_instances(aws, "young"), 10, "the instance to be listed")
+    assert state(aws, iid) == "running"  # the refused terminate did nothing
