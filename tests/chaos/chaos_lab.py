@@ -189,9 +189,14 @@ class LoopbackNotebooks:
 
     def _boot(self, event: dict) -> None:
         iid = event["instance_id"]
-        try:
-            instance = self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        instance = None
+        deadline = time.monotonic() + 30
+        while instance is None and time.monotonic() < deadline:
+            try:  # a young instance may not be listed yet (the emulator's visibility lag)
+                instance = self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                time.sleep(0.3)
+        if instance is None:
             return
         tags = tags_of(instance)
         if tags.get(HUB_TAG) != self.hub_id or USER_TAG not in tags or instance["State"]["Name"] != "running":
@@ -828,6 +833,25 @@ def _resume_failures(lab: Lab, s: Scenario) -> None:
         lab.control.faults(start_lag_s=0)
 
 
+def _not_found_after_launch(lab: Lab, s: Scenario) -> None:
+    """6: a start that fails right after RunInstances, while EC2 does not list the new instance yet
+    (TerminateInstances answers InvalidInstanceID.NotFound): the instance must not be left running.
+    The failure: the spawn is cancelled while its PutParameter is held."""
+    user = "young-not-found"
+    s.users = [user]
+    lab.create_user(user)
+    h_secret = lab.hold("PutParameter", user)
+    lab.control.faults(visibility_lag_s=6.0)
+    try:
+        lab.request_start(user)
+        lab.wait_held(h_secret, "PutParameter of " + user)
+        lab.request_stop(user)
+        wait_until(lambda: lab.server(user) is None, 60, f"{user}'s spawn to be cancelled")
+        lab.control.release(h_secret)
+    finally:
+        lab.control.faults(visibility_lag_s=0)
+
+
 def _cancel_in_flight(lab: Lab, s: Scenario) -> None:
     """7: a spawn cancelled (DELETE) and a hub shut down while RunInstances is in flight leave nothing."""
     cancel, shutdown = "cancel-in-run", "shutdown-in-run"
@@ -859,6 +883,7 @@ def scenarios() -> list[Scenario]:
         *[Scenario(p.label, lambda lab, s: None) for p in KILL_POINTS],
         Scenario("4 tokens of adopted/resumed", _tokens),
         Scenario("5 resume failures keep the disk", _resume_failures),
+        Scenario("6 NotFound right after launch", _not_found_after_launch),
         Scenario("7 cancel/shutdown in RunInstances", _cancel_in_flight),
     ]
 
