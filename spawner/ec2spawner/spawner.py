@@ -602,18 +602,11 @@ class EC2Spawner(Spawner):
         self.instance_id = None
 
     async def _terminate(self, iid: str) -> None:
-        try:
-            await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid])
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
 
     async def _delete_secret(self, iid: str) -> None:
-        try:
-            await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid))
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+                            ignore={ErrorKind.NOT_FOUND})
 
     async def delete_forever(self):
         """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""

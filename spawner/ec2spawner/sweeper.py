@@ -169,20 +169,17 @@ class OrphanSweeper:
                 continue
             self.log.warning("ec2hub sweeper: terminating orphan %s (%s): %s", d.instance_id, who, d.reason)
             try:
-                await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id])
+                await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id],
+                                    ignore={ErrorKind.NOT_FOUND})
                 terminating.add(d.instance_id)
             except AwsError as error:
-                if error.kind is ErrorKind.NOT_FOUND:
-                    terminating.add(d.instance_id)
-                else:
-                    self.log.error("ec2hub sweeper: could not terminate %s: %s", d.instance_id, error)
+                self.log.error("ec2hub sweeper: could not terminate %s: %s", d.instance_id, error)
         secrets = await self.aws.describe_parameters(secret_list_filters(self.secret_prefix))
         for name in find_orphan_secrets(secrets, self.secret_prefix, snapshot, owned | self.owned(),
                                         terminating, now=now, grace=self.grace):
             self.log.warning("ec2hub sweeper: deleting orphan secret %s", name)
             try:
-                await self.aws.call("ssm", "DeleteParameter", Name=name)
+                await self.aws.call("ssm", "DeleteParameter", Name=name, ignore={ErrorKind.NOT_FOUND})
             except AwsError as error:
-                if error.kind is not ErrorKind.NOT_FOUND:
-                    self.log.error("ec2hub sweeper: could not delete %s: %s", name, error)
+                self.log.error("ec2hub sweeper: could not delete %s: %s", name, error)
         return decisions

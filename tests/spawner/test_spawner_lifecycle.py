@@ -369,3 +369,24 @@ async def test_aws_refusals_become_messages_a_user_understands(new_spawner, monk
     assert info.value.log_message == f"RunInstances: {code}: no"
     assert spawner._events[-1]["message"] == f"Start failed: {message}"
     assert live() == []
+
+
+async def test_full_subnet_moves_the_launch_to_the_next_az(new_spawner, monkeypatch, live, platform):
+    import botocore.exceptions
+
+    full = platform.subnets[AZS[0]]
+    invoke = Aws._invoke
+
+    def full_subnet(self, service, operation, params):
+        if operation == "RunInstances" and params["SubnetId"] == full:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InsufficientFreeAddressesInSubnet", "Message": "no free address"}}, operation)
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", full_subnet)
+    spawner = new_spawner()
+    await spawner.start()
+    [instance] = live("alice")
+    assert instance["Placement"]["AvailabilityZone"] == AZS[1]
+    assert f"No capacity for t3.medium in {AZS[0]} (InsufficientFreeAddressesInSubnet)" in [
+        e["message"] for e in spawner._events]
