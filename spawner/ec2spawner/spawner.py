@@ -52,6 +52,9 @@ _STATE_REASONS = {
 }
 
 
+# Most seconds the first poll() after a hub restart waits for EC2 before it reports "running".
+_FIRST_POLL_WAIT = 10.0
+
 # The per-server traits get_state/load_state/clear_state carry (declared on EC2Spawner).
 _STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt")
 
@@ -219,6 +222,8 @@ class EC2Spawner(Spawner):
         # progress() may be asked for before start() runs: it waits for start() to finish.
         self._progress_changed = asyncio.Event()
         self._start_done = False
+        self._absent_since: float | None = None  # snapshot time poll() first missed the instance
+        self._ended: str | None = None  # instance poll() found ended and cleaned up
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -546,22 +551,74 @@ class EC2Spawner(Spawner):
     # -- poll / url / stop ---------------------------------------------------------------------
 
     async def poll(self):
+        """Whether the server's instance still runs: None, 0 or 1, as ``Spawner.poll`` promises.
+
+        - ``None`` while a start is in progress, while the instance is pending or running, and
+          whenever EC2 cannot be asked (an AWS or network error, or no snapshot yet after a hub
+          restart while EC2 is unreachable): a server is never reported dead on a failure to ask.
+        - ``1`` when EC2 itself says the instance ended: shutting-down or terminated, or not
+          listed for longer than ``launch_visibility_grace`` (EC2 is eventually consistent).
+        - ``0`` when the instance is stopped or stopping (outside ``stop()``), or there is none.
+
+        JupyterHub does not call ``stop()`` after ``poll()`` reported an exit (user.py
+        ``User.stop``), so a server found dead is cleaned up here: its secret is deleted and, with
+        ``stop_mode = "terminate"``, a stopped instance is terminated.
+        """
         if self._starting:
             return None
         if not self.instance_id:
             return 0
         watcher = self._watcher()
-        if watcher.refreshes == 0:
-            await watcher.refresh()  # first poll after a hub restart: no snapshot yet
+        if watcher.refreshes == 0:  # first poll after a hub restart: no snapshot yet
+            try:
+                # Bounded: JupyterHub's init_spawners awaits every check before the hub serves.
+                await asyncio.wait_for(asyncio.shield(watcher.refresh()), timeout=_FIRST_POLL_WAIT)
+            except Exception as error:  # noqa: BLE001 (any failure to ask means "still running")
+                self.log.warning("%s: cannot ask EC2 about %s yet (%s); reporting it running",
+                                 self._log_name, self.instance_id, error or type(error).__name__)
+                return None
         view = watcher.get(self.instance_id)
-        if view is not None and view.state in req.LIVE_STATES:
+        if view is not None:
+            self._absent_since = None
+            if view.state in req.LIVE_STATES:
+                return None
+        elif not self._absent_long_enough(watcher):
             return None
+        status = 1 if view is None or view.state in req.GONE_STATES else 0
         if view is None:
-            self.log.warning("%s: instance %s is gone", self._log_name, self.instance_id)
+            self.log.warning("%s: instance %s is gone (not listed for %.0f s)", self._log_name,
+                             self.instance_id, self.launch_visibility_grace)
         else:
             self.log.warning("%s: instance %s is %s (%s)", self._log_name, self.instance_id,
                              view.state, view.state_reason_code or "no reason given")
-        return 1 if view is None or view.state in req.GONE_STATES else 0
+        await self._end_found_dead(view)
+        return status
+
+    def _absent_long_enough(self, watcher: InstanceWatcher) -> bool:
+        """Not listed by every snapshot of the last ``launch_visibility_grace`` seconds."""
+        if self._absent_since is None:
+            self._absent_since = watcher.snapshot_started
+        return watcher.snapshot_started - self._absent_since >= self.launch_visibility_grace
+
+    async def _end_found_dead(self, view: InstanceView | None) -> None:
+        """What ``stop()`` would have done for a server ``poll()`` found ended (once per instance)."""
+        iid = self.instance_id
+        if self._ended == iid:
+            return
+        try:
+            if view is not None and view.state in req.RESUMABLE_STATES and not self._keeps_stopped():
+                self.log.info("%s: terminating %s, found %s (stop_mode=%s)", self._log_name, iid,
+                              view.state, self.stop_mode)
+                await self._terminate(iid)
+            await self._delete_secret(iid)
+            self._ended = iid
+        except Exception:
+            self.log.exception("%s: cleanup of ended %s failed; the sweeper will retry", self._log_name, iid)
+
+    def _keeps_stopped(self) -> bool:
+        """Whether stopping keeps this server's instance (stop_mode=stop, and not spot)."""
+        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
+        return self.stop_mode == "stop" and not (cls and cls.is_spot)
 
     async def get_url(self):
         if self.instance_id:
@@ -575,8 +632,7 @@ class EC2Spawner(Spawner):
         if not iid:
             return
         watcher = self._watcher()
-        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
-        keep = self.stop_mode == "stop" and not (cls and cls.is_spot)
+        keep = self._keeps_stopped()
         if keep:
             try:
                 await self.aws.call("ec2", "StopInstances", InstanceIds=[iid])
