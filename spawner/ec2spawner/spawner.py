@@ -16,6 +16,7 @@ import uuid
 import weakref
 from datetime import datetime, timezone
 
+from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
@@ -23,7 +24,7 @@ from . import options as opts
 from . import requests as req
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .settings import ClassSettings
-from .sweeper import OrphanSweeper
+from .sweeper import OrphanSweeper, Ownership
 from .watcher import InstanceWatcher
 
 # What EC2's StateReason codes mean to a user whose instance ended while starting
@@ -52,8 +53,14 @@ _STATE_REASONS = {
 }
 
 
+# Most seconds the first poll() after a hub restart waits for EC2 before it reports "running".
+_FIRST_POLL_WAIT = 10.0
+
 # The per-server traits get_state/load_state/clear_state carry (declared on EC2Spawner).
-_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt")
+# ``kept_instance_id`` (stop_mode=stop: the stopped instance kept for the next start) survives
+# clear_state, so the hub database names every instance a server owns, running or kept.
+_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt", "kept_instance_id")
+_KEPT_ACROSS_STOPS = ("kept_instance_id",)
 
 
 def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
@@ -152,7 +159,11 @@ class EC2Spawner(Spawner):
 
     sweep_orphans = Bool(
         True,
-        help="""Run the orphan sweeper in the hub process (once per hub id and region).""",
+        help="""Run the orphan sweeper in the hub process (once per hub id and region).
+
+        It starts with the hub (:func:`start_sweeper_with_hub`, called by
+        ``ec2spawner.hubconfig.apply_settings``), not at the first spawn.
+        """,
     ).tag(config=True)
 
     orphan_grace = Float(
@@ -178,6 +189,7 @@ class EC2Spawner(Spawner):
     subnet_id = Unicode(None, allow_none=True)
     template_version = Unicode(None, allow_none=True)
     attempt = Unicode(None, allow_none=True)
+    kept_instance_id = Unicode(None, allow_none=True)
 
     @default("ip")
     def _default_ip(self):
@@ -219,6 +231,9 @@ class EC2Spawner(Spawner):
         # progress() may be asked for before start() runs: it waits for start() to finish.
         self._progress_changed = asyncio.Event()
         self._start_done = False
+        self._absent_since: float | None = None  # snapshot time poll() first missed the instance
+        self._ended: str | None = None  # instance poll() found ended and cleaned up
+        self._claimed: set[str] = set()  # instances start() claimed on the watcher
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -239,7 +254,7 @@ class EC2Spawner(Spawner):
         return {g.name for g in getattr(self.user, "groups", [])}
 
     def _watcher(self) -> InstanceWatcher:
-        watcher = InstanceWatcher.for_hub(
+        return InstanceWatcher.for_hub(
             self.aws,
             self.hub_id,
             slow_interval=self.poll_interval,
@@ -247,30 +262,59 @@ class EC2Spawner(Spawner):
             grace=self.launch_visibility_grace,
             logger=self.log,
         )
-        if self.sweep_orphans:
-            OrphanSweeper.ensure(
-                self.aws,
-                watcher,
-                hub_id=self.hub_id,
-                secret_prefix=self.secret_prefix,
-                owned=functools.partial(type(self).owned_instance_ids, self.hub_id),
-                grace=self.orphan_grace,
-                interval=self.sweep_interval,
-                keep_stopped=self.stop_mode == "stop",
-                logger=self.log,
-            )
-        return watcher
+
+    @classmethod
+    def start_sweeper(cls, *, config, db, log) -> OrphanSweeper | None:
+        """Start this hub's orphan sweeper (and its watcher) on the running loop, once.
+
+        ``db`` is the hub's database session: the sweeper's ownership is every instance a saved
+        spawner state names, plus the spawns in flight in this process (:meth:`hub_ownership`).
+        """
+        probe = cls(config=config, log=log)  # a spawner of no user: only its configuration is read
+        if not probe.sweep_orphans:
+            return None
+        return OrphanSweeper.ensure(
+            probe.aws,
+            probe._watcher(),
+            hub_id=probe.hub_id,
+            secret_prefix=probe.secret_prefix,
+            owned=functools.partial(cls.hub_ownership, db, probe.hub_id),
+            grace=probe.orphan_grace,
+            interval=probe.sweep_interval,
+            keep_stopped=probe.stop_mode == "stop",
+            logger=log,
+        )
 
     @classmethod
     def owned_instance_ids(cls, hub_id: str) -> set[str]:
-        """Instances a server of this process owns: running, pending, or being started."""
-        return {s.instance_id for s in list(cls._live) if s.hub_id == hub_id and s.instance_id}
+        """Instances a spawner object of this process names: running, kept, or being started."""
+        return {
+            iid for s in list(cls._live) if s.hub_id == hub_id for iid in (s.instance_id, s.kept_instance_id) if iid
+        }
+
+    @classmethod
+    def hub_ownership(cls, db, hub_id: str) -> Ownership:
+        """Every instance a spawner state in the hub database names, plus this process's spawns.
+
+        Read from JupyterHub's ORM (``orm.Spawner.state``, saved after each start and stop), so a
+        server whose Spawner object is not loaded (stopped, kept for resume) still owns its
+        instance. Raises if the database cannot be read: then nothing may be swept.
+        """
+        ids = cls.owned_instance_ids(hub_id)
+        servers = set()
+        rows = db.query(orm.User.name, orm.Spawner.name, orm.Spawner.state).join(orm.Spawner.user)
+        for user, server, state in rows:
+            servers.add(req.server_key(user, server or ""))
+            for key in ("instance_id", "kept_instance_id"):
+                if (state or {}).get(key):
+                    ids.add(state[key])
+        return Ownership.of(ids, servers)
 
     def _is_mine(self, view: InstanceView) -> bool:
-        return (
+        return view.instance_id == self.kept_instance_id or (
             view.tags.get(req.TAG_HUB) == self.hub_id
-            and view.tags.get(req.TAG_USER) == self.user.name[: req.MAX_TAG_VALUE]
-            and view.tags.get(req.TAG_SERVER) == self.server_name[: req.MAX_TAG_VALUE]
+            and (view.tags.get(req.TAG_USER), view.tags.get(req.TAG_SERVER))
+            == req.server_key(self.user.name, self.server_name)
         )
 
     def resolve_class(self, user_options) -> ClassSettings:
@@ -341,7 +385,8 @@ class EC2Spawner(Spawner):
     def clear_state(self):
         super().clear_state()
         for key in _STATE_KEYS:
-            setattr(self, key, None)
+            if key not in _KEPT_ACROSS_STOPS:
+                setattr(self, key, None)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -372,6 +417,10 @@ class EC2Spawner(Spawner):
                 raise shown from None
             raise
         finally:
+            # The instance is owned through instance_id now (or was abandoned): claims end here.
+            for iid in self._claimed:
+                watcher.release(iid, self)
+            self._claimed.clear()
             self._starting = False
             self._start_done = True
             self._progress_changed.set()
@@ -398,6 +447,11 @@ class EC2Spawner(Spawner):
         )
         chosen: InstanceView | None = None
         for view in mine:
+            # The sweeper claims an orphan right before it terminates it: never adopt that one.
+            if not watcher.claim(view.instance_id, self):
+                self.log.info("%s: not adopting %s: the sweeper is ending it", self._log_name, view.instance_id)
+                continue
+            self._claimed.add(view.instance_id)
             if chosen is None and await self._can_reuse(view, cls):
                 chosen = view
             else:
@@ -405,6 +459,7 @@ class EC2Spawner(Spawner):
                 self.log.info("%s: terminating %s (%s, class %s): not reusable",
                               self._log_name, view.instance_id, view.state, view.tags.get(req.TAG_CLASS))
                 await self._terminate(view.instance_id)
+        self.kept_instance_id = None  # adopted below, or terminated above as not reusable
         if chosen is None:
             return await self._launch(cls, watcher)
         self.instance_id = chosen.instance_id
@@ -546,22 +601,77 @@ class EC2Spawner(Spawner):
     # -- poll / url / stop ---------------------------------------------------------------------
 
     async def poll(self):
+        """Whether the server's instance still runs: None, 0 or 1, as ``Spawner.poll`` promises.
+
+        - ``None`` while a start is in progress, while the instance is pending or running, and
+          whenever EC2 cannot be asked (an AWS or network error, or no snapshot yet after a hub
+          restart while EC2 is unreachable): a server is never reported dead on a failure to ask.
+        - ``1`` when EC2 itself says the instance ended: shutting-down or terminated, or not
+          listed for longer than ``launch_visibility_grace`` (EC2 is eventually consistent).
+        - ``0`` when the instance is stopped or stopping (outside ``stop()``), or there is none.
+
+        JupyterHub does not call ``stop()`` after ``poll()`` reported an exit (user.py
+        ``User.stop``), so a server found dead is cleaned up here: its secret is deleted and, with
+        ``stop_mode = "terminate"``, a stopped instance is terminated.
+        """
         if self._starting:
             return None
         if not self.instance_id:
             return 0
         watcher = self._watcher()
-        if watcher.refreshes == 0:
-            await watcher.refresh()  # first poll after a hub restart: no snapshot yet
+        if watcher.refreshes == 0:  # first poll after a hub restart: no snapshot yet
+            try:
+                # Bounded: JupyterHub's init_spawners awaits every check before the hub serves.
+                await asyncio.wait_for(asyncio.shield(watcher.refresh()), timeout=_FIRST_POLL_WAIT)
+            except Exception as error:  # noqa: BLE001 (any failure to ask means "still running")
+                self.log.warning("%s: cannot ask EC2 about %s yet (%s); reporting it running",
+                                 self._log_name, self.instance_id, error or type(error).__name__)
+                return None
         view = watcher.get(self.instance_id)
-        if view is not None and view.state in req.LIVE_STATES:
+        if view is not None:
+            self._absent_since = None
+            if view.state in req.LIVE_STATES:
+                return None
+        elif not self._absent_long_enough(watcher):
             return None
+        status = 1 if view is None or view.state in req.GONE_STATES else 0
         if view is None:
-            self.log.warning("%s: instance %s is gone", self._log_name, self.instance_id)
+            self.log.warning("%s: instance %s is gone (not listed for %.0f s)", self._log_name,
+                             self.instance_id, self.launch_visibility_grace)
         else:
             self.log.warning("%s: instance %s is %s (%s)", self._log_name, self.instance_id,
                              view.state, view.state_reason_code or "no reason given")
-        return 1 if view is None or view.state in req.GONE_STATES else 0
+        await self._end_found_dead(view)
+        return status
+
+    def _absent_long_enough(self, watcher: InstanceWatcher) -> bool:
+        """Not listed by every snapshot of the last ``launch_visibility_grace`` seconds."""
+        if self._absent_since is None:
+            self._absent_since = watcher.snapshot_started
+        return watcher.snapshot_started - self._absent_since >= self.launch_visibility_grace
+
+    async def _end_found_dead(self, view: InstanceView | None) -> None:
+        """What ``stop()`` would have done for a server ``poll()`` found ended (once per instance)."""
+        iid = self.instance_id
+        if self._ended == iid:
+            return
+        try:
+            if view is not None and view.state in req.RESUMABLE_STATES:
+                if self._keeps_stopped():
+                    self.kept_instance_id = iid  # the next start resumes it
+                else:
+                    self.log.info("%s: terminating %s, found %s (stop_mode=%s)", self._log_name, iid,
+                                  view.state, self.stop_mode)
+                    await self._terminate(iid)
+            await self._delete_secret(iid)
+            self._ended = iid
+        except Exception:
+            self.log.exception("%s: cleanup of ended %s failed; the sweeper will retry", self._log_name, iid)
+
+    def _keeps_stopped(self) -> bool:
+        """Whether stopping keeps this server's instance (stop_mode=stop, and not spot)."""
+        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
+        return self.stop_mode == "stop" and not (cls and cls.is_spot)
 
     async def get_url(self):
         if self.instance_id:
@@ -575,8 +685,7 @@ class EC2Spawner(Spawner):
         if not iid:
             return
         watcher = self._watcher()
-        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
-        keep = self.stop_mode == "stop" and not (cls and cls.is_spot)
+        keep = self._keeps_stopped()
         if keep:
             try:
                 await self.aws.call("ec2", "StopInstances", InstanceIds=[iid])
@@ -599,21 +708,15 @@ class EC2Spawner(Spawner):
                 self.log.warning("%s: %s not %s after %.0f s; not waiting longer",
                                  self._log_name, iid, " or ".join(final), self.stop_timeout)
         self.log.info("%s: %s %s", self._log_name, "stopped" if keep else "terminated", iid)
+        self.kept_instance_id = iid if keep else None
         self.instance_id = None
 
     async def _terminate(self, iid: str) -> None:
-        try:
-            await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid])
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
 
     async def _delete_secret(self, iid: str) -> None:
-        try:
-            await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid))
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+                            ignore={ErrorKind.NOT_FOUND})
 
     async def delete_forever(self):
         """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""
@@ -624,6 +727,7 @@ class EC2Spawner(Spawner):
                 self.log.info("%s: deleted, terminating %s", self._log_name, view.instance_id)
                 await self._terminate(view.instance_id)
                 await self._delete_secret(view.instance_id)
+        self.kept_instance_id = None
 
     async def progress(self):
         seen = 0
@@ -635,6 +739,39 @@ class EC2Spawner(Spawner):
                 return
             self._progress_changed.clear()
             await self._progress_changed.wait()
+
+
+def start_sweeper_with_hub() -> asyncio.Task | None:
+    """Start the orphan sweeper when JupyterHub has started, not at the first spawn.
+
+    JupyterHub 6 loads its config file inside its running event loop (``JupyterHub.initialize``
+    is a coroutine run by ``launch_instance``) and resolves ``JupyterHub._start_future`` at the
+    end of ``JupyterHub.start()``, once the database, init_spawners' checks and the proxy are up.
+    Called from the config (``hubconfig.apply_settings``), this schedules a task that waits for
+    that future and then starts the sweeper with the hub's database session. Outside a running
+    hub (tests of the config, ``--generate-config``) it does nothing and returns None.
+    """
+    from jupyterhub.app import JupyterHub
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if not JupyterHub.initialized():
+        return None
+    app = JupyterHub.instance()
+    started = getattr(app, "_start_future", None)
+    if started is None:
+        return None
+
+    async def sweep_once_started():
+        await started
+        spawner_class = app.spawner_class
+        if not (isinstance(spawner_class, type) and issubclass(spawner_class, EC2Spawner)):
+            return
+        spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
+
+    return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")
 
 
 def _describe_error(error: BaseException) -> str:
