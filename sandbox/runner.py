@@ -403,15 +403,15 @@ def status() -> int:
     import boto3
     from ec2spawner.aws import InstanceView
     from ec2spawner.spawner import EC2Spawner
-    from ec2spawner.sweeper import find_orphans
+    from ec2spawner.sweeper import Ownership, find_orphans
 
     env = json.loads(ENV_FILE.read_text())
     ec2 = boto3.client("ec2", region_name=env["region"], endpoint_url=env["aws_endpoint_url"],
                        aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
     try:
-        owners = hub_owners(env["hub_url"], env["api_token"])
+        owners, servers = hub_owners(env["hub_url"], env["api_token"])
     except (urllib.error.URLError, OSError, ValueError) as error:
-        owners = None
+        owners, servers = None, set()
         say(f"the hub's API does not answer ({error}): owners unknown")
     instances, views = [], {}
     for page in ec2.get_paginator("describe_instances").paginate():
@@ -424,7 +424,7 @@ def status() -> int:
     traits = EC2Spawner.class_traits()
     grace = traits["orphan_grace"].default_value
     decisions = {} if owners is None else {d.instance_id: d for d in find_orphans(
-        views, set(owners), now=datetime.now(UTC), grace=grace,
+        views, Ownership.of(owners, servers), now=datetime.now(UTC), grace=grace,
         keep_stopped=traits["stop_mode"].default_value == "stop")}
     print(f"hub: {env['hub_url']}  (sweeper as configured by default: grace {grace:.0f} s)")
     print(f"{'instance':21} {'state':13} {'type':10} {'class':8} {'ip':12} {'tags':16} {'owner (hub)':24} sweeper")
@@ -439,6 +439,8 @@ def status() -> int:
             intent = "not this hub's"
         elif inst["State"]["Name"] in ("shutting-down", "terminated"):
             intent = "ended"
+        elif "ec2hub:user" not in tags:
+            intent = "never swept: not a notebook instance"
         elif decision is None:
             intent = "?" if owners is None else "keep: owned"
         else:
@@ -448,19 +450,23 @@ def status() -> int:
     return 0
 
 
-def hub_owners(hub_url: str, token: str) -> dict[str, str]:
-    """Instance id -> ``user/server (ready|pending <what>|stopped)`` for every server the hub's
-    database knows whose saved state names an instance."""
+def hub_owners(hub_url: str, token: str) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """Instance id -> ``user/server (ready|pending <what>|stopped|kept)`` for every instance a
+    saved server state names (``instance_id``, or ``kept_instance_id`` in stop mode), and the
+    (user, server) pairs the hub's database knows."""
     request = urllib.request.Request(f"{hub_url}/hub/api/users?include_stopped_servers=1",
                                      headers={"Authorization": f"token {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
         users = json.loads(response.read())
-    owners = {}
+    owners, servers = {}, set()
     for user in users:
         for name, model in (user.get("servers") or {}).items():
-            iid = (model.get("state") or {}).get("instance_id")
-            if not iid:
-                continue
+            servers.add((user["name"], name))
+            state = model.get("state") or {}
             how = "ready" if model.get("ready") else f"pending {model['pending']}" if model.get("pending") else "stopped"
-            owners[iid] = f"{user['name']}{'/' + name if name else ''} ({how})"
-    return owners
+            label = f"{user['name']}{'/' + name if name else ''}"
+            if state.get("instance_id"):
+                owners[state["instance_id"]] = f"{label} ({how})"
+            if state.get("kept_instance_id") and state["kept_instance_id"] != state.get("instance_id"):
+                owners[state["kept_instance_id"]] = f"{label} (kept)"
+    return owners, servers

@@ -601,7 +601,8 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
         users = set(scenario.users)
         states = self.server_states()
         servers = {key for key in states if key[0] in users}
-        named = {s.get("instance_id") for s in states.values() if s.get("instance_id")}
+        # What a saved state names: the server's instance, or (stop mode) the one kept for it.
+        named = {s.get(key) for s in states.values() for key in ("instance_id", "kept_instance_id") if s.get(key)}
         live = [i for i in self.instances() if tags_of(i).get(USER_TAG) in users]
         ever = {i["InstanceId"]: i for i in self.instances(("pending", "running", "stopping", "stopped",
                                                              "shutting-down", "terminated"))}
@@ -888,8 +889,10 @@ def scenarios() -> list[Scenario]:
     ]
 
 
-def run(workdir: Path, log: Callable[[str], None] = lambda m: None) -> tuple[list[Row], float]:
-    """Play every scenario against one lab, wait out the grace, measure; rows and seconds taken."""
+def run(workdir: Path, log: Callable[[str], None] = lambda m: None,
+        inspect: Callable[[Lab], None] | None = None) -> tuple[list[Row], float]:
+    """Play every scenario against one lab, wait out the grace, measure; rows and seconds taken.
+    ``inspect(lab)`` runs last, before the lab is torn down (e.g. `sandbox status` against it)."""
     started = time.monotonic()
     plan = scenarios()
     by_name = {s.name: s for s in plan}
@@ -912,6 +915,8 @@ def run(workdir: Path, log: Callable[[str], None] = lambda m: None) -> tuple[lis
                 row.notes.append("no sweep after the grace")
         if not all(r.ok for r in rows):
             rows[0].notes.append("hub log tail:\n" + lab.hub.log_tail(6000))
+        if inspect is not None:
+            inspect(lab)
     return rows, time.monotonic() - started
 
 
