@@ -13,8 +13,9 @@ classes of the process that runs the server (so use it in-process through
 * ``ClientToken`` idempotency: a repeated token returns the first call's reservation;
 * terminating an instance behind the hub's back, and spot interruption (terminated with
   StateReason ``Server.SpotInstanceTermination``);
-* state-change events (``running``, ``stopped``, ``terminated``, ``rebooted``) to in-process
-  listeners and over HTTP, for the sandbox's simulated data plane;
+* state-change events (``running``, ``stopped``, ``terminated``) to in-process listeners and over
+  HTTP, for the sandbox's simulated data plane, and ``rebooting`` on RebootInstances of a running
+  instance (EC2 keeps it ``running``);
 * a ``visibility_lag_s`` during which an instance RunInstances just made is not listed, and
   DescribeInstances, TerminateInstances, StopInstances and StartInstances naming it answer
   ``InvalidInstanceID.NotFound`` (EC2's eventual consistency right after a launch);
@@ -471,9 +472,9 @@ class Emulator:
                 self._enter(instance, "pending", "running", self.pending_s)
 
     def after_reboot(self, instance: Any) -> None:
-        """A reboot keeps the instance ``running`` (as EC2 does) and emits ``rebooted``."""
+        """A reboot keeps the instance ``running`` (as EC2 does) and emits ``rebooting``."""
         with self._lock:
-            self._emit(self._tracked.setdefault(instance.id, _Tracked(instance)), "rebooted")
+            self._emit(self._tracked.setdefault(instance.id, _Tracked(instance)), "rebooting")
 
     def stop(self) -> None:
         """Stop the server and the ticker; the moto patches stay installed but inactive."""
@@ -534,6 +535,9 @@ def _install_patches() -> None:
         return previous
 
     def patched_reboot(self):
+        # moto's reboot makes any instance "running" again; EC2 reboots only a running one.
+        if self._state.name != "running":
+            return
         reboot(self)
         if _ACTIVE is not None:
             _ACTIVE.after_reboot(self)

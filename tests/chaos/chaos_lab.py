@@ -12,7 +12,7 @@ the table). Everything listens on loopback only:
   default ``server_url_template`` (``http://{private_ip}:{port}``), exactly as in a VPC: no port map,
   any number of instances on one port;
 - the **notebook stand-in** (:class:`LoopbackNotebooks`) follows the emulator's events: at
-  ``running`` (every start, not only the first boot) and ``rebooted`` it reads the instance's SSM
+  ``running`` (every start, not only the first boot) and ``rebooting`` it reads the instance's SSM
   secret at that moment, waiting for it as the notebook user data does, and runs the server with
   that environment; at ``stopped``/``terminated`` it ends the server;
 - the **hub** runs from a config written for the run, with the dummy authenticator, the sweeper
@@ -175,7 +175,7 @@ class LoopbackNotebooks:
                 continue
             after = answer["last"]
             for event in answer["events"]:
-                if event["state"] in ("running", "rebooted", "stopped", "terminated"):
+                if event["state"] in ("running", "rebooting", "stopped", "terminated"):
                     threading.Thread(target=self._apply, args=(event,), daemon=True).start()
 
     def _apply(self, event: dict) -> None:
@@ -184,7 +184,7 @@ class LoopbackNotebooks:
             lock = self._locks.setdefault(iid, threading.Lock())
         with lock:  # one instance's events in order
             self._end(iid)
-            if event["state"] in ("running", "rebooted"):
+            if event["state"] in ("running", "rebooting"):
                 self._boot(event)
 
     def _boot(self, event: dict) -> None:
@@ -526,6 +526,10 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
             browser.get(self.proxy + "/hub/login", timeout=30)
             browser.post(self.proxy + "/hub/login", data={"username": name, "password": "chaos",
                                                           "_xsrf": browser.cookies.get("_xsrf", "")}, timeout=30)
+            # A page of the server: unauthenticated, it sends the browser through the hub's OAuth
+            # (authorize, then the server's oauth_callback), which sets the server's cookie. The
+            # API itself answers 403 rather than redirect.
+            browser.get(f"{self.proxy}/user/{name}/", timeout=30)
             reply = browser.get(f"{self.proxy}/user/{name}/api/status", timeout=30)
         except http.RequestException:
             return False
@@ -720,88 +724,81 @@ KILL_POINTS = [
 ]
 
 
-def play_kills(lab: Lab, rows: dict[str, Scenario]) -> None:
-    """3: one hub, six users, each held at one point of a spawn or a stop; then one SIGKILL.
+TOKENS = "4 tokens of adopted/resumed"
+ADOPT, RESUME = "token-adopt", "token-resume"
 
-    before RunInstances: RunInstances held, then dropped unanswered (it never reached EC2);
+
+def play_kills(lab: Lab, rows: dict[str, Scenario]) -> None:
+    """3 and 4: one hub, eight users, each held at one point of a spawn or a stop; one SIGKILL.
+
+    3, before RunInstances: RunInstances held, then dropped unanswered (it never reached EC2);
     in RunInstances: held, then let through after the kill (EC2 made the instance, nobody heard);
     before the secret: RunInstances answered, PutParameter held, then dropped;
-    pending: the instance held in `pending`; running, not ready: its server held from starting;
-    stopping: a ready server's stop, its instance held in `stopping`.
-    After the hub restarts, each user starts again: one instance each, and they log in.
+    pending: the instance held in `pending`; running, not ready: its server held from starting
+    (it boots after the kill, with the dead hub's token); stopping: a ready server's stop, its
+    instance held in `stopping`.
+    4, adopted: the instance runs and its server booted with the spawn's token while every
+    DescribeInstances of the hub is held (set last, once the other points are reached), so
+    start() has not returned and no state is saved; the next spawn adopts it with a new token.
+    Resumed: a server stopped (kept) before the kill.
+    After the hub restarts, every user starts again at once: one instance each, and they log in.
     """
     before, in_run, before_secret, pending, booting, stopping = (p.user for p in KILL_POINTS)
     for point in KILL_POINTS:
         rows[point.label].users = [point.user]
         rows[point.label].expect_servers = [point.user]
-        lab.create_user(point.user)
-    if not lab.start(stopping):
-        raise LabError(f"{stopping} did not start")
+    rows[TOKENS].users = rows[TOKENS].expect_servers = [ADOPT, RESUME]
+    users = [p.user for p in KILL_POINTS] + [ADOPT, RESUME]
+    for user in users:
+        lab.create_user(user)
+    for user in (stopping, RESUME):
+        lab.request_start(user)
+    for user in (stopping, RESUME):
+        if not lab.settle(user):
+            raise LabError(f"{user} did not start")
+    lab.stop(RESUME)
     h_before = lab.hold("RunInstances", before)
     h_in_run = lab.hold("RunInstances", in_run)
     h_secret = lab.hold("PutParameter", before_secret)
     h_pending = lab.hold("pending", f"{USER_TAG}={pending}")
+    h_adopt = lab.hold("pending", f"{USER_TAG}={ADOPT}")
     h_stopping = lab.hold("stopping", f"{USER_TAG}={stopping}")
     lab.notebooks.hold_boot(booting)
-    for user in (before, in_run, before_secret, pending, booting):
+    for user in (before, in_run, before_secret, pending, booting, ADOPT):
         if lab.request_start(user) not in (201, 202):
             raise LabError(f"{user}: spawn refused")
     lab.request_stop(stopping)
     lab.wait_held(h_before, "RunInstances of " + before)
     lab.wait_held(h_in_run, "RunInstances of " + in_run)
     lab.wait_held(h_secret, "PutParameter of " + before_secret)
-    lab.wait_held(h_pending, before + "'s instance held pending")
+    lab.wait_held(h_pending, pending + "'s instance held pending")
+    lab.wait_held(h_adopt, ADOPT + "'s instance held pending")
     lab.wait_held(h_stopping, stopping + "'s instance held stopping")
     booted = wait_until(lambda: [i for i in lab.user_instances(booting, ("running",))
                                  if lab.notebooks.is_held(i["InstanceId"])], 60, f"{booting}'s instance running")
     wait_until(lambda: lab.prefix + booted[0]["InstanceId"] in lab.secrets(), 60, f"{booting}'s secret")
+    [adopted] = lab.user_instances(ADOPT)
+    wait_until(lambda: lab.prefix + adopted["InstanceId"] in lab.secrets(), 60, f"{ADOPT}'s secret")
+    # From here every DescribeInstances of the hub waits (the lab and the notebooks use none with
+    # Filters): whatever the hub saw before said `pending` for ADOPT's instance.
+    h_describe = lab.hold("DescribeInstances", "Filter")
+    lab.wait_held(h_describe, "the hub's next DescribeInstances")
+    lab.control.release(h_adopt)
+    wait_until(lambda: lab.notebooks.booted.get(adopted["InstanceId"]), 60, f"{ADOPT}'s server to boot")
     lab.hub.kill()
     lab.control.release(h_before, drop=True)
     lab.control.release(h_secret, drop=True)
+    lab.control.release(h_describe, drop=True)
     lab.control.release(h_in_run)
     lab.control.release(h_pending)
     lab.control.release(h_stopping)
-    lab.notebooks.release_boot(booting)  # it boots with the token of the dead hub's spawn
+    lab.notebooks.release_boot(booting)
     lab.hub.start()
-    for point in KILL_POINTS:
-        if lab.request_start(point.user) not in (201, 202):
-            rows[point.label].notes.append("spawn after the restart refused")
-    for point in KILL_POINTS:
-        lab.settle(point.user)
-
-
-def _tokens(lab: Lab, s: Scenario) -> None:
-    """4: adopted and resumed servers hold the token the hub has.
-
-    Adopted: the instance is running and its server booted with the spawn's token, but the hub
-    has not seen `running` yet (its DescribeInstances held), so start() has not returned and no
-    state is saved; SIGKILL; the user's next spawn adopts the instance with a new token.
-    Resumed: start, stop (kept), start again.
-    """
-    adopt, resume = "token-adopt", "token-resume"
-    s.users, s.expect_servers = [adopt, resume], [adopt, resume]
-    if not lab.start(resume):
-        raise LabError(f"{resume} did not start")
-    lab.stop(resume)
-    lab.create_user(adopt)
-    h_pending = lab.hold("pending", f"{USER_TAG}={adopt}")
-    lab.request_start(adopt)
-    lab.wait_held(h_pending, f"{adopt}'s instance pending")
-    [instance] = lab.user_instances(adopt)
-    iid = instance["InstanceId"]
-    wait_until(lambda: lab.prefix + iid in lab.secrets(), 60, f"{adopt}'s secret")
-    # Every DescribeInstances of the hub from now on waits (the lab and the notebooks use none
-    # with Filters): whatever the hub saw before said `pending`.
-    h_describe = lab.hold("DescribeInstances", "Filter")
-    lab.wait_held(h_describe, "the hub's next DescribeInstances")
-    lab.control.release(h_pending)
-    wait_until(lambda: lab.notebooks.booted.get(iid), 60, f"{adopt}'s server to boot")
-    lab.hub.kill()
-    lab.control.release(h_describe, drop=True)
-    lab.hub.start()
-    for user in (adopt, resume):
-        lab.request_start(user)
-    for user in (adopt, resume):
+    for user in users:
+        if lab.request_start(user) not in (201, 202):
+            (rows[TOKENS] if user in (ADOPT, RESUME) else
+             next(rows[p.label] for p in KILL_POINTS if p.user == user)).notes.append("spawn after the restart refused")
+    for user in users:
         lab.settle(user)
 
 
@@ -882,7 +879,7 @@ def scenarios() -> list[Scenario]:
         Scenario("1 hub restart in an EC2 outage", _hub_restart_in_outage),
         Scenario("2 ownership is the hub database", _database_owns, after_grace=_resume_kept("own-kept")),
         *[Scenario(p.label, lambda lab, s: None) for p in KILL_POINTS],
-        Scenario("4 tokens of adopted/resumed", _tokens),
+        Scenario(TOKENS, lambda lab, s: None),  # played with 3: the same SIGKILL
         Scenario("5 resume failures keep the disk", _resume_failures),
         Scenario("6 NotFound right after launch", _not_found_after_launch),
         Scenario("7 cancel/shutdown in RunInstances", _cancel_in_flight),
@@ -898,9 +895,11 @@ def run(workdir: Path, log: Callable[[str], None] = lambda m: None,
     by_name = {s.name: s for s in plan}
     with Lab(workdir) as lab:
         for s in plan:
-            if s.name.startswith("3 "):
+            if s.name.startswith("3 ") or s.name == TOKENS:
                 if s.name == KILL_POINTS[0].label:
-                    _guard(lab, [by_name[p.label] for p in KILL_POINTS], lambda: play_kills(lab, by_name), log)
+                    _guard(lab, [by_name[p.label] for p in KILL_POINTS] + [by_name[TOKENS]],
+                           lambda: play_kills(lab, by_name), log)
+                    log(f"played 3 and 4 ({time.monotonic() - started:.0f} s)")
                 continue
             _guard(lab, [s], lambda s=s: s.play(lab, s), log)
             log(f"played {s.name} ({time.monotonic() - started:.0f} s)")

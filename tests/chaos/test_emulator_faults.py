@@ -147,7 +147,7 @@ def test_reboot_emits_an_event(aws):
     after = aws.client.events(0)["last"]
     aws.ec2.reboot_instances(InstanceIds=[iid])
     events = aws.client.events(after, timeout=5)["events"]
-    assert [(e["instance_id"], e["state"]) for e in events] == [(iid, "rebooted")]
+    assert [(e["instance_id"], e["state"]) for e in events] == [(iid, "rebooting")]
     assert state(aws, iid) == "running"
 
 

@@ -81,7 +81,7 @@ def test_status_shows_each_instance_owner_and_the_sweepers_intent(hub):
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("i-")}
     assert f"{name} (ready)" in lines[iid] and "keep: owned" in lines[iid], done.stdout
     hub_line = lines[hub.env["hub_instance_id"]]
-    assert "(hub host)" in hub_line and "TERMINATE" not in hub_line, done.stdout
+    assert "(hub host)" in hub_line and "never swept" in hub_line, done.stdout
 
 
 def test_inject_kill_hub_is_restarted_by_its_service_manager_and_keeps_servers(hub):
