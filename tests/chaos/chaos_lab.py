@@ -54,8 +54,9 @@ AZS = ["us-east-1a", "us-east-1b"]
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "chaos-admin-token-" + uuid.uuid4().hex
 # Long enough for a SIGKILLed hub to come back and its users to start again (so the next spawn
-# adopts what the dead hub launched, as with the real 10 minutes), short enough for CI.
-ORPHAN_GRACE_S = 25.0
+# finds what the dead hub launched, as with the real 10 minutes; the run checks it did). Only
+# instances no server owns are waited for, so a run where nothing is lost does not wait it out.
+ORPHAN_GRACE_S = 60.0
 SWEEP_INTERVAL_S = 2.0
 LIVE = ("pending", "running", "stopping", "stopped")
 COLUMNS = ("scenario", "orphans_after_grace", "duplicates", "servers_lost", "login_ok", "secrets_left")
@@ -581,16 +582,32 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
             wait_until(lambda: self.state_of(iid) == "stopped", 30, f"{iid} stopped")
         return iid
 
+    def unowned(self, users: set[str] | None = None) -> list[dict]:
+        """Live instances (of ``users``, default all) that no server owns in the hub database: not
+        named by a saved state (``instance_id``, or ``kept_instance_id`` in stop mode), and not a
+        stopped instance of a server that still exists there (kept for its next start)."""
+        states = self.server_states()
+        named = {s.get(key) for s in states.values() for key in ("instance_id", "kept_instance_id") if s.get(key)}
+        found = []
+        for instance in self.instances():
+            t = tags_of(instance)
+            if users is not None and t.get(USER_TAG) not in users:
+                continue
+            kept = instance["State"]["Name"] in ("stopping", "stopped") and (t.get(USER_TAG), t.get(SERVER_TAG, "")) in states
+            if instance["InstanceId"] not in named and not kept:
+                found.append(instance)
+        return found
+
     def wait_grace(self) -> bool:
-        """Wait until a whole sweep began after the youngest instance passed its grace: the
-        sweeper ends each sweep with DescribeParameters (no other caller), so two more calls
-        after that moment mean one sweep ran entirely after it. False if no sweep came."""
-        launched = [i["LaunchTime"] for i in self.instances(("pending", "running", "stopping", "stopped",
-                                                              "shutting-down", "terminated"))]
-        youngest = max(launched, default=datetime.now(UTC))
-        remaining = (youngest - datetime.now(UTC)).total_seconds() + ORPHAN_GRACE_S + 1
-        if remaining > 0:
-            time.sleep(remaining)  # the grace itself is a duration: this waits out a timer, not a race
+        """Wait until every instance no server owns is past its grace, then for a whole sweep:
+        the sweeper ends each sweep with DescribeParameters (no other caller), so two more calls
+        mean one sweep ran entirely after that moment. Owned instances are never the sweeper's,
+        so when nothing is unowned only the sweep is waited for. False if no sweep came."""
+        launched = [i["LaunchTime"] for i in self.unowned()]
+        if launched:
+            remaining = (max(launched) - datetime.now(UTC)).total_seconds() + ORPHAN_GRACE_S + 1
+            if remaining > 0:
+                time.sleep(remaining)  # the grace is a duration: this waits out a timer, not a race
         seen = self.calls("DescribeParameters")
         try:
             wait_until(lambda: self.calls("DescribeParameters") >= seen + 2, 6 * SWEEP_INTERVAL_S + 30,
@@ -604,21 +621,10 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
     def measure(self, scenario: Scenario) -> Row:
         users = set(scenario.users)
         states = self.server_states()
-        servers = {key for key in states if key[0] in users}
-        # What a saved state names: the server's instance, or (stop mode) the one kept for it.
-        named = {s.get(key) for s in states.values() for key in ("instance_id", "kept_instance_id") if s.get(key)}
         live = [i for i in self.instances() if tags_of(i).get(USER_TAG) in users]
         ever = {i["InstanceId"]: i for i in self.instances(("pending", "running", "stopping", "stopped",
                                                              "shutting-down", "terminated"))}
-
-        def owned(instance: dict) -> bool:
-            t = tags_of(instance)
-            if instance["InstanceId"] in named:
-                return True
-            # Kept for its server's next start: stopped, and the server still exists in the database.
-            return instance["State"]["Name"] in ("stopping", "stopped") and (t[USER_TAG], t.get(SERVER_TAG, "")) in servers
-
-        orphans = [i["InstanceId"] for i in live if not owned(i)]
+        orphans = [i["InstanceId"] for i in self.unowned(users)]
         per_server: dict[tuple[str, str], int] = {}
         for i in live:
             key = (tags_of(i)[USER_TAG], tags_of(i).get(SERVER_TAG, ""))
@@ -735,8 +741,8 @@ def play_kills(lab: Lab, rows: dict[str, Scenario]) -> None:
     in RunInstances: held, then let through after the kill (EC2 made the instance, nobody heard);
     before the secret: RunInstances answered, PutParameter held, then dropped;
     pending: the instance held in `pending`; running, not ready: its server held from starting
-    (it boots after the kill, with the dead hub's token); stopping: a ready server's stop, its
-    instance held in `stopping`.
+    and the hub's state saved (start() returned, the hub waits for the server to answer; it boots
+    after the kill); stopping: a ready server's stop, its instance held in `stopping`.
     4, adopted: the instance runs and its server booted with the spawn's token while every
     DescribeInstances of the hub is held (set last, once the other points are reached), so
     start() has not returned and no state is saved; the next spawn adopts it with a new token.
@@ -777,6 +783,9 @@ def play_kills(lab: Lab, rows: dict[str, Scenario]) -> None:
     booted = wait_until(lambda: [i for i in lab.user_instances(booting, ("running",))
                                  if lab.notebooks.is_held(i["InstanceId"])], 60, f"{booting}'s instance running")
     wait_until(lambda: lab.prefix + booted[0]["InstanceId"] in lab.secrets(), 60, f"{booting}'s secret")
+    # start() has returned and the hub saved the state (it is waiting for the server to answer).
+    wait_until(lambda: lab.server_states().get((booting, ""), {}).get("instance_id"), 60,
+               f"the hub to save {booting}'s state")
     [adopted] = lab.user_instances(ADOPT)
     wait_until(lambda: lab.prefix + adopted["InstanceId"] in lab.secrets(), 60, f"{ADOPT}'s secret")
     # From here every DescribeInstances of the hub waits (the lab and the notebooks use none with
@@ -793,13 +802,23 @@ def play_kills(lab: Lab, rows: dict[str, Scenario]) -> None:
     lab.control.release(h_pending)
     lab.control.release(h_stopping)
     lab.notebooks.release_boot(booting)
+    # What the dead hub left for the next spawn to find (in RunInstances: EC2 makes it now).
+    left = {user: lab.user_instances(user)[0]["InstanceId"] for user in (before_secret, pending, booting, ADOPT)}
+    left[in_run] = wait_until(lambda: lab.user_instances(in_run), 60, f"{in_run}'s instance")[0]["InstanceId"]
     lab.hub.start()
+
+    def row_of(user: str) -> Scenario:
+        return rows[TOKENS] if user in (ADOPT, RESUME) else next(rows[p.label] for p in KILL_POINTS if p.user == user)
+
     for user in users:
         if lab.request_start(user) not in (201, 202):
-            (rows[TOKENS] if user in (ADOPT, RESUME) else
-             next(rows[p.label] for p in KILL_POINTS if p.user == user)).notes.append("spawn after the restart refused")
+            row_of(user).notes.append("spawn after the restart refused")
     for user in users:
         lab.settle(user)
+    log = lab.hub.log_of_this_start()
+    for user, iid in left.items():
+        if f"terminating orphan {iid}" in log:  # swept before the user came back: nothing to adopt
+            row_of(user).error = f"point not reached: the sweeper ended {iid} before {user} started again"
 
 
 def _resume_failures(lab: Lab, s: Scenario) -> None:

@@ -14,7 +14,8 @@ import json
 import pytest
 from chaos_lab import ADMIN_TOKEN, REGION, Row, format_table, run, scenarios
 
-pytestmark = pytest.mark.slow
+# The whole run is the first test's set-up: about 3 minutes here, more on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
