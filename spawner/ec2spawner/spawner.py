@@ -902,6 +902,21 @@ class EC2Spawner(Spawner):
         await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
                             ignore={ErrorKind.NOT_FOUND})
 
+    async def rename(self, old_name, new_name):
+        """Retag this server's instances before JupyterHub renames the server.
+
+        JupyterHub 6 calls this from ``PATCH /users/:user/servers/:name`` with a new ``name``,
+        only for a server that is not active (apihandlers/users.py), so what is retagged here is
+        an instance kept stopped for it (``stop_mode = "stop"``). The tags keep naming their server
+        and the next start resumes it under the new name.
+        """
+        snapshot = await self._watcher().fresh()
+        for view in snapshot.values():
+            if self._is_mine(view) and view.state not in req.GONE_STATES:
+                self.log.info("%s: server renamed to %r, retagging %s", self._log_name, new_name, view.instance_id)
+                await self.aws.call("ec2", "CreateTags", Resources=[view.instance_id], Tags=req.rename_tags(
+                    hub_id=self.hub_id, user=self.user.name, server=new_name))
+
     async def delete_forever(self):
         """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""
         watcher = self._watcher()

@@ -260,3 +260,37 @@ async def test_throttled_run_instances_gives_up_at_start_timeout(new_spawner, em
     assert info.value.reason == "throttled"
     assert time.monotonic() - started < 3 + 1
     assert len(attempts) >= 2 and live() == []
+
+
+# -- scenario 8: renamed users and servers keep their instances ---------------------------------
+
+def tags_of(ec2, iid):
+    instance = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in instance["Tags"]}
+
+
+async def test_renamed_server_keeps_its_instance_under_the_new_name(new_spawner, emu, ec2, hub_id):
+    first = new_spawner(server="old", stop_mode="stop")
+    await first.start()
+    iid = first.instance_id
+    await first.stop()
+    first.clear_state()
+    await first.rename("old", "new")  # JupyterHub 6: PATCH /users/alice/servers/old {"name": "new"}
+    tags = tags_of(ec2, iid)
+    assert (tags["ec2hub:user"], tags["ec2hub:server"], tags["Name"]) == ("alice", "new", f"ec2hub-{hub_id}-alice-new")
+    renamed = new_spawner(server="new", stop_mode="stop")
+    renamed.load_state(first.get_state())
+    await renamed.start()
+    assert renamed.instance_id == iid
+
+
+async def test_renamed_user_resumes_its_kept_instance_and_retags_it(new_spawner, emu, ec2, hub_id):
+    # JupyterHub 6.1.1 renames a user without any spawner hook: the saved state still names the
+    # kept instance, and its tags follow at the next start.
+    iid, state = await stopped_and_kept(new_spawner)
+    renamed = new_spawner("alicia", stop_mode="stop")
+    renamed.load_state(state)
+    await renamed.start()
+    assert renamed.instance_id == iid
+    tags = tags_of(ec2, iid)
+    assert (tags["ec2hub:user"], tags["ec2hub:server"], tags["Name"]) == ("alicia", "", f"ec2hub-{hub_id}-alicia")
