@@ -31,7 +31,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import botocore.config
@@ -270,7 +270,7 @@ class _ParserFactory(botocore.parsers.ResponseParserFactory):
 class Aws:
     """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
 
-    _shared: dict[str, Aws] = {}
+    _shared: ClassVar[dict[str, Aws]] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, region: str, *, max_pool_connections: int = 50):

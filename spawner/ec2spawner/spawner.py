@@ -16,7 +16,8 @@ import random
 import time
 import uuid
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
@@ -82,8 +83,8 @@ class EC2Spawner(Spawner):
     """Run each server on its own EC2 instance, launched from its class's launch template."""
 
     # Every spawner object of the process; the sweeper asks them which instances are owned.
-    _live: weakref.WeakSet[EC2Spawner] = weakref.WeakSet()
-    _type_facts: dict[tuple[str, str], opts.TypeFacts] = {}
+    _live: ClassVar[weakref.WeakSet[EC2Spawner]] = weakref.WeakSet()
+    _type_facts: ClassVar[dict[tuple[str, str], opts.TypeFacts]] = {}
 
     region = Unicode(help="""AWS region of the hub and its notebook instances.""").tag(config=True)
 
@@ -532,7 +533,7 @@ class EC2Spawner(Spawner):
         snapshot = await watcher.fresh()
         mine = sorted(
             (v for v in snapshot.values() if self._is_mine(v) and v.state not in req.GONE_STATES),
-            key=lambda v: v.launch_time or datetime.min.replace(tzinfo=timezone.utc),
+            key=lambda v: v.launch_time or datetime.min.replace(tzinfo=UTC),
             reverse=True,
         )
         chosen: InstanceView | None = None
@@ -858,6 +859,8 @@ class EC2Spawner(Spawner):
         return self.stop_mode == "stop" and not (cls and cls.is_spot)
 
     async def get_url(self):
+        """The server's URL from the instance's current addresses (``server_url_template``), as
+        last seen by the watcher; JupyterHub's stored URL when the instance is not known."""
         if self.instance_id:
             view = self._watcher().get(self.instance_id)
             if view is not None and view.private_ip:
@@ -865,6 +868,14 @@ class EC2Spawner(Spawner):
         return await super().get_url()
 
     async def stop(self, now=False):
+        """End the server's instance and delete its secret; idempotent.
+
+        ``stop_mode = "terminate"`` (and spot classes): TerminateInstances. ``"stop"``:
+        StopInstances, and the instance is kept for the next start (``kept_instance_id`` survives
+        ``clear_state`` so the hub database names it). Unless ``now``, waits up to
+        ``stop_timeout`` for EC2 to report it stopped or terminated. JupyterHub calls this only
+        when ``poll()`` returned None.
+        """
         iid = self.instance_id
         if not iid:
             return
@@ -929,6 +940,8 @@ class EC2Spawner(Spawner):
         self.kept_instance_id = None
 
     async def progress(self):
+        """Every phase of the current start as ``{"message", "progress"}`` events, from the first;
+        may be subscribed to before ``start()`` runs, and ends when ``start()`` has ended."""
         seen = 0
         while True:
             while seen < len(self._events):

@@ -118,12 +118,12 @@ def new_spawner(platform, hub_id):
     from jupyterhub.objects import Hub
 
     def factory(user: str = "alice", server: str = "", groups=(), user_options=None, api_token=TOKEN, **traits):
-        settings = dict(
-            region=REGION, hub_id=hub_id, classes=platform.classes, subnets=platform.subnets,
-            secret_prefix=f"/ec2hub/{hub_id}/servers/", efs_id="fs-12345678",
-            fast_poll_interval=0.05, poll_interval=1, launch_visibility_grace=5,
-            start_timeout=15, http_timeout=5, stop_timeout=10, sweep_orphans=False,
-        )
+        settings = {
+            "region": REGION, "hub_id": hub_id, "classes": platform.classes, "subnets": platform.subnets,
+            "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": "fs-12345678",
+            "fast_poll_interval": 0.05, "poll_interval": 1, "launch_visibility_grace": 5,
+            "start_timeout": 15, "http_timeout": 5, "stop_timeout": 10, "sweep_orphans": False,
+        }
         settings.update(traits)
         base_url = f"/user/{user}/{server + '/' if server else ''}"
         spawner = EC2Spawner(
