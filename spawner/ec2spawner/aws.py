@@ -21,6 +21,7 @@ No sandbox knowledge here: boto3 honours ``AWS_ENDPOINT_URL`` and the config fil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import functools
@@ -28,10 +29,9 @@ import gc
 import threading
 import time
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import botocore.config
@@ -270,7 +270,7 @@ class _ParserFactory(botocore.parsers.ResponseParserFactory):
 class Aws:
     """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
 
-    _shared: dict[str, Aws] = {}
+    _shared: ClassVar[dict[str, Aws]] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, region: str, *, max_pool_connections: int = 50):
@@ -282,7 +282,7 @@ class Aws:
         )
         # One thread per pooled connection: more threads would only queue on the pool, fewer
         # would leave connections idle while calls wait for a thread.
-        self._executor = ThreadPoolExecutor(max_workers=max_pool_connections,
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_pool_connections,
                                             thread_name_prefix=f"ec2hub-aws-{region}")
         core = botocore.session.get_session()
         core.register_component("response_parser_factory", _ParserFactory())
@@ -324,9 +324,23 @@ class Aws:
             err = error.response.get("Error", {})
             raise AwsError(operation, err.get("Code", "Unknown"), err.get("Message", "")) from None
 
-    async def _in_thread(self, func, *args):
+    async def in_thread(self, func, *args):
+        """Run ``func(*args)`` on the seam's pool. If the caller is cancelled, the call still runs
+        to its end (a thread cannot be interrupted, and the interpreter joins the pool at exit)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+
+    async def submit(self, service: str, operation: str, **params) -> concurrent.futures.Future:
+        """Send ``operation`` (after its limiter) and return its future without waiting for it.
+
+        For calls that create something (RunInstances): whoever holds the future learns the
+        outcome even if the coroutine that sent it is cancelled. Its exception is an
+        :class:`AwsError` when AWS answered with an error.
+        """
+        limiter = self.limiters.get(operation)
+        if limiter is not None:
+            await limiter.acquire()
+        return self._executor.submit(self._invoke_mapped, service, operation, params)
 
     async def call(
         self, service: str, operation: str, *, ignore: Collection[ErrorKind] = (), **params
@@ -337,11 +351,20 @@ class Aws:
         (then returns None). Network failures propagate as botocore exceptions after botocore's
         own retries.
         """
-        limiter = self.limiters.get(operation)
-        if limiter is not None:
-            await limiter.acquire()
+        future = await self.submit(service, operation, **params)
         try:
-            return await self._in_thread(self._invoke_mapped, service, operation, params)
+            return await asyncio.wrap_future(future)
+        except AwsError as error:
+            if error.kind in ignore:
+                return None
+            raise
+
+    def call_blocking(
+        self, service: str, operation: str, *, ignore: Collection[ErrorKind] = (), **params
+    ) -> dict | None:
+        """:meth:`call` for code already running in a worker thread (no limiter, no loop)."""
+        try:
+            return self._invoke_mapped(service, operation, params)
         except AwsError as error:
             if error.kind in ignore:
                 return None
@@ -366,7 +389,7 @@ class Aws:
 
     async def describe_instances(self, filters: list[dict]) -> dict[str, InstanceView]:
         """Every instance matching ``filters``, all pages, parsed in the worker thread."""
-        return await self._in_thread(self._describe_all_sync, filters)
+        return await self.in_thread(self._describe_all_sync, filters)
 
     def _describe_parameters_sync(self, filters: list[dict]) -> dict[str, datetime | None]:
         found: dict[str, datetime | None] = {}
@@ -384,7 +407,7 @@ class Aws:
 
     async def describe_parameters(self, filters: list[dict]) -> dict[str, datetime | None]:
         """Parameter name -> last modified, for every parameter matching ``filters``."""
-        return await self._in_thread(self._describe_parameters_sync, filters)
+        return await self.in_thread(self._describe_parameters_sync, filters)
 
 
 def _snake(operation: str) -> str:

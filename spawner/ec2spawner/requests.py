@@ -76,7 +76,7 @@ def client_token(
     of launching a second. Type and subnet are part of it because EC2 refuses a reused token whose
     parameters differ (``IdempotentParameterMismatch``).
     """
-    material = "\0".join([hub_id, user, server, attempt, instance_type, subnet_id])
+    material = f"{hub_id}\0{user}\0{server}\0{attempt}\0{instance_type}\0{subnet_id}"
     return "ec2hub-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:57]
 
 

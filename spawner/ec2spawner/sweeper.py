@@ -29,7 +29,8 @@ import logging
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .requests import (
@@ -132,7 +133,7 @@ def find_orphan_secrets(
 
 
 class OrphanSweeper:
-    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = weakref.WeakKeyDictionary()
 
     def __init__(
         self,
@@ -195,7 +196,7 @@ class OrphanSweeper:
         snapshot = await self.watcher.fresh()
         # After the describe: an instance launched meanwhile is owned or in grace.
         ownership = self.owned()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         decisions = find_orphans(snapshot, ownership, now=now, grace=self.grace, keep_stopped=self.keep_stopped)
         terminating = set()
         for d in decisions:

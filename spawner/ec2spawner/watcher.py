@@ -21,6 +21,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
+from typing import ClassVar
 
 from .aws import Aws, InstanceView
 from .requests import LIVE_STATES, hub_filters
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class InstanceWatcher:
     """A shared, periodically refreshed view of this hub's instances."""
 
-    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = (
+    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -105,7 +106,7 @@ class InstanceWatcher:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # keep the last snapshot; try again next interval
+            except Exception as error:  # noqa: BLE001 (keep the last snapshot; try again next interval)
                 self.log.warning("ec2hub watcher %s: DescribeInstances failed: %s", self.hub_id, error)
             interval = self.fast_interval if self._spawning else self.slow_interval
             self._wake.clear()

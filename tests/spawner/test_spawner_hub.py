@@ -111,7 +111,7 @@ c.EC2Spawner.sweep_orphans = False
     try:
         start()
         yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
-                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart),
+                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart), "proc": staticmethod(lambda: procs[-1]),
                                "log": staticmethod(lambda: (tmp_path / "hub.log").read_text())})
     finally:
         if procs:
@@ -239,3 +239,32 @@ def test_sweeper_starts_with_the_hub_and_owns_what_the_database_names(hub, ec2, 
     wait_until(lambda: hub.log().count("ec2hub sweeper: swept") >= sweeps + 3, 30, "three more sweeps")
     assert state(kept) == "stopped"
     assert state(hub_host) == "running" and hub_host not in hub.log()
+
+
+def test_hub_shutdown_while_run_instances_is_in_flight_leaves_nothing(hub, emulator, monkeypatch, live, ssm):
+    import signal
+    import threading
+
+    in_flight, release = threading.Event(), threading.Event()
+    before = emulator.before_run_instances
+
+    def slow(backend, kwargs):  # the emulator runs in this process: hold EC2's answer back
+        in_flight.set()
+        release.wait(20)
+        return before(backend, kwargs)
+
+    monkeypatch.setattr(emulator, "before_run_instances", slow)
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(s.post, f"{api}/users/alice/server", json={}, timeout=30)
+        assert in_flight.wait(30)
+        hub.proc().send_signal(signal.SIGTERM)  # systemd stopping the hub mid-spawn
+        wait_until(lambda: "initiating shutdown" in hub.log(), 15, "the hub to begin its shutdown")
+        release.set()  # EC2 launches the instance after the hub gave up the spawn
+        hub.proc().wait(30)
+    assert live() == []
+    prefix = f"/ec2hub/{hub.hub_id}/servers/"
+    assert ssm.describe_parameters(ParameterFilters=[
+        {"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])["Parameters"] == []
+    assert "cleaned up" in hub.log()

@@ -47,7 +47,8 @@ def test_launch_params_on_demand_and_spot():
 
 
 def test_client_token_is_stable_per_attempt_and_distinct_otherwise():
-    args = dict(hub_id="h", user="u", server="", attempt="a1", instance_type="t3.medium", subnet_id="s1")
+    args = {"hub_id": "h", "user": "u", "server": "", "attempt": "a1", "instance_type": "t3.medium",
+            "subnet_id": "s1"}
     token = req.client_token(**args)
     assert token == req.client_token(**args) and len(token) <= 64 and token.isascii()
     for change in ({"attempt": "a2"}, {"subnet_id": "s2"}, {"instance_type": "t3a.medium"}, {"server": "x"}):
