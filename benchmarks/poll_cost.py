@@ -45,7 +45,8 @@ def launch(ec2, n: int) -> list[str]:
         batch = min(250, n - len(ids))
         answer = ec2.run_instances(ImageId="ami-12345678", InstanceType="t3.medium", SubnetId=subnet,
                                    MinCount=batch, MaxCount=batch, TagSpecifications=[{
-                                       "ResourceType": "instance", "Tags": [{"Key": "ec2hub:hub", "Value": HUB}]}])
+                                       "ResourceType": "instance", "Tags": [{"Key": "ec2hub:hub", "Value": HUB},
+                                                                        {"Key": "ec2hub:user", "Value": "bench"}]}])
         ids += [i["InstanceId"] for i in answer["Instances"]]
     return ids
 

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--pending-s", type=float, default=2.0, help="how long new instances stay pending (default 2)")
     up.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
     commands.add_parser("down", help="stop a running sandbox and remove what a crashed one left")
-    commands.add_parser("status", help="list instances with state, class and user")
+    commands.add_parser("status", help="list instances: state, class, who owns each and what the sweeper intends")
     inject = commands.add_parser("inject", help="inject an EC2 fault into the running emulator")
     faults = inject.add_subparsers(dest="fault", required=True)
     capacity = faults.add_parser("capacity", help="InsufficientInstanceCapacity for a type in an AZ")
@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     spot.add_argument("instance_id")
     terminate = faults.add_parser("terminate", help="terminate an instance behind the hub's back")
     terminate.add_argument("instance_id")
-    faults.add_parser("clear", help="remove every injected fault")
+    outage = faults.add_parser("outage", help="EC2 and SSM unreachable for N seconds (connection errors), then back")
+    outage.add_argument("--seconds", type=float, required=True)
+    faults.add_parser("kill-hub", help="SIGKILL the hub process on the hub host; its service manager restarts it")
+    faults.add_parser("clear", help="remove every injected fault (and end an outage)")
     pending = faults.add_parser("pending", help="set how long new instances stay pending")
     pending.add_argument("seconds", type=float)
     args = parser.parse_args(argv)
@@ -48,8 +51,13 @@ def _inject(args) -> int:
     if not ENV_FILE.exists():
         print("sandbox: not running (no .sandbox/env.json)", file=sys.stderr)
         return 1
-    client = EmulatorClient(json.loads(ENV_FILE.read_text())["aws_endpoint_url"])
-    if args.fault == "capacity":
+    env = json.loads(ENV_FILE.read_text())
+    if args.fault == "kill-hub":
+        return _kill_hub(env)
+    client = EmulatorClient(env["aws_endpoint_url"])
+    if args.fault == "outage":
+        reply = client.outage(args.seconds)
+    elif args.fault == "capacity":
         reply = client.faults(capacity=[{"az": args.az, "instance_type": args.instance_type}])
     elif args.fault == "throttle":
         reply = client.faults(throttle={"burst": 5, "per_second": 2})
@@ -60,8 +68,28 @@ def _inject(args) -> int:
     elif args.fault == "pending":
         reply = client.faults(pending_s=args.seconds)
     else:
+        client.outage(0)
         reply = client.faults(clear_capacity=True, throttle=None)
     print(json.dumps(reply, indent=2))
+    return 0
+
+
+def _kill_hub(env: dict) -> int:
+    from .faults import FaultError, kill_hub
+
+    try:
+        result = kill_hub(env["hub_instance_id"])
+    except FaultError as error:
+        print(f"sandbox: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    if not result["systemd"]:
+        print("sandbox: the hub host has no systemd as PID 1, so nothing restarts the hub "
+              "(run `python -m sandbox down` and `up` again)", file=sys.stderr)
+        return 0
+    if not result["restarted"]:
+        print("sandbox: systemd has not restarted the hub yet", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,17 +14,36 @@ classes of the process that runs the server (so use it in-process through
 * terminating an instance behind the hub's back, and spot interruption (terminated with
   StateReason ``Server.SpotInstanceTermination``);
 * state-change events (``running``, ``stopped``, ``terminated``) to in-process listeners and over
-  HTTP, for the sandbox's simulated data plane.
+  HTTP, for the sandbox's simulated data plane, and ``rebooting`` on RebootInstances of a running
+  instance (EC2 keeps it ``running``);
+* a ``visibility_lag_s`` during which an instance RunInstances just made is not listed, and
+  DescribeInstances, TerminateInstances, StopInstances and StartInstances naming it answer
+  ``InvalidInstanceID.NotFound`` (EC2's eventual consistency right after a launch);
+* InsufficientInstanceCapacity on StartInstances too (a stopped instance resumed in an AZ that has
+  no capacity for its type), and a ``start_lag_s`` during which a started instance is still
+  described as ``stopped`` (EC2's eventual consistency);
+* an outage: for N seconds every AWS call (EC2, SSM, STS; not the control paths) is answered by
+  closing the connection without a response, a connection-level error as when the endpoint is
+  unreachable; it ends by itself;
+* holds, to reach a point of a client's work deterministically: an AWS call (by action, optionally
+  only when its raw request body contains a string) waits in the emulator until released, then
+  runs or is dropped unanswered (as if it never reached AWS); a transition (``pending``,
+  ``stopping``, ``shutting-down``) of a matching instance does not end while its hold exists.
+  Every call is counted by action (``calls`` in the state), so a client can wait for one.
 
 Control in-process through the :class:`Emulator` methods, or over HTTP on the same port
 (``EmulatorClient`` speaks it)::
 
     GET  /_ec2hub/state                       current faults and counters
-    POST /_ec2hub/faults    {"pending_s": 5, "stopping_s": 0, "shutting_down_s": 0,
+    POST /_ec2hub/faults    {"pending_s": 5, "stopping_s": 0, "shutting_down_s": 0, "start_lag_s": 0,
+                             "visibility_lag_s": 0,
                              "capacity": [{"az": "us-east-1a", "instance_type": "g5.xlarge"}],
                              "clear_capacity": true,
                              "throttle": {"burst": 5, "per_second": 2} | null}
     POST /_ec2hub/terminate {"instance_id": "i-...", "spot": false}
+    POST /_ec2hub/outage    {"seconds": 10}          (0 ends an outage now)
+    POST /_ec2hub/holds     {"action": "RunInstances", "contains": "alice"}  -> {"id": 1, ...}
+    POST /_ec2hub/release   {"id": 1, "drop": false}
     GET  /_ec2hub/events?after=<seq>&timeout=<s>   long poll: events with seq > after
 
 Only one emulator is active per process at a time (the moto patches are process-wide).
@@ -33,10 +52,13 @@ Only one emulator is active per process at a time (the moto patches are process-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import urllib.request
@@ -51,6 +73,33 @@ CONTROL_PREFIX = "/_ec2hub/"
 SPOT_REASON = ("Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination")
 _STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 _MAX_EVENTS = 100_000
+# Transitions a hold can keep from ending (see Emulator.hold).
+_TRANSITIONS = ("pending", "stopping", "shutting-down")
+
+
+class Dropped(ConnectionError):
+    """Raised inside the WSGI app to end a connection with no response (werkzeug ignores it)."""
+
+
+@dataclass
+class Hold:
+    """An AWS call or a transition held until released (see :meth:`Emulator.hold`)."""
+
+    id: int
+    action: str
+    contains: str = ""
+    waiting: int = 0  # calls held right now
+    held: int = 0  # calls (or transitions) it has ever held
+    released: bool = False
+    drop: bool = False
+    seen: set[str] = field(default_factory=set)  # instances whose transition it has held
+
+    def matches(self, action: str, text: str) -> bool:
+        return not self.released and self.action == action and self.contains in text
+
+    def model(self) -> dict:
+        return {"id": self.id, "action": self.action, "contains": self.contains, "waiting": self.waiting,
+                "held": self.held, "released": self.released, "drop": self.drop}
 
 
 class _Bucket:
@@ -78,6 +127,7 @@ class _Tracked:
     due: float | None = None  # when the current transitional state ends
     target: str | None = None  # the state it ends in
     reason: tuple[str, str] | None = None
+    then: tuple[str, str, float] | None = None  # (transitional, final, delay) entered after target
 
 
 @dataclass
@@ -91,7 +141,15 @@ class Emulator:
     shutting_down_s: float = 0.0
     capacity_faults: set[tuple[str, str]] = field(default_factory=set)
     throttle: _Bucket | None = None
+    start_lag_s: float = 0.0
+    visibility_lag_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    outage_until: float = 0.0
+    _launched: dict[str, float] = field(default_factory=dict)  # instance id -> monotonic launch time
+    _holds: dict[int, Hold] = field(default_factory=dict)
+    _hold_ids: int = 0
+    _hold_changed: threading.Condition = field(default_factory=threading.Condition)
     _server: Any = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _tracked: dict[str, _Tracked] = field(default_factory=dict)
@@ -112,8 +170,13 @@ class Emulator:
     # -- faults ---------------------------------------------------------------------------------
 
     def set_timing(self, *, pending_s: float | None = None, stopping_s: float | None = None,
-                   shutting_down_s: float | None = None) -> None:
+                   shutting_down_s: float | None = None, start_lag_s: float | None = None,
+                   visibility_lag_s: float | None = None) -> None:
         with self._lock:
+            if visibility_lag_s is not None:
+                self.visibility_lag_s = visibility_lag_s
+            if start_lag_s is not None:
+                self.start_lag_s = start_lag_s
             if pending_s is not None:
                 self.pending_s = pending_s
             if stopping_s is not None:
@@ -146,6 +209,75 @@ class Emulator:
             if spot:
                 self._set_reason(tracked, SPOT_REASON)
 
+    def outage(self, seconds: float) -> None:
+        """Every AWS call fails at connection level for ``seconds`` from now (0: end it now)."""
+        with self._lock:
+            self.outage_until = time.monotonic() + seconds if seconds > 0 else 0.0
+
+    @property
+    def in_outage(self) -> bool:
+        return time.monotonic() < self.outage_until
+
+    def hold(self, action: str, contains: str = "") -> Hold:
+        """Hold every call of ``action`` whose raw request body contains ``contains`` until
+        :meth:`release`; or, for ``action`` in ``pending``/``stopping``/``shutting-down``, keep a
+        matching instance (its id or a ``key=value`` of its tags contains ``contains``) in that
+        state. Calls that arrive are counted in the hold's ``held`` and ``waiting``."""
+        with self._hold_changed:
+            self._hold_ids += 1
+            hold = self._holds[self._hold_ids] = Hold(self._hold_ids, action, contains)
+            return hold
+
+    def release(self, hold_id: int, *, drop: bool = False) -> Hold:
+        """End a hold: its waiting calls run (``drop``: end unanswered, never reaching moto) and
+        a held transition ends at its due time (or at once if that passed)."""
+        with self._hold_changed:
+            hold = self._holds[hold_id]
+            hold.released, hold.drop = True, drop
+            self._hold_changed.notify_all()
+            return hold
+
+    def holds(self) -> list[dict]:
+        with self._hold_changed:
+            return [h.model() for h in self._holds.values()]
+
+    def _wait_if_held(self, action: str, text: str) -> None:
+        """Block the calling request thread while a hold matches; raise Dropped if it is dropped."""
+        with self._hold_changed:
+            hold = next((h for h in self._holds.values() if h.matches(action, text)), None)
+            if hold is None:
+                return
+            hold.held += 1
+            hold.waiting += 1
+            try:
+                while not hold.released and not self._stopping.is_set():
+                    self._hold_changed.wait(1.0)
+            finally:
+                hold.waiting -= 1
+            if hold.drop:
+                raise Dropped(f"{action} dropped by hold {hold.id}")
+
+    def _transition_held(self, tracked: _Tracked) -> bool:
+        state = tracked.instance._state.name
+        if state not in _TRANSITIONS:
+            return False
+        with self._hold_changed:
+            if not any(h.action == state and not h.released for h in self._holds.values()):
+                return False
+            tags = tracked.instance.get_tags() if hasattr(tracked.instance, "get_tags") else []
+            text = " ".join([tracked.instance.id, *(f"{t['key']}={t['value']}" for t in tags)])
+            for hold in self._holds.values():
+                if hold.matches(state, text):
+                    if tracked.instance.id not in hold.seen:
+                        hold.seen.add(tracked.instance.id)
+                        hold.held += 1
+                    return True
+        return False
+
+    def count_call(self, action: str) -> None:
+        with self._lock:
+            self.calls[action] = self.calls.get(action, 0) + 1
+
     def state(self) -> dict:
         with self._lock:
             return {
@@ -153,6 +285,11 @@ class Emulator:
                 "pending_s": self.pending_s,
                 "stopping_s": self.stopping_s,
                 "shutting_down_s": self.shutting_down_s,
+                "start_lag_s": self.start_lag_s,
+                "visibility_lag_s": self.visibility_lag_s,
+                "outage_s": max(0.0, self.outage_until - time.monotonic()),
+                "holds": self.holds(),
+                "calls": dict(self.calls),
                 "capacity": [{"az": az, "instance_type": t} for az, t in sorted(self.capacity_faults)],
                 "throttle": None if self.throttle is None else
                 {"burst": self.throttle.burst, "per_second": self.throttle.per_second},
@@ -232,8 +369,8 @@ class Emulator:
         """Put ``instance`` in ``transitional`` for ``delay`` s, then ``final`` (now if delay <= 0)."""
         with self._lock:
             tracked = self._tracked.setdefault(instance.id, _Tracked(instance))
-            if delay > 0:
-                self._set_state(instance, transitional)
+            self._set_state(instance, transitional)
+            if delay > 0 or self._transition_held(tracked):
                 tracked.due, tracked.target = time.monotonic() + delay, final
             else:
                 self._set_state(instance, final)
@@ -247,13 +384,17 @@ class Emulator:
         """Finish every transition that is due (called before each request and by a ticker)."""
         now = time.monotonic()
         with self._lock:
-            for tracked in self._tracked.values():
-                if tracked.due is not None and tracked.due <= now:
+            for tracked in list(self._tracked.values()):
+                if tracked.due is not None and tracked.due <= now and not self._transition_held(tracked):
                     self._set_state(tracked.instance, tracked.target)
                     if tracked.reason:
                         self._set_reason(tracked, tracked.reason)
                         tracked.reason = None
                     final, tracked.due, tracked.target = tracked.target, None, None
+                    if tracked.then is not None:  # a lagging `stopped`, then the real start
+                        (transitional, target, delay), tracked.then = tracked.then, None
+                        self._enter(tracked.instance, transitional, target, delay)
+                        continue
                     self._emit(tracked, final)
 
     def _tick_forever(self) -> None:
@@ -300,12 +441,47 @@ class Emulator:
             if token:
                 self._tokens[token] = reservation
             for instance in reservation.instances:
+                self._launched[instance.id] = time.monotonic()
                 self._enter(instance, "pending", "running", self.pending_s)
+
+    def visible(self, instance_id: str) -> bool:
+        """False while a just-launched instance is still unknown to EC2's read side."""
+        launched = self._launched.get(instance_id)
+        return launched is None or time.monotonic() - launched >= self.visibility_lag_s
+
+    def before_start(self, instance: Any) -> None:
+        """StartInstances of a stopped instance needs capacity for its type in its AZ, as EC2's does."""
+        from moto.ec2.exceptions import EC2ClientError
+
+        with self._lock:
+            self._count("StartInstances")
+            az = instance.availability_zone
+            if (az, instance.instance_type) in self.capacity_faults:
+                self._count("InsufficientInstanceCapacity")
+                raise EC2ClientError(
+                    "InsufficientInstanceCapacity",
+                    f"Insufficient capacity. ({instance.instance_type} in {az})",
+                )
+
+    def after_start(self, instance: Any) -> None:
+        with self._lock:
+            if self.start_lag_s > 0:
+                self._enter(instance, "stopped", "pending", self.start_lag_s)
+                self._tracked[instance.id].then = ("pending", "running", self.pending_s)
+            else:
+                self._enter(instance, "pending", "running", self.pending_s)
+
+    def after_reboot(self, instance: Any) -> None:
+        """A reboot keeps the instance ``running`` (as EC2 does) and emits ``rebooting``."""
+        with self._lock:
+            self._emit(self._tracked.setdefault(instance.id, _Tracked(instance)), "rebooting")
 
     def stop(self) -> None:
         """Stop the server and the ticker; the moto patches stay installed but inactive."""
         global _ACTIVE
         self._stopping.set()
+        with self._hold_changed:
+            self._hold_changed.notify_all()
         self._dispatch.put(None)
         if self._server is not None:
             self._server.stop()
@@ -324,8 +500,8 @@ def _install_patches() -> None:
         return
     from moto.ec2.models.instances import Instance, InstanceBackend
 
-    run_instances = InstanceBackend.run_instances
-    start, stop, terminate = Instance.start, Instance.stop, Instance.terminate
+    run_instances, all_reservations = InstanceBackend.run_instances, InstanceBackend.all_reservations
+    start, stop, terminate, reboot = Instance.start, Instance.stop, Instance.terminate, Instance.reboot
 
     def patched_run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
         emulator = _ACTIVE
@@ -338,11 +514,33 @@ def _install_patches() -> None:
         emulator.after_run_instances(kwargs, reservation)
         return reservation
 
+    def patched_all_reservations(self, filters=None):
+        reservations = all_reservations(self, filters)
+        emulator = _ACTIVE
+        if emulator is None or emulator.visibility_lag_s <= 0:
+            return reservations
+        shown = []
+        for reservation in reservations:  # shallow copies: give each its own list
+            reservation.instances = [i for i in reservation.instances if emulator.visible(i.id)]
+            if reservation.instances:
+                shown.append(reservation)
+        return shown
+
     def patched_start(self):
+        if _ACTIVE is not None:
+            _ACTIVE.before_start(self)
         previous = start(self)
         if _ACTIVE is not None:
-            _ACTIVE._enter(self, "pending", "running", _ACTIVE.pending_s)
+            _ACTIVE.after_start(self)
         return previous
+
+    def patched_reboot(self):
+        # moto's reboot makes any instance "running" again; EC2 reboots only a running one.
+        if self._state.name != "running":
+            return
+        reboot(self)
+        if _ACTIVE is not None:
+            _ACTIVE.after_reboot(self)
 
     def patched_stop(self):
         previous = stop(self)
@@ -358,8 +556,21 @@ def _install_patches() -> None:
         return previous
 
     InstanceBackend.run_instances = patched_run_instances
+    # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
+    InstanceBackend.all_reservations = patched_all_reservations
     Instance.start, Instance.stop, Instance.terminate = patched_start, patched_stop, patched_terminate
+    Instance.reboot = patched_reboot
     _PATCHED = True
+
+
+def _action(environ: dict, body: bytes) -> str:
+    """The API action of a request: JSON protocols (SSM) name it in X-Amz-Target, query
+    protocols (EC2, STS) in the form field Action."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    query = parse_qs(body.decode("utf-8", errors="replace")) or parse_qs(environ.get("QUERY_STRING", ""))
+    return query.get("Action", ["?"])[0]
 
 
 def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
@@ -370,11 +581,31 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
         return [data]
 
+    def aws_call(environ, start_response):
+        """Count the call by action, then refuse it (outage), hold it, or pass it to moto."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = _action(environ, body)
+        emulator.count_call(action)
+        try:
+            if emulator.in_outage:
+                emulator._count("Refused")
+                raise Dropped(f"{action} refused: outage")
+            emulator._wait_if_held(action, body.decode("utf-8", errors="replace"))
+        except Dropped:
+            # No response at all: the client sees the connection closed, as with an unreachable
+            # endpoint. werkzeug treats a ConnectionError from the app as a dropped connection.
+            with contextlib.suppress(OSError):
+                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+            raise
+        return moto_app(environ, start_response)
+
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
         emulator.tick()
         if not path.startswith(CONTROL_PREFIX):
-            return moto_app(environ, start_response)
+            return aws_call(environ, start_response)
         method = environ["REQUEST_METHOD"]
         try:
             if method == "POST":
@@ -384,7 +615,9 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
                 return respond(start_response, "200 OK", emulator.state())
             if path == CONTROL_PREFIX + "faults" and method == "POST":
                 emulator.set_timing(pending_s=body.get("pending_s"), stopping_s=body.get("stopping_s"),
-                                    shutting_down_s=body.get("shutting_down_s"))
+                                    shutting_down_s=body.get("shutting_down_s"),
+                                    start_lag_s=body.get("start_lag_s"),
+                                    visibility_lag_s=body.get("visibility_lag_s"))
                 if body.get("clear_capacity"):
                     emulator.clear_capacity_faults()
                 for fault in body.get("capacity", []):
@@ -394,6 +627,15 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
                     emulator.set_throttle(None) if throttle is None else emulator.set_throttle(
                         int(throttle.get("burst", 5)), float(throttle.get("per_second", 2.0)))
                 return respond(start_response, "200 OK", emulator.state())
+            if path == CONTROL_PREFIX + "outage" and method == "POST":
+                emulator.outage(float(body["seconds"]))
+                return respond(start_response, "200 OK", emulator.state())
+            if path == CONTROL_PREFIX + "holds" and method == "POST":
+                return respond(start_response, "200 OK",
+                               emulator.hold(str(body["action"]), str(body.get("contains", ""))).model())
+            if path == CONTROL_PREFIX + "release" and method == "POST":
+                return respond(start_response, "200 OK",
+                               emulator.release(int(body["id"]), drop=bool(body.get("drop"))).model())
             if path == CONTROL_PREFIX + "terminate" and method == "POST":
                 emulator.terminate(body["instance_id"], spot=bool(body.get("spot")))
                 return respond(start_response, "200 OK", {"instance_id": body["instance_id"]})
@@ -485,6 +727,15 @@ class EmulatorClient:
 
     def events(self, after: int = 0, timeout: float = 0.0) -> dict:
         return self._request("GET", f"events?after={after}&timeout={timeout}", timeout=timeout + 10)
+
+    def outage(self, seconds: float) -> dict:
+        return self._request("POST", "outage", {"seconds": seconds})
+
+    def hold(self, action: str, contains: str = "") -> dict:
+        return self._request("POST", "holds", {"action": action, "contains": contains})
+
+    def release(self, hold_id: int, *, drop: bool = False) -> dict:
+        return self._request("POST", "release", {"id": hold_id, "drop": drop})
 
 
 def main(argv: list[str] | None = None) -> None:

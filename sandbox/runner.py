@@ -390,23 +390,83 @@ def down() -> int:
 
 
 def status() -> int:
+    """Every instance with its state, type, class, address and tags; who owns it in the hub's view
+    (the hub's REST API with the admin token: each user's servers, stopped ones too, and the
+    ``instance_id`` of their saved state); and what the orphan sweeper would decide about it now
+    (:func:`ec2spawner.sweeper.find_orphans`, the sweeper's own decision function, with the
+    spawner's default grace and stop mode)."""
     if not ENV_FILE.exists():
         say("not running (no .sandbox/env.json)")
         return 1
+    from datetime import UTC, datetime
+
     import boto3
+    from ec2spawner.aws import InstanceView
+    from ec2spawner.spawner import EC2Spawner
+    from ec2spawner.sweeper import Ownership, find_orphans
 
     env = json.loads(ENV_FILE.read_text())
     ec2 = boto3.client("ec2", region_name=env["region"], endpoint_url=env["aws_endpoint_url"],
                        aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
-    print(f"hub: {env['hub_url']}")
-    print(f"{'instance':21} {'state':13} {'type':12} {'class':10} {'ip':15} user")
+    try:
+        owners, servers = hub_owners(env["hub_url"], env["api_token"])
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        owners, servers = None, set()
+        say(f"the hub's API does not answer ({error}): owners unknown")
+    instances, views = [], {}
     for page in ec2.get_paginator("describe_instances").paginate():
         for reservation in page["Reservations"]:
             for inst in reservation["Instances"]:
+                instances.append(inst)
                 tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                role = "(hub)" if "ec2hub:settings-parameter" in tags else tags.get("ec2hub:user", "")
-                server = tags.get("ec2hub:server", "")
-                print(f"{inst['InstanceId']:21} {inst['State']['Name']:13} {inst['InstanceType']:12} "
-                      f"{tags.get('ec2hub:class', ''):10} {inst.get('PrivateIpAddress', ''):15} "
-                      f"{role}{'/' + server if server else ''}")
+                if tags.get("ec2hub:hub") == env["stack_name"]:
+                    views[inst["InstanceId"]] = InstanceView.from_api(inst, reservation.get("OwnerId", ""))
+    traits = EC2Spawner.class_traits()
+    grace = traits["orphan_grace"].default_value
+    decisions = {} if owners is None else {d.instance_id: d for d in find_orphans(
+        views, Ownership.of(owners, servers), now=datetime.now(UTC), grace=grace,
+        keep_stopped=traits["stop_mode"].default_value == "stop")}
+    print(f"hub: {env['hub_url']}  (sweeper as configured by default: grace {grace:.0f} s)")
+    print(f"{'instance':21} {'state':13} {'type':10} {'class':8} {'ip':12} {'tags':16} {'owner (hub)':24} sweeper")
+    for inst in instances:
+        iid = inst["InstanceId"]
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        server = tags.get("ec2hub:server", "")
+        role = "(hub host)" if "ec2hub:settings-parameter" in tags else tags.get("ec2hub:user", "") + (f"/{server}" if server else "")
+        owner = "?" if owners is None else owners.get(iid, "-")
+        decision = decisions.get(iid)
+        if iid not in views:
+            intent = "not this hub's"
+        elif inst["State"]["Name"] in ("shutting-down", "terminated"):
+            intent = "ended"
+        elif "ec2hub:user" not in tags:
+            intent = "never swept: not a notebook instance"
+        elif decision is None:
+            intent = "?" if owners is None else "keep: owned"
+        else:
+            intent = f"{'TERMINATE' if decision.terminate else 'keep'}: {decision.reason}"
+        print(f"{iid:21} {inst['State']['Name']:13} {inst['InstanceType']:10} {tags.get('ec2hub:class', ''):8} "
+              f"{inst.get('PrivateIpAddress', ''):12} {role:16} {owner:24} {intent}")
     return 0
+
+
+def hub_owners(hub_url: str, token: str) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """Instance id -> ``user/server (ready|pending <what>|stopped|kept)`` for every instance a
+    saved server state names (``instance_id``, or ``kept_instance_id`` in stop mode), and the
+    (user, server) pairs the hub's database knows."""
+    request = urllib.request.Request(f"{hub_url}/hub/api/users?include_stopped_servers=1",
+                                     headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
+        users = json.loads(response.read())
+    owners, servers = {}, set()
+    for user in users:
+        for name, model in (user.get("servers") or {}).items():
+            servers.add((user["name"], name))
+            state = model.get("state") or {}
+            how = "ready" if model.get("ready") else f"pending {model['pending']}" if model.get("pending") else "stopped"
+            label = f"{user['name']}{'/' + name if name else ''}"
+            if state.get("instance_id"):
+                owners[state["instance_id"]] = f"{label} ({how})"
+            if state.get("kept_instance_id") and state["kept_instance_id"] != state.get("instance_id"):
+                owners[state["kept_instance_id"]] = f"{label} (kept)"
+    return owners, servers

@@ -1,8 +1,11 @@
 """The one seam between the spawner and AWS.
 
 Every AWS call of the package goes through :meth:`Aws.call` (or :meth:`Aws.describe_instances`),
-which runs boto3 in a thread (``asyncio.to_thread``) so the hub's event loop never waits on the
-network, and maps botocore's error codes to an :class:`ErrorKind` the spawner can act on. Clients
+which runs boto3 on the seam's own thread pool, one thread per pooled HTTP connection
+(``max_pool_connections``), so the hub's event loop never waits on the network and 50 calls in
+flight are not capped at the loop's default executor (CPUs + 4 threads). It maps botocore's error
+codes to an :class:`ErrorKind` the spawner can act on, and ``ignore=`` says once which kinds a
+caller treats as success (``{ErrorKind.NOT_FOUND}`` for "already gone"). Clients
 are created lazily, once per region and service, and shared by every spawner of the process;
 botocore's ``standard`` retry mode retries throttling and transient errors on its own.
 
@@ -18,14 +21,17 @@ No sandbox knowledge here: boto3 honours ``AWS_ENDPOINT_URL`` and the config fil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
+import functools
 import gc
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import botocore.config
@@ -54,6 +60,8 @@ _KINDS = {
         # The type is not offered in this AZ: as good as no capacity there, try the next AZ.
         "Unsupported",
         "SpotMaxPriceTooLow",
+        # The subnet has no free private address: another AZ's subnet may (a quota would not).
+        "InsufficientFreeAddressesInSubnet",
     },
     ErrorKind.THROTTLED: {
         "RequestLimitExceeded",
@@ -66,7 +74,6 @@ _KINDS = {
         "InstanceLimitExceeded",
         "VcpuLimitExceeded",
         "MaxSpotInstanceCountExceeded",
-        "InsufficientFreeAddressesInSubnet",
         "ParameterLimitExceeded",
     },
     ErrorKind.NOT_FOUND: {
@@ -201,22 +208,6 @@ class InstanceView:
 _XML_CHUNK = 64 * 1024
 
 
-class _ChunkedEC2Parser(botocore.parsers.EC2QueryParser):
-    def _parse_xml_string_to_dom(self, xml_string):
-        from xml.etree import ElementTree
-        from xml.etree.ElementTree import ParseError
-
-        try:
-            parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(), encoding=self.DEFAULT_ENCODING)
-            for start in range(0, len(xml_string), _XML_CHUNK):
-                parser.feed(xml_string[start : start + _XML_CHUNK])
-            return parser.close()
-        except ParseError as error:
-            raise botocore.parsers.ResponseParserError(
-                f"Unable to parse response ({error}), invalid XML received. Further retries may succeed"
-            ) from None
-
-
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_was_enabled = False
@@ -224,7 +215,7 @@ _gc_was_enabled = False
 
 @contextlib.contextmanager
 def _cyclic_gc_paused():
-    """Hold off CPython's cyclic garbage collector while a large response is parsed.
+    """Hold off CPython's cyclic garbage collector while an EC2 response is parsed.
 
     Parsing a 1,000-instance page allocates a few hundred thousand objects that live until the
     parse ends; that many survivors trigger a full (generation 2) collection, which walks every
@@ -248,6 +239,27 @@ def _cyclic_gc_paused():
                 gc.enable()
 
 
+class _ChunkedEC2Parser(botocore.parsers.EC2QueryParser):
+    def parse(self, response, shape):
+        # Only the parse: the network call and botocore's retries run with the collector on.
+        with _cyclic_gc_paused():
+            return super().parse(response, shape)
+
+    def _parse_xml_string_to_dom(self, xml_string):
+        from xml.etree import ElementTree
+        from xml.etree.ElementTree import ParseError
+
+        try:
+            parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(), encoding=self.DEFAULT_ENCODING)
+            for start in range(0, len(xml_string), _XML_CHUNK):
+                parser.feed(xml_string[start : start + _XML_CHUNK])
+            return parser.close()
+        except ParseError as error:
+            raise botocore.parsers.ResponseParserError(
+                f"Unable to parse response ({error}), invalid XML received. Further retries may succeed"
+            ) from None
+
+
 class _ParserFactory(botocore.parsers.ResponseParserFactory):
     def create_parser(self, protocol_name):
         if protocol_name == "ec2":
@@ -258,16 +270,20 @@ class _ParserFactory(botocore.parsers.ResponseParserFactory):
 class Aws:
     """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
 
-    _shared: dict[str, Aws] = {}
+    _shared: ClassVar[dict[str, Aws]] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, region: str):
+    def __init__(self, region: str, *, max_pool_connections: int = 50):
         self.region = region
         self.config = botocore.config.Config(
             region_name=region,
             retries={"mode": "standard"},
-            max_pool_connections=50,
+            max_pool_connections=max_pool_connections,
         )
+        # One thread per pooled connection: more threads would only queue on the pool, fewer
+        # would leave connections idle while calls wait for a thread.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_pool_connections,
+                                            thread_name_prefix=f"ec2hub-aws-{region}")
         core = botocore.session.get_session()
         core.register_component("response_parser_factory", _ParserFactory())
         self._session = boto3.session.Session(region_name=region, botocore_session=core)
@@ -308,16 +324,51 @@ class Aws:
             err = error.response.get("Error", {})
             raise AwsError(operation, err.get("Code", "Unknown"), err.get("Message", "")) from None
 
-    async def call(self, service: str, operation: str, **params) -> dict:
-        """Call ``operation`` (API name, e.g. ``RunInstances``) off the event loop.
+    async def in_thread(self, func, *args):
+        """Run ``func(*args)`` on the seam's pool. If the caller is cancelled, the call still runs
+        to its end (a thread cannot be interrupted, and the interpreter joins the pool at exit)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
 
-        Raises :class:`AwsError` for an error AWS answered; network failures propagate as
-        botocore exceptions after botocore's own retries.
+    async def submit(self, service: str, operation: str, **params) -> concurrent.futures.Future:
+        """Send ``operation`` (after its limiter) and return its future without waiting for it.
+
+        For calls that create something (RunInstances): whoever holds the future learns the
+        outcome even if the coroutine that sent it is cancelled. Its exception is an
+        :class:`AwsError` when AWS answered with an error.
         """
         limiter = self.limiters.get(operation)
         if limiter is not None:
             await limiter.acquire()
-        return await asyncio.to_thread(self._invoke_mapped, service, operation, params)
+        return self._executor.submit(self._invoke_mapped, service, operation, params)
+
+    async def call(
+        self, service: str, operation: str, *, ignore: Collection[ErrorKind] = (), **params
+    ) -> dict | None:
+        """Call ``operation`` (API name, e.g. ``RunInstances``) off the event loop.
+
+        Raises :class:`AwsError` for an error AWS answered, unless its kind is in ``ignore``
+        (then returns None). Network failures propagate as botocore exceptions after botocore's
+        own retries.
+        """
+        future = await self.submit(service, operation, **params)
+        try:
+            return await asyncio.wrap_future(future)
+        except AwsError as error:
+            if error.kind in ignore:
+                return None
+            raise
+
+    def call_blocking(
+        self, service: str, operation: str, *, ignore: Collection[ErrorKind] = (), **params
+    ) -> dict | None:
+        """:meth:`call` for code already running in a worker thread (no limiter, no loop)."""
+        try:
+            return self._invoke_mapped(service, operation, params)
+        except AwsError as error:
+            if error.kind in ignore:
+                return None
+            raise
 
     def _describe_all_sync(self, filters: list[dict]) -> dict[str, InstanceView]:
         views: dict[str, InstanceView] = {}
@@ -326,8 +377,7 @@ class Aws:
             params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
             if token:
                 params["NextToken"] = token
-            with _cyclic_gc_paused():
-                page = self._invoke_mapped("ec2", "DescribeInstances", params)
+            page = self._invoke_mapped("ec2", "DescribeInstances", params)
             for reservation in page.get("Reservations", []):
                 owner = reservation.get("OwnerId", "")
                 for instance in reservation.get("Instances", []):
@@ -339,7 +389,7 @@ class Aws:
 
     async def describe_instances(self, filters: list[dict]) -> dict[str, InstanceView]:
         """Every instance matching ``filters``, all pages, parsed in the worker thread."""
-        return await asyncio.to_thread(self._describe_all_sync, filters)
+        return await self.in_thread(self._describe_all_sync, filters)
 
     def _describe_parameters_sync(self, filters: list[dict]) -> dict[str, datetime | None]:
         found: dict[str, datetime | None] = {}
@@ -357,7 +407,7 @@ class Aws:
 
     async def describe_parameters(self, filters: list[dict]) -> dict[str, datetime | None]:
         """Parameter name -> last modified, for every parameter matching ``filters``."""
-        return await asyncio.to_thread(self._describe_parameters_sync, filters)
+        return await self.in_thread(self._describe_parameters_sync, filters)
 
 
 def _snake(operation: str) -> str:

@@ -17,6 +17,7 @@ import sys
 from traitlets.config import Config
 
 from .settings import AuthSettings, HubSettings
+from .spawner import start_sweeper_with_hub
 
 IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -97,6 +98,8 @@ def apply_settings(
             "services": ["idle-culler"],
         }
     ]
+    # The orphan sweeper starts with the hub, not at the first spawn (a no-op outside a hub).
+    start_sweeper_with_hub()
     return c
 
 

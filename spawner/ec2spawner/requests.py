@@ -22,6 +22,10 @@ TAG_INSTANCE_ARN = "ec2hub:instance-arn"
 # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/create-launch-template.html).
 TAG_TEMPLATE_VERSION = "aws:ec2launchtemplate:version"
 
+# Only notebook instances carry ``ec2hub:user``: the hub host is tagged ``ec2hub:hub`` too
+# (infra/hub.py, docs/ARCHITECTURE.md §5), and must never be watched as a server or swept.
+TAG_NOTEBOOK_MARKER = TAG_USER
+
 # EC2 tag values are at most 256 characters; the Name tag is truncated to 255 by contract.
 MAX_TAG_VALUE = 256
 MAX_NAME = 255
@@ -72,7 +76,7 @@ def client_token(
     of launching a second. Type and subnet are part of it because EC2 refuses a reused token whose
     parameters differ (``IdempotentParameterMismatch``).
     """
-    material = "\0".join([hub_id, user, server, attempt, instance_type, subnet_id])
+    material = f"{hub_id}\0{user}\0{server}\0{attempt}\0{instance_type}\0{subnet_id}"
     return "ec2hub-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:57]
 
 
@@ -116,10 +120,25 @@ def launch_params(
 
 
 def hub_filters(hub_id: str) -> list[dict]:
-    """DescribeInstances filters for every instance of this hub, in any state."""
+    """DescribeInstances filters for every notebook instance of this hub, in any state."""
     return [
         {"Name": f"tag:{TAG_HUB}", "Values": [hub_id]},
+        {"Name": "tag-key", "Values": [TAG_NOTEBOOK_MARKER]},
         {"Name": "instance-state-name", "Values": list(ALL_STATES)},
+    ]
+
+
+def server_key(user: str, server: str) -> tuple[str, str]:
+    """(user, server) as the instance tags spell them (truncated like the tag values)."""
+    return user[:MAX_TAG_VALUE], server[:MAX_TAG_VALUE]
+
+
+def rename_tags(*, hub_id: str, user: str, server: str) -> list[dict[str, str]]:
+    """CreateTags for an instance whose user or server was renamed: the tags that name them."""
+    return [
+        {"Key": TAG_USER, "Value": user[:MAX_TAG_VALUE]},
+        {"Key": TAG_SERVER, "Value": server[:MAX_TAG_VALUE]},
+        {"Key": "Name", "Value": instance_name(hub_id, user, server)},
     ]
 
 

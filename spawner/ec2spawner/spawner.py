@@ -10,12 +10,16 @@ hub settings document.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import random
+import time
 import uuid
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
+from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
@@ -23,7 +27,7 @@ from . import options as opts
 from . import requests as req
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .settings import ClassSettings
-from .sweeper import OrphanSweeper
+from .sweeper import OrphanSweeper, Ownership
 from .watcher import InstanceWatcher
 
 # What EC2's StateReason codes mean to a user whose instance ended while starting
@@ -52,8 +56,14 @@ _STATE_REASONS = {
 }
 
 
+# Most seconds the first poll() after a hub restart waits for EC2 before it reports "running".
+_FIRST_POLL_WAIT = 10.0
+
 # The per-server traits get_state/load_state/clear_state carry (declared on EC2Spawner).
-_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt")
+# ``kept_instance_id`` (stop_mode=stop: the stopped instance kept for the next start) survives
+# clear_state, so the hub database names every instance a server owns, running or kept.
+_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt", "kept_instance_id")
+_KEPT_ACROSS_STOPS = ("kept_instance_id",)
 
 
 def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
@@ -73,8 +83,8 @@ class EC2Spawner(Spawner):
     """Run each server on its own EC2 instance, launched from its class's launch template."""
 
     # Every spawner object of the process; the sweeper asks them which instances are owned.
-    _live: weakref.WeakSet[EC2Spawner] = weakref.WeakSet()
-    _type_facts: dict[tuple[str, str], opts.TypeFacts] = {}
+    _live: ClassVar[weakref.WeakSet[EC2Spawner]] = weakref.WeakSet()
+    _type_facts: ClassVar[dict[tuple[str, str], opts.TypeFacts]] = {}
 
     region = Unicode(help="""AWS region of the hub and its notebook instances.""").tag(config=True)
 
@@ -152,7 +162,11 @@ class EC2Spawner(Spawner):
 
     sweep_orphans = Bool(
         True,
-        help="""Run the orphan sweeper in the hub process (once per hub id and region).""",
+        help="""Run the orphan sweeper in the hub process (once per hub id and region).
+
+        It starts with the hub (:func:`start_sweeper_with_hub`, called by
+        ``ec2spawner.hubconfig.apply_settings``), not at the first spawn.
+        """,
     ).tag(config=True)
 
     orphan_grace = Float(
@@ -178,6 +192,7 @@ class EC2Spawner(Spawner):
     subnet_id = Unicode(None, allow_none=True)
     template_version = Unicode(None, allow_none=True)
     attempt = Unicode(None, allow_none=True)
+    kept_instance_id = Unicode(None, allow_none=True)
 
     @default("ip")
     def _default_ip(self):
@@ -219,6 +234,12 @@ class EC2Spawner(Spawner):
         # progress() may be asked for before start() runs: it waits for start() to finish.
         self._progress_changed = asyncio.Event()
         self._start_done = False
+        self._absent_since: float | None = None  # snapshot time poll() first missed the instance
+        self._ended: str | None = None  # instance poll() found ended and cleaned up
+        self._claimed: set[str] = set()  # instances start() claimed on the watcher
+        self._launch_call = None  # (future, ClientToken) of a RunInstances in flight
+        self._resuming = False  # start() is starting a kept instance: a failure keeps it
+        self._launched_here = False  # start() launched the instance moments ago
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -239,7 +260,7 @@ class EC2Spawner(Spawner):
         return {g.name for g in getattr(self.user, "groups", [])}
 
     def _watcher(self) -> InstanceWatcher:
-        watcher = InstanceWatcher.for_hub(
+        return InstanceWatcher.for_hub(
             self.aws,
             self.hub_id,
             slow_interval=self.poll_interval,
@@ -247,30 +268,59 @@ class EC2Spawner(Spawner):
             grace=self.launch_visibility_grace,
             logger=self.log,
         )
-        if self.sweep_orphans:
-            OrphanSweeper.ensure(
-                self.aws,
-                watcher,
-                hub_id=self.hub_id,
-                secret_prefix=self.secret_prefix,
-                owned=functools.partial(type(self).owned_instance_ids, self.hub_id),
-                grace=self.orphan_grace,
-                interval=self.sweep_interval,
-                keep_stopped=self.stop_mode == "stop",
-                logger=self.log,
-            )
-        return watcher
+
+    @classmethod
+    def start_sweeper(cls, *, config, db, log) -> OrphanSweeper | None:
+        """Start this hub's orphan sweeper (and its watcher) on the running loop, once.
+
+        ``db`` is the hub's database session: the sweeper's ownership is every instance a saved
+        spawner state names, plus the spawns in flight in this process (:meth:`hub_ownership`).
+        """
+        probe = cls(config=config, log=log)  # a spawner of no user: only its configuration is read
+        if not probe.sweep_orphans:
+            return None
+        return OrphanSweeper.ensure(
+            probe.aws,
+            probe._watcher(),
+            hub_id=probe.hub_id,
+            secret_prefix=probe.secret_prefix,
+            owned=functools.partial(cls.hub_ownership, db, probe.hub_id),
+            grace=probe.orphan_grace,
+            interval=probe.sweep_interval,
+            keep_stopped=probe.stop_mode == "stop",
+            logger=log,
+        )
 
     @classmethod
     def owned_instance_ids(cls, hub_id: str) -> set[str]:
-        """Instances a server of this process owns: running, pending, or being started."""
-        return {s.instance_id for s in list(cls._live) if s.hub_id == hub_id and s.instance_id}
+        """Instances a spawner object of this process names: running, kept, or being started."""
+        return {
+            iid for s in list(cls._live) if s.hub_id == hub_id for iid in (s.instance_id, s.kept_instance_id) if iid
+        }
+
+    @classmethod
+    def hub_ownership(cls, db, hub_id: str) -> Ownership:
+        """Every instance a spawner state in the hub database names, plus this process's spawns.
+
+        Read from JupyterHub's ORM (``orm.Spawner.state``, saved after each start and stop), so a
+        server whose Spawner object is not loaded (stopped, kept for resume) still owns its
+        instance. Raises if the database cannot be read: then nothing may be swept.
+        """
+        ids = cls.owned_instance_ids(hub_id)
+        servers = set()
+        rows = db.query(orm.User.name, orm.Spawner.name, orm.Spawner.state).join(orm.Spawner.user)
+        for user, server, state in rows:
+            servers.add(req.server_key(user, server or ""))
+            for key in ("instance_id", "kept_instance_id"):
+                if (state or {}).get(key):
+                    ids.add(state[key])
+        return Ownership.of(ids, servers)
 
     def _is_mine(self, view: InstanceView) -> bool:
-        return (
+        return view.instance_id == self.kept_instance_id or (
             view.tags.get(req.TAG_HUB) == self.hub_id
-            and view.tags.get(req.TAG_USER) == self.user.name[: req.MAX_TAG_VALUE]
-            and view.tags.get(req.TAG_SERVER) == self.server_name[: req.MAX_TAG_VALUE]
+            and (view.tags.get(req.TAG_USER), view.tags.get(req.TAG_SERVER))
+            == req.server_key(self.user.name, self.server_name)
         )
 
     def resolve_class(self, user_options) -> ClassSettings:
@@ -341,30 +391,45 @@ class EC2Spawner(Spawner):
     def clear_state(self):
         super().clear_state()
         for key in _STATE_KEYS:
-            setattr(self, key, None)
+            if key not in _KEPT_ACROSS_STOPS:
+                setattr(self, key, None)
 
     # -- start ---------------------------------------------------------------------------------
 
     async def start(self):
+        """Start the server's instance; return the URL the hub reaches it at, once it is running.
+
+        Adopts this server's instance if one exists (a spawn cut short by a hub crash, or one
+        kept stopped by ``stop_mode = "stop"``), else launches one from the class's launch
+        template. The instance reads its env (with this spawn's API token) from its secret at
+        every start of its server, so the secret is always written before the instance starts
+        (RunInstances, StartInstances), and an adopted instance that may have read an older token
+        is restarted (see :meth:`_restart_for_new_token`). ``http_timeout`` then covers the boot.
+
+        Raises SpawnException with a message for the user on failure. Every failure, timeout,
+        cancellation or hub shutdown leaves no instance and no secret behind, except that an
+        instance kept stopped for this server is stopped again and kept (its disk is the point).
+        """
         cls = self.resolve_class(self.user_options)  # again: an admin may have replaced the hook
         self.instance_class = cls.slug
         self.attempt = uuid.uuid4().hex
         self._events = []
         self._start_done = False
         self._starting = True
+        self._resuming = False
+        self._launched_here = False
         watcher = self._watcher()
         try:
             with watcher.spawning():
-                view = await self._adopt_or_launch(cls, watcher)
-                await self._write_secret(view)
-                view = await self._wait_running(watcher)
+                since = await self._adopt_or_launch(cls, watcher)
+                view = await self._wait_running(watcher, since)
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
             return self._url(view)
         except BaseException as error:
             # Exception, timeout (JupyterHub cancels start() after start_timeout), cancellation or
-            # hub shutdown: leave no instance and no secret behind. Shielded so a second
-            # cancellation does not interrupt the cleanup itself.
+            # hub shutdown: leave nothing behind. Shielded so a second cancellation does not
+            # interrupt the cleanup; it runs in a worker thread that finishes even then.
             shown = _spawn_error(error) if isinstance(error, AwsError) else error
             self._progress(f"Start failed: {_describe_error(shown)}")
             await asyncio.shield(self._abandon())
@@ -372,32 +437,112 @@ class EC2Spawner(Spawner):
                 raise shown from None
             raise
         finally:
+            # The instance is owned through instance_id now (or was abandoned): claims end here.
+            for iid in self._claimed:
+                watcher.release(iid, self)
+            self._claimed.clear()
             self._starting = False
             self._start_done = True
             self._progress_changed.set()
 
     async def _abandon(self) -> None:
-        iid = self.instance_id
-        if not iid:
+        """Undo a failed start: terminate what it launched or adopted, delete its secret; stop
+        and keep a resumed instance instead. Learns the outcome of a RunInstances still in flight.
+        """
+        iid, keep, young = self.instance_id, self._resuming, self._launched_here
+        launch, self._launch_call = self._launch_call, None
+        self.instance_id = None
+        if keep:
+            self.kept_instance_id = iid
+        if iid is None and launch is None:
             return
         try:
-            await self._terminate(iid)
-            await self._delete_secret(iid)
-            self.log.info("%s: cleaned up %s after a failed start", self._log_name, iid)
+            await self.aws.in_thread(self._cleanup_blocking, iid, launch, keep, young)
         except Exception:
             self.log.exception("%s: cleanup of %s failed; the sweeper will retry", self._log_name, iid)
-        finally:
-            self.instance_id = None
 
-    async def _adopt_or_launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> InstanceView:
+    def _cleanup_blocking(self, iid: str | None, launch, keep: bool, young: bool) -> None:
+        """The cleanup itself, in a worker thread: a hub shutdown cancels every task of its loop,
+        but a thread runs to its end (the interpreter joins the pool's threads before it exits)."""
+        if iid is None:
+            iid = self._launched_id(*launch)
+            young = True
+            if iid is None:
+                return
+        if keep:
+            self._stop_blocking(iid)
+        elif not self._terminate_blocking(iid, young):
+            self.log.warning("%s: TerminateInstances %s: not listed by EC2 after %.0f s; the sweeper "
+                             "will end it", self._log_name, iid, self.launch_visibility_grace)
+            return
+        self.aws.call_blocking("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+                               ignore={ErrorKind.NOT_FOUND})
+        self.log.info("%s: %s %s after a failed start", self._log_name,
+                      "stopped and kept" if keep else "cleaned up", iid)
+
+    def _launched_id(self, future, token: str) -> str | None:
+        """The instance a RunInstances call made, waiting for the call if it is still in flight."""
+        try:
+            return future.result()["Instances"][0]["InstanceId"]
+        except (AwsError, concurrent.futures.CancelledError):
+            return None  # AWS refused it, or it was never sent: no instance
+        except Exception as error:  # noqa: BLE001 (the answer was lost: ask EC2 by the call's token)
+            self.log.warning("%s: RunInstances outcome lost (%s); looking it up by its ClientToken",
+                             self._log_name, error)
+        answer = self.aws.call_blocking("ec2", "DescribeInstances",
+                                        Filters=[{"Name": "client-token", "Values": [token]}])
+        found = [i["InstanceId"] for r in answer.get("Reservations", []) for i in r["Instances"]]
+        return found[0] if found else None
+
+    def _terminate_blocking(self, iid: str, young: bool) -> bool:
+        """TerminateInstances; True once EC2 accepted it (or, for an old instance, it is gone).
+
+        ``InvalidInstanceID.NotFound`` for an instance launched moments ago means "not listed
+        yet" (EC2 is eventually consistent): retried until ``launch_visibility_grace`` is over.
+        """
+        deadline = time.monotonic() + (self.launch_visibility_grace if young else 0)
+        delay = 0.25
+        while True:
+            try:
+                self.aws.call_blocking("ec2", "TerminateInstances", InstanceIds=[iid])
+                return True
+            except AwsError as error:
+                if error.kind is not ErrorKind.NOT_FOUND:
+                    raise
+                if time.monotonic() >= deadline:
+                    return not young
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _stop_blocking(self, iid: str) -> None:
+        """StopInstances for a resumed instance whose start failed (a pending one cannot be
+        stopped yet: retried until ``stop_timeout``)."""
+        deadline = time.monotonic() + self.stop_timeout
+        while True:
+            try:
+                self.aws.call_blocking("ec2", "StopInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
+                return
+            except AwsError as error:
+                if error.code != "IncorrectInstanceState" or time.monotonic() >= deadline:
+                    raise
+            time.sleep(2.0)
+
+    async def _adopt_or_launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> float:
+        """Adopt, resume or launch this server's instance with its secret written; return the
+        monotonic time of the last call that started it (the visibility grace counts from it)."""
         snapshot = await watcher.fresh()
         mine = sorted(
             (v for v in snapshot.values() if self._is_mine(v) and v.state not in req.GONE_STATES),
-            key=lambda v: v.launch_time or datetime.min.replace(tzinfo=timezone.utc),
+            key=lambda v: v.launch_time or datetime.min.replace(tzinfo=UTC),
             reverse=True,
         )
         chosen: InstanceView | None = None
         for view in mine:
+            # The sweeper claims an orphan right before it terminates it: never adopt that one.
+            if not watcher.claim(view.instance_id, self):
+                self.log.info("%s: not adopting %s: the sweeper is ending it", self._log_name, view.instance_id)
+                continue
+            self._claimed.add(view.instance_id)
             if chosen is None and await self._can_reuse(view, cls):
                 chosen = view
             else:
@@ -405,24 +550,79 @@ class EC2Spawner(Spawner):
                 self.log.info("%s: terminating %s (%s, class %s): not reusable",
                               self._log_name, view.instance_id, view.state, view.tags.get(req.TAG_CLASS))
                 await self._terminate(view.instance_id)
+        self.kept_instance_id = None  # adopted below, or terminated above as not reusable
         if chosen is None:
             return await self._launch(cls, watcher)
         self.instance_id = chosen.instance_id
         self.subnet_id = chosen.subnet_id
         self.template_version = chosen.tags.get(req.TAG_TEMPLATE_VERSION)
-        if chosen.state in req.LIVE_STATES:
-            self._progress(f"Adopting {chosen.instance_id} ({chosen.state}), launched earlier for this server", 30)
-            return chosen
-        # stop_mode=stop: start it again (wait out `stopping` first: EC2 refuses to start it then).
-        if chosen.state == "stopping":
-            self._progress(f"Instance {chosen.instance_id} is still stopping", 20)
-            chosen = await watcher.wait_for(chosen.instance_id, lambda v: v is None or v.state != "stopping",
-                                            timeout=self.start_timeout)
-        self._progress(f"Starting stopped instance {self.instance_id} again", 30)
-        await self.aws.call("ec2", "StartInstances", InstanceIds=[self.instance_id])
-        watcher.expect(InstanceView(instance_id=self.instance_id, state="pending",
-                                    owner_id=chosen.owner_id, availability_zone=chosen.availability_zone))
-        return watcher.get(self.instance_id)
+        await self._retag_if_renamed(chosen)
+        if chosen.state == "pending":
+            # Not booted yet: it reads the secret written now when its server first starts.
+            self._progress(f"Adopting {chosen.instance_id} (pending), launched earlier for this server", 30)
+            await self._write_secret(chosen)
+            return time.monotonic()
+        if chosen.state == "running":
+            self._progress(f"Adopting {chosen.instance_id} (running), launched earlier for this server", 30)
+            if await self._write_secret(chosen):
+                return await self._restart_for_new_token(chosen, cls, watcher)
+            return time.monotonic()  # it is still waiting for its first secret
+        self._resuming = True  # from here on, a failure stops and keeps it
+        return await self._start_stopped(chosen, watcher)
+
+    async def _restart_for_new_token(self, view: InstanceView, cls: ClassSettings, watcher: InstanceWatcher) -> float:
+        """Make a running adopted instance, which may hold an older token, read the new one.
+
+        Its server reads the secret at every start (ExecStartPre of its unit), so a restart of the
+        instance is enough. Stop and start rather than RebootInstances: a reboot is asynchronous
+        and leaves no trace in DescribeInstances, so the old server could still answer the hub's
+        readiness check with the old token (the user's login would then end in
+        ``invalid_client``), while ``stopped`` then ``running`` are states EC2 reports; the root
+        volume and private address are kept either way. A spot instance cannot be stopped
+        (one-time spot): it is replaced.
+        """
+        iid = view.instance_id
+        if cls.is_spot:
+            self._progress(f"Replacing spot instance {iid}: it may hold an older token", 30)
+            await self._terminate(iid)
+            await self._delete_secret(iid)
+            self.instance_id = None
+            return await self._launch(cls, watcher)
+        self._progress(f"Restarting {iid} so that it reads its new token", 35)
+        self._resuming = self._keeps_stopped()  # from here on, a failure stops and keeps it
+        await self.aws.call("ec2", "StopInstances", InstanceIds=[iid])
+        stopped = await watcher.wait_for(iid, lambda v: v is None or v.state in ("stopped", *req.GONE_STATES),
+                                         timeout=self.start_timeout)
+        if stopped is None or stopped.state != "stopped":
+            return time.monotonic()  # ended meanwhile: _wait_running reports it
+        return await self._start_stopped(stopped, watcher, secret_written=True)
+
+    async def _start_stopped(self, view: InstanceView, watcher: InstanceWatcher, *, secret_written=False) -> float:
+        """StartInstances for a stopped instance of this server, its new secret written first."""
+        iid = view.instance_id
+        if view.state == "stopping":  # EC2 refuses to start it until it is stopped
+            self._progress(f"Instance {iid} is still stopping", 20)
+            view = await watcher.wait_for(iid, lambda v: v is None or v.state != "stopping",
+                                          timeout=self.start_timeout) or view
+        if not secret_written:
+            await self._write_secret(view)  # before StartInstances: its server reads it at start
+        self._progress(f"Starting stopped instance {iid} again", 30)
+        try:
+            await self.aws.call("ec2", "StartInstances", InstanceIds=[iid])
+        except AwsError as error:
+            if error.kind is ErrorKind.CAPACITY:
+                raise SpawnException(
+                    f"EC2 has no {view.instance_type} capacity in {view.availability_zone} to start "
+                    f"your stopped server again right now ({error.code}). Its disk is kept: try later "
+                    "or another class.",
+                    reason="capacity", status_code=503,
+                    log_message=f"{self._log_name}: StartInstances {iid}: {error.code}: {error.message}",
+                ) from None
+            raise
+        since = time.monotonic()
+        watcher.expect(InstanceView(instance_id=iid, state="pending", owner_id=view.owner_id,
+                                    availability_zone=view.availability_zone))
+        return since
 
     async def _can_reuse(self, view: InstanceView, cls: ClassSettings) -> bool:
         if view.tags.get(req.TAG_CLASS) != cls.slug or view.instance_type not in cls.instance_types:
@@ -447,7 +647,8 @@ class EC2Spawner(Spawner):
         )
         return str(answer["LaunchTemplates"][0]["DefaultVersionNumber"])
 
-    async def _launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> InstanceView:
+    async def _launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> float:
+        """RunInstances, trying every AZ for each type in turn; write the secret; return when."""
         tags = req.instance_tags(
             hub_id=self.hub_id,
             user=self.user.name,
@@ -457,6 +658,7 @@ class EC2Spawner(Spawner):
             efs_id=self.efs_id,
         )
         plan = req.launch_plan(cls.instance_types, req.ordered_subnets(self.subnets, watcher.load_by_az()))
+        deadline = time.monotonic() + self.start_timeout
         no_capacity = []
         for itype, az, subnet in plan:
             self._progress(f"Requesting {itype} in {az}", 10)
@@ -472,21 +674,24 @@ class EC2Spawner(Spawner):
                 spot=cls.is_spot,
             )
             try:
-                answer = await self._run_instances(params)
+                answer = await self._run_instances(params, deadline)
             except AwsError as error:
                 if error.kind is ErrorKind.CAPACITY:
                     no_capacity.append(f"{itype} in {az}")
                     self._progress(f"No capacity for {itype} in {az} ({error.code})")
                     continue
                 raise
+            since = time.monotonic()
             instance = answer["Instances"][0]
             view = InstanceView.from_api(instance, answer.get("OwnerId", ""))
             # Recorded before any await so every failure path can clean it up.
             self.instance_id, self.subnet_id = view.instance_id, subnet
+            self._launch_call, self._launched_here = None, True
             self.template_version = view.tags.get(req.TAG_TEMPLATE_VERSION)
             watcher.expect(view)
             self._progress(f"Instance {view.instance_id} pending ({itype} in {az})", 30)
-            return view
+            await self._write_secret(view)
+            return since
         raise SpawnException(
             f"EC2 has no capacity for class {cls.display_name!r} right now "
             f"(tried {', '.join(no_capacity)}). Try again in a few minutes or pick another class.",
@@ -494,46 +699,81 @@ class EC2Spawner(Spawner):
             status_code=503,
         )
 
-    async def _run_instances(self, params: dict) -> dict:
-        """RunInstances, retried while throttled (same ClientToken: never a second instance)."""
+    async def _run_instances(self, params: dict, deadline: float) -> dict:
+        """RunInstances, retried while throttled until ``deadline`` (monotonic; same ClientToken:
+        never a second instance).
+
+        The call in flight is recorded in ``_launch_call`` before it is awaited: if this
+        coroutine is cancelled (start_timeout, a cancelled spawn, hub shutdown) the worker thread
+        still finishes the call, and :meth:`_abandon` learns from it which instance to terminate.
+        """
         delay = 1.0
         while True:
+            future = await self.aws.submit("ec2", "RunInstances", **params)
+            self._launch_call = (future, params["ClientToken"])
             try:
-                return await self.aws.call("ec2", "RunInstances", **params)
+                return await asyncio.wrap_future(future)
             except AwsError as error:
-                if error.kind is not ErrorKind.THROTTLED:
+                self._launch_call = None  # AWS answered: no instance
+                wait = delay * (0.5 + random.random())
+                if error.kind is not ErrorKind.THROTTLED or time.monotonic() + wait > deadline:
                     raise
-                self.log.info("%s: RunInstances throttled, retrying in %.1f s", self._log_name, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                self.log.info("%s: RunInstances throttled, retrying in %.1f s", self._log_name, wait)
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, 16)
 
-    async def _write_secret(self, view: InstanceView) -> None:
-        """The server's env (with its API token) as SecureString ``<prefix><instance-id>``."""
+    async def _write_secret(self, view: InstanceView) -> bool:
+        """The server's env (with its API token) as SecureString ``<prefix><instance-id>``.
+
+        Returns whether the secret existed already (an adopted or resumed instance: same name,
+        new token), i.e. whether the instance may have read an older token.
+        """
         env = self.get_env()
         name = req.secret_name(self.secret_prefix, view.instance_id)
         owner = view.owner_id or await self._account_id()
         arn = req.instance_arn(
             partition=self.aws.partition, region=self.region, account=owner, instance_id=view.instance_id
         )
-        try:
-            await self.aws.call("ssm", "PutParameter", **req.secret_put_params(
-                name=name, env=env, hub_id=self.hub_id, arn=arn))
-        except AwsError as error:
-            if error.kind is not ErrorKind.ALREADY_EXISTS:
-                raise
-            # An adopted or restarted instance: same name, new token.
+        created = await self.aws.call("ssm", "PutParameter", ignore={ErrorKind.ALREADY_EXISTS},
+                                      **req.secret_put_params(name=name, env=env, hub_id=self.hub_id, arn=arn))
+        if created is None:
             await self.aws.call("ssm", "PutParameter", **req.secret_overwrite_params(name=name, env=env))
         self.log.debug("%s: wrote secret %s", self._log_name, name)
+        return created is None
 
     async def _account_id(self) -> str:
         answer = await self.aws.call("sts", "GetCallerIdentity")
         return answer["Account"]
 
-    async def _wait_running(self, watcher: InstanceWatcher) -> InstanceView:
+    async def _retag_if_renamed(self, view: InstanceView) -> None:
+        """Tag an adopted instance with this server's current user and server names.
+
+        JupyterHub 6.1.1 renames a user with no spawner hook (``PATCH /users/:name`` only sets
+        ``user.name``); the saved state (``kept_instance_id``) still names the instance, and its
+        tags follow here, at its next start. Server renames go through :meth:`rename`.
+        """
+        if (view.tags.get(req.TAG_USER), view.tags.get(req.TAG_SERVER)) != req.server_key(
+                self.user.name, self.server_name):
+            self.log.info("%s: retagging %s (was %s:%s)", self._log_name, view.instance_id,
+                          view.tags.get(req.TAG_USER), view.tags.get(req.TAG_SERVER))
+            await self.aws.call("ec2", "CreateTags", Resources=[view.instance_id], Tags=req.rename_tags(
+                hub_id=self.hub_id, user=self.user.name, server=self.server_name))
+
+    async def _wait_running(self, watcher: InstanceWatcher, since: float) -> InstanceView:
+        """Wait until the instance runs; a SpawnException saying why if it ended instead.
+
+        Within ``launch_visibility_grace`` of the call that started it (``since``), an instance
+        not listed yet or still listed as stopped (a lagging answer right after StartInstances)
+        is waited for, not taken as a failure.
+        """
         iid = self.instance_id
-        view = await watcher.wait_for(
-            iid, lambda v: v is None or v.state != "pending", timeout=self.start_timeout
-        )
+
+        def settled(v: InstanceView | None) -> bool:
+            if v is None or v.state in req.RESUMABLE_STATES:
+                return time.monotonic() - since > self.launch_visibility_grace
+            return v.state != "pending"
+
+        view = await watcher.wait_for(iid, settled, timeout=self.start_timeout)
         if view is not None and view.state == "running":
             return view
         code = view.state_reason_code if view else ""
@@ -546,24 +786,81 @@ class EC2Spawner(Spawner):
     # -- poll / url / stop ---------------------------------------------------------------------
 
     async def poll(self):
+        """Whether the server's instance still runs: None, 0 or 1, as ``Spawner.poll`` promises.
+
+        - ``None`` while a start is in progress, while the instance is pending or running, and
+          whenever EC2 cannot be asked (an AWS or network error, or no snapshot yet after a hub
+          restart while EC2 is unreachable): a server is never reported dead on a failure to ask.
+        - ``1`` when EC2 itself says the instance ended: shutting-down or terminated, or not
+          listed for longer than ``launch_visibility_grace`` (EC2 is eventually consistent).
+        - ``0`` when the instance is stopped or stopping (outside ``stop()``), or there is none.
+
+        JupyterHub does not call ``stop()`` after ``poll()`` reported an exit (user.py
+        ``User.stop``), so a server found dead is cleaned up here: its secret is deleted and, with
+        ``stop_mode = "terminate"``, a stopped instance is terminated.
+        """
         if self._starting:
             return None
         if not self.instance_id:
             return 0
         watcher = self._watcher()
-        if watcher.refreshes == 0:
-            await watcher.refresh()  # first poll after a hub restart: no snapshot yet
+        if watcher.refreshes == 0:  # first poll after a hub restart: no snapshot yet
+            try:
+                # Bounded: JupyterHub's init_spawners awaits every check before the hub serves.
+                await asyncio.wait_for(asyncio.shield(watcher.refresh()), timeout=_FIRST_POLL_WAIT)
+            except Exception as error:  # noqa: BLE001 (any failure to ask means "still running")
+                self.log.warning("%s: cannot ask EC2 about %s yet (%s); reporting it running",
+                                 self._log_name, self.instance_id, error or type(error).__name__)
+                return None
         view = watcher.get(self.instance_id)
-        if view is not None and view.state in req.LIVE_STATES:
+        if view is not None:
+            self._absent_since = None
+            if view.state in req.LIVE_STATES:
+                return None
+        elif not self._absent_long_enough(watcher):
             return None
+        status = 1 if view is None or view.state in req.GONE_STATES else 0
         if view is None:
-            self.log.warning("%s: instance %s is gone", self._log_name, self.instance_id)
+            self.log.warning("%s: instance %s is gone (not listed for %.0f s)", self._log_name,
+                             self.instance_id, self.launch_visibility_grace)
         else:
             self.log.warning("%s: instance %s is %s (%s)", self._log_name, self.instance_id,
                              view.state, view.state_reason_code or "no reason given")
-        return 1 if view is None or view.state in req.GONE_STATES else 0
+        await self._end_found_dead(view)
+        return status
+
+    def _absent_long_enough(self, watcher: InstanceWatcher) -> bool:
+        """Not listed by every snapshot of the last ``launch_visibility_grace`` seconds."""
+        if self._absent_since is None:
+            self._absent_since = watcher.snapshot_started
+        return watcher.snapshot_started - self._absent_since >= self.launch_visibility_grace
+
+    async def _end_found_dead(self, view: InstanceView | None) -> None:
+        """What ``stop()`` would have done for a server ``poll()`` found ended (once per instance)."""
+        iid = self.instance_id
+        if self._ended == iid:
+            return
+        try:
+            if view is not None and view.state in req.RESUMABLE_STATES:
+                if self._keeps_stopped():
+                    self.kept_instance_id = iid  # the next start resumes it
+                else:
+                    self.log.info("%s: terminating %s, found %s (stop_mode=%s)", self._log_name, iid,
+                                  view.state, self.stop_mode)
+                    await self._terminate(iid)
+            await self._delete_secret(iid)
+            self._ended = iid
+        except Exception:
+            self.log.exception("%s: cleanup of ended %s failed; the sweeper will retry", self._log_name, iid)
+
+    def _keeps_stopped(self) -> bool:
+        """Whether stopping keeps this server's instance (stop_mode=stop, and not spot)."""
+        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
+        return self.stop_mode == "stop" and not (cls and cls.is_spot)
 
     async def get_url(self):
+        """The server's URL from the instance's current addresses (``server_url_template``), as
+        last seen by the watcher; JupyterHub's stored URL when the instance is not known."""
         if self.instance_id:
             view = self._watcher().get(self.instance_id)
             if view is not None and view.private_ip:
@@ -571,12 +868,19 @@ class EC2Spawner(Spawner):
         return await super().get_url()
 
     async def stop(self, now=False):
+        """End the server's instance and delete its secret; idempotent.
+
+        ``stop_mode = "terminate"`` (and spot classes): TerminateInstances. ``"stop"``:
+        StopInstances, and the instance is kept for the next start (``kept_instance_id`` survives
+        ``clear_state`` so the hub database names it). Unless ``now``, waits up to
+        ``stop_timeout`` for EC2 to report it stopped or terminated. JupyterHub calls this only
+        when ``poll()`` returned None.
+        """
         iid = self.instance_id
         if not iid:
             return
         watcher = self._watcher()
-        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
-        keep = self.stop_mode == "stop" and not (cls and cls.is_spot)
+        keep = self._keeps_stopped()
         if keep:
             try:
                 await self.aws.call("ec2", "StopInstances", InstanceIds=[iid])
@@ -599,21 +903,30 @@ class EC2Spawner(Spawner):
                 self.log.warning("%s: %s not %s after %.0f s; not waiting longer",
                                  self._log_name, iid, " or ".join(final), self.stop_timeout)
         self.log.info("%s: %s %s", self._log_name, "stopped" if keep else "terminated", iid)
+        self.kept_instance_id = iid if keep else None
         self.instance_id = None
 
     async def _terminate(self, iid: str) -> None:
-        try:
-            await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid])
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
 
     async def _delete_secret(self, iid: str) -> None:
-        try:
-            await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid))
-        except AwsError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                raise
+        await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+                            ignore={ErrorKind.NOT_FOUND})
+
+    async def rename(self, old_name, new_name):
+        """Retag this server's instances before JupyterHub renames the server.
+
+        JupyterHub 6 calls this from ``PATCH /users/:user/servers/:name`` with a new ``name``,
+        only for a server that is not active (apihandlers/users.py), so what is retagged here is
+        an instance kept stopped for it (``stop_mode = "stop"``). The tags keep naming their server
+        and the next start resumes it under the new name.
+        """
+        snapshot = await self._watcher().fresh()
+        for view in snapshot.values():
+            if self._is_mine(view) and view.state not in req.GONE_STATES:
+                self.log.info("%s: server renamed to %r, retagging %s", self._log_name, new_name, view.instance_id)
+                await self.aws.call("ec2", "CreateTags", Resources=[view.instance_id], Tags=req.rename_tags(
+                    hub_id=self.hub_id, user=self.user.name, server=new_name))
 
     async def delete_forever(self):
         """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""
@@ -624,8 +937,11 @@ class EC2Spawner(Spawner):
                 self.log.info("%s: deleted, terminating %s", self._log_name, view.instance_id)
                 await self._terminate(view.instance_id)
                 await self._delete_secret(view.instance_id)
+        self.kept_instance_id = None
 
     async def progress(self):
+        """Every phase of the current start as ``{"message", "progress"}`` events, from the first;
+        may be subscribed to before ``start()`` runs, and ends when ``start()`` has ended."""
         seen = 0
         while True:
             while seen < len(self._events):
@@ -635,6 +951,39 @@ class EC2Spawner(Spawner):
                 return
             self._progress_changed.clear()
             await self._progress_changed.wait()
+
+
+def start_sweeper_with_hub() -> asyncio.Task | None:
+    """Start the orphan sweeper when JupyterHub has started, not at the first spawn.
+
+    JupyterHub 6 loads its config file inside its running event loop (``JupyterHub.initialize``
+    is a coroutine run by ``launch_instance``) and resolves ``JupyterHub._start_future`` at the
+    end of ``JupyterHub.start()``, once the database, init_spawners' checks and the proxy are up.
+    Called from the config (``hubconfig.apply_settings``), this schedules a task that waits for
+    that future and then starts the sweeper with the hub's database session. Outside a running
+    hub (tests of the config, ``--generate-config``) it does nothing and returns None.
+    """
+    from jupyterhub.app import JupyterHub
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if not JupyterHub.initialized():
+        return None
+    app = JupyterHub.instance()
+    started = getattr(app, "_start_future", None)
+    if started is None:
+        return None
+
+    async def sweep_once_started():
+        await started
+        spawner_class = app.spawner_class
+        if not (isinstance(spawner_class, type) and issubclass(spawner_class, EC2Spawner)):
+            return
+        spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
+
+    return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")
 
 
 def _describe_error(error: BaseException) -> str:

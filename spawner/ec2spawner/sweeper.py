@@ -1,17 +1,24 @@
 """The orphan sweeper: terminate instances (and delete secrets) that no server owns.
 
 An instance can outlive its server: a hub killed between RunInstances and saving state, a stop()
-that failed, a duplicate from a race. The sweeper lists this hub's instances (through the shared
-watcher) and terminates every one that no running or pending server owns, once it is older than
+that failed, a duplicate from a race. Ownership is what the hub database knows (see
+:class:`Ownership`): every instance named in a spawner state saved there (running, or stopped and
+kept for resume) is owned whether or not a Spawner object is loaded, and so is every spawn in
+flight in this process. The sweeper lists this hub's notebook instances (through the shared
+watcher; the hub host is never listed), terminates every one nobody owns once it is older than
 ``grace`` (default 10 minutes, from its launch time), and deletes secrets under the prefix whose
 instance is gone. Each decision is one log line.
 
-It runs inside the hub process, started once per (hub id, region, event loop) by the first
-spawner that needs the watcher: at hub start when any server exists (the hub polls it), else at
-the first spawn; then every ``interval`` seconds. In-process rather than a hub-managed service
-because only the hub process knows the instance id of a spawn still in progress (JupyterHub saves
-spawner state in its database only after ``start()`` returns, so the REST API cannot tell a
-service about it); the launch-time grace covers the rest.
+A sweep and an adoption of the same instance cannot race: right before TerminateInstances the
+sweeper claims the instance on the watcher (``start()`` skips an instance claimed by the sweeper,
+and the sweeper skips one a start claimed) and asks for the ownership again.
+
+It runs inside the hub process, started with the hub (``ec2spawner.spawner.start_sweeper_with_hub``,
+called from ``hubconfig.apply_settings``), once per (hub id, region, event loop); then every
+``interval`` seconds. In-process rather than a hub-managed service because only the hub process
+knows the instance id of a spawn still in progress (JupyterHub saves spawner state in its database
+only after ``start()`` returns, so the REST API cannot tell a service about it); the launch-time
+grace covers the rest.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ import logging
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .requests import (
     GONE_STATES,
     RESUMABLE_STATES,
+    TAG_NOTEBOOK_MARKER,
     TAG_SERVER,
     TAG_USER,
     secret_list_filters,
@@ -35,6 +44,23 @@ from .requests import (
 from .watcher import InstanceWatcher
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who owns what, as the hub database and this process know it.
+
+    ``instance_ids``: instances named in a saved spawner state (running or kept stopped) or by a
+    spawn in flight. ``servers``: the (user, server) pairs that exist in the database, spelled as
+    the tags spell them; a stopped instance of a server that no longer exists is not kept.
+    """
+
+    instance_ids: frozenset[str] = frozenset()
+    servers: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def of(cls, instance_ids, servers=()) -> Ownership:
+        return cls(frozenset(instance_ids), frozenset(servers))
 
 
 @dataclass(frozen=True)
@@ -46,25 +72,31 @@ class Decision:
 
 def find_orphans(
     instances: Mapping[str, InstanceView],
-    owned: set[str],
+    ownership: Ownership,
     *,
     now: datetime,
     grace: float,
     keep_stopped: bool,
 ) -> list[Decision]:
-    """What to do with each instance no server owns (owned and ended ones are not mentioned)."""
+    """What to do with each instance no server owns (owned and ended ones are not mentioned).
+
+    With ``keep_stopped``, the newest stopped instance of a server that exists in the database is
+    kept even if no saved state names it (an instance stopped before states named kept instances).
+    Instances without the notebook marker tag (the hub host) are never candidates.
+    """
+    owned = ownership.instance_ids
     decisions = []
     newest_stopped: dict[tuple[str, str], InstanceView] = {}
     if keep_stopped:
         for view in instances.values():
-            if view.state in RESUMABLE_STATES and view.instance_id not in owned:
-                key = (view.tags.get(TAG_USER, ""), view.tags.get(TAG_SERVER, ""))
+            key = (view.tags.get(TAG_USER, ""), view.tags.get(TAG_SERVER, ""))
+            if view.state in RESUMABLE_STATES and view.instance_id not in owned and key in ownership.servers:
                 best = newest_stopped.get(key)
                 if best is None or (view.launch_time or now) > (best.launch_time or now):
                     newest_stopped[key] = view
     kept = {v.instance_id for v in newest_stopped.values()}
     for iid, view in sorted(instances.items()):
-        if iid in owned or view.state in GONE_STATES:
+        if iid in owned or view.state in GONE_STATES or TAG_NOTEBOOK_MARKER not in view.tags:
             continue
         if iid in kept:
             decisions.append(Decision(iid, False, f"{view.state}, kept for its server's next start"))
@@ -101,7 +133,7 @@ def find_orphan_secrets(
 
 
 class OrphanSweeper:
-    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = weakref.WeakKeyDictionary()
 
     def __init__(
         self,
@@ -110,7 +142,7 @@ class OrphanSweeper:
         *,
         hub_id: str,
         secret_prefix: str,
-        owned: Callable[[], set[str]],
+        owned: Callable[[], Ownership],
         grace: float = 600.0,
         interval: float = 300.0,
         keep_stopped: bool = False,
@@ -156,10 +188,16 @@ class OrphanSweeper:
             await asyncio.sleep(self.interval)
 
     async def sweep_once(self) -> list[Decision]:
+        """One sweep: terminate orphans older than the grace, delete orphan secrets.
+
+        If the ownership cannot be read (the hub database failed), ``owned`` raises and nothing
+        is terminated.
+        """
         snapshot = await self.watcher.fresh()
-        owned = self.owned()  # after the describe: an instance launched meanwhile is owned or in grace
-        now = datetime.now(timezone.utc)
-        decisions = find_orphans(snapshot, owned, now=now, grace=self.grace, keep_stopped=self.keep_stopped)
+        # After the describe: an instance launched meanwhile is owned or in grace.
+        ownership = self.owned()
+        now = datetime.now(UTC)
+        decisions = find_orphans(snapshot, ownership, now=now, grace=self.grace, keep_stopped=self.keep_stopped)
         terminating = set()
         for d in decisions:
             view = snapshot[d.instance_id]
@@ -167,22 +205,33 @@ class OrphanSweeper:
             if not d.terminate:
                 self.log.info("ec2hub sweeper: keeping %s (%s): %s", d.instance_id, who, d.reason)
                 continue
+            # Claim, then ask again, with no await between the question and the call: a start()
+            # that adopted the instance since the decision owns it now, and one that has not yet
+            # cannot adopt it once claimed.
+            if not self.watcher.claim(d.instance_id, self):
+                self.log.info("ec2hub sweeper: keeping %s (%s): a start is adopting it", d.instance_id, who)
+                continue
+            if d.instance_id in self.owned().instance_ids:
+                self.watcher.release(d.instance_id, self)
+                self.log.info("ec2hub sweeper: keeping %s (%s): owned since the sweep began", d.instance_id, who)
+                continue
             self.log.warning("ec2hub sweeper: terminating orphan %s (%s): %s", d.instance_id, who, d.reason)
             try:
-                await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id])
+                await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id],
+                                    ignore={ErrorKind.NOT_FOUND})
                 terminating.add(d.instance_id)
             except AwsError as error:
-                if error.kind is ErrorKind.NOT_FOUND:
-                    terminating.add(d.instance_id)
-                else:
-                    self.log.error("ec2hub sweeper: could not terminate %s: %s", d.instance_id, error)
+                self.watcher.release(d.instance_id, self)
+                self.log.error("ec2hub sweeper: could not terminate %s: %s", d.instance_id, error)
         secrets = await self.aws.describe_parameters(secret_list_filters(self.secret_prefix))
-        for name in find_orphan_secrets(secrets, self.secret_prefix, snapshot, owned | self.owned(),
+        owned_now = ownership.instance_ids | self.owned().instance_ids
+        for name in find_orphan_secrets(secrets, self.secret_prefix, snapshot, owned_now,
                                         terminating, now=now, grace=self.grace):
             self.log.warning("ec2hub sweeper: deleting orphan secret %s", name)
             try:
-                await self.aws.call("ssm", "DeleteParameter", Name=name)
+                await self.aws.call("ssm", "DeleteParameter", Name=name, ignore={ErrorKind.NOT_FOUND})
             except AwsError as error:
-                if error.kind is not ErrorKind.NOT_FOUND:
-                    self.log.error("ec2hub sweeper: could not delete %s: %s", name, error)
+                self.log.error("ec2hub sweeper: could not delete %s: %s", name, error)
+        self.log.info("ec2hub sweeper: swept %d instances of hub %s: %d owned, %d terminated",
+                      len(snapshot), self.hub_id, len(ownership.instance_ids & snapshot.keys()), len(terminating))
         return decisions

@@ -21,6 +21,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
+from typing import ClassVar
 
 from .aws import Aws, InstanceView
 from .requests import LIVE_STATES, hub_filters
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class InstanceWatcher:
     """A shared, periodically refreshed view of this hub's instances."""
 
-    _registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = (
+    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -55,6 +56,7 @@ class InstanceWatcher:
         self.snapshot_started: float = float("-inf")  # monotonic time the last refresh began
         self.refreshes = 0
         self._expected: dict[str, tuple[float, InstanceView]] = {}
+        self._claims: dict[str, object] = {}  # instance id -> who is adopting or ending it
         self._spawning = 0
         self._inflight: asyncio.Task | None = None
         self._inflight_started = 0.0
@@ -104,7 +106,7 @@ class InstanceWatcher:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # keep the last snapshot; try again next interval
+            except Exception as error:  # noqa: BLE001 (keep the last snapshot; try again next interval)
                 self.log.warning("ec2hub watcher %s: DescribeInstances failed: %s", self.hub_id, error)
             interval = self.fast_interval if self._spawning else self.slow_interval
             self._wake.clear()
@@ -160,6 +162,22 @@ class InstanceWatcher:
     def expect(self, view: InstanceView) -> None:
         """Register an instance RunInstances/StartInstances just returned."""
         self._expected[view.instance_id] = (time.monotonic(), view)
+
+    def claim(self, instance_id: str, claimant: object) -> bool:
+        """Claim an instance for adopting or ending it; False if someone else holds it.
+
+        Synchronous on purpose: a check and a claim with no await between them cannot interleave
+        with another coroutine of the loop.
+        """
+        holder = self._claims.get(instance_id)
+        if holder is not None and holder is not claimant:
+            return False
+        self._claims[instance_id] = claimant
+        return True
+
+    def release(self, instance_id: str, claimant: object) -> None:
+        if self._claims.get(instance_id) is claimant:
+            del self._claims[instance_id]
 
     @contextlib.contextmanager
     def spawning(self):

@@ -117,18 +117,18 @@ def new_spawner(platform, hub_id):
     from jupyterhub import orm
     from jupyterhub.objects import Hub
 
-    def factory(user: str = "alice", server: str = "", groups=(), user_options=None, **traits):
-        settings = dict(
-            region=REGION, hub_id=hub_id, classes=platform.classes, subnets=platform.subnets,
-            secret_prefix=f"/ec2hub/{hub_id}/servers/", efs_id="fs-12345678",
-            fast_poll_interval=0.05, poll_interval=1, launch_visibility_grace=5,
-            start_timeout=15, http_timeout=5, stop_timeout=10, sweep_orphans=False,
-        )
+    def factory(user: str = "alice", server: str = "", groups=(), user_options=None, api_token=TOKEN, **traits):
+        settings = {
+            "region": REGION, "hub_id": hub_id, "classes": platform.classes, "subnets": platform.subnets,
+            "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": "fs-12345678",
+            "fast_poll_interval": 0.05, "poll_interval": 1, "launch_visibility_grace": 5,
+            "start_timeout": 15, "http_timeout": 5, "stop_timeout": 10, "sweep_orphans": False,
+        }
         settings.update(traits)
         base_url = f"/user/{user}/{server + '/' if server else ''}"
         spawner = EC2Spawner(
             user=make_user(user, groups), orm_spawner=SimpleNamespace(name=server, server=orm.Server(base_url=base_url, proto="http", ip="", port=0, cookie_name="c")), hub=Hub(ip="10.0.0.5", port=8081, base_url="/hub/"),
-            api_token=TOKEN, oauth_client_id=f"jupyterhub-user-{user}", **settings,
+            api_token=api_token, oauth_client_id=f"jupyterhub-user-{user}", **settings,
         )
         spawner.user_options = user_options or {}
         return spawner

@@ -25,6 +25,14 @@ def state(ec2, iid):
     return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
+def wait_state(ec2, iid, wanted, timeout=10.0):
+    """Wait until DescribeInstances says ``wanted`` (a loaded machine may be slow to get there)."""
+    deadline = time.monotonic() + timeout
+    while (seen := state(ec2, iid)) != wanted:
+        assert time.monotonic() < deadline, f"{iid} still {seen}, not {wanted}"
+        time.sleep(0.05)
+
+
 def test_pending_then_running_and_listener_sees_it(emu, ec2, subnet):
     seen = []
 
@@ -35,13 +43,12 @@ def test_pending_then_running_and_listener_sees_it(emu, ec2, subnet):
 
     unsubscribe = emu.add_listener(listener)
     try:
-        emu.set_timing(pending_s=0.3)
-        iid = run(ec2, subnet)["InstanceId"]
-        assert state(ec2, iid) == "pending"
-        deadline = time.monotonic() + 5
-        while state(ec2, iid) != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        emu.set_timing(pending_s=1.0)
+        launched = run(ec2, subnet)
+        # The state in RunInstances' own answer: no describe racing the pending timer.
+        assert launched["State"]["Name"] == "pending"
+        iid = launched["InstanceId"]
+        wait_state(ec2, iid, "running")
         deadline = time.monotonic() + 5
         while not [e for e in seen if e["instance_id"] == iid]:
             assert time.monotonic() < deadline
@@ -53,16 +60,16 @@ def test_pending_then_running_and_listener_sees_it(emu, ec2, subnet):
 
 
 def test_stop_and_terminate_pass_through_transitional_states(emu, ec2, subnet):
-    emu.set_timing(pending_s=0, stopping_s=0.3, shutting_down_s=0.3)
+    # The transitional state is read from each call's own answer and the final one waited for:
+    # no describe or sleep races the emulator's timers on a loaded machine.
+    emu.set_timing(pending_s=0, stopping_s=1.0, shutting_down_s=1.0)
     iid = run(ec2, subnet)["InstanceId"]
-    ec2.stop_instances(InstanceIds=[iid])
-    assert state(ec2, iid) == "stopping"
-    time.sleep(0.4)
-    assert state(ec2, iid) == "stopped"
-    ec2.terminate_instances(InstanceIds=[iid])
-    assert state(ec2, iid) == "shutting-down"
-    time.sleep(0.4)
-    assert state(ec2, iid) == "terminated"
+    [stopping] = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"]
+    assert stopping["CurrentState"]["Name"] == "stopping"
+    wait_state(ec2, iid, "stopped")
+    [terminating] = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"]
+    assert terminating["CurrentState"]["Name"] == "shutting-down"
+    wait_state(ec2, iid, "terminated")
 
 
 def test_client_token_is_idempotent(emu, ec2, subnet):

@@ -75,7 +75,7 @@ c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.start_timeout = 30
 c.EC2Spawner.http_timeout = 30
 c.EC2Spawner.sweep_orphans = False
-""")
+""" + getattr(request, "param", ""))
     env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "AWS_ENDPOINT_URL": emulator.endpoint_url}
     log = open(tmp_path / "hub.log", "a")  # noqa: SIM115 (closed at teardown)
@@ -111,7 +111,8 @@ c.EC2Spawner.sweep_orphans = False
     try:
         start()
         yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
-                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart)})
+                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart), "proc": staticmethod(lambda: procs[-1]),
+                               "log": staticmethod(lambda: (tmp_path / "hub.log").read_text())})
     finally:
         if procs:
             stop()
@@ -188,3 +189,82 @@ def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
     finally:
         notebook.terminate()
         notebook.wait(10)
+
+
+SWEEPING = """
+c.EC2Spawner.sweep_orphans = True
+c.EC2Spawner.orphan_grace = 1
+c.EC2Spawner.sweep_interval = 0.5
+c.EC2Spawner.stop_mode = "stop"
+"""
+
+
+@pytest.mark.parametrize("hub", [SWEEPING], indirect=True)
+def test_sweeper_starts_with_the_hub_and_owns_what_the_database_names(hub, ec2, ssm, live):
+    from ec2spawner.requests import instance_tags
+
+    def launch(tags):
+        return ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.medium",
+                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+
+    def state(iid):
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    # A crash left an orphan; the hub host carries ec2hub:hub too (infra/hub.py) but no ec2hub:user.
+    orphan = launch(instance_tags(hub_id=hub.hub_id, user="ghost", server="", class_slug="small",
+                                  secret_prefix="/x/", efs_id=None))
+    hub_host = launch([{"Key": "ec2hub:hub", "Value": hub.hub_id},
+                       {"Key": "ec2hub:settings-parameter", "Value": f"/ec2hub/{hub.hub_id}/settings"}])
+    hub.restart()  # nobody spawns: the sweeper must start with the hub
+    wait_until(lambda: state(orphan) in ("shutting-down", "terminated"), 30, "the orphan to be swept")
+    assert f"terminating orphan {orphan}" in hub.log()
+
+    # stop_mode=stop: the stopped instance is owned through the saved state, with no Spawner loaded.
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+    with ThreadPoolExecutor(1) as pool:
+        instance = pool.submit(play_instance, hub, ssm, hub.tmp / "singleuser.log")
+        assert s.post(f"{api}/users/alice/server", json={}).status_code in (201, 202)
+        notebook = instance.result()
+    try:
+        wait_until(lambda: (s.get(f"{api}/users/alice").json()["servers"].get("") or {}).get("ready"), 60,
+                   "the server to be ready")
+        [kept] = [i["InstanceId"] for i in live("alice")]
+        assert s.delete(f"{api}/users/alice/server").status_code in (202, 204)
+        wait_until(lambda: not s.get(f"{api}/users/alice").json()["servers"], 30, "the server to stop")
+    finally:
+        notebook.terminate()
+        notebook.wait(10)
+    sweeps = hub.log().count("ec2hub sweeper: swept")
+    wait_until(lambda: hub.log().count("ec2hub sweeper: swept") >= sweeps + 3, 30, "three more sweeps")
+    assert state(kept) == "stopped"
+    assert state(hub_host) == "running" and hub_host not in hub.log()
+
+
+def test_hub_shutdown_while_run_instances_is_in_flight_leaves_nothing(hub, emulator, monkeypatch, live, ssm):
+    import signal
+    import threading
+
+    in_flight, release = threading.Event(), threading.Event()
+    before = emulator.before_run_instances
+
+    def slow(backend, kwargs):  # the emulator runs in this process: hold EC2's answer back
+        in_flight.set()
+        release.wait(20)
+        return before(backend, kwargs)
+
+    monkeypatch.setattr(emulator, "before_run_instances", slow)
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(s.post, f"{api}/users/alice/server", json={}, timeout=30)
+        assert in_flight.wait(30)
+        hub.proc().send_signal(signal.SIGTERM)  # systemd stopping the hub mid-spawn
+        wait_until(lambda: "initiating shutdown" in hub.log(), 15, "the hub to begin its shutdown")
+        release.set()  # EC2 launches the instance after the hub gave up the spawn
+        hub.proc().wait(30)
+    assert live() == []
+    prefix = f"/ec2hub/{hub.hub_id}/servers/"
+    assert ssm.describe_parameters(ParameterFilters=[
+        {"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])["Parameters"] == []
+    assert "cleaned up" in hub.log()

@@ -209,13 +209,14 @@ async def test_stop_waits_boundedly(new_spawner, emu):
     assert time.monotonic() - started < 3
 
 
-async def test_poll_sees_termination_behind_the_hubs_back(new_spawner, emu):
+async def test_poll_sees_termination_behind_the_hubs_back(new_spawner, emu, hub_secrets):
     spawner = new_spawner()
     await spawner.start()
     emu.terminate(spawner.instance_id)
     watcher = spawner._watcher()
     await watcher.fresh()
     assert await spawner.poll() == 1
+    assert hub_secrets() == []
 
 
 async def test_spot_interruption_while_pending_tells_the_user(new_spawner, emu, live, hub_secrets):
@@ -310,7 +311,7 @@ async def test_one_describe_serves_every_poll(new_spawner, emu):
 
 
 async def test_just_launched_instance_not_yet_listed_counts_as_pending(new_spawner, emu, monkeypatch):
-    spawner = new_spawner()
+    spawner = new_spawner(launch_visibility_grace=1)
     await spawner.start()
     watcher = spawner._watcher()
     iid = spawner.instance_id
@@ -322,11 +323,48 @@ async def test_just_launched_instance_not_yet_listed_counts_as_pending(new_spawn
         return views
 
     monkeypatch.setattr(Aws, "_describe_all_sync", invisible)
-    watcher._expected[iid] = (time.monotonic(), watcher.snapshot[iid])
+    watcher.expect(watcher.snapshot[iid])
     await watcher.fresh()
     assert await spawner.poll() is None
-    watcher._expected[iid] = (time.monotonic() - 10, watcher._expected[iid][1])
-    assert await spawner.poll() == 1
+    # Unlisted for longer than the grace: gone. Each poll sees the watcher's latest snapshot.
+    assert await until(spawner.poll, timeout=10) == 1
+
+
+async def test_poll_never_reports_a_server_dead_while_ec2_is_unreachable(new_spawner, emu, monkeypatch, hub_secrets):
+    import botocore.exceptions
+    from ec2spawner.watcher import InstanceWatcher
+
+    spawner = new_spawner()
+    await spawner.start()
+    state = spawner.get_state()
+    await InstanceWatcher.stop_all()  # the hub restarts: no watcher, no snapshot
+    invoke, outage = Aws._invoke, {"on": True}
+
+    def unreachable(self, service, operation, params):
+        if outage["on"]:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=emu.endpoint_url)
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", unreachable)
+    restarted = new_spawner()
+    restarted.load_state(state)
+    assert await restarted.poll() is None  # first poll: no snapshot, EC2 unreachable
+    assert await restarted.poll() is None
+    emu.terminate(state["instance_id"])  # ends during the outage; only EC2's answer may say so
+    assert await restarted.poll() is None
+    assert len(hub_secrets()) == 1
+    outage["on"] = False
+    assert await until(restarted.poll, timeout=10) == 1
+    assert hub_secrets() == []  # JupyterHub calls no stop() after poll() reported an exit
+
+
+async def test_poll_terminates_an_instance_stopped_behind_the_hubs_back(new_spawner, emu, ec2, live, hub_secrets):
+    spawner = new_spawner()  # stop_mode=terminate: a stopped instance is not kept
+    await spawner.start()
+    ec2.stop_instances(InstanceIds=[spawner.instance_id])
+    await spawner._watcher().fresh()
+    assert await spawner.poll() == 0
+    assert live() == [] and hub_secrets() == []
 
 
 async def test_delete_forever_removes_a_kept_stopped_instance(new_spawner, live):
@@ -369,3 +407,24 @@ async def test_aws_refusals_become_messages_a_user_understands(new_spawner, monk
     assert info.value.log_message == f"RunInstances: {code}: no"
     assert spawner._events[-1]["message"] == f"Start failed: {message}"
     assert live() == []
+
+
+async def test_full_subnet_moves_the_launch_to_the_next_az(new_spawner, monkeypatch, live, platform):
+    import botocore.exceptions
+
+    full = platform.subnets[AZS[0]]
+    invoke = Aws._invoke
+
+    def full_subnet(self, service, operation, params):
+        if operation == "RunInstances" and params["SubnetId"] == full:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InsufficientFreeAddressesInSubnet", "Message": "no free address"}}, operation)
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", full_subnet)
+    spawner = new_spawner()
+    await spawner.start()
+    [instance] = live("alice")
+    assert instance["Placement"]["AvailabilityZone"] == AZS[1]
+    assert f"No capacity for t3.medium in {AZS[0]} (InsufficientFreeAddressesInSubnet)" in [
+        e["message"] for e in spawner._events]

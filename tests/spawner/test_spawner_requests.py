@@ -47,7 +47,8 @@ def test_launch_params_on_demand_and_spot():
 
 
 def test_client_token_is_stable_per_attempt_and_distinct_otherwise():
-    args = dict(hub_id="h", user="u", server="", attempt="a1", instance_type="t3.medium", subnet_id="s1")
+    args = {"hub_id": "h", "user": "u", "server": "", "attempt": "a1", "instance_type": "t3.medium",
+            "subnet_id": "s1"}
     token = req.client_token(**args)
     assert token == req.client_token(**args) and len(token) <= 64 and token.isascii()
     for change in ({"attempt": "a2"}, {"subnet_id": "s2"}, {"instance_type": "t3a.medium"}, {"server": "x"}):
@@ -57,6 +58,7 @@ def test_client_token_is_stable_per_attempt_and_distinct_otherwise():
 def test_filters_and_secret_payloads():
     assert req.hub_filters("hub1") == [
         {"Name": "tag:ec2hub:hub", "Values": ["hub1"]},
+        {"Name": "tag-key", "Values": ["ec2hub:user"]},  # notebooks only, never the hub host
         {"Name": "instance-state-name",
          "Values": ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]},
     ]
@@ -75,3 +77,12 @@ def test_subnet_order_spreads_across_azs_and_plan_tries_every_az_per_type():
     assert req.ordered_subnets(subnets, {"a": 2, "b": 1}) == [("c", "s-c"), ("b", "s-b"), ("a", "s-a")]
     assert req.launch_plan(["x", "y"], [("a", "s-a"), ("b", "s-b")]) == [
         ("x", "a", "s-a"), ("x", "b", "s-b"), ("y", "a", "s-a"), ("y", "b", "s-b")]
+
+
+def test_rename_tags_name_the_new_user_and_server():
+    assert req.rename_tags(hub_id="hub1", user="bob", server="train") == [
+        {"Key": "ec2hub:user", "Value": "bob"},
+        {"Key": "ec2hub:server", "Value": "train"},
+        {"Key": "Name", "Value": "ec2hub-hub1-bob-train"},
+    ]
+    assert req.server_key("u" * 300, "") == ("u" * 256, "")

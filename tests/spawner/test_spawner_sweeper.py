@@ -12,6 +12,7 @@ from ec2spawner.spawner import EC2Spawner
 from ec2spawner.sweeper import (
     Decision,
     OrphanSweeper,
+    Ownership,
     find_orphan_secrets,
     find_orphans,
 )
@@ -29,15 +30,39 @@ def test_find_orphans_decides_by_owner_grace_and_state():
         view("i-owned"), view("i-old"), view("i-young", "pending", age_s=30),
         view("i-gone", "terminated"), view("i-stopped-new", "stopped", age_s=100, user="s"),
         view("i-stopped-old", "stopped", age_s=5000, user="s"),
+        view("i-kept-by-state", "stopped", age_s=9000, user="k"),
+        view("i-server-deleted", "stopped", age_s=700, user="deleted"),
+        InstanceView(instance_id="i-hub-host", state="running", launch_time=NOW - timedelta(days=9),
+                     tags={"ec2hub:hub": "h"}),  # the hub host: no ec2hub:user tag
     ]}
-    assert find_orphans(instances, {"i-owned"}, now=NOW, grace=600, keep_stopped=True) == [
+    ownership = Ownership.of({"i-owned", "i-kept-by-state"}, {("s", ""), ("k", ""), ("u", "")})
+    assert find_orphans(instances, ownership, now=NOW, grace=600, keep_stopped=True) == [
         Decision("i-old", True, "running, no server owns it, launched 3600 s ago"),
+        Decision("i-server-deleted", True, "stopped, no server owns it, launched 700 s ago"),
         Decision("i-stopped-new", False, "stopped, kept for its server's next start"),
         Decision("i-stopped-old", True, "stopped, no server owns it, launched 5000 s ago"),
         Decision("i-young", False, "pending, no owner yet, launched 30 s ago (grace 600 s)"),
     ]
-    assert [d.instance_id for d in find_orphans(instances, set(), now=NOW, grace=600, keep_stopped=False)
-            if d.terminate] == ["i-old", "i-owned", "i-stopped-old"]
+    assert [d.instance_id for d in find_orphans(instances, Ownership(), now=NOW, grace=600, keep_stopped=False)
+            if d.terminate] == ["i-kept-by-state", "i-old", "i-owned", "i-server-deleted", "i-stopped-old"]
+
+
+def test_hub_ownership_is_every_instance_a_saved_state_names():
+    from jupyterhub import orm
+
+    db = orm.new_session_factory("sqlite://")()
+    alice, bob, carol = (orm.User(name=n) for n in ("alice", "bob", "carol"))
+    db.add_all([alice, bob, carol])
+    db.commit()
+    db.add_all([
+        orm.Spawner(user=alice, name="", state={"instance_id": "i-running", "instance_class": "small"}),
+        orm.Spawner(user=alice, name="train", state={"kept_instance_id": "i-kept"}),  # stopped, no object loaded
+        orm.Spawner(user=bob, name="", state={}),
+        orm.Spawner(user=carol, name="x", state=None),
+    ])
+    db.commit()
+    assert EC2Spawner.hub_ownership(db, "hub-without-live-spawners") == Ownership.of(
+        {"i-running", "i-kept"}, {("alice", ""), ("alice", "train"), ("bob", ""), ("carol", "x")})
 
 
 def test_find_orphan_secrets():
@@ -70,7 +95,7 @@ async def test_sweeper_terminates_orphan_and_spares_live_and_pending_servers(
     watcher = running._watcher()
     sweeper = OrphanSweeper(Aws.for_region("us-east-1"), watcher, hub_id=hub_id,
                             secret_prefix=f"/ec2hub/{hub_id}/servers/",
-                            owned=lambda: EC2Spawner.owned_instance_ids(hub_id), grace=0)
+                            owned=lambda: Ownership.of(EC2Spawner.owned_instance_ids(hub_id)), grace=0)
     caplog.set_level(logging.INFO)
     decisions = await sweeper.sweep_once()
 
@@ -84,8 +109,64 @@ async def test_sweeper_terminates_orphan_and_spares_live_and_pending_servers(
     await asyncio.gather(spawn, return_exceptions=True)
 
 
-async def test_sweeper_runs_once_per_hub_from_the_spawner(new_spawner, hub_id):
-    a, b = new_spawner("a", sweep_orphans=True), new_spawner("b", sweep_orphans=True)
-    a._watcher(), b._watcher()
+def orphan_of(ec2, hub_id, user="ghost", server=""):
+    """An instance launched for this hub (e.g. by a hub that died mid-start), owned by no server."""
+    return ec2.run_instances(
+        ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.medium",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": instance_tags(
+            hub_id=hub_id, user=user, server=server, class_slug="small", secret_prefix="/x/", efs_id=None)}],
+    )["Instances"][0]["InstanceId"]
+
+
+def sweeper_for(spawner, owned, hub_id):
+    return OrphanSweeper(Aws.for_region("us-east-1"), spawner._watcher(), hub_id=hub_id,
+                         secret_prefix=f"/ec2hub/{hub_id}/servers/", owned=owned, grace=0)
+
+
+async def test_sweeper_rechecks_ownership_right_before_terminating(new_spawner, emu, ec2, hub_id, live):
+    iid = orphan_of(ec2, hub_id)
+    answers = iter([Ownership(), Ownership.of({iid})])  # adopted between the decision and the call
+    sweeper = sweeper_for(new_spawner(), lambda: next(answers, Ownership.of({iid})), hub_id)
+    decisions = await sweeper.sweep_once()
+    assert [(d.instance_id, d.terminate) for d in decisions] == [(iid, True)]
+    assert [i["InstanceId"] for i in live()] == [iid]
+
+
+async def test_a_start_never_adopts_an_instance_the_sweeper_is_ending(new_spawner, emu, ec2, hub_id, live, monkeypatch):
+    import threading
+
+    ghost = orphan_of(ec2, hub_id, user="alice")  # alice's instance from a crashed hub, past its grace
+    in_terminate, release = threading.Event(), threading.Event()
+    invoke = Aws._invoke
+
+    def slow_terminate(self, service, operation, params):
+        if operation == "TerminateInstances" and params["InstanceIds"] == [ghost]:
+            in_terminate.set()
+            release.wait(10)
+        return invoke(self, service, operation, params)
+
+    monkeypatch.setattr(Aws, "_invoke", slow_terminate)
+    spawner = new_spawner("alice")
+    sweep = asyncio.create_task(sweeper_for(spawner, Ownership, hub_id).sweep_once())
+    while not in_terminate.is_set():
+        await asyncio.sleep(0.02)
+    start = asyncio.create_task(spawner.start())  # adopting now would adopt a dying instance
+    while not spawner.instance_id:
+        await asyncio.sleep(0.02)
+    release.set()
+    await sweep
+    await start
+    assert spawner.instance_id != ghost
+    assert [i["InstanceId"] for i in live("alice")] == [spawner.instance_id]
+
+
+async def test_sweeper_starts_once_per_hub(new_spawner, hub_id):
+    from jupyterhub import orm
+
+    db = orm.new_session_factory("sqlite://")()
+    config = new_spawner("a").config
+    config.EC2Spawner.hub_id, config.EC2Spawner.region, config.EC2Spawner.sweep_orphans = hub_id, "us-east-1", True
+    first = EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test"))
+    assert EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test")) is first
     loop_sweepers = OrphanSweeper._registry[asyncio.get_running_loop()]
     assert [key for key in loop_sweepers if key[0] == hub_id] == [(hub_id, "us-east-1")]
