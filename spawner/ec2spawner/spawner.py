@@ -975,7 +975,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         return None
     app = JupyterHub.instance()
     started = getattr(app, "_start_future", None)
-    if started is None:
+    if started is None:  # a JupyterHub other than 6.x: say so rather than sweep nothing silently
+        app.log.warning("ec2hub: JupyterHub has no _start_future; the orphan sweeper is not started")
         return None
 
     async def sweep_once_started():
