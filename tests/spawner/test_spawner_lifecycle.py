@@ -161,13 +161,12 @@ async def test_many_concurrent_starts_are_queued_not_failed(new_spawner, emu, li
     emu.set_throttle(5, 2.0)
     before = emu.counters.get("RequestLimitExceeded", 0)
     spawners = [new_spawner(f"user{i}") for i in range(12)]
-    started = time.monotonic()
     results = await asyncio.gather(*(s.start() for s in spawners), return_exceptions=True)
-    elapsed = time.monotonic() - started
+    # Queued, not failed: every start succeeds and EC2's bucket never refuses one. How long the
+    # queue takes is a speed figure (benchmarks/spawn_burst.py), not a test outcome.
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert len(live()) == 12
     assert emu.counters.get("RequestLimitExceeded", 0) - before == 0
-    assert elapsed < 12  # bucket allows 12 in (12 - 5) / 2 = 3.5 s, plus pending time
 
 
 @pytest.mark.parametrize("how", ["start_timeout", "cancelled_by_hub"])
