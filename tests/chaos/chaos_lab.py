@@ -862,9 +862,9 @@ def _not_found_after_launch(lab: Lab, s: Scenario) -> None:
     try:
         lab.request_start(user)
         lab.wait_held(h_secret, "PutParameter of " + user)
-        lab.request_stop(user)
-        wait_until(lambda: lab.server(user) is None, 60, f"{user}'s spawn to be cancelled")
+        lab.request_stop(user)  # answers once the hub has cancelled the spawn
         lab.control.release(h_secret)
+        wait_until(lambda: lab.server(user) is None, 60, f"{user}'s spawn to be cancelled")
     finally:
         lab.control.faults(visibility_lag_s=0)
 
@@ -878,9 +878,11 @@ def _cancel_in_flight(lab: Lab, s: Scenario) -> None:
     h_cancel = lab.hold("RunInstances", cancel)
     lab.request_start(cancel)
     lab.wait_held(h_cancel, "RunInstances of " + cancel)
+    # The DELETE answers once the hub has cancelled the spawn (JupyterHub cancels the spawn's
+    # future, then tries to stop it); only then does EC2 answer the RunInstances.
     lab.request_stop(cancel)
-    wait_until(lambda: lab.server(cancel) is None, 60, f"{cancel}'s spawn to be cancelled")
     lab.control.release(h_cancel)
+    wait_until(lambda: lab.server(cancel) is None, 60, f"{cancel}'s spawn to be cancelled")
     h_shutdown = lab.hold("RunInstances", shutdown)
     lab.request_start(shutdown)
     lab.wait_held(h_shutdown, "RunInstances of " + shutdown)
