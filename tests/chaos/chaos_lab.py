@@ -352,6 +352,7 @@ class Scenario:
     keep_instance: dict[str, str] = field(default_factory=dict)  # user -> the instance that must still serve it
     must_live: list[str] = field(default_factory=list)  # instances (not servers) that must not be terminated
     planted: list[str] = field(default_factory=list)  # orphans the lab made itself, for the sweeper to end
+    ghosts: list[str] = field(default_factory=list)  # servers the hub kept listing with nothing behind them
     notes: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -514,7 +515,7 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
         self.request_stop(name)
         wait_until(lambda: self.server(name) is None, timeout, f"{name}'s server to stop", 0.2)
 
-    def settle_cancel(self, name: str, timeout: float = 60) -> None:
+    def settle_cancel(self, name: str, scenario: Scenario, timeout: float = 60) -> None:
         """After the DELETE of a pending spawn: wait until the hub no longer has the spawn pending;
         if it still lists the server, DELETE once more (the user pressing stop again) and wait for
         that to settle too. JupyterHub's DELETE cancels the spawn, waits 1 s and then tries to stop
@@ -527,6 +528,10 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
         if self.server(name) is not None:
             self.request_stop(name)
             wait_until(settled, timeout, f"{name}'s second stop to settle", 0.3)
+        model = self.server(name)
+        if model is not None:  # measured now: a later hub restart would clear it
+            scenario.ghosts.append(f"{name}: still listed after the cancel and a second stop "
+                                   f"(ready={model.get('ready')}, url={model.get('url')})")
 
     def server_states(self) -> dict[tuple[str, str], dict]:
         """Every server the hub database knows, running or stopped, with its saved state."""
@@ -669,6 +674,8 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
             if model and model.get("ready") and (states.get((user, "")) or {}).get("instance_id") not in running:
                 lost += 1  # the hub says ready, but there is nothing to log into
                 notes.append(f"{user}: listed ready with no running instance ({model.get('url')})")
+        lost += len(scenario.ghosts)
+        notes += scenario.ghosts
         for iid in scenario.must_live:
             if self.state_of(iid) not in LIVE:
                 lost += 1
@@ -890,7 +897,7 @@ def _not_found_after_launch(lab: Lab, s: Scenario) -> None:
         lab.wait_held(h_secret, "PutParameter of " + user)
         lab.request_stop(user)  # answers once the hub has cancelled the spawn
         lab.control.release(h_secret)
-        lab.settle_cancel(user)
+        lab.settle_cancel(user, s)
     finally:
         lab.control.faults(visibility_lag_s=0)
 
@@ -908,7 +915,7 @@ def _cancel_in_flight(lab: Lab, s: Scenario) -> None:
     # future, then tries to stop it); only then does EC2 answer the RunInstances.
     lab.request_stop(cancel)
     lab.control.release(h_cancel)
-    lab.settle_cancel(cancel)
+    lab.settle_cancel(cancel, s)
     h_shutdown = lab.hold("RunInstances", shutdown)
     lab.request_start(shutdown)
     lab.wait_held(h_shutdown, "RunInstances of " + shutdown)
