@@ -550,12 +550,15 @@ class EC2Spawner(Spawner):
                 self.log.info("%s: terminating %s (%s, class %s): not reusable",
                               self._log_name, view.instance_id, view.state, view.tags.get(req.TAG_CLASS))
                 await self._terminate(view.instance_id)
-        self.kept_instance_id = None  # adopted below, or terminated above as not reusable
+        # Chosen (named by instance_id from here on), terminated, being swept, or gone.
+        self.kept_instance_id = None
         if chosen is None:
             return await self._launch(cls, watcher)
         self.instance_id = chosen.instance_id
         self.subnet_id = chosen.subnet_id
         self.template_version = chosen.tags.get(req.TAG_TEMPLATE_VERSION)
+        # A stopped instance is kept whatever fails from here on: its disk is the point.
+        self._resuming = chosen.state in req.RESUMABLE_STATES
         await self._retag_if_renamed(chosen)
         if chosen.state == "pending":
             # Not booted yet: it reads the secret written now when its server first starts.
@@ -567,7 +570,6 @@ class EC2Spawner(Spawner):
             if await self._write_secret(chosen):
                 return await self._restart_for_new_token(chosen, cls, watcher)
             return time.monotonic()  # it is still waiting for its first secret
-        self._resuming = True  # from here on, a failure stops and keeps it
         return await self._start_stopped(chosen, watcher)
 
     async def _restart_for_new_token(self, view: InstanceView, cls: ClassSettings, watcher: InstanceWatcher) -> float:
@@ -973,7 +975,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         return None
     app = JupyterHub.instance()
     started = getattr(app, "_start_future", None)
-    if started is None:
+    if started is None:  # a JupyterHub other than 6.x: say so rather than sweep nothing silently
+        app.log.warning("ec2hub: JupyterHub has no _start_future; the orphan sweeper is not started")
         return None
 
     async def sweep_once_started():

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from .aws import Aws, InstanceView
-from .requests import LIVE_STATES, hub_filters
+from .requests import GONE_STATES, LIVE_STATES, hub_filters
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,9 @@ class InstanceWatcher:
         for iid, (since, _) in list(self._expected.items()):
             if (iid in snapshot and started >= since) or now - since > self.grace:
                 del self._expected[iid]
+        for iid in list(self._claims):  # nobody adopts an ended instance: its claim can go
+            if iid not in snapshot or snapshot[iid].state in GONE_STATES:
+                del self._claims[iid]
         async with self._updated:
             self._updated.notify_all()
         return snapshot

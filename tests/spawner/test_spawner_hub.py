@@ -75,7 +75,9 @@ c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.start_timeout = 30
 c.EC2Spawner.http_timeout = 30
 c.EC2Spawner.sweep_orphans = False
-""" + getattr(request, "param", ""))
+""" + getattr(request, "param", {}).get("config", ""))
+    before = getattr(request, "param", {}).get("before")
+    prepared = before(hub_id) if before else None  # e.g. instances a crashed hub left behind
     env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "AWS_ENDPOINT_URL": emulator.endpoint_url}
     log = open(tmp_path / "hub.log", "a")  # noqa: SIM115 (closed at teardown)
@@ -111,7 +113,7 @@ c.EC2Spawner.sweep_orphans = False
     try:
         start()
         yield type("Hub", (), {"api": api, "session": session, "ports": ports, "hub_id": hub_id,
-                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart), "proc": staticmethod(lambda: procs[-1]),
+                               "env": env, "tmp": tmp_path, "restart": staticmethod(restart), "prepared": prepared, "proc": staticmethod(lambda: procs[-1]),
                                "log": staticmethod(lambda: (tmp_path / "hub.log").read_text())})
     finally:
         if procs:
@@ -199,23 +201,33 @@ c.EC2Spawner.stop_mode = "stop"
 """
 
 
-@pytest.mark.parametrize("hub", [SWEEPING], indirect=True)
-def test_sweeper_starts_with_the_hub_and_owns_what_the_database_names(hub, ec2, ssm, live):
+def _launch(tags) -> str:
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    return ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.medium",
+                             TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+
+
+def _left_by_a_crash(hub_id: str) -> dict:
+    """An orphan of a crashed hub, and the hub host: tagged ec2hub:hub too (infra/hub.py), no ec2hub:user."""
     from ec2spawner.requests import instance_tags
 
-    def launch(tags):
-        return ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="t3.medium",
-                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+    return {
+        "orphan": _launch(instance_tags(hub_id=hub_id, user="ghost", server="", class_slug="small",
+                                        secret_prefix="/x/", efs_id=None)),
+        "hub_host": _launch([{"Key": "ec2hub:hub", "Value": hub_id},
+                             {"Key": "ec2hub:settings-parameter", "Value": f"/ec2hub/{hub_id}/settings"}]),
+    }
 
+
+@pytest.mark.parametrize("hub", [{"config": SWEEPING, "before": _left_by_a_crash}], indirect=True)
+def test_sweeper_starts_with_the_hub_and_owns_what_the_database_names(hub, ec2, ssm, live):
     def state(iid):
         return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
-    # A crash left an orphan; the hub host carries ec2hub:hub too (infra/hub.py) but no ec2hub:user.
-    orphan = launch(instance_tags(hub_id=hub.hub_id, user="ghost", server="", class_slug="small",
-                                  secret_prefix="/x/", efs_id=None))
-    hub_host = launch([{"Key": "ec2hub:hub", "Value": hub.hub_id},
-                       {"Key": "ec2hub:settings-parameter", "Value": f"/ec2hub/{hub.hub_id}/settings"}])
-    hub.restart()  # nobody spawns: the sweeper must start with the hub
+    orphan, hub_host = hub.prepared["orphan"], hub.prepared["hub_host"]
+    # Nobody spawns: the sweeper started with the hub.
     wait_until(lambda: state(orphan) in ("shutting-down", "terminated"), 30, "the orphan to be swept")
     assert f"terminating orphan {orphan}" in hub.log()
 

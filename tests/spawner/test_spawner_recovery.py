@@ -294,3 +294,19 @@ async def test_renamed_user_resumes_its_kept_instance_and_retags_it(new_spawner,
     assert renamed.instance_id == iid
     tags = tags_of(ec2, iid)
     assert (tags["ec2hub:user"], tags["ec2hub:server"], tags["Name"]) == ("alicia", "", f"ec2hub-{hub_id}-alicia")
+
+
+async def test_resume_failing_before_start_instances_still_keeps_the_instance(new_spawner, emu, ec2, monkeypatch):
+    iid, state = await stopped_and_kept(new_spawner)
+
+    def tags_refused(operation, params):
+        if operation == "CreateTags":
+            raise client_error("InternalError", operation)
+
+    inject(monkeypatch, tags_refused)
+    renamed = new_spawner("alicia", stop_mode="stop")  # its kept instance must be retagged first
+    renamed.load_state(state)
+    with pytest.raises(SpawnException):
+        await renamed.start()
+    assert state_of(ec2, iid) == "stopped"
+    assert renamed.kept_instance_id == iid
