@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
     commands.add_parser("down", help="stop a running sandbox and remove what a crashed one left")
     commands.add_parser("status", help="list instances: state, class, who owns each and what the sweeper intends")
-    inject = commands.add_parser("inject", help="inject an EC2 fault into the running emulator")
+    inject = commands.add_parser("inject", help="inject a fault: into the AWS emulator, or a hard kill of the hub")
     faults = inject.add_subparsers(dest="fault", required=True)
     capacity = faults.add_parser("capacity", help="InsufficientInstanceCapacity for a type in an AZ")
     capacity.add_argument("--az", required=True)

@@ -14,8 +14,8 @@ classes of the process that runs the server (so use it in-process through
 * terminating an instance behind the hub's back, and spot interruption (terminated with
   StateReason ``Server.SpotInstanceTermination``);
 * state-change events (``running``, ``stopped``, ``terminated``) to in-process listeners and over
-  HTTP, for the sandbox's simulated data plane, and ``rebooting`` on RebootInstances of a running
-  instance (EC2 keeps it ``running``);
+  HTTP, for the sandbox's simulated data plane, and a ``rebooting`` event on RebootInstances of a
+  running instance (EC2 keeps it ``running``; the data plane reboots its host through systemd);
 * a ``visibility_lag_s`` during which an instance RunInstances just made is not listed, and
   DescribeInstances, TerminateInstances, StopInstances and StartInstances naming it answer
   ``InvalidInstanceID.NotFound`` (EC2's eventual consistency right after a launch);
@@ -471,11 +471,6 @@ class Emulator:
             else:
                 self._enter(instance, "pending", "running", self.pending_s)
 
-    def after_reboot(self, instance: Any) -> None:
-        """A reboot keeps the instance ``running`` (as EC2 does) and emits ``rebooting``."""
-        with self._lock:
-            self._emit(self._tracked.setdefault(instance.id, _Tracked(instance)), "rebooting")
-
     def stop(self) -> None:
         """Stop the server and the ticker; the moto patches stay installed but inactive."""
         global _ACTIVE
@@ -534,14 +529,6 @@ def _install_patches() -> None:
             _ACTIVE.after_start(self)
         return previous
 
-    def patched_reboot(self):
-        # moto's reboot makes any instance "running" again; EC2 reboots only a running one.
-        if self._state.name != "running":
-            return
-        reboot(self)
-        if _ACTIVE is not None:
-            _ACTIVE.after_reboot(self)
-
     def patched_stop(self):
         previous = stop(self)
         if _ACTIVE is not None:
@@ -555,11 +542,20 @@ def _install_patches() -> None:
             _ACTIVE._enter(self, "shutting-down", "terminated", _ACTIVE.shutting_down_s)
         return previous
 
+    def patched_reboot(self):
+        # moto's reboot makes any instance "running" again; EC2 reboots only a running one.
+        was_running = self._state.name == "running"
+        previous = reboot(self) if was_running else None
+        if _ACTIVE is not None and was_running:
+            with _ACTIVE._lock:
+                _ACTIVE._emit(_ACTIVE._tracked.setdefault(self.id, _Tracked(self)), "rebooting")
+        return previous
+
     InstanceBackend.run_instances = patched_run_instances
-    # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
-    InstanceBackend.all_reservations = patched_all_reservations
     Instance.start, Instance.stop, Instance.terminate = patched_start, patched_stop, patched_terminate
     Instance.reboot = patched_reboot
+    # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
+    InstanceBackend.all_reservations = patched_all_reservations
     _PATCHED = True
 
 

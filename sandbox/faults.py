@@ -3,9 +3,9 @@ kill of the hub process on the hub host.
 
 The command line runs in a process of its own, not in `python -m sandbox up` that holds the hosts,
 so it finds the hub host the way :func:`sandbox.host.kill_processes_under` finds a host's
-processes: by their root directory, which lies in the host's state directory. The host's PID 1
-is the one whose innermost PID (``NSpid``) is 1; commands then run inside the host with
-``nsenter`` into its namespaces and root, as :meth:`sandbox.host.IsolatedHost.exec` does.
+processes: by their root directory or command line, which name the host's state directory. The
+host's PID 1 is the one whose innermost PID (``NSpid``) is 1; commands then run inside the host
+with ``nsenter`` into its namespaces and root, as :meth:`sandbox.host.IsolatedHost.exec` does.
 
 On a host booted with systemd as PID 1 the kill goes through ``systemctl kill`` and the unit's
 ``Restart=always`` brings the hub back, as on EC2; without systemd (the hub runs in the
@@ -31,20 +31,42 @@ class FaultError(RuntimeError):
 
 
 def host_pid1(instance_id: str, state_root: Path = DEFAULT_STATE_ROOT) -> int:
-    """The PID (as this machine sees it) of the host's PID 1."""
-    marker = str(Path(state_root) / instance_id) + "/"
+    """The PID (as this machine sees it) of the host's PID 1: a process in a PID namespace of its
+    own (innermost ``NSpid`` 1) whose root lies in the host's state directory, or that descends
+    from the process which started the host (its command line names that directory: the
+    ``unshare`` of a plain host, the launcher of a booted machine)."""
+    marker = str(Path(state_root) / instance_id)
+    starters, seen = [], set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if not (os.readlink(entry / "root") + "/").startswith(marker):
-                continue
-            nspid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("NSpid:"))
-        except (OSError, StopIteration):
+            if _is_pid1(entry) and (os.readlink(entry / "root") + "/").startswith(marker + "/"):
+                return int(entry.name)
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                starters.append(int(entry.name))
+        except OSError:
             continue
-        if nspid.split()[-1] == "1":
-            return int(entry.name)
+    while starters:  # breadth-first through their descendants
+        pid = starters.pop(0)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        proc = Path(f"/proc/{pid}")
+        try:
+            if _is_pid1(proc):
+                return pid
+            starters += [int(c) for c in (proc / "task" / str(pid) / "children").read_text().split()]
+        except OSError:
+            continue
     raise FaultError(f"no running host {instance_id} under {state_root} (is the sandbox up?)")
+
+
+def _is_pid1(proc: Path) -> bool:
+    """PID 1 of a PID namespace below this machine's (``NSpid: <ours> ... 1``)."""
+    nspid = next((line.split()[1:] for line in (proc / "status").read_text().splitlines()
+                  if line.startswith("NSpid:")), [])
+    return len(nspid) > 1 and nspid[-1] == "1"
 
 
 def exec_in(pid1: int, argv: list[str], *, timeout: float = 30) -> subprocess.CompletedProcess:
