@@ -324,11 +324,17 @@ class Aws:
             err = error.response.get("Error", {})
             raise AwsError(operation, err.get("Code", "Unknown"), err.get("Message", "")) from None
 
+    def start_in_thread(self, func, *args) -> asyncio.Future:
+        """Submit ``func(*args)`` to the seam's pool now; the future resolves on the running loop.
+        Nothing can stop it once submitted (a thread cannot be interrupted, and the interpreter
+        joins the pool at exit)."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, functools.partial(func, *args))
+
     async def in_thread(self, func, *args):
         """Run ``func(*args)`` on the seam's pool. If the caller is cancelled, the call still runs
-        to its end (a thread cannot be interrupted, and the interpreter joins the pool at exit)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(func, *args))
+        to its end (see :meth:`start_in_thread`)."""
+        return await self.start_in_thread(func, *args)
 
     async def submit(self, service: str, operation: str, **params) -> concurrent.futures.Future:
         """Send ``operation`` (after its limiter) and return its future without waiting for it.

@@ -149,7 +149,7 @@ def parse_catalog(data: Any, *, source: str = "instance-classes.yaml") -> Catalo
     unknown = set(data) - {"defaults", "classes"}
     if unknown:
         raise CatalogError(
-            f"{source}: unknown top-level key {sorted(unknown)[0]!r} (allowed: defaults, classes)"
+            f"{source}: unknown top-level key {min(unknown)!r} (allowed: defaults, classes)"
         )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import random
 import time
@@ -240,6 +241,7 @@ class EC2Spawner(Spawner):
         self._launch_call = None  # (future, ClientToken) of a RunInstances in flight
         self._resuming = False  # start() is starting a kept instance: a failure keeps it
         self._launched_here = False  # start() launched the instance moments ago
+        self._cleanup: asyncio.Future | None = None  # a cancelled start's cleanup, still running
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -432,7 +434,15 @@ class EC2Spawner(Spawner):
             # interrupt the cleanup; it runs in a worker thread that finishes even then.
             shown = _spawn_error(error) if isinstance(error, AwsError) else error
             self._progress(f"Start failed: {_describe_error(shown)}")
-            await asyncio.shield(self._abandon())
+            cleanup = self._begin_abandon()
+            if isinstance(error, asyncio.CancelledError):
+                # A cancelled start ends at once and leaves the cleanup running in its thread:
+                # JupyterHub's DELETE of a pending spawn cancels start() and calls stop() a second
+                # later, which it refuses ("pending spawn") while start() has not ended, leaving
+                # the server listed with no instance. stop() waits for the cleanup instead.
+                self._cleanup = cleanup
+            else:
+                await _settle(cleanup)
             if shown is not error:
                 raise shown from None
             raise
@@ -445,9 +455,11 @@ class EC2Spawner(Spawner):
             self._start_done = True
             self._progress_changed.set()
 
-    async def _abandon(self) -> None:
-        """Undo a failed start: terminate what it launched or adopted, delete its secret; stop
-        and keep a resumed instance instead. Learns the outcome of a RunInstances still in flight.
+    def _begin_abandon(self) -> asyncio.Future | None:
+        """Start undoing a failed start: terminate what it launched or adopted, delete its secret;
+        stop and keep a resumed instance instead. Learns the outcome of a RunInstances still in
+        flight. The work is on the seam's pool from this call on, so neither a cancellation of
+        the caller nor a hub shutdown can keep it from running; the future says when it is done.
         """
         iid, keep, young = self.instance_id, self._resuming, self._launched_here
         launch, self._launch_call = self._launch_call, None
@@ -455,11 +467,16 @@ class EC2Spawner(Spawner):
         if keep:
             self.kept_instance_id = iid
         if iid is None and launch is None:
-            return
-        try:
-            await self.aws.in_thread(self._cleanup_blocking, iid, launch, keep, young)
-        except Exception:
-            self.log.exception("%s: cleanup of %s failed; the sweeper will retry", self._log_name, iid)
+            return None
+        future = self.aws.start_in_thread(self._cleanup_blocking, iid, launch, keep, young)
+
+        def logged(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                self.log.error("%s: cleanup of %s failed; the sweeper will retry: %s",
+                               self._log_name, iid, done.exception())
+
+        future.add_done_callback(logged)
+        return future
 
     def _cleanup_blocking(self, iid: str | None, launch, keep: bool, young: bool) -> None:
         """The cleanup itself, in a worker thread: a hub shutdown cancels every task of its loop,
@@ -707,7 +724,7 @@ class EC2Spawner(Spawner):
 
         The call in flight is recorded in ``_launch_call`` before it is awaited: if this
         coroutine is cancelled (start_timeout, a cancelled spawn, hub shutdown) the worker thread
-        still finishes the call, and :meth:`_abandon` learns from it which instance to terminate.
+        still finishes the call, and :meth:`_begin_abandon` learns from it which instance to terminate.
         """
         delay = 1.0
         while True:
@@ -878,6 +895,8 @@ class EC2Spawner(Spawner):
         ``stop_timeout`` for EC2 to report it stopped or terminated. JupyterHub calls this only
         when ``poll()`` returned None.
         """
+        cleanup, self._cleanup = self._cleanup, None
+        await _settle(cleanup)  # a cancelled start's cleanup: done once stop() returns
         iid = self.instance_id
         if not iid:
             return
@@ -987,6 +1006,14 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
 
     return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")
+
+
+async def _settle(future: asyncio.Future | None) -> None:
+    """Wait for a cleanup to end, whatever its outcome (its own callback logs a failure); a
+    cancellation of the waiter leaves it running."""
+    if future is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(future)
 
 
 def _describe_error(error: BaseException) -> str:

@@ -86,10 +86,7 @@ async def test_second_start_adopts_instance_after_hub_died_mid_start(new_spawner
     emu.set_timing(pending_s=2)
     first = new_spawner()
 
-    async def hub_dies():  # a hub killed mid-start runs no cleanup at all
-        return None
-
-    first._abandon = hub_dies
+    first._begin_abandon = lambda: None  # a hub killed mid-start runs no cleanup at all
     task = asyncio.create_task(first.start())
     await until(lambda: first.instance_id)
     launched = first.instance_id
