@@ -18,24 +18,27 @@ CLIENT_ROOT_ACCESS = "elasticfilesystem:ClientRootAccess"
 
 
 def file_system_statements(*, notebook_role: iam.IRole) -> list[iam.PolicyStatement]:
-    """The file system policy: TLS and IAM always, notebooks only through an access point, no root.
+    """The file system policy: TLS always, IAM always, only the notebook role, only via a mount target.
 
     With a file system policy in place EFS allows a client only what the policy (or the client's
     identity policy) allows (EFS user guide, "Using IAM to control file system data access"), so
     an anonymous client, one that mounts without the mount helper's ``iam`` option, gets nothing:
-    no statement allows ``*``. Over plain NFS (no ``tls``) everything is denied.
+    no statement allows ``*``. Over plain NFS (no ``tls``) everything is denied. The hub role gets
+    nothing: the hub never mounts the homes.
 
-    No role gets ``ClientRootAccess``: an access point enforces its own POSIX user and root
-    directory (and creates that directory with its owner), so neither the notebooks nor the hub
-    need root on the file system; root on the whole tree is what let any notebook read every home.
+    The notebook role keeps ``ClientRootAccess`` because the notebook bootstrap mounts the file
+    system's root at /mnt/efs as root, creates ``home/<unix-name>`` owned by the user and binds it
+    at the user's home. That means root on any notebook instance can read every home. The
+    stronger design is one access point per user (uid/gid and root directory enforced by EFS),
+    created by the spawner, named to the instance in a tag, and mounted by the bootstrap with
+    ``accesspoint=``; then no role needs root on the tree. It needs the spawner, the notebook
+    bootstrap and the sandbox's EFS stand-in to change together, so it is not done yet.
 
-    What IAM cannot express: binding one instance to one user's access point. EFS identifies an NFS
-    client by its IAM role (EFS user guide, "Using access points in IAM policies"), and every
-    notebook shares the notebook role; ``elasticfilesystem:AccessPointArn`` can only be compared
-    with fixed ARNs, and access point ids are generated, so no policy variable of the instance can
-    name its own. A notebook may therefore mount any access point of this file system whose id it
-    knows; the role cannot list access points (no ``elasticfilesystem:Describe*``) or other
-    instances' tags, so the id the spawner gives an instance is the only one it learns.
+    What IAM cannot express even then: binding one instance to one user's access point. EFS
+    identifies an NFS client by its IAM role (EFS user guide, "Using access points in IAM
+    policies"), and every notebook shares the notebook role; ``elasticfilesystem:AccessPointArn``
+    can only be compared with fixed ARNs, and access point ids are generated, so no policy
+    variable of the instance can name its own.
     """
     return [
         iam.PolicyStatement(
@@ -46,20 +49,11 @@ def file_system_statements(*, notebook_role: iam.IRole) -> list[iam.PolicyStatem
             conditions={"Bool": {"aws:SecureTransport": "false"}},
         ),
         iam.PolicyStatement(
-            sid="DenyRootAccess",
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=[CLIENT_ROOT_ACCESS],
-        ),
-        iam.PolicyStatement(
-            sid="NotebooksThroughAccessPoints",
+            sid="NotebooksThroughMountTargets",
             principals=[iam.ArnPrincipal(notebook_role.role_arn)],
-            actions=[CLIENT_MOUNT, CLIENT_WRITE],
-            conditions={
-                "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
-                # The mount must name an access point (uid/gid and root directory enforced).
-                "Null": {"elasticfilesystem:AccessPointArn": "false"},
-            },
+            # Root: the bootstrap makes and chowns each user's home (see above).
+            actions=[CLIENT_MOUNT, CLIENT_WRITE, CLIENT_ROOT_ACCESS],
+            conditions={"Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"}},
         ),
     ]
 

@@ -1,4 +1,4 @@
-"""The homes' file system policy: TLS and IAM always, notebooks only through access points, no root."""
+"""The homes' file system policy: TLS and IAM always, only the notebook role, only through a mount target."""
 
 from __future__ import annotations
 
@@ -36,24 +36,8 @@ def test_everything_without_tls_is_denied(any_synth):
     )
 
 
-def test_root_access_is_denied_to_every_principal(any_synth):
-    statements = file_system_policy(any_synth)["Statement"]
-    root = [
-        s
-        for s in statements
-        if "elasticfilesystem:ClientRootAccess" in as_list(s["Action"])
-    ]
-    assert root == [
-        {
-            "Sid": "DenyRootAccess",
-            "Effect": "Deny",
-            "Principal": {"AWS": "*"},
-            "Action": "elasticfilesystem:ClientRootAccess",
-        }
-    ]
-
-
-def test_only_the_notebook_role_may_mount_and_only_through_an_access_point(any_synth):
+def test_only_the_notebook_role_may_mount_and_only_through_a_mount_target(any_synth):
+    """Root on the tree only for the notebook role (its bootstrap makes each home); nobody else."""
     notebook_role = logical_id_by_description(
         any_synth, "AWS::IAM::Role", "ec2hub notebook instances"
     )
@@ -62,17 +46,15 @@ def test_only_the_notebook_role_may_mount_and_only_through_an_access_point(any_s
     ]
     assert allows == [
         {
-            "Sid": "NotebooksThroughAccessPoints",
+            "Sid": "NotebooksThroughMountTargets",
             "Effect": "Allow",
             "Principal": {"AWS": {"Fn::GetAtt": [notebook_role, "Arn"]}},
             "Action": [
                 "elasticfilesystem:ClientMount",
                 "elasticfilesystem:ClientWrite",
+                "elasticfilesystem:ClientRootAccess",
             ],
-            "Condition": {
-                "Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"},
-                "Null": {"elasticfilesystem:AccessPointArn": "false"},
-            },
+            "Condition": {"Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"}},
         }
     ]
 
