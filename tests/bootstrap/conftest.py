@@ -20,7 +20,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sandbox.host import IsolatedHost, bake_ami, cleanup_leftovers, kill_processes_under
+from sandbox.host import (
+    CGROUP_HIERARCHIES,
+    NSPAWN_PROPAGATE,
+    IsolatedHost,
+    bake_ami,
+    cleanup_leftovers,
+    kill_processes_under,
+)
 from sandbox.imds import ImdsData
 from sandbox.netns import Relay, Vpc, list_netns
 
@@ -97,7 +104,13 @@ def no_leftovers():
     mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if VPC_NAME in m or str(STATE_ROOT) in m]
     procs = kill_processes_under(STATE_ROOT)
     children = sorted(set(_children()) - children_before)
-    assert (netns, mounts, procs, children) == ([], [], [], []), "left behind (netns, mounts, host processes, children)"
+    # What systemd-nspawn and the VPC's dnsmasq leave unless torn down: cgroups, runtime dirs.
+    runtime = sorted(
+        str(p) for d in (*CGROUP_HIERARCHIES, NSPAWN_PROPAGATE, Path("/run")) if d.is_dir()
+        for p in d.iterdir() if p.name.startswith(VPC_NAME)
+    )
+    assert (netns, mounts, procs, children, runtime) == ([], [], [], [], []), (
+        "left behind (netns, mounts, host processes, children, cgroups and runtime directories)")
 
 
 @pytest.fixture(scope="session")
