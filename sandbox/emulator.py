@@ -14,7 +14,8 @@ classes of the process that runs the server (so use it in-process through
 * terminating an instance behind the hub's back, and spot interruption (terminated with
   StateReason ``Server.SpotInstanceTermination``);
 * state-change events (``running``, ``stopped``, ``terminated``) to in-process listeners and over
-  HTTP, for the sandbox's simulated data plane.
+  HTTP, for the sandbox's simulated data plane, and a ``rebooting`` event on RebootInstances of a
+  running instance (EC2 keeps it ``running``; the data plane reboots its host through systemd).
 
 Control in-process through the :class:`Emulator` methods, or over HTTP on the same port
 (``EmulatorClient`` speaks it)::
@@ -325,7 +326,7 @@ def _install_patches() -> None:
     from moto.ec2.models.instances import Instance, InstanceBackend
 
     run_instances = InstanceBackend.run_instances
-    start, stop, terminate = Instance.start, Instance.stop, Instance.terminate
+    start, stop, terminate, reboot = Instance.start, Instance.stop, Instance.terminate, Instance.reboot
 
     def patched_run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
         emulator = _ACTIVE
@@ -357,8 +358,18 @@ def _install_patches() -> None:
             _ACTIVE._enter(self, "shutting-down", "terminated", _ACTIVE.shutting_down_s)
         return previous
 
+    def patched_reboot(self):
+        # moto's reboot makes any instance "running" again; EC2 reboots only a running one.
+        was_running = self._state.name == "running"
+        previous = reboot(self) if was_running else None
+        if _ACTIVE is not None and was_running:
+            with _ACTIVE._lock:
+                _ACTIVE._emit(_ACTIVE._tracked.setdefault(self.id, _Tracked(self)), "rebooting")
+        return previous
+
     InstanceBackend.run_instances = patched_run_instances
     Instance.start, Instance.stop, Instance.terminate = patched_start, patched_stop, patched_terminate
+    Instance.reboot = patched_reboot
     _PATCHED = True
 
 

@@ -164,14 +164,123 @@ def upper_path(upper: Path, path: str | Path, *, mode: int = 0o755) -> Path:
     return upper / rel
 
 
-def _make_traversable(upper: Path, path: Path) -> None:
-    """Give every ancestor directory of ``path`` in the host's root search (x) permission for all."""
-    for ancestor in [*reversed(path.parents[:-1]), *([path] if path.is_dir() else [])]:
-        copy = upper_path(upper, ancestor / "x").parent
-        if not copy.exists():
-            copy.mkdir()
-            _copy_dir_attrs(ancestor, copy)
-        os.chmod(copy, stat.S_IMODE(copy.stat().st_mode) | 0o111)
+# Where a hardened unit cannot see (ProtectHome=, PrivateTmp=): an interpreter there is unusable.
+_HIDDEN_FROM_UNITS = ("/root/", "/home/", "/run/user/", "/tmp/", "/var/tmp/")
+AMI_VENV = "/opt/ec2hub/venv"
+AMI_NODE = "/opt/ec2hub/node"
+AMI_SRC = "/opt/ec2hub/src"
+
+
+class BakedAmi:
+    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (create with :func:`bake_ami`).
+
+    - /opt/ec2hub/venv: this repository's venv, mounted read-only (nspawn ``--overlay-ro``) with a
+      thin layer on top that makes it relocatable: its scripts' ``#!`` lines and its interpreter
+      point into /opt/ec2hub/venv, and editable installs into /opt/ec2hub/src. The checkout may
+      live where the hardened units cannot see (under /root, or a CI clone under /tmp); the AMI's
+      venv must not. When the venv's base interpreter lives there too, the machine's own Python
+      of the same minor version stands in (same ABI);
+    - /opt/ec2hub/node/bin/{node,configurable-http-proxy}: the repository's node_modules, mounted
+      read-only at /opt/ec2hub/node/lib/node_modules;
+    - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
+      normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
+      service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
+    - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
+      refuses DummyAuthenticator (only a sandbox image has it).
+    """
+
+    def __init__(self, *, venv: Path, node_bin: Path | None, aws_endpoint: str | None, region: str | None,
+                 allow_dummy_auth: bool) -> None:
+        self.venv, self.node_bin = Path(venv), Path(node_bin) if node_bin else None
+        self.aws_endpoint, self.region, self.allow_dummy_auth = aws_endpoint, region, allow_dummy_auth
+
+    def __call__(self, upper: Path) -> None:
+        for stale in (AMI_VENV, f"{AMI_NODE}/bin"):  # an older sandbox's symlinks
+            link = upper / stale.lstrip("/")
+            if link.is_symlink():
+                link.unlink()
+        if self.node_bin:
+            for tool in ("node", "configurable-http-proxy"):
+                dst = upper_path(upper, f"{AMI_NODE}/bin/{tool}")
+                if dst.is_symlink() or dst.exists():
+                    dst.unlink()
+                dst.symlink_to(f"{AMI_NODE}/lib/node_modules/{self.node_bin.name}/{tool}")
+        if self.aws_endpoint or self.region:
+            lines = ["[default]"]
+            if self.region:
+                lines.append(f"region = {self.region}")
+            if self.aws_endpoint:
+                lines.append(f"endpoint_url = {self.aws_endpoint}")
+            for home, mode in (("/root", 0o700), ("/var/lib/ec2hub", 0o755)):
+                config = upper_path(upper, f"{home}/.aws/config", mode=mode)
+                config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                os.chmod(config.parent, mode)
+                os.chmod(config, mode & 0o644)
+        marker = upper_path(upper, "/etc/ec2hub/allow-dummy-auth")
+        if self.allow_dummy_auth:
+            marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
+        elif marker.exists():
+            marker.unlink()
+
+    def nspawn_args(self, state_dir: Path) -> list[str]:
+        """The read-only mounts of the venv, the sources of its editable installs and node_modules."""
+        fixes = state_dir / "ami-venv"
+        sources = self._relocation_layer(fixes)
+        args = [f"--overlay-ro={_escape(self.venv)}:{_escape(fixes)}:{AMI_VENV}"]
+        args += [f"--bind-ro={_escape(src)}:{AMI_SRC}/{i}" for i, src in enumerate(sources)]
+        if self.node_bin:
+            args.append(f"--bind-ro={_escape(self.node_bin.parent)}:{AMI_NODE}/lib/node_modules")
+        return args
+
+    def _relocation_layer(self, fixes: Path) -> list[Path]:
+        """Write the layer that relocates the venv to /opt/ec2hub/venv; the source trees it maps."""
+        shutil.rmtree(fixes, ignore_errors=True)
+        (fixes / "bin").mkdir(parents=True)
+        cfg = dict(line.split(" = ", 1) for line in (self.venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
+        interpreter = _interpreter_for_units(self.venv, cfg.get("version", ""))
+        for name in ("python", "python3", f"python{'.'.join(cfg.get('version', '3').split('.')[:2])}"):
+            (fixes / "bin" / name).symlink_to(interpreter)
+        (fixes / "pyvenv.cfg").write_text(
+            f"home = {Path(interpreter).parent}\ninclude-system-site-packages = false\nversion = {cfg.get('version', '')}\n")
+        old_shebang = f"#!{self.venv}/bin/python".encode()
+        for script in (self.venv / "bin").iterdir():
+            if script.is_file() and not script.is_symlink():
+                with open(script, "rb") as f:
+                    head = f.read(len(old_shebang))
+                    if head == old_shebang:
+                        rest = f.read()
+                        copy = fixes / "bin" / script.name
+                        copy.write_bytes(f"#!{AMI_VENV}/bin/python".encode() + rest)
+                        copy.chmod(stat.S_IMODE(script.stat().st_mode))
+        # Editable installs (ec2spawner) name their source directories by absolute path.
+        sources: list[Path] = []
+        for site in self.venv.glob("lib/python3*/site-packages"):
+            for finder in [*site.glob("__editable__*finder.py"), *site.glob("*.egg-link")]:
+                text = finder.read_text()
+                for found in sorted(set(re.findall(r"'(/[^']+)'", text)), key=len):
+                    if Path(found).is_dir() and not any(Path(found).is_relative_to(s) for s in sources):
+                        sources.append(Path(found))
+                for i, src in enumerate(sources):
+                    text = text.replace(f"'{src}", f"'{AMI_SRC}/{i}")
+                upper_path(fixes, "/" + str(finder.relative_to(self.venv))).write_text(text)
+        return sources
+
+
+def _escape(path: Path | str) -> str:
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _interpreter_for_units(venv: Path, version: str) -> str:
+    """The venv's base interpreter, or the machine's of the same minor version if units cannot see it."""
+    real = str((venv / "bin" / "python").resolve())
+    if not real.startswith(_HIDDEN_FROM_UNITS):
+        return real
+    minor = ".".join(version.split(".")[:2])
+    system = Path(f"/usr/bin/python{minor}")
+    if minor and system.exists():
+        return str(system)
+    raise RuntimeError(f"the venv's interpreter {real} is where hardened units cannot see it, and there is no "
+                       f"{system}: make the venv with a Python outside /root, /home and /tmp")
 
 
 def bake_ami(
@@ -181,56 +290,10 @@ def bake_ami(
     aws_endpoint: str | None = None,
     region: str | None = None,
     allow_dummy_auth: bool = False,
-) -> Callable[[Path], None]:
-    """A ``root_setup`` that makes the host look like ec2hub's baked AMI.
-
-    - /opt/ec2hub/venv → ``venv`` (jupyterhub-singleuser, the hub, ec2spawner, boto3 already there);
-    - /opt/ec2hub/node/bin → ``node_bin`` (node and configurable-http-proxy);
-    - every directory on the way to the venv, its interpreter and node searchable by all (in the
-      overlay only): the notebook and the hub run as unprivileged users;
-    - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
-      normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
-      service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
-    - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
-      refuses DummyAuthenticator (only a sandbox image has it).
-    """
-
-    def setup(upper: Path) -> None:
-        links = {"/opt/ec2hub/venv": venv}
-        if node_bin:
-            links["/opt/ec2hub/node/bin"] = node_bin
-        for link, target in links.items():
-            dst = upper_path(upper, link)
-            if dst.is_symlink() or dst.exists():
-                dst.unlink()
-            dst.symlink_to(target)
-        # The notebook and the hub run as unprivileged users: every directory on the way to the
-        # venv, the interpreter it points to and node must be traversable for them, wherever
-        # this checkout lives (under /root/.pyenv here, under a 0700 mktemp directory in a CI
-        # clone). Only the overlay's copies change; the machine's directories keep their modes.
-        targets = [Path(venv), (Path(venv) / "bin" / "python").resolve()]
-        if node_bin:
-            targets += [Path(node_bin), (Path(node_bin) / "node").resolve()]
-        for target in targets:
-            _make_traversable(upper, target)
-        if aws_endpoint or region:
-            lines = ["[default]"]
-            if region:
-                lines.append(f"region = {region}")
-            if aws_endpoint:
-                lines.append(f"endpoint_url = {aws_endpoint}")
-            for home, mode in (("/root", 0o700), ("/var/lib/ec2hub", 0o755)):
-                config = upper_path(upper, f"{home}/.aws/config", mode=mode)
-                config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                os.chmod(config.parent, mode)
-                os.chmod(config, mode & 0o644)
-        marker = upper_path(upper, "/etc/ec2hub/allow-dummy-auth")
-        if allow_dummy_auth:
-            marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
-        elif marker.exists():
-            marker.unlink()
-
-    return setup
+) -> BakedAmi:
+    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (see :class:`BakedAmi`)."""
+    return BakedAmi(venv=Path(venv), node_bin=Path(node_bin) if node_bin else None,
+                    aws_endpoint=aws_endpoint, region=region, allow_dummy_auth=allow_dummy_auth)
 
 
 def machine_units_to_mask(etc_systemd: Path = Path("/etc/systemd/system")) -> list[str]:
@@ -420,6 +483,8 @@ class IsolatedHost:
         args += [f"--tmpfs={p}:mode=0700" for p in self.hidden_paths if Path(p).is_dir()]
         if self.efs_dir:
             args.append(f"--bind={self.efs_dir}:/mnt/efs")
+        if hasattr(self.root_setup, "nspawn_args"):  # a baked AMI's read-only mounts
+            args += self.root_setup.nspawn_args(self.state_dir)
         return args
 
     def _bake_image(self) -> None:

@@ -14,12 +14,22 @@ from pathlib import Path
 import pytest
 from e2e_hub import ARTIFACTS, Hub, SandboxProcess
 
+from sandbox.host import CGROUP_HIERARCHIES, NSPAWN_PROPAGATE
+from sandbox.runner import VPC_NAME
+
 pytestmark = pytest.mark.slow
 
 
 def _namespaces() -> set[str]:
+    """The sandbox's namespaces (its VPC's name starts them all; other test runs use other names)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("ec2hub-")}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(VPC_NAME)}
+
+
+def _runtime_leftovers() -> list[str]:
+    """cgroups and runtime directories systemd-nspawn and the VPC's dnsmasq leave unless torn down."""
+    return sorted(str(p) for d in (*CGROUP_HIERARCHIES, NSPAWN_PROPAGATE, Path("/run")) if d.is_dir()
+                  for p in d.iterdir() if p.name.startswith(VPC_NAME))
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +48,7 @@ def sandbox(request):
     left = _namespaces()
     assert returncode == 0, f"sandbox exited with {returncode}:\n{log_path.read_text()[-4000:]}"
     assert not left, f"the sandbox left namespaces behind: {left}"
+    assert not _runtime_leftovers(), "the sandbox left cgroups or runtime directories behind"
     assert "ec2hub-root" not in Path("/proc/mounts").read_text(), "the sandbox left overlay mounts behind"
 
 

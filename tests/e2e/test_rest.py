@@ -54,6 +54,10 @@ def test_each_class_starts_runs_code_and_terminates(hub: Hub, slug):
     name, hostname = output.split()
     assert name == user
     assert hostname == "ip-" + instance["PrivateIpAddress"].replace(".", "-"), "the kernel runs on the instance"
+    # The GPU class's server sees the instance's GPU device nodes (a unit with PrivateDevices=yes
+    # would hide them and CUDA would find no device); the CPU classes have none.
+    devices = hub.run_code(user, "import os; print(sorted(d for d in os.listdir('/dev') if d.startswith('nvidia')))")
+    assert devices.strip() == ("['nvidia-modeset', 'nvidia0', 'nvidiactl']" if slug == "gpu" else "[]"), devices
 
     hub.stop(user)
     state = wait_until(lambda: hub.instance(instance["InstanceId"])["State"]["Name"] == "terminated",
