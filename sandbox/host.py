@@ -102,7 +102,7 @@ KEPT_UNITS_PREFIXES = ("cloud-", "systemd-", "getty", "dbus", "remote-fs", "mach
 # cloud-init as an EC2 image configures it (Debian's cloud image: Ec2 datasource), plus what a
 # container needs: no locale generation (the machine's image has none generated), no network
 # config rendering (the data plane wired eth0 already; cloud-init's DHCP at its first stage still
-# runs, against the VPC's dnsmasq), no ssh keys (no sshd in the image).
+# runs, against the VPC's dnsmasq), no ssh keys (no sshd in the image), no login user.
 CLOUD_CFG = """\
 # ec2hub sandbox image: cloud-init as on EC2 (Ec2 datasource, IMDSv2)
 datasource_list: [ Ec2 ]
@@ -114,6 +114,9 @@ datasource:
 network: {config: disabled}
 locale: false
 ssh_genkeytypes: []
+# No default login user and no boot loader: the instance is reached through its services only.
+users: []
+grub_dpkg: {enabled: false}
 """
 
 # Runs in a mount namespace of its own (unshare), so the overlay is mounted nowhere else. Boots
