@@ -8,6 +8,7 @@ import gzip
 import json
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -146,6 +147,12 @@ def test_a_host_boots_systemd_and_cloud_init_runs_its_user_data_from_imds(networ
     assert (status["cloud_name"], status["instance_id"]) == ("aws", "i-0c00000000000000f")
     requests = host._imds.requests
     assert requests[0] == "PUT /latest/api/token" and "GET /2021-03-23/user-data" in requests
+    # The VPC's dnsmasq answered cloud-init's DHCP with the instance's address, and its resolver
+    # answers every name at once (NXDOMAIN), so nothing waited on a timeout.
+    assert "Received dhcp lease on eth0 for 10.0.1.35/255.255.255.0" in (host.upper / "var/log/cloud-init.log").read_text()
+    started = time.monotonic()
+    assert host.exec(["getent", "hosts", "example.invalid"]).returncode == 2
+    assert time.monotonic() - started < 5  # a resolver that never answers: 5 s per try
     # The machine's own services are no part of the image: masked there.
     for unit in machine_units_to_mask():
         assert host.exec(["systemctl", "is-enabled", unit]).stdout.strip() == "masked", unit
