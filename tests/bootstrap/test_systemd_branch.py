@@ -62,7 +62,9 @@ def assert_unit_verifies(host, unit: str, max_exposure: float):
 def run_exec_start_pre(host, unit: str) -> str:
     """Run the installed unit's ExecStartPre=+ command as systemd would on a start; its output."""
     lines = (host.upper / f"etc/systemd/system/{unit}").read_text().splitlines()
-    [pre] = [line.removeprefix("ExecStartPre=") for line in lines if line.startswith("ExecStartPre=")]
+    pres = [line.removeprefix("ExecStartPre=") for line in lines if line.startswith("ExecStartPre=")]
+    assert len(pres) == 1, f"{unit}: one ExecStartPre= expected, found {pres}"
+    pre = pres[0]
     assert pre.startswith("+"), "runs as root, outside the unit's sandboxing"
     result = host.exec(shlex.split(pre[1:]), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
