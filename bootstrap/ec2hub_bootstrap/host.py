@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import subprocess
 import sys
 from typing import NoReturn
@@ -64,3 +65,19 @@ def write_if_changed(path: str, text: str, mode: int, owner: int = 0) -> bool:
 def systemd_is_pid1() -> bool:
     """sd_booted(3): systemd is PID 1 exactly when /run/systemd/system exists."""
     return os.path.isdir("/run/systemd/system")
+
+
+def unit_command(unit_text: str) -> tuple[list[str], dict[str, str]]:
+    """The ExecStart= argv and the Environment= variables of a unit file (ours: one ExecStart=,
+    one assignment per Environment= line, no specifiers), so that without systemd the same command
+    runs in the foreground."""
+    argv, env = None, {}
+    for line in unit_text.splitlines():
+        if line.startswith("ExecStart="):
+            argv = shlex.split(line.removeprefix("ExecStart="))
+        elif line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            env[key] = value
+    if not argv:
+        raise ValueError("no ExecStart= in the unit")
+    return argv, env

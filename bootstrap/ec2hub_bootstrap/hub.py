@@ -28,11 +28,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .host import Console, shown, systemd_is_pid1, write_if_changed
+from .host import Console, shown, systemd_is_pid1, unit_command, write_if_changed
 from .imds import Imds, read_tags
 
 VENV = "/opt/ec2hub/venv"
-NODE_BIN = "/opt/ec2hub/node/bin"
 ETC = "/etc/ec2hub"
 STATE = "/var/lib/ec2hub"
 HUB_USER = "ec2hub"
@@ -179,12 +178,13 @@ def prestart() -> None:
 
 
 def exec_foreground() -> None:
-    """No systemd: the unit's command, user, directory and environment, in the foreground."""
+    """No systemd: the unit's ExecStart=, user, directory and Environment=, in the foreground."""
     hub = pwd.getpwnam(HUB_USER)
-    env = {"HOME": STATE, "LANG": "C.UTF-8", "PATH": f"{VENV}/bin:{NODE_BIN}:/usr/local/bin:/usr/bin:/bin"}
+    command, unit_env = unit_command((SOURCES / UNIT_NAME).read_text(encoding="utf-8"))
+    env = {"LANG": "C.UTF-8", **unit_env}
     argv = [
         "setpriv", f"--reuid={hub.pw_uid}", f"--regid={hub.pw_gid}", "--init-groups", "--no-new-privs", "--",
-        f"{VENV}/bin/jupyterhub", "-f", f"{ETC}/jupyterhub_config.py",
+        *command,
     ]
     log("service", f"no systemd (PID 1 is not systemd): running jupyterhub as {HUB_USER} in the foreground")
     os.chdir(STATE)

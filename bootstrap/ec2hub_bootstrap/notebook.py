@@ -29,10 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from .host import Console, shown, systemd_is_pid1, write_if_changed
+from .host import Console, shown, systemd_is_pid1, unit_command, write_if_changed
 from .imds import Imds, read_tags
 
-VENV = "/opt/ec2hub/venv"
 ETC = "/etc/ec2hub"
 ENV_FILE = ETC + "/singleuser.env"
 EFS_MOUNT = "/mnt/efs"
@@ -42,7 +41,6 @@ UNIT_DIR = "/etc/systemd/system"
 DROPIN = f"{UNIT_DIR}/{UNIT_NAME}.d/10-user.conf"
 # The unit files, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "notebook"
-PORT = 8888
 UNIX_PREFIX = "jupyter-"
 UNIX_MAX = 32
 SECRET_WAIT_S = 900
@@ -242,17 +240,15 @@ def start_service(user: pwd.struct_passwd, home: str) -> None:
 
 
 def exec_foreground(user: pwd.struct_passwd, home: str) -> None:
-    """No systemd: run the unit's command here, as the user, with the env file (never a shell)."""
+    """No systemd: the unit's ExecStart= here, as the user, with its Environment= and the env
+    file, as systemd would set them (never a shell)."""
+    command, unit_env = unit_command((SOURCES / UNIT_NAME).read_text(encoding="utf-8"))
     with open(ENV_FILE, encoding="utf-8") as f:
-        env = parse_env_file(f.read())
-    env.update(
-        HOME=home, USER=user.pw_name, LOGNAME=user.pw_name, SHELL=user.pw_shell or "/bin/bash",
-        PATH=f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", LANG=os.environ.get("LANG", "C.UTF-8"),
-    )
+        env = {"LANG": os.environ.get("LANG", "C.UTF-8"), **unit_env, **parse_env_file(f.read())}
+    env.update(HOME=home, USER=user.pw_name, LOGNAME=user.pw_name, SHELL=user.pw_shell or "/bin/bash")
     argv = [
         "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
-        "--no-new-privs", "--",
-        f"{VENV}/bin/jupyterhub-singleuser", "--ip=0.0.0.0", f"--port={PORT}",
+        "--no-new-privs", "--", *command,
     ]
     log("service", f"no systemd (PID 1 is not systemd): running jupyterhub-singleuser as {user.pw_name} in the foreground")
     os.chdir(home)
@@ -272,7 +268,7 @@ def boot() -> None:
     home = ensure_home(user, on_efs)
     if systemd_is_pid1():
         start_service(user, home)
-        log("done", f"jupyterhub-singleuser for {name} on port {PORT}")
+        log("done", f"jupyterhub-singleuser for {name} is {UNIT_NAME}")
         return
     # What the units do on every start, then the server.
     ensure_gpu_devices()

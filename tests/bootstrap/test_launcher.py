@@ -150,3 +150,16 @@ def test_gpu_step_runs_the_driver_tools_and_survives_their_failure(monkeypatch, 
         f"{tmp_path}/nvidia-smi -L", f"{tmp_path}/nvidia-modprobe -u -c 0"
     ]
     assert "nvidia-smi -L failed (9)" in capsys.readouterr().out
+
+
+def test_without_systemd_the_server_runs_the_units_own_command():
+    from ec2hub_bootstrap.host import unit_command
+
+    argv, env = unit_command(UNIT.read_text())
+    assert argv == ["/opt/ec2hub/venv/bin/jupyterhub-singleuser", "--ip=0.0.0.0", "--port=8888"]
+    assert env == {"PATH": "/opt/ec2hub/venv/bin:/usr/local/bin:/usr/bin:/bin"}
+    argv, env = unit_command((REPO / "bootstrap/hub/ec2hub-hub.service").read_text())
+    assert argv == ["/opt/ec2hub/venv/bin/jupyterhub", "-f", "/etc/ec2hub/jupyterhub_config.py"]
+    assert env == {
+        "HOME": "/var/lib/ec2hub", "PATH": "/opt/ec2hub/venv/bin:/opt/ec2hub/node/bin:/usr/local/bin:/usr/bin:/bin"
+    }
