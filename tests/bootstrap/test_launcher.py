@@ -86,6 +86,9 @@ def test_unit_is_hardened():
         "SystemCallArchitectures=native",
         "CapabilityBoundingSet=",
         "UMask=0077",
+        "ProtectProc=invisible",
+        "PrivateMounts=yes",
+        "RemoveIPC=yes",
     ]:
         assert line in lines, line
 
