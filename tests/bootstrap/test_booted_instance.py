@@ -4,8 +4,6 @@ reboot or a stop and start) is systemd's job alone; the hardened unit runs for r
 
 from __future__ import annotations
 
-import gzip
-
 import pytest
 
 from sandbox.netns import http_get
@@ -23,8 +21,7 @@ FIRST_LINE = "ec2hub-notebook: start:"  # the user data's first console line
 
 
 def user_data() -> bytes:
-    # What EC2 gets: the script is over the 16 KB raw limit, so infra sends it gzip-compressed.
-    return gzip.compress(NOTEBOOK_USER_DATA.read_bytes(), mtime=0)
+    return NOTEBOOK_USER_DATA  # what EC2 gets from infra: assembled from bootstrap/, gzip-compressed
 
 
 def server_answers(network, ip: str, user: str) -> bool:

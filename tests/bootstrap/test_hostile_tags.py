@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from ec2hub_bootstrap import notebook as launch
 
 from .conftest import (
     NOTEBOOK_USER_DATA,
     client,
-    load_launcher,
     needs_root,
     notebook_tags,
 )
@@ -38,7 +38,7 @@ HOSTILE_USERS = [
 
 @pytest.fixture(scope="module")
 def launcher():
-    return load_launcher(NOTEBOOK_USER_DATA, "EC2HUB_LAUNCHER")
+    return launch
 
 
 def boot(make_host, aws, iid: str, ip: str, tags: dict[str, str]):
