@@ -636,6 +636,21 @@ class IsolatedHost:
         assert status is not None, self.logs
         return status
 
+    def journal(self, unit: str | None = None, *, this_boot: bool = False) -> str:
+        """The instance's journal (its systemd's; what units and cloud-init logged), read from its
+        disk: one message a line, of ``unit`` only if given, of the latest boot only if asked."""
+        directory = self.upper / "var/log/journal"
+        argv = ["journalctl", f"--directory={directory}", "--no-pager", "--output=cat"]
+        if this_boot:
+            boots = subprocess.run([*argv, "--list-boots"], capture_output=True, text=True, check=False).stdout
+            rows = [line.split() for line in boots.splitlines() if line.split() and line.split()[0].lstrip("-").isdigit()]
+            if not rows:
+                return ""
+            argv.append(f"--boot={rows[-1][1]}")
+        if unit:
+            argv.append(f"--unit={unit}")
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
     @property
     def user_data_exit_status(self) -> int | None:
         """The exit status of the user data's last run by cloud-init (None: it never ran)."""
@@ -643,14 +658,13 @@ class IsolatedHost:
             log = (self.upper / "var/log/cloud-init.log").read_text(errors="replace")
         except FileNotFoundError:
             return None
-        status = None
-        for line in log.splitlines():
-            if "Running command ['/var/lib/cloud/instance/scripts/part-001']" in line:
-                status = 0
-            failed = re.search(r"Failed running /var/lib/cloud/instance/scripts/part-001 \[(\d+)\]", line)
-            if failed:
-                status = int(failed.group(1))
-        return status
+        ran = log.rfind("Running command ['/var/lib/cloud/instance/scripts/part-001']")
+        if ran < 0:
+            return None
+        # cloud-init logs a failure as "Unexpected error while running command", then "Exit code: N".
+        end = log.find("finish: modules-final/config-scripts-user", ran)
+        failed = re.search(r"^Exit code: (\d+)$", log[ran:end if end >= 0 else None], re.MULTILINE)
+        return int(failed.group(1)) if failed else 0
 
     # --- leftovers ------------------------------------------------------------------------------
     def _kill_cgroups(self) -> None:
