@@ -217,11 +217,14 @@ class DataPlane:
                     self.handle({"instance_id": instance["InstanceId"], "state": "running"})
 
     def _terminate(self, host: IsolatedHost) -> None:
-        """Terminate, keeping the console output (EC2 keeps it for a while after termination too)."""
+        """Terminate, keeping the console output (EC2 keeps it for a while after termination too) and,
+        for debugging, the instance's journal, in ``console_dir``."""
         host.stop()
         if self.console_dir is not None:
             self.console_dir.mkdir(parents=True, exist_ok=True)
             (self.console_dir / f"{host.name}.log").write_text(host.console_output)
+            # What its units logged (the hub's and the server's own logs) is in its journal only.
+            (self.console_dir / f"{host.name}.journal").write_text(host.journal())
         host.terminate()
 
     def close(self) -> None:

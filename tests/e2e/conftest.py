@@ -7,12 +7,13 @@ test-artifacts/sandbox.log and printed when a test failed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_hub import ARTIFACTS, Hub, SandboxProcess
+from e2e_hub import ARTIFACTS, ENV_FILE, HOSTS, Hub, SandboxProcess
 
 from sandbox.host import CGROUP_HIERARCHIES, NSPAWN_PROPAGATE
 from sandbox.runner import VPC_NAME
@@ -59,6 +60,12 @@ def pytest_runtest_makereport(item, call):
         log_path = ARTIFACTS / "sandbox.log"
         if log_path.exists():
             report.sections.append(("sandbox log (tail)", log_path.read_text()[-6000:]))
+        if ENV_FILE.exists():  # the hub logs to its instance's journal, as on EC2
+            hub_id = json.loads(ENV_FILE.read_text())["hub_instance_id"]
+            journal = HOSTS / hub_id / "upper/var/log/journal"
+            hub_log = subprocess.run(["journalctl", f"--directory={journal}", "--unit=ec2hub-hub.service",
+                                      "--output=cat", "--no-pager"], capture_output=True, text=True, check=False)
+            report.sections.append(("hub journal (tail)", hub_log.stdout[-8000:]))
     return report
 
 
