@@ -1,17 +1,22 @@
 """Click-to-ready in the local sandbox, and where the time goes.
 
 Starts its own sandbox (`python -m sandbox up`, instances pending 0 s by default), then spawns the
-default class N times in a row (one user each) through the hub's REST API, following the spawn's
-progress stream and the instance's console output as they happen. Prints one line per spawn and
-a summary:
+default class N times in a row (one user each) through the hub's REST API, following the
+emulator's events and the hub's server model as they happen, and reading the instance's own
+journal (its systemd's, wall-clock timestamps) once the server is ready. Prints one line per spawn
+and a summary:
 
-    click_to_ready_p50_s=X emulator_p50_s=A user_data_p50_s=B singleuser_p50_s=C hub_check_p50_s=D
+    click_to_ready_p50_s=X emulator_p50_s=A boot_p50_s=B user_data_p50_s=C singleuser_p50_s=D
+    hub_check_p50_s=E ratio_to_singleuser=X/D
 
 - emulator:   POST .../server until the emulator reports the instance `running` (the hub's
               handling, the spawner's RunInstances, the emulator's pending time);
-- user_data:  from then until the user data hands over to jupyterhub-singleuser (console line
-              "service: ..."): the data plane booting the host, IMDS, user, home, secret, env;
-- singleuser: until jupyter-server prints "is running at";
+- boot:       from then until cloud-init runs the user data (its first line, "start:"): the data
+              plane wiring the host, systemd-nspawn booting systemd, cloud-init's stages (DHCP,
+              IMDS crawl, config modules) up to scripts-user;
+- user_data:  until the user data hands over to systemd ("service: ..."): IMDS, tags, user,
+              home, secret, env file, unit;
+- singleuser: until jupyter-server, started by its unit, logs "is running at";
 - hub_check:  until the hub reports the server ready (its HTTP check, the proxy route).
 
 Run as root: `.venv/bin/python benchmarks/sandbox_spawn.py [--spawns 5] [--pending-s 0]`.
@@ -20,8 +25,10 @@ Run as root: `.venv/bin/python benchmarks/sandbox_spawn.py [--spawns 5] [--pendi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -44,38 +51,44 @@ def follow_emulator(client: EmulatorClient, after: int, marks: dict, t0_wall: fl
             after = max(after, event["seq"])
             if event["state"] == "running":
                 marks["running"] = event["time"] - t0_wall
+                marks["instance_id"] = event["instance_id"]
                 return
 
 
-def follow_console(marks: dict, t0: float, stop: threading.Event) -> None:
-    """Stamp when the new instance's console shows the hand-over and the server's start."""
-    seen_before = {p.name for p in HOSTS.iterdir()} if HOSTS.exists() else set()
-    console = None
-    while not stop.is_set():
-        if console is None and HOSTS.exists():
-            fresh = [p for p in HOSTS.iterdir() if p.name.startswith("i-") and p.name not in seen_before]
-            if fresh:
-                console = fresh[0] / "console.log"
-        if console is not None and console.exists():
-            text = console.read_text(errors="replace")
-            now = time.monotonic() - t0
-            if "user_data_done" not in marks and "ec2hub-notebook: service:" in text:
-                marks["user_data_done"] = now
-            if "singleuser_up" not in marks and "is running at" in text:
-                marks["singleuser_up"] = now
-                return
-        time.sleep(0.01)
+# (mark, unit or syslog identifier, text): the first journal entry of each, in this order.
+JOURNAL_MARKS = (
+    ("user_data_start", "cloud-init", "ec2hub-notebook: start:"),
+    ("user_data_done", "cloud-init", "ec2hub-notebook: service:"),
+    ("singleuser_up", "ec2hub-singleuser.service", "is running at"),
+)
+
+
+def journal_marks(instance_id: str, t0_wall: float) -> dict:
+    """When the instance logged each of JOURNAL_MARKS, in seconds after ``t0_wall``."""
+    journal = HOSTS / instance_id / "upper" / "var" / "log" / "journal"
+    out = subprocess.run(["journalctl", "-D", str(journal), "-o", "json", "--no-pager",
+                          "--output-fields=MESSAGE,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT"],
+                         capture_output=True, text=True, check=False).stdout
+    marks: dict = {}
+    for line in out.splitlines():
+        entry = json.loads(line)
+        message = entry.get("MESSAGE")
+        if not isinstance(message, str):
+            continue
+        for mark, source, text in JOURNAL_MARKS:
+            if mark not in marks and source in (entry.get("SYSLOG_IDENTIFIER"), entry.get("_SYSTEMD_UNIT")) \
+                    and text in message:
+                marks[mark] = int(entry["__REALTIME_TIMESTAMP"]) / 1e6 - t0_wall
+    return marks
 
 
 def spawn_once(hub: Hub, user: str) -> dict:
     hub.create_user(user)
     marks: dict = {}
-    stop = threading.Event()
     emulator = EmulatorClient(hub.env["aws_endpoint_url"])
     after = _last_seq(emulator)
     t0, t0_wall = time.monotonic(), time.time()
     watchers = [
-        threading.Thread(target=follow_console, args=(marks, t0, stop), daemon=True),
         threading.Thread(target=follow_emulator, args=(emulator, after, marks, t0_wall), daemon=True),
         threading.Thread(target=lambda: marks.setdefault("post", hub.api("POST", f"/users/{user}/server",
                                                                          {"user_options": {}})), daemon=True),
@@ -89,12 +102,14 @@ def spawn_once(hub: Hub, user: str) -> dict:
             marks["ready"] = time.monotonic() - t0
             break
         time.sleep(0.05)
-    stop.set()
     for thread in watchers:
         thread.join(timeout=10)
+    if "instance_id" in marks:
+        marks.update(journal_marks(marks["instance_id"], t0_wall))
     hub.stop(user)
-    if "ready" not in marks or "running" not in marks:
-        raise SystemExit(f"spawn of {user} failed: {marks}")
+    missing = {"ready", "running", *(m for m, _, _ in JOURNAL_MARKS)} - set(marks)
+    if missing:
+        raise SystemExit(f"spawn of {user}: no {sorted(missing)}: {marks}")
     return marks
 
 
@@ -124,16 +139,19 @@ def main() -> None:
             split = {
                 "click_to_ready_s": m["ready"],
                 "emulator_s": m["running"],
-                "user_data_s": m.get("user_data_done", m["running"]) - m["running"],
-                "singleuser_s": m.get("singleuser_up", m["ready"]) - m.get("user_data_done", m["running"]),
-                "hub_check_s": m["ready"] - m.get("singleuser_up", m["ready"]),
+                "boot_s": m["user_data_start"] - m["running"],
+                "user_data_s": m["user_data_done"] - m["user_data_start"],
+                "singleuser_s": m["singleuser_up"] - m["user_data_done"],
+                "hub_check_s": m["ready"] - m["singleuser_up"],
             }
             rows.append(split)
             print(f"spawn={n} " + " ".join(f"{k}={v:.2f}" for k, v in split.items()), flush=True)
         p50 = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"click_to_ready_p50_s={p50['click_to_ready_s']:.2f} emulator_p50_s={p50['emulator_s']:.2f} "
-              f"user_data_p50_s={p50['user_data_s']:.2f} singleuser_p50_s={p50['singleuser_s']:.2f} "
-              f"hub_check_p50_s={p50['hub_check_s']:.2f} spawns={len(rows)} pending_s={args.pending_s:g}")
+              f"boot_p50_s={p50['boot_s']:.2f} user_data_p50_s={p50['user_data_s']:.2f} "
+              f"singleuser_p50_s={p50['singleuser_s']:.2f} hub_check_p50_s={p50['hub_check_s']:.2f} "
+              f"ratio_to_singleuser={p50['click_to_ready_s'] / p50['singleuser_s']:.2f} "
+              f"spawns={len(rows)} pending_s={args.pending_s:g} load1={os.getloadavg()[0]:.1f}")
     finally:
         process.stop()
 

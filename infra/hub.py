@@ -1,6 +1,6 @@
 """The hub host behind an internet-facing load balancer, and what its role may do.
 
-The hub Instance runs JupyterHub, the proxy and the EC2Spawner (bootstrap/hub/user-data.sh, verbatim).
+The hub Instance runs JupyterHub, the proxy and the EC2Spawner (its user data: infra/userdata.py).
 It learns its inputs from its own tags through IMDSv2 (ARCHITECTURE.md §5): which SSM parameter holds
 the settings, where the spawner package is (an S3 asset of ``spawner/``), and the first admin.
 
@@ -23,9 +23,8 @@ from ec2spawner.requests import TAG_CLASS, TAG_HUB
 
 from .config import REPO_ROOT
 from .session import session_manager_statement
-from .userdata import load_user_data
+from .userdata import assemble_user_data
 
-HUB_USER_DATA = REPO_ROOT / "bootstrap" / "hub" / "user-data.sh"
 SPAWNER_PACKAGE = REPO_ROOT / "spawner"
 PROXY_PORT = 8000  # configurable-http-proxy's public port: the ALB target
 HUB_API_PORT = 8081  # notebooks register back to the hub API here
@@ -119,7 +118,7 @@ class Hub(Construct):
         )
         # The script's exact bytes (or their gzip, if over EC2's limit), base64 as EC2 takes them;
         # the L2's UserData renders text only.
-        user_data = load_user_data(HUB_USER_DATA)
+        user_data = assemble_user_data("hub")
         self.instance.instance.add_property_override("UserData", user_data.base64)
         if user_data.notice:
             Annotations.of(self).add_warning_v2(

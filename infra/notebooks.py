@@ -17,11 +17,9 @@ from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
 from ec2spawner.requests import TAG_CLASS, TAG_HUB, TAG_INSTANCE_ARN
 
-from .config import REPO_ROOT
 from .session import session_manager_statement
-from .userdata import load_user_data
+from .userdata import assemble_user_data
 
-NOTEBOOK_USER_DATA = REPO_ROOT / "bootstrap" / "notebook" / "user-data.sh"
 NOTEBOOK_PORT = 8888
 # Construct id CDK gives the one Lambda shared by every AwsCustomResource in a stack.
 AWS_CUSTOM_RESOURCE_PROVIDER_ID = "AWS679f53fac002430cb0da5b7982bd2287"
@@ -187,7 +185,7 @@ class Notebooks(Construct):
             self, "InstanceProfile", role=self.role
         )
 
-        user_data = load_user_data(NOTEBOOK_USER_DATA)
+        user_data = assemble_user_data("notebook")
         if user_data.notice:
             Annotations.of(self).add_warning_v2(
                 "ec2hub:user-data-compressed", user_data.notice

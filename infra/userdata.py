@@ -1,17 +1,24 @@
-"""User data for the launch templates and the hub: the bootstrap scripts, byte for byte.
+"""User data for the launch templates and the hub, assembled from the files of bootstrap/.
+
+An instance's user data is one shell script: it writes the role's files of bootstrap/ (the Python
+package ec2hub_bootstrap without the other role's launcher, common/ and <role>/) byte for byte under
+/opt/ec2hub/bootstrap, then runs <role>/user-data.sh from there. The same files always give the same bytes (sorted, no
+timestamps), so an unchanged bootstrap never makes a new launch template version. cloud-init runs
+a shell script user data once per instance ("scripts-user", frequency once-per-instance); what must
+happen on every start is in the units those files install (docs/ARCHITECTURE.md §10).
 
 EC2 takes at most 16 KB of user data "in raw form, before it is base64-encoded" (EC2 user guide,
 "Run commands when you launch an EC2 instance with user data input"). A bigger script is sent
 gzip-compressed, which EC2 counts as raw bytes and cloud-init decompresses before running it
 (cloud-init docs, "User-data formats": "gzip compressed content"). A script too big even then is an
-error at synth, not a failed launch at spawn time. Compression is deterministic (mtime 0), so the
-same script always gives the same template.
+error at synth, not a failed launch at spawn time. Compression is deterministic (mtime 0).
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,13 @@ from .config import REPO_ROOT, ConfigError
 
 MAX_USER_DATA_BYTES = 16 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+BOOTSTRAP = REPO_ROOT / "bootstrap"
+ROLES = ("notebook", "hub")
+# Where bootstrap/ goes on the instance (PYTHONPATH of the steps, which import ec2hub_bootstrap).
+INSTANCE_DIR = "/opt/ec2hub/bootstrap"
+PACKAGE = "ec2hub_bootstrap"
+SOURCE_SUFFIXES = {".py", ".sh", ".service"}
+END_OF_FILE = "EC2HUB_END_OF_FILE"
 
 
 def _display(path: Path) -> str:
@@ -31,9 +45,9 @@ def _display(path: Path) -> str:
 
 @dataclass(frozen=True)
 class BootstrapUserData:
-    """A bootstrap script and the bytes EC2 receives for it."""
+    """A user-data script and the bytes EC2 receives for it."""
 
-    path: Path
+    source: str
     script: bytes
     payload: bytes
 
@@ -51,26 +65,87 @@ class BootstrapUserData:
         if not self.compressed:
             return None
         return (
-            f"{_display(self.path)} is {len(self.script)} bytes, over EC2's {MAX_USER_DATA_BYTES}-byte "
+            f"{self.source} is {len(self.script)} bytes, over EC2's {MAX_USER_DATA_BYTES}-byte "
             f"user-data limit: it is sent gzip-compressed ({len(self.payload)} bytes), which "
             "cloud-init unpacks at boot. Anything else that runs this user data must gunzip it first."
         )
 
 
+def user_data_from_script(source: str, script: bytes) -> BootstrapUserData:
+    """The bytes EC2 gets for ``script``: as is, or gzip-compressed if EC2 would refuse it as is."""
+    payload = script
+    if len(script) > MAX_USER_DATA_BYTES:
+        payload = gzip.compress(script, compresslevel=9, mtime=0)
+    if len(payload) > MAX_USER_DATA_BYTES:
+        raise ConfigError(
+            f"{source}: {len(script)} bytes ({len(payload)} gzip-compressed), but EC2 accepts "
+            f"at most {MAX_USER_DATA_BYTES} bytes of user data"
+        )
+    return BootstrapUserData(source=source, script=script, payload=payload)
+
+
 def load_user_data(path: Path) -> BootstrapUserData:
-    """Read a bootstrap script; compress it only if EC2 would refuse it as it is."""
+    """A ready-made user-data script file (custom images, tests): read, compressed if needed."""
     try:
         script = path.read_bytes()
     except OSError as error:
         raise ConfigError(
             f"{_display(path)}: cannot read user data: {error.strerror}"
         ) from None
-    payload = script
-    if len(script) > MAX_USER_DATA_BYTES:
-        payload = gzip.compress(script, compresslevel=9, mtime=0)
-    if len(payload) > MAX_USER_DATA_BYTES:
-        raise ConfigError(
-            f"{_display(path)}: {len(script)} bytes ({len(payload)} gzip-compressed), but EC2 accepts "
-            f"at most {MAX_USER_DATA_BYTES} bytes of user data"
-        )
-    return BootstrapUserData(path=path, script=script, payload=payload)
+    return user_data_from_script(_display(path), script)
+
+
+def role_files(role: str, root: Path = BOOTSTRAP) -> list[Path]:
+    """The files of ``role``'s user data, relative to ``root`` (bootstrap/), sorted."""
+    if role not in ROLES:
+        raise ConfigError(f"bootstrap role {role!r}: one of {', '.join(ROLES)}")
+    others = {Path(PACKAGE) / f"{other}.py" for other in ROLES if other != role}
+    files = [
+        path.relative_to(root)
+        for directory in (PACKAGE, "common", role)
+        for path in (root / directory).rglob("*")
+        if path.is_file() and path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts
+    ]
+    return sorted(set(files) - others)
+
+
+def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
+    """The user-data script of ``role``: writes its files under INSTANCE_DIR, runs its user-data.sh.
+
+    Each file is a quoted heredoc (nothing in it expands); a file must be UTF-8 text ending in a
+    newline with no line equal to the heredoc's end marker.
+    """
+    files = role_files(role, root)
+    entry = Path(role) / "user-data.sh"
+    if entry not in files:
+        raise ConfigError(f"{_display(root / entry)}: missing (the {role} user data runs it)")
+    lines = [
+        "#!/bin/bash",
+        f"# ec2hub {role} user data, assembled by infra/userdata.py from these files of the",
+        f"# repository's bootstrap/, written byte for byte under {INSTANCE_DIR}; then it runs",
+        f"# {entry} from there:",
+        *(f"#   {path}" for path in files),
+        "set -euo pipefail",
+        "umask 022",
+        f"dir={INSTANCE_DIR}",
+        'rm -rf "$dir.new"',
+        *(f'mkdir -p "$dir.new/{d}"' for d in sorted({str(p.parent) for p in files})),
+    ]
+    for path in files:
+        text = (root / path).read_text(encoding="utf-8")
+        if not text.endswith("\n") or END_OF_FILE in text.splitlines():
+            raise ConfigError(
+                f"{_display(root / path)}: must end with a newline and have no line {END_OF_FILE}"
+            )
+        lines += [f"cat >\"$dir.new\"/{shlex.quote(str(path))} <<'{END_OF_FILE}'", text + END_OF_FILE]
+    lines += [
+        'rm -rf "$dir"',
+        'mv "$dir.new" "$dir"',
+        f'exec /bin/bash "$dir/{entry}"',
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def assemble_user_data(role: str, root: Path = BOOTSTRAP) -> BootstrapUserData:
+    """``role``'s user data as EC2 gets it (see the module docstring)."""
+    return user_data_from_script(f"the {role} user data", assemble_script(role, root))

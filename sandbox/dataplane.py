@@ -3,12 +3,17 @@
 The emulator (moto plus :mod:`sandbox.emulator`) is EC2's control plane: it answers RunInstances,
 keeps state and emits an event on each state change. This module is the data plane behind it:
 
-- ``running``: the instance boots as an :class:`~sandbox.host.IsolatedHost` at its private IP on
-  the VPC bridge, with an IMDSv2 endpoint that serves its id, placement and tags, and runs its real
-  user data (read back through DescribeInstanceAttribute, as EC2 would hand it to cloud-init);
-- ``stopped``: its processes end, its root volume (the overlay's upper layer) stays;
-- ``running`` again after a stop: it boots from the same root volume and runs its user data again
-  (the bootstrap scripts are idempotent; without systemd this is how the server comes back);
+- ``running``: the instance boots as an :class:`~sandbox.host.IsolatedHost` (systemd as PID 1)
+  at its private IP on the VPC bridge, with an IMDSv2 endpoint that serves its id, placement, tags
+  and user data (the bytes RunInstances was given, read back through DescribeInstanceAttribute);
+  cloud-init fetches the user data from there and runs it, once per instance id. A GPU instance
+  type (DescribeInstanceTypes' GpuInfo) gets as many NVIDIA device nodes as it has GPUs;
+- ``rebooting`` (RebootInstances): ``systemctl reboot`` inside; the same root volume boots again;
+- ``stopped``: ``systemctl poweroff`` inside (every unit stops in order), its root volume (the
+  overlay's upper layer) stays;
+- ``running`` again after a stop: it boots from the same root volume. cloud-init does not run the
+  user data again (same instance id): what it installed, enabled units and fstab entries, brings
+  the services back, as on EC2;
 - ``terminated``: its processes and its root volume are gone.
 
 Boots run on one worker thread per instance so the emulator's threads never wait on a host.
@@ -17,7 +22,6 @@ Boots run on one worker thread per instance so the emulator's threads never wait
 from __future__ import annotations
 
 import base64
-import gzip
 import ipaddress
 import logging
 import threading
@@ -53,15 +57,15 @@ class InstanceFacts:
     tags: dict[str, str]
     user_data: bytes
     role: str | None
+    gpus: int = 0
 
     @classmethod
     def describe(cls, ec2, instance_id: str) -> InstanceFacts:
         reservation = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
         instance = reservation["Instances"][0]
         encoded = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        # As launched (gzip or not): cloud-init unpacks it, as on EC2.
         user_data = base64.b64decode(encoded.get("UserData", {}).get("Value", "") or "")
-        if user_data[:2] == b"\x1f\x8b":  # gzip: cloud-init decompresses it before running it
-            user_data = gzip.decompress(user_data)
         profile = instance.get("IamInstanceProfile", {}).get("Arn", "")
         return cls(
             instance_id=instance_id,
@@ -71,7 +75,18 @@ class InstanceFacts:
             tags={t["Key"]: t["Value"] for t in instance.get("Tags", [])},
             user_data=user_data,
             role=profile.rsplit("/", 1)[-1] or None,
+            gpus=gpu_count(ec2, instance["InstanceType"]),
         )
+
+
+def gpu_count(ec2, instance_type: str) -> int:
+    """How many GPUs EC2 says ``instance_type`` has (DescribeInstanceTypes' GpuInfo; 0 for none)."""
+    try:
+        [info] = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    except Exception:  # an unknown type (moto validates none by default): no GPU
+        log.debug("data plane: no instance type data for %s", instance_type, exc_info=True)
+        return 0
+    return sum(gpu.get("Count", 0) for gpu in info.get("GpuInfo", {}).get("Gpus", []))
 
 
 class DataPlane:
@@ -87,6 +102,7 @@ class DataPlane:
         efs_root: Path,
         state_root: Path,
         console_dir: Path | None = None,
+        hidden_paths: tuple[Path, ...] = (),
     ) -> None:
         self.ec2 = ec2
         self.vpc = vpc
@@ -95,6 +111,7 @@ class DataPlane:
         self.efs_root = efs_root
         self.state_root = state_root
         self.console_dir = console_dir
+        self.hidden_paths = hidden_paths  # machine directories no instance may see (the sandbox's state)
         self.hosts: dict[str, IsolatedHost] = {}
         self.errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -107,7 +124,7 @@ class DataPlane:
 
     def handle(self, event: dict) -> None:
         """The emulator listener: queue the event for its instance's worker."""
-        if event["state"] not in ("running", "stopped", "terminated"):
+        if event["state"] not in ("running", "rebooting", "stopped", "terminated"):
             return
         iid = event["instance_id"]
         with self._lock:
@@ -144,6 +161,9 @@ class DataPlane:
                     host.start()
                 return
             self.boot(iid)
+        elif state == "rebooting" and host is not None and host.running:
+            log.info("data plane: %s reboots", iid)
+            host.reboot()
         elif state == "stopped" and host is not None:
             log.info("data plane: %s stopped", iid)
             host.stop()
@@ -177,11 +197,13 @@ class DataPlane:
             ),
             state_root=self.state_root,
             efs_dir=efs_dir,
+            hidden_paths=self.hidden_paths,
             root_setup=bake_ami(aws_endpoint=f"http://{gateway.ip}:{self.endpoint_port}", region=self.region),
+            gpus=facts.gpus,
         )
         self.hosts[instance_id] = host
         log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
-        host.start(user_data=facts.user_data or b"#!/bin/sh\necho no user data\n")
+        host.start(user_data=facts.user_data or None)  # none: IMDS answers 404, cloud-init runs nothing
         return host
 
     def boot_running(self) -> None:
@@ -195,11 +217,14 @@ class DataPlane:
                     self.handle({"instance_id": instance["InstanceId"], "state": "running"})
 
     def _terminate(self, host: IsolatedHost) -> None:
-        """Terminate, keeping the console output (EC2 keeps it for a while after termination too)."""
+        """Terminate, keeping the console output (EC2 keeps it for a while after termination too) and,
+        for debugging, the instance's journal, in ``console_dir``."""
         host.stop()
         if self.console_dir is not None:
             self.console_dir.mkdir(parents=True, exist_ok=True)
             (self.console_dir / f"{host.name}.log").write_text(host.console_output)
+            # What its units logged (the hub's and the server's own logs) is in its journal only.
+            (self.console_dir / f"{host.name}.journal").write_text(host.journal())
         host.terminate()
 
     def close(self) -> None:

@@ -1,24 +1,38 @@
-"""An isolated host: one simulated EC2 instance that runs its real user data as root.
+"""An isolated host: one simulated EC2 instance, booted with systemd as PID 1 and cloud-init.
 
 Each :class:`IsolatedHost` has
 
 - its own **network namespace** (``<vpc name>-<name>``, e.g. ``ec2hub-vpc-i-0abc``) with ``eth0``
-  holding the instance's private address on the :class:`~sandbox.netns.Vpc` bridge and a default
-  route to its subnet gateway (a route that ends inside the VPC namespace: nothing leaves the
-  machine), and its hostname ``ip-10-0-1-17`` resolvable through its /etc/hosts;
+  holding the instance's private address (and a MAC of its own) on the :class:`~sandbox.netns.Vpc`
+  bridge and a default route to its subnet gateway (a route that ends inside the VPC namespace:
+  nothing leaves the machine); the VPC's dnsmasq answers its DHCP and DNS;
 - an **IMDSv2 emulator** answering at 169.254.169.254:80 inside that namespace
-  (:mod:`sandbox.imds`);
-- its own **mount and PID namespaces** over a copy-on-write overlay whose lower layer is the
-  machine's root (the "AMI"), entered with ``unshare --mount --pid --fork`` and ``chroot``: useradd,
-  /etc writes and mounts inside never touch the machine; /proc, /sys, /run and a minimal /dev
-  (no disks; its own ptys) are mounted inside; the directory holding every host's state, and any
-  ``hidden_paths``, are covered by empty tmpfs;
-- its **user data** run as root by a small PID 1, stdout and stderr captured as the console output.
+  (:mod:`sandbox.imds`), which also serves the instance's user data;
+- a **booted machine** in that namespace: ``systemd-nspawn --boot`` runs the machine's own systemd
+  as PID 1 over a copy-on-write overlay whose lower layer is the machine's root (the "AMI"), so
+  useradd, /etc writes, units and mounts inside never touch the machine. nspawn gives it its own
+  mount, PID, UTS and IPC namespaces and a container /dev (no disks); the directory holding every
+  host's state and any ``hidden_paths`` are covered by empty tmpfs; a GPU instance gets NVIDIA-like
+  device nodes (character devices 195:*), created by systemd-tmpfiles at boot as a driver's udev
+  rules would;
+- **cloud-init** (Debian's, from the machine) with the Ec2 datasource: it identifies the platform
+  as AWS (a ``/sys/hypervisor/uuid`` starting with ``ec2``, what it reads on Xen-based EC2), gets
+  an IMDSv2 token, crawls the metadata, and runs the user data once per instance id, with its
+  output on the console like EC2's serial console (``console_output``).
 
-``stop()`` kills the PID namespace (the kernel ends every process in it, and with the last one the
-mount namespace and all its mounts go), deletes the network namespace (and with it the veth pair)
-and stops the IMDS emulator. The overlay's upper layer survives a stop, so ``start()`` again is a
-restarted instance with the same root volume; ``terminate()`` also deletes it.
+Life cycle, like EC2's:
+
+- :meth:`start` boots (the first time with the user data EC2 was given);
+- :meth:`reboot` is ``systemctl reboot`` inside: nspawn exits 133 and the supervisor boots the same
+  root again (no state change, the same instance id: cloud-init does not rerun the user data);
+- :meth:`stop` is ``systemctl poweroff`` inside (an orderly shutdown of every unit), then the
+  network, IMDS and cgroups go; after a grace period everything left is killed. The overlay's
+  upper layer (the root volume) stays, so :meth:`start` again is a restarted instance;
+- :meth:`terminate` also deletes the root volume.
+
+systemd units the machine has enabled that are no part of an instance image (a database the
+machine runs, apt's timers) are masked in the overlay (:data:`MASKED_UNITS` and
+:func:`machine_units_to_mask`).
 
 Usage for many instances on one bridge (what the sandbox's EC2 data plane does)::
 
@@ -31,6 +45,7 @@ Usage for many instances on one bridge (what the sandbox's EC2 data plane does):
                         hidden_paths=[".sandbox"],                # machine dirs it must not see
                         root_setup=bake_ami(aws_endpoint="http://10.0.1.1:4566", region="us-east-1"))
     host.start(user_data=b"#!/bin/bash\\n...")
+    host.wait_for_user_data()
     ...
     host.terminate(); endpoint.stop(); vpc.destroy()
 """
@@ -38,7 +53,6 @@ Usage for many instances on one bridge (what the sandbox's EC2 data plane does):
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import shutil
@@ -46,72 +60,85 @@ import signal
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
 from .imds import IMDS_ADDRESS, ImdsData, ImdsEmulator
-from .netns import NETNS_DIR, PREFIX, Vpc, add_netns, delete_netns, ip, list_netns
+from .netns import (
+    NETNS_DIR,
+    PREFIX,
+    Vpc,
+    add_netns,
+    delete_netns,
+    ip,
+    list_netns,
+    mac_for,
+)
+from .netns import cleanup_leftovers as cleanup_namespaces
 
 DEFAULT_STATE_ROOT = Path("/var/tmp/ec2hub-hosts")
-USER_DATA_PATH = "var/lib/cloud/instance/user-data.txt"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the sandbox's "AMI" has baked in: this repository's venv and Node toolchain.
 REPO_VENV = Path(__file__).resolve().parent.parent / ".venv"
 REPO_NODE_BIN = Path(__file__).resolve().parent.parent / "node_modules" / ".bin"
+CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
+NSPAWN_REBOOT = 133  # systemd-nspawn's exit status when the container asked for a reboot
+STOP_GRACE_S = 30.0
+# Enabled on this kind of machine, no part of an instance image: they would start in every instance
+# on a copy of the machine's data (a database) or wake up to run apt.
+MASKED_UNITS = (
+    "postgresql.service", "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+    "man-db.timer", "e2scrub_all.timer", "fstrim.timer",
+    # A login prompt on the console: an EC2 image has one on its serial console, but here it only
+    # adds a process per instance and noise to the console output.
+    "console-getty.service",
+)
+# Units of systemd itself and cloud-init that an instance needs, whatever else the machine enabled.
+KEPT_UNITS_PREFIXES = ("cloud-", "systemd-", "getty", "dbus", "remote-fs", "machines.target")
 
-# Runs as PID 1 of the new PID namespace, in the new mount namespace, before chroot. Arguments:
-# merged upper work efs-source hide-dir hostname [more dirs to hide]. Nothing here comes from the
-# user data or its tags.
-_MOUNT_AND_CHROOT = r"""
-set -eu
-root=$1 upper=$2 work=$3 efs=$4 hide=$5  # $6: the host name (ip-10-0-1-17, as on EC2)
-hostname "$6"
-mount -t overlay ec2hub-root -o "lowerdir=/,upperdir=$upper,workdir=$work" "$root"
-mount -t proc proc "$root/proc"
-mount -t sysfs sysfs "$root/sys" 2>/dev/null || true
-# A container-style /dev: a few harmless devices, its own ptys; never the machine's disks.
-mount -t tmpfs -o mode=755,size=1m dev "$root/dev"
-for node in null zero full random urandom tty; do
-  touch "$root/dev/$node"
-  mount --bind "/dev/$node" "$root/dev/$node"
-done
-mkdir -p "$root/dev/pts" "$root/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
-ln -s pts/ptmx "$root/dev/ptmx"
-ln -s /proc/self/fd "$root/dev/fd"
-ln -s /proc/self/fd/0 "$root/dev/stdin"
-ln -s /proc/self/fd/1 "$root/dev/stdout"
-ln -s /proc/self/fd/2 "$root/dev/stderr"
-mount -t tmpfs -o mode=1777,size=64m shm "$root/dev/shm"
-mount -t tmpfs -o mode=755,size=64m run "$root/run"
-mount -t tmpfs -o mode=700,size=1m hidden "$root$hide"
-shift 6
-for extra in "$@"; do
-  if [ -d "$root$extra" ]; then mount -t tmpfs -o mode=700,size=1m hidden "$root$extra"; fi
-done
-if [ -n "$efs" ]; then
-  mkdir -p "$root/mnt/efs"
-  mount --bind "$efs" "$root/mnt/efs"
-fi
-cd "$root"
-exec chroot "$root" /bin/bash -c "$INIT"
+# cloud-init as an EC2 image configures it (Debian's cloud image: Ec2 datasource), plus what a
+# container needs: no locale generation (the machine's image has none generated), no network
+# config rendering (the data plane wired eth0 already; cloud-init's DHCP at its first stage still
+# runs, against the VPC's dnsmasq), no ssh keys (no sshd in the image), no login user.
+CLOUD_CFG = """\
+# ec2hub sandbox image: cloud-init as on EC2 (Ec2 datasource, IMDSv2)
+datasource_list: [ Ec2 ]
+datasource:
+  Ec2:
+    metadata_urls: [ "http://169.254.169.254" ]
+    timeout: 5
+    max_wait: 60
+network: {config: disabled}
+locale: false
+ssh_genkeytypes: []
+# No default login user and no boot loader: the instance is reached through its services only.
+users: []
+grub_dpkg: {enabled: false}
 """
 
-# PID 1 inside the chroot: run the user data like cloud-init's scripts-user, then keep the
-# "instance" running and reap orphans until stopped.
-_INIT = r"""
-echo "ec2hub-host: booting, running user data"
-/var/lib/cloud/instance/user-data.txt </dev/null &
-ud=$!
-trap 'kill -TERM "$ud" 2>/dev/null' TERM
-wait "$ud"
-rc=$?
-echo "ec2hub-host: user data exited with status $rc"
-echo "$rc" >/var/lib/cloud/instance/user-data.rc
-while :; do sleep 3600 & wait $!; done
+# Runs in a mount namespace of its own (unshare), so the overlay is mounted nowhere else. Boots
+# the instance and boots it again while it asks for a reboot. Arguments: merged upper work, then
+# the cgroup directories to move into, "--", then systemd-nspawn's arguments.
+_SUPERVISOR = r"""
+set -u
+merged=$1 upper=$2 work=$3
+shift 3
+while [ "$1" != "--" ]; do echo $$ >"$1/cgroup.procs"; shift; done
+shift
+mount -t overlay ec2hub-root -o "lowerdir=/,upperdir=$upper,workdir=$work" "$merged" || exit 1
+while :; do
+  echo "ec2hub-host: booting"
+  systemd-nspawn "$@"
+  rc=$?
+  [ "$rc" -eq 133 ] || break
+  echo "ec2hub-host: rebooting"
+done
+echo "ec2hub-host: powered off (systemd-nspawn exit status $rc)"
+exit "$rc"
 """
-
 
 def _copy_dir_attrs(src: Path, dst: Path) -> None:
     st = src.stat()
@@ -140,14 +167,123 @@ def upper_path(upper: Path, path: str | Path, *, mode: int = 0o755) -> Path:
     return upper / rel
 
 
-def _make_traversable(upper: Path, path: Path) -> None:
-    """Give every ancestor directory of ``path`` in the host's root search (x) permission for all."""
-    for ancestor in [*reversed(path.parents[:-1]), *([path] if path.is_dir() else [])]:
-        copy = upper_path(upper, ancestor / "x").parent
-        if not copy.exists():
-            copy.mkdir()
-            _copy_dir_attrs(ancestor, copy)
-        os.chmod(copy, stat.S_IMODE(copy.stat().st_mode) | 0o111)
+# Where a hardened unit cannot see (ProtectHome=, PrivateTmp=): an interpreter there is unusable.
+_HIDDEN_FROM_UNITS = ("/root/", "/home/", "/run/user/", "/tmp/", "/var/tmp/")
+AMI_VENV = "/opt/ec2hub/venv"
+AMI_NODE = "/opt/ec2hub/node"
+AMI_SRC = "/opt/ec2hub/src"
+
+
+class BakedAmi:
+    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (create with :func:`bake_ami`).
+
+    - /opt/ec2hub/venv: this repository's venv, mounted read-only (nspawn ``--overlay-ro``) with a
+      thin layer on top that makes it relocatable: its scripts' ``#!`` lines and its interpreter
+      point into /opt/ec2hub/venv, and editable installs into /opt/ec2hub/src. The checkout may
+      live where the hardened units cannot see (under /root, or a CI clone under /tmp); the AMI's
+      venv must not. When the venv's base interpreter lives there too, the machine's own Python
+      of the same minor version stands in (same ABI);
+    - /opt/ec2hub/node/bin/{node,configurable-http-proxy}: the repository's node_modules, mounted
+      read-only at /opt/ec2hub/node/lib/node_modules;
+    - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
+      normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
+      service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
+    - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
+      refuses DummyAuthenticator (only a sandbox image has it).
+    """
+
+    def __init__(self, *, venv: Path, node_bin: Path | None, aws_endpoint: str | None, region: str | None,
+                 allow_dummy_auth: bool) -> None:
+        self.venv, self.node_bin = Path(venv), Path(node_bin) if node_bin else None
+        self.aws_endpoint, self.region, self.allow_dummy_auth = aws_endpoint, region, allow_dummy_auth
+
+    def __call__(self, upper: Path) -> None:
+        for stale in (AMI_VENV, f"{AMI_NODE}/bin"):  # an older sandbox's symlinks
+            link = upper / stale.lstrip("/")
+            if link.is_symlink():
+                link.unlink()
+        if self.node_bin:
+            for tool in ("node", "configurable-http-proxy"):
+                dst = upper_path(upper, f"{AMI_NODE}/bin/{tool}")
+                if dst.is_symlink() or dst.exists():
+                    dst.unlink()
+                dst.symlink_to(f"{AMI_NODE}/lib/node_modules/{self.node_bin.name}/{tool}")
+        if self.aws_endpoint or self.region:
+            lines = ["[default]"]
+            if self.region:
+                lines.append(f"region = {self.region}")
+            if self.aws_endpoint:
+                lines.append(f"endpoint_url = {self.aws_endpoint}")
+            for home, mode in (("/root", 0o700), ("/var/lib/ec2hub", 0o755)):
+                config = upper_path(upper, f"{home}/.aws/config", mode=mode)
+                config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                os.chmod(config.parent, mode)
+                os.chmod(config, mode & 0o644)
+        marker = upper_path(upper, "/etc/ec2hub/allow-dummy-auth")
+        if self.allow_dummy_auth:
+            marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
+        elif marker.exists():
+            marker.unlink()
+
+    def nspawn_args(self, state_dir: Path) -> list[str]:
+        """The read-only mounts of the venv, the sources of its editable installs and node_modules."""
+        fixes = state_dir / "ami-venv"
+        sources = self._relocation_layer(fixes)
+        args = [f"--overlay-ro={_escape(self.venv)}:{_escape(fixes)}:{AMI_VENV}"]
+        args += [f"--bind-ro={_escape(src)}:{AMI_SRC}/{i}" for i, src in enumerate(sources)]
+        if self.node_bin:
+            args.append(f"--bind-ro={_escape(self.node_bin.parent)}:{AMI_NODE}/lib/node_modules")
+        return args
+
+    def _relocation_layer(self, fixes: Path) -> list[Path]:
+        """Write the layer that relocates the venv to /opt/ec2hub/venv; the source trees it maps."""
+        shutil.rmtree(fixes, ignore_errors=True)
+        (fixes / "bin").mkdir(parents=True)
+        cfg = dict(line.split(" = ", 1) for line in (self.venv / "pyvenv.cfg").read_text().splitlines() if " = " in line)
+        interpreter = _interpreter_for_units(self.venv, cfg.get("version", ""))
+        for name in ("python", "python3", f"python{'.'.join(cfg.get('version', '3').split('.')[:2])}"):
+            (fixes / "bin" / name).symlink_to(interpreter)
+        (fixes / "pyvenv.cfg").write_text(
+            f"home = {Path(interpreter).parent}\ninclude-system-site-packages = false\nversion = {cfg.get('version', '')}\n")
+        old_shebang = f"#!{self.venv}/bin/python".encode()
+        for script in (self.venv / "bin").iterdir():
+            if script.is_file() and not script.is_symlink():
+                with open(script, "rb") as f:
+                    head = f.read(len(old_shebang))
+                    if head == old_shebang:
+                        rest = f.read()
+                        copy = fixes / "bin" / script.name
+                        copy.write_bytes(f"#!{AMI_VENV}/bin/python".encode() + rest)
+                        copy.chmod(stat.S_IMODE(script.stat().st_mode))
+        # Editable installs (ec2spawner) name their source directories by absolute path.
+        sources: list[Path] = []
+        for site in self.venv.glob("lib/python3*/site-packages"):
+            for finder in [*site.glob("__editable__*finder.py"), *site.glob("*.egg-link")]:
+                text = finder.read_text()
+                for found in sorted(set(re.findall(r"'(/[^']+)'", text)), key=len):
+                    if Path(found).is_dir() and not any(Path(found).is_relative_to(s) for s in sources):
+                        sources.append(Path(found))
+                for i, src in enumerate(sources):
+                    text = text.replace(f"'{src}", f"'{AMI_SRC}/{i}")
+                upper_path(fixes, "/" + str(finder.relative_to(self.venv))).write_text(text)
+        return sources
+
+
+def _escape(path: Path | str) -> str:
+    return str(path).replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _interpreter_for_units(venv: Path, version: str) -> str:
+    """The venv's base interpreter, or the machine's of the same minor version if units cannot see it."""
+    real = str((venv / "bin" / "python").resolve())
+    if not real.startswith(_HIDDEN_FROM_UNITS):
+        return real
+    minor = ".".join(version.split(".")[:2])
+    system = Path(f"/usr/bin/python{minor}")
+    if minor and system.exists():
+        return str(system)
+    raise RuntimeError(f"the venv's interpreter {real} is where hardened units cannot see it, and there is no "
+                       f"{system}: make the venv with a Python outside /root, /home and /tmp")
 
 
 def bake_ami(
@@ -157,56 +293,28 @@ def bake_ami(
     aws_endpoint: str | None = None,
     region: str | None = None,
     allow_dummy_auth: bool = False,
-) -> Callable[[Path], None]:
-    """A ``root_setup`` that makes the host look like ec2hub's baked AMI.
+) -> BakedAmi:
+    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (see :class:`BakedAmi`)."""
+    return BakedAmi(venv=Path(venv), node_bin=Path(node_bin) if node_bin else None,
+                    aws_endpoint=aws_endpoint, region=region, allow_dummy_auth=allow_dummy_auth)
 
-    - /opt/ec2hub/venv → ``venv`` (jupyterhub-singleuser, the hub, ec2spawner, boto3 already there);
-    - /opt/ec2hub/node/bin → ``node_bin`` (node and configurable-http-proxy);
-    - every directory on the way to the venv, its interpreter and node searchable by all (in the
-      overlay only): the notebook and the hub run as unprivileged users;
-    - ``~/.aws/config`` with ``endpoint_url`` = the AWS emulator's in-VPC address, as botocore's
-      normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
-      service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
-    - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
-      refuses DummyAuthenticator (only a sandbox image has it).
-    """
 
-    def setup(upper: Path) -> None:
-        links = {"/opt/ec2hub/venv": venv}
-        if node_bin:
-            links["/opt/ec2hub/node/bin"] = node_bin
-        for link, target in links.items():
-            dst = upper_path(upper, link)
-            if dst.is_symlink() or dst.exists():
-                dst.unlink()
-            dst.symlink_to(target)
-        # The notebook and the hub run as unprivileged users: every directory on the way to the
-        # venv, the interpreter it points to and node must be traversable for them, wherever
-        # this checkout lives (under /root/.pyenv here, under a 0700 mktemp directory in a CI
-        # clone). Only the overlay's copies change; the machine's directories keep their modes.
-        targets = [Path(venv), (Path(venv) / "bin" / "python").resolve()]
-        if node_bin:
-            targets += [Path(node_bin), (Path(node_bin) / "node").resolve()]
-        for target in targets:
-            _make_traversable(upper, target)
-        if aws_endpoint or region:
-            lines = ["[default]"]
-            if region:
-                lines.append(f"region = {region}")
-            if aws_endpoint:
-                lines.append(f"endpoint_url = {aws_endpoint}")
-            for home, mode in (("/root", 0o700), ("/var/lib/ec2hub", 0o755)):
-                config = upper_path(upper, f"{home}/.aws/config", mode=mode)
-                config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                os.chmod(config.parent, mode)
-                os.chmod(config, mode & 0o644)
-        marker = upper_path(upper, "/etc/ec2hub/allow-dummy-auth")
-        if allow_dummy_auth:
-            marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
-        elif marker.exists():
-            marker.unlink()
+def machine_units_to_mask(etc_systemd: Path = Path("/etc/systemd/system")) -> list[str]:
+    """:data:`MASKED_UNITS`, plus every service the machine enabled for multi-user.target that is
+    not systemd's or cloud-init's own (a fresh CI machine may run other daemons)."""
+    found = set(MASKED_UNITS)
+    wants = etc_systemd / "multi-user.target.wants"
+    if wants.is_dir():
+        found.update(u.name for u in wants.iterdir()
+                     if u.name.endswith(".service") and not u.name.startswith(KEPT_UNITS_PREFIXES))
+    return sorted(found)
 
-    return setup
+
+def gpu_device_nodes(count: int) -> list[tuple[str, int, int]]:
+    """The character devices the NVIDIA driver makes for ``count`` GPUs: (name, major, minor)."""
+    if count <= 0:
+        return []
+    return [*((f"nvidia{i}", 195, i) for i in range(count)), ("nvidiactl", 195, 255), ("nvidia-modeset", 195, 254)]
 
 
 class IsolatedHost:
@@ -225,6 +333,7 @@ class IsolatedHost:
         efs_dir: str | Path | None = None,
         root_setup: Callable[[Path], None] | None = None,
         hidden_paths: Sequence[str | Path] = (),
+        gpus: int = 0,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", name):
             raise ValueError(f"host name {name!r}: letters, digits, '_', '.', '-' (at most 41)")
@@ -232,11 +341,13 @@ class IsolatedHost:
         self.name = name
         self.vpc = vpc
         self.ip = ip
+        self.mac = mac_for(ip)
         self.prefix_len = prefix_len or subnet_gw.network.prefixlen
         self.gateway = gateway or str(subnet_gw.ip)
         self.imds_data = imds
         if not imds.local_ipv4:
             imds.local_ipv4 = ip
+        imds.mac = self.mac
         self.netns = f"{vpc.name}-{name}"  # a sandbox's namespaces share its VPC's name as prefix
         self.state_root = Path(state_root)
         self.state_dir = self.state_root / name
@@ -245,8 +356,10 @@ class IsolatedHost:
         # Machine directories the instance must not see (the state root always is): e.g. the
         # sandbox's own state with its admin token.
         self.hidden_paths = [str(Path(p).resolve()) for p in hidden_paths]
+        self.gpus = gpus
         self._proc: subprocess.Popen | None = None
         self._imds: ImdsEmulator | None = None
+        self._expected_boots = 0
 
     # --- paths ----------------------------------------------------------------------------------
     @property
@@ -260,17 +373,24 @@ class IsolatedHost:
 
     @property
     def console_output(self) -> str:
-        """What the instance printed (user data stdout and stderr), like GetConsoleOutput."""
+        """What the instance printed on its console (systemd, cloud-init, the user data's output),
+        like GetConsoleOutput."""
         try:
-            return self.console_path.read_text(encoding="utf-8", errors="replace")
+            # The console is a pseudo-terminal: it ends lines with \r\n.
+            return self.console_path.read_text(encoding="utf-8", errors="replace").replace("\r", "")
         except FileNotFoundError:
             return ""
 
     @property
     def logs(self) -> str:
-        """Console output plus the IMDS requests served, for a failing test's report."""
+        """Console output, cloud-init's log and the IMDS requests served, for a failing test's report."""
         imds = "\n".join(self._imds.requests) if self._imds else ""
-        return f"--- console {self.name} ---\n{self.console_output}\n--- imds requests ---\n{imds}\n"
+        try:
+            cloud_init = (self.upper / "var/log/cloud-init.log").read_text(errors="replace")[-6000:]
+        except OSError:
+            cloud_init = ""
+        return (f"--- console {self.name} ---\n{self.console_output[-8000:]}\n--- cloud-init.log (tail) ---\n"
+                f"{cloud_init}\n--- imds requests ---\n{imds}\n")
 
     @property
     def running(self) -> bool:
@@ -278,93 +398,173 @@ class IsolatedHost:
 
     @property
     def pid1(self) -> int:
-        """The host's PID 1 as the machine sees it (the child ``unshare --fork`` made)."""
+        """The instance's PID 1 (its systemd) as the machine sees it."""
         assert self._proc is not None, "host not started"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError):
-                children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text().split()
-                if children:
-                    return int(children[0])
+            pid = _find_container_init(self._proc.pid)
+            if pid is not None:
+                return pid
+            if self._proc.poll() is not None:
+                break
             time.sleep(0.02)
         raise RuntimeError(f"{self.name}: no PID 1 (exited? {self.console_output[-2000:]})")
 
+    @property
+    def cgroups(self) -> list[Path]:
+        """The host's cgroup in each hierarchy nspawn uses (named like its network namespace)."""
+        return [h / self.netns for h in CGROUP_HIERARCHIES if h.is_dir()]
+
     # --- life cycle -----------------------------------------------------------------------------
     def start(self, user_data: str | Path | bytes | None = None) -> IsolatedHost:
-        """Boot: network, IMDS, overlay root, then the user data (a path or the script's bytes,
-        gzip-compressed or not, as EC2 accepts it).
+        """Boot: network, IMDS (serving ``user_data``), overlay root, systemd, cloud-init.
 
-        Without ``user_data`` the host runs the user data of its previous boot (a restart).
+        ``user_data`` is what RunInstances was given (a path or the bytes, gzip-compressed or not:
+        cloud-init unpacks it). Without it the host keeps what its IMDS served before (a start
+        after a stop: EC2 keeps an instance's user data).
         """
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
         self._kill_leftovers()
-        for sub in ("upper", "work", "merged"):
+        for sub in ("upper", "work", "merged", "hypervisor"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_root, 0o700)
-        ud_file = self.upper / USER_DATA_PATH
+        saved = self.state_dir / "user-data"
         if user_data is not None:
             data = Path(user_data).read_bytes() if isinstance(user_data, Path) else (
                 user_data.encode() if isinstance(user_data, str) else user_data
             )
-            # cloud-init runs gzip-compressed user data after unpacking it; infra compresses the
-            # bootstrap scripts because they exceed EC2's 16 KB raw limit.
-            if data[:2] == b"\x1f\x8b":
-                data = gzip.decompress(data)
-            ud_file = upper_path(self.upper, "/" + USER_DATA_PATH)
-            ud_file.write_bytes(data)
-            os.chmod(ud_file, 0o700)
-        elif not ud_file.exists():
-            raise ValueError(f"{self.name}: no user data given and none from a previous boot")
-        self._write_etc_hosts()
+            saved.write_bytes(data)
+            os.chmod(saved, 0o600)
+        if self.imds_data.user_data is None and saved.exists():
+            self.imds_data.user_data = saved.read_bytes()
+        if user_data is not None:
+            self.imds_data.user_data = saved.read_bytes()
+        self._bake_image()
         if self.root_setup:
             self.root_setup(self.upper)
         try:
             add_netns(self.netns)
-            self.vpc.plug(self.netns, self.ip, self.prefix_len, self.gateway)
+            self.vpc.plug(self.netns, self.ip, self.prefix_len, self.gateway, mac=self.mac)
             ip("addr", "add", f"{IMDS_ADDRESS}/32", "dev", "lo", netns=self.netns)
             self._imds = ImdsEmulator(self.imds_data, netns=self.netns).start()
+            cgroups = self.cgroups
+            for cgroup in cgroups:
+                cgroup.mkdir(exist_ok=True)
             with open(self.console_path, "ab") as console:
                 self._proc = subprocess.Popen(
-                    [
-                        "nsenter", f"--net={NETNS_DIR / self.netns}", "--",
-                        "unshare", "--mount", "--pid", "--uts", "--fork", "--propagation", "private", "--",
-                        "/bin/bash", "-c", _MOUNT_AND_CHROOT, "ec2hub-init",
-                        str(self.state_dir / "merged"), str(self.upper), str(self.state_dir / "work"),
-                        str(self.efs_dir or ""), str(self.state_root), self.hostname, *self.hidden_paths,
-                    ],
+                    ["unshare", "--mount", "--propagation", "private", "--",
+                     "/bin/bash", "-c", _SUPERVISOR, "ec2hub-supervisor",
+                     str(self.state_dir / "merged"), str(self.upper), str(self.state_dir / "work"),
+                     *map(str, cgroups), "--", *self._nspawn_args()],
                     stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                    # cloud-init's environment, not the sandbox's (no AWS_* or test variables leak in)
-                    env={"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8", "INIT": _INIT},
+                    # the instance's environment, not the sandbox's (no AWS_* or test variables leak in)
+                    env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
                     start_new_session=True,
                 )
-            (self.state_dir / "unshare.pid").write_text(str(self._proc.pid))
+            self._expected_boots = self.boots + 1
+            (self.state_dir / "supervisor.pid").write_text(str(self._proc.pid))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _nspawn_args(self) -> list[str]:
+        merged = self.state_dir / "merged"
+        args = [
+            "--boot", f"--directory={merged}", f"--machine={self.netns}", f"--hostname={self.hostname}",
+            # In the cgroup the supervisor moved into, without machined: the sandbox is no service
+            # of the machine's (whose PID 1 need not be systemd).
+            "--keep-unit", "--register=no",
+            "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+            f"--network-namespace-path={NETNS_DIR / self.netns}", "--private-network",
+            # cloud-init identifies EC2 (Xen-based instance types) by this file; DMI, which it reads
+            # on Nitro, it ignores in a container.
+            f"--bind-ro={self.state_dir / 'hypervisor'}:/sys/hypervisor",
+            f"--tmpfs={self.state_root}:mode=0700",
+        ]
+        args += [f"--tmpfs={p}:mode=0700" for p in self.hidden_paths if Path(p).is_dir()]
+        if self.efs_dir:
+            args.append(f"--bind={self.efs_dir}:/mnt/efs")
+        if hasattr(self.root_setup, "nspawn_args"):  # a baked AMI's read-only mounts
+            args += self.root_setup.nspawn_args(self.state_dir)
+        return args
+
+    def _bake_image(self) -> None:
+        """What every instance's root has besides the machine's: cloud-init's EC2 configuration,
+        a machine id of its own, its name in /etc/hosts, the VPC resolver, masked machine units,
+        GPU device nodes for a GPU instance type."""
+        (self.state_dir / "hypervisor" / "uuid").write_text("ec2" + uuid.uuid4().hex[3:] + "\n")
+        cfg = upper_path(self.upper, "/etc/cloud/cloud.cfg.d/90-ec2hub-sandbox.cfg")
+        cfg.write_text(CLOUD_CFG, encoding="utf-8")
+        machine_id = upper_path(self.upper, "/etc/machine-id")
+        if not machine_id.exists() or len(machine_id.read_text().strip()) != 32:
+            machine_id.write_text(uuid.uuid4().hex + "\n")  # EC2 images ship none: made at first boot
+        machine_id.chmod(0o444)
+        resolv = upper_path(self.upper, "/etc/resolv.conf")
+        if resolv.is_symlink():
+            resolv.unlink()
+        resolv.write_text(f"# ec2hub sandbox: the VPC resolver\nnameserver {self.gateway}\n", encoding="utf-8")
+        resolv.chmod(0o644)
+        self._write_etc_hosts()
+        for unit in machine_units_to_mask():
+            mask = upper_path(self.upper, f"/etc/systemd/system/{unit}")
+            if not mask.is_symlink():
+                mask.unlink(missing_ok=True)
+                mask.symlink_to("/dev/null")
+        tmpfiles = upper_path(self.upper, "/etc/tmpfiles.d/ec2hub-sandbox-gpu.conf")
+        nodes = gpu_device_nodes(self.gpus)
+        if nodes:
+            tmpfiles.write_text("# ec2hub sandbox: the GPU device nodes an NVIDIA driver makes\n" + "".join(
+                f"c /dev/{name} 0666 root root - {major}:{minor}\n" for name, major, minor in nodes))
+        else:
+            tmpfiles.unlink(missing_ok=True)
 
     @property
     def hostname(self) -> str:
         return "ip-" + self.ip.replace(".", "-")
 
     def _write_etc_hosts(self) -> None:
-        """The instance's own name resolves, as the VPC's DNS makes it on EC2 (no DNS here)."""
+        """The instance's own name resolves, as the VPC's DNS makes it on EC2."""
         hosts = upper_path(self.upper, "/etc/hosts")
         base = Path("/etc/hosts").read_text(encoding="utf-8") if Path("/etc/hosts").exists() else ""
-        line = f"{self.ip} {self.hostname}.ec2.internal {self.hostname}  # ec2hub sandbox\n"
+        line = f"{self.ip} {self.imds_data.hostname} {self.hostname}  # ec2hub sandbox\n"
         kept = "".join(l for l in base.splitlines(keepends=True) if "# ec2hub sandbox" not in l)
         hosts.write_text(kept + ("" if kept.endswith("\n") or not kept else "\n") + line, encoding="utf-8")
         os.chmod(hosts, 0o644)
 
-    def stop(self) -> None:
-        """Kill every process of the host and remove its network; keep its disk. Idempotent."""
+    def reboot(self) -> None:
+        """``systemctl reboot`` inside, as RebootInstances does (an ACPI reboot): the same disk and
+        instance id, a new boot."""
+        boots = self.boots
+        self._expected_boots = boots + 1
+        self.exec(["systemctl", "--no-block", "reboot"], check=True)
+        deadline = time.monotonic() + 60
+        while self.boots == boots:
+            if time.monotonic() > deadline or not self.running:
+                raise RuntimeError(f"{self.name}: did not reboot:\n{self.console_output[-3000:]}")
+            time.sleep(0.1)
+
+    @property
+    def boots(self) -> int:
+        """How many times this host booted since its disk was made (from its console output)."""
+        return self.console_output.count("ec2hub-host: booting")
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Shut the host down through its systemd (``systemctl poweroff``), then remove its network
+        and cgroups; keep its disk. What has not ended within ``grace_s`` is killed. Idempotent."""
         if self._proc is not None:
-            with contextlib.suppress(RuntimeError, AssertionError):
-                if self._proc.poll() is None:
-                    os.kill(self.pid1, signal.SIGKILL)  # the kernel kills the whole PID namespace
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+            if self._proc.poll() is None and grace_s > 0:
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired, AssertionError):
+                    pid1 = _find_container_init(self._proc.pid)
+                    if pid1 is not None:
+                        os.kill(pid1, signal.SIGRTMIN + 4)  # systemd: start poweroff.target
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=grace_s)
+            if self._proc.poll() is None:
+                self._kill_cgroups()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=10)
             self._proc = None
@@ -383,7 +583,7 @@ class IsolatedHost:
             self.state_root.rmdir()  # only when no other host is left
 
     def restart(self) -> IsolatedHost:
-        """Stop then start again with the same disk and user data: a rebooted instance."""
+        """Stop then start again with the same disk and user data (StopInstances, StartInstances)."""
         self.stop()
         return self.start()
 
@@ -397,7 +597,8 @@ class IsolatedHost:
     def exec(self, argv: list[str], *, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the host (its namespaces and root) as root; never through a shell."""
         proc = subprocess.run(
-            ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--net", "--uts", "--root", "--wd", "--", *argv],
+            ["nsenter", f"--target={self.pid1}", "--mount", "--pid", "--net", "--uts", "--ipc", "--root", "--wd",
+             "--", *argv],
             capture_output=True, text=True, timeout=timeout, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"}, check=False,
         )
         if check and proc.returncode != 0:
@@ -413,20 +614,119 @@ class IsolatedHost:
             if found:
                 return found
             if time.monotonic() > deadline or not self.running:
-                raise TimeoutError(f"{self.name}: no {pattern!r} in console output:\n{self.console_output[-4000:]}")
+                raise TimeoutError(f"{self.name}: no {pattern!r} in console output:\n{self.logs}")
             time.sleep(0.1)
+
+    def wait_for_boot(self, timeout: float = 90) -> None:
+        """Wait until cloud-init has finished this boot (its final stage ran, the user data with it)."""
+        deadline = time.monotonic() + timeout
+        finished = re.compile(r"Cloud-init v\. \S+ finished at")
+        while True:
+            text = self.console_output
+            if self.boots >= self._expected_boots and finished.search(text[text.rfind("ec2hub-host: booting"):]):
+                return
+            if time.monotonic() > deadline or not self.running:
+                raise TimeoutError(f"{self.name}: cloud-init did not finish this boot:\n{self.logs}")
+            time.sleep(0.1)
+
+    def wait_for_user_data(self, timeout: float = 90) -> int:
+        """Wait until this boot's cloud-init final stage is done; the user data's exit status."""
+        self.wait_for_boot(timeout)
+        status = self.user_data_exit_status
+        assert status is not None, self.logs
+        return status
+
+    def journal(self, unit: str | None = None, *, this_boot: bool = False) -> str:
+        """The instance's journal (its systemd's; what units and cloud-init logged), read from its
+        disk: one message a line, of ``unit`` only if given, of the latest boot only if asked."""
+        directory = self.upper / "var/log/journal"
+        argv = ["journalctl", f"--directory={directory}", "--no-pager", "--output=cat"]
+        if this_boot:
+            boots = subprocess.run([*argv, "--list-boots"], capture_output=True, text=True, check=False).stdout
+            rows = [line.split() for line in boots.splitlines() if line.split() and line.split()[0].lstrip("-").isdigit()]
+            if not rows:
+                return ""
+            argv.append(f"--boot={rows[-1][1]}")
+        if unit:
+            argv.append(f"--unit={unit}")
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
     @property
     def user_data_exit_status(self) -> int | None:
-        rc = self.upper / "var/lib/cloud/instance/user-data.rc"
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            return int(rc.read_text())
-        return None
+        """The exit status of the user data's last run by cloud-init (None: it never ran)."""
+        try:
+            log = (self.upper / "var/log/cloud-init.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+        ran = log.rfind("Running command ['/var/lib/cloud/instance/scripts/part-001']")
+        if ran < 0:
+            return None
+        # cloud-init logs a failure as "Unexpected error while running command", then "Exit code: N".
+        end = log.find("finish: modules-final/config-scripts-user", ran)
+        failed = re.search(r"^Exit code: (\d+)$", log[ran:end if end >= 0 else None], re.MULTILINE)
+        return int(failed.group(1)) if failed else 0
 
     # --- leftovers ------------------------------------------------------------------------------
+    def _kill_cgroups(self) -> None:
+        """SIGKILL every process of the host's cgroups (cgroup.kill: atomic, recursive)."""
+        for cgroup in self.cgroups:
+            with contextlib.suppress(OSError):
+                (cgroup / "cgroup.kill").write_text("1")
+        for cgroup in self.cgroups:
+            with contextlib.suppress(OSError):
+                procs = (cgroup / "cgroup.procs").read_text().split()
+                for pid in procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+
     def _kill_leftovers(self) -> None:
+        self._kill_cgroups()
         kill_processes_under(self.state_dir)
+        remove_runtime_leftovers(self.netns)
         delete_netns(self.netns)
+
+
+def _find_container_init(supervisor: int) -> int | None:
+    """The descendant of ``supervisor`` that is PID 1 of its own PID namespace (the booted systemd)."""
+    children = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            children.setdefault(int(stat_file.read_text().rsplit(")", 1)[1].split()[1]), []).append(
+                int(stat_file.parent.name))
+    todo = list(children.get(supervisor, []))
+    while todo:
+        pid = todo.pop(0)
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    if len(ids) > 1 and ids[-1] == "1":
+                        return pid
+        todo.extend(children.get(pid, []))
+    return None
+
+
+def remove_runtime_leftovers(netns: str, timeout: float = 5.0) -> None:
+    """What systemd-nspawn leaves on the machine after a container it ran: its propagation
+    directory and its cgroups (``payload``/``supervisor`` and the units' sub-cgroups).
+
+    A cgroup goes only when no process, not even a zombie, is left in it: a killed container's
+    last processes may take a moment to be reaped, so this retries until ``timeout``.
+    """
+    shutil.rmtree(NSPAWN_PROPAGATE / netns, ignore_errors=True)
+    deadline = time.monotonic() + timeout
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = hierarchy / netns
+        while top.is_dir():
+            # Deepest first: a cgroup goes only when it has no children and no processes.
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+            if not top.is_dir() or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
 
 def kill_processes_under(state_dir: Path) -> list[int]:
@@ -452,12 +752,24 @@ def kill_processes_under(state_dir: Path) -> list[int]:
 
 
 def cleanup_leftovers(state_root: str | Path = DEFAULT_STATE_ROOT, prefix: str = PREFIX + "vpc") -> None:
-    """Remove what a crashed run left: its hosts' processes, then its namespaces.
+    """Remove what a crashed run left: its hosts' processes, cgroups and nspawn runtime
+    directories, then its namespaces (and the VPC's dnsmasq).
 
-    ``prefix`` is the VPC's name: the VPC namespace and every host namespace start with it, so two
-    sandboxes (or a sandbox and the tests) with different VPC names never clean each other up.
+    ``prefix`` is the VPC's name: the VPC namespace, every host namespace and every host cgroup
+    start with it, so two sandboxes (or a sandbox and the tests) with different VPC names never
+    clean each other up.
     """
+    names = {n for n in list_netns() if n.startswith(prefix)}
+    for hierarchy in CGROUP_HIERARCHIES:
+        if hierarchy.is_dir():
+            names.update(c.name for c in hierarchy.iterdir() if c.is_dir() and c.name.startswith(prefix))
+    if NSPAWN_PROPAGATE.is_dir():
+        names.update(c.name for c in NSPAWN_PROPAGATE.iterdir() if c.name.startswith(prefix))
+    for name in names:
+        for hierarchy in CGROUP_HIERARCHIES:
+            with contextlib.suppress(OSError):
+                (hierarchy / name / "cgroup.kill").write_text("1")
     kill_processes_under(Path(state_root))
-    for name in list_netns():
-        if name.startswith(prefix):
-            delete_netns(name)
+    for name in names:
+        remove_runtime_leftovers(name)
+    cleanup_namespaces(prefix)

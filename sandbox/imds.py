@@ -7,10 +7,15 @@ bootstrap scripts and botocore read on EC2
 
 - ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` (1..21600) returns a token;
 - every ``GET`` needs ``X-aws-ec2-metadata-token`` with a live token, else 401 (IMDSv1 is off);
-- ``meta-data/instance-id``, ``placement/region``, ``placement/availability-zone``, ``local-ipv4``,
-  ``mac``, ``tags/instance`` (the keys, one a line) and ``tags/instance/<key>`` (metadata tags
-  enabled), ``iam/security-credentials/`` and ``.../<role>`` with dummy credentials (botocore's
-  instance-role provider), ``dynamic/instance-identity/document``.
+- under ``/latest/`` and every dated version (cloud-init asks ``/2021-03-23/`` and falls back to
+  ``/2009-04-04/``): ``meta-data/instance-id``, ``hostname``, ``local-hostname``,
+  ``placement/region``, ``placement/availability-zone``, ``local-ipv4``, ``mac``,
+  ``tags/instance`` (the keys, one a line) and ``tags/instance/<key>`` (metadata tags enabled),
+  ``iam/security-credentials/`` and ``.../<role>`` with dummy credentials (botocore's instance-role
+  provider), ``dynamic/instance-identity/document``, and ``user-data`` (the bytes as launched,
+  gzip or not; 404 when there is none, as EC2 answers);
+- a directory (``meta-data/``, ``dynamic/instance-identity/``) lists its children, ``name/`` for
+  subdirectories, which is how cloud-init's crawler walks the tree.
 
 The hop limit of 1 is not emulated.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 import threading
 import time
@@ -31,6 +37,8 @@ from .netns import socket_in_netns
 
 IMDS_ADDRESS = "169.254.169.254"
 MAX_TTL_S = 21600
+# /latest/... and every dated API version (/2009-04-04/..., /2021-03-23/...) serve the same tree.
+_VERSIONED = re.compile(r"/(?:latest|\d{4}-\d{2}-\d{2})(?P<key>/.*)?")
 
 
 @dataclass
@@ -46,6 +54,8 @@ class ImdsData:
     account_id: str = "123456789012"
     instance_type: str = "t3.medium"
     mac: str = "02:00:00:00:00:01"
+    # What RunInstances was given (raw, as EC2 stores it); cloud-init fetches it from user-data.
+    user_data: bytes | None = None
     # botocore's instance-role provider accepts anything; moto accepts any key.
     access_key_id: str = "ASIASANDBOXEXAMPLE01"
     secret_access_key: str = "sandbox-secret-access-key"
@@ -55,10 +65,19 @@ class ImdsData:
     def az(self) -> str:
         return self.availability_zone or f"{self.region}a"
 
+    @property
+    def hostname(self) -> str:
+        """EC2's private DNS name (``ip-10-0-1-17.ec2.internal`` in us-east-1)."""
+        domain = "ec2.internal" if self.region == "us-east-1" else f"{self.region}.compute.internal"
+        return "ip-" + self.local_ipv4.replace(".", "-") + "." + domain
+
     def meta_data(self) -> dict[str, str]:
         """Every leaf under /latest/meta-data/ as path -> text."""
         leaves = {
             "ami-id": "ami-0123456789abcdef0",
+            "hostname": self.hostname,
+            "local-hostname": self.hostname,
+            "instance-action": "none",
             "instance-id": self.instance_id,
             "instance-type": self.instance_type,
             "local-ipv4": self.local_ipv4,
@@ -107,8 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # requests go to the emulator's own list, not stderr
         self.server.emulator.requests.append(f"{self.command} {self.path}")
 
-    def _reply(self, status: int, body: str = "", content_type: str = "text/plain") -> None:
-        data = body.encode("utf-8")
+    def _reply(self, status: int, body: str | bytes = "", content_type: str = "text/plain") -> None:
+        data = body if isinstance(body, bytes) else body.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -133,20 +152,24 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         if not emulator.token_valid(self.headers.get("X-aws-ec2-metadata-token")):
             return self._reply(401, "Unauthorized")
-        path = unquote(self.path.split("?", 1)[0])
-        if path.rstrip("/") == "/latest/dynamic/instance-identity/document":
-            return self._reply(200, emulator.data.identity_document(), "application/json")
-        prefix = "/latest/meta-data"
-        if not path.startswith(prefix):
+        version = _VERSIONED.fullmatch(unquote(self.path.split("?", 1)[0]))
+        if version is None:
             return self._reply(404, "Not Found")
-        key = path[len(prefix) :].strip("/")
-        leaves = emulator.data.meta_data()
+        key = (version.group("key") or "").strip("/")
+        if key == "user-data":
+            data = emulator.data.user_data
+            if not data:
+                return self._reply(404, "Not Found")
+            return self._reply(200, data, "application/octet-stream")
+        leaves = {f"meta-data/{k}": v for k, v in emulator.data.meta_data().items()}
+        leaves["dynamic/instance-identity/document"] = emulator.data.identity_document()
         if key in leaves:
-            return self._reply(200, leaves[key])
+            content_type = "application/json" if key.startswith("dynamic/") else "text/plain"
+            return self._reply(200, leaves[key], content_type)
         # A directory: list its children, "child/" for subdirectories, as IMDS does.
         children: list[str] = []
         base = f"{key}/" if key else ""
-        for leaf in leaves:
+        for leaf in [*leaves, *(["user-data"] if emulator.data.user_data else [])]:
             if leaf.startswith(base):
                 head, _, rest = leaf[len(base) :].partition("/")
                 entry = f"{head}/" if rest else head

@@ -10,6 +10,11 @@ has a route off the machine:
 - Each simulated instance has its own namespace with one end of a veth pair (``eth0``); the other
   end is a port of the VPC bridge. Both ends are created directly inside their namespaces, so no
   link ever exists in the root namespace, and deleting the namespaces deletes the links.
+- The VPC namespace also runs the VPC's DHCP and DNS (``dnsmasq``, as the VPC's "AmazonProvidedDNS"
+  at each subnet's gateway address): a booted instance's cloud-init asks DHCP for its address at
+  its first stage, and dnsmasq hands every instance its fixed private address (by MAC, registered
+  by :meth:`Vpc.plug`); every name query gets NXDOMAIN at once, so nothing waits on a resolver
+  timeout and no query leaves the machine.
 - :class:`Relay` joins a listening socket in one namespace to a connecting socket in another
   (either may be the root namespace). Sockets keep the namespace they were created in, so a thread
   enters a namespace with ``setns(2)`` only for the ``socket()`` call. This is how the AWS emulator
@@ -29,6 +34,8 @@ import ipaddress
 import logging
 import os
 import selectors
+import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -41,6 +48,7 @@ PREFIX = "ec2hub-"
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 15  # usable characters of a Linux interface name
+DNSMASQ_ROOT = Path("/run")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -97,7 +105,28 @@ def cleanup_leftovers(prefix: str = PREFIX + "vpc") -> list[str]:
     names = [n for n in list_netns() if n.startswith(prefix)]
     for name in names:
         delete_netns(name)
+    # A crashed run's VPC DHCP/DNS server (it keeps the namespace alive without its name).
+    for pid, cmdline in _processes():
+        if cmdline.startswith("dnsmasq ") and f"--dhcp-hostsdir={DNSMASQ_ROOT}/{prefix}" in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for leftover in DNSMASQ_ROOT.glob(f"{prefix}*-dnsmasq"):
+        shutil.rmtree(leftover, ignore_errors=True)
     return names
+
+
+def _processes() -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+    return found
+
+
+def dnsmasq_dir(vpc_name: str) -> Path:
+    """Where the VPC's dnsmasq keeps its host list and leases (named so a crashed run's is found)."""
+    return DNSMASQ_ROOT / f"{vpc_name}-dnsmasq"
 
 
 def link_name(*parts: str) -> str:
@@ -315,12 +344,15 @@ class Vpc:
     BRIDGE = "br0"
     BRIDGE_MAC = "02:ec:20:00:00:01"  # locally administered
 
-    def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str]) -> None:
+    def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str], dhcp: bool = True) -> None:
         if not name.startswith(PREFIX):
             raise ValueError(f"namespace names start with {PREFIX!r} so a crashed run can be cleaned")
         self.name = name
         self.gateways = [ipaddress.ip_interface(g) for g in gateways]
+        self.dhcp = dhcp
         self._netns_dir_was_mounted = True
+        self._dnsmasq: subprocess.Popen | None = None
+        self._dnsmasq_dir: Path | None = None
 
     @property
     def netns(self) -> str:
@@ -348,12 +380,51 @@ class Vpc:
             ip("link", "set", self.BRIDGE, "up", netns=self.name)
             # Forwarding between subnets, in this namespace only (net.ipv4.ip_forward is per netns).
             run("ip", "netns", "exec", self.name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            if self.dhcp:
+                self._start_dnsmasq()
         except BaseException:
             self.destroy()
             raise
         return self
 
+    def _start_dnsmasq(self) -> None:
+        """DHCP (fixed addresses only, by MAC) and DNS (NXDOMAIN for every name) on the bridge."""
+        if shutil.which("dnsmasq") is None:
+            raise RuntimeError("dnsmasq is missing: install dnsmasq-base (scripts/install-system-deps.sh does)")
+        self._dnsmasq_dir = dnsmasq_dir(self.name)
+        shutil.rmtree(self._dnsmasq_dir, ignore_errors=True)
+        hosts = self._dnsmasq_dir / "hosts"
+        hosts.mkdir(parents=True)
+        os.chmod(self._dnsmasq_dir, 0o755)
+        argv = [
+            "ip", "netns", "exec", self.name, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+            "--user=root", "--group=root", "--pid-file=", "--no-hosts", "--no-resolv", "--address=/#/",
+            f"--interface={self.BRIDGE}", "--bind-interfaces", "--dhcp-authoritative",
+            # The instance already holds its address (the data plane put it there): answering at
+            # once, without dnsmasq's ping probe first, is what a VPC's DHCP does too.
+            "--no-ping", f"--dhcp-hostsdir={hosts}", f"--dhcp-leasefile={self._dnsmasq_dir / 'leases'}",
+            "--log-facility=-", "--quiet-dhcp",
+        ]
+        for gw in self.gateways:
+            argv.append(f"--dhcp-range={gw.network.network_address},static,{gw.network.netmask},12h")
+        self._dnsmasq = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, start_new_session=True)
+
     def destroy(self) -> None:
+        if self._dnsmasq is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._dnsmasq.pid, signal.SIGTERM)
+            try:
+                self._dnsmasq.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._dnsmasq.pid, signal.SIGKILL)
+                self._dnsmasq.wait()
+            if self._dnsmasq.stderr:
+                self._dnsmasq.stderr.close()
+            self._dnsmasq = None
+        if self._dnsmasq_dir is not None:
+            shutil.rmtree(self._dnsmasq_dir, ignore_errors=True)
+            self._dnsmasq_dir = None
         delete_netns(self.name)
         release_netns_dir(self._netns_dir_was_mounted)
 
@@ -363,16 +434,26 @@ class Vpc:
     def __exit__(self, *exc) -> None:
         self.destroy()
 
-    def plug(self, host_netns: str, address: str, prefix_len: int, gateway: str) -> str:
-        """Connect a namespace to the bridge as ``eth0`` with ``address``; return the bridge port name."""
+    def plug(self, host_netns: str, address: str, prefix_len: int, gateway: str, mac: str | None = None) -> str:
+        """Connect a namespace to the bridge as ``eth0`` with ``address``; return the bridge port name.
+
+        ``eth0`` gets ``mac`` (default :func:`mac_for` the address), and the VPC's DHCP hands that
+        MAC this address, as EC2's does for an instance's primary interface.
+        """
+        mac = mac or mac_for(address)
         port = self.unplug(host_netns)  # a crashed run's port, if any
-        ip("link", "add", port, "netns", self.name, "type", "veth", "peer", "name", "eth0", "netns", host_netns)
+        ip("link", "add", port, "netns", self.name, "type", "veth",
+           "peer", "name", "eth0", "address", mac, "netns", host_netns)
         ip("link", "set", port, "master", self.BRIDGE, "up", netns=self.name)
         ip("addr", "add", f"{address}/{prefix_len}", "dev", "eth0", netns=host_netns)
         ip("link", "set", "eth0", "up", netns=host_netns)
         # A route to the VPC's other subnets through the gateway: a default route that ends in this
         # namespace, which has no link to anything else.
         ip("route", "add", "default", "via", gateway, netns=host_netns)
+        if self._dnsmasq_dir is not None:
+            # dnsmasq reads new files in its hosts directory by itself (inotify).
+            entry = self._dnsmasq_dir / "hosts" / host_netns
+            entry.write_text(f"{mac},{address}\n", encoding="utf-8")
         return port
 
     def unplug(self, host_netns: str) -> str:
@@ -381,3 +462,8 @@ class Vpc:
         if (NETNS_DIR / self.name).exists():
             ip("link", "del", port, netns=self.name, check=False)
         return port
+
+
+def mac_for(address: str) -> str:
+    """A locally administered MAC made of the IPv4 address (unique within the VPC, stable)."""
+    return "02:ec:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)

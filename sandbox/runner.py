@@ -147,6 +147,8 @@ class Sandbox:
             ec2=ec2, vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
             efs_root=STATE_DIR / "efs", state_root=HOSTS_ROOT,
             console_dir=STATE_DIR / "console",
+            # The admin token and every host's console: the sandbox's, no instance's to read.
+            hidden_paths=(STATE_DIR,),
         )
         self.emulator.add_listener(self.dataplane.handle)
         self.dataplane.boot_running()

@@ -1,11 +1,11 @@
 # ec2hub: JupyterHub configuration of the hub host. Thin on purpose: every platform value comes
-# from the settings document (/etc/ec2hub/settings.json, written by bootstrap/hub/user-data.sh from
+# from the settings document (/etc/ec2hub/settings.json, written by bootstrap/ec2hub_bootstrap/hub.py from
 # the SSM parameter infra made) and ec2spawner.hubconfig.apply_settings turns it into config.
 #
-# This file is the source of truth; bootstrap/hub/user-data.sh embeds a byte-identical copy
-# (tests/bootstrap/test_hub.py checks) and installs it as /etc/ec2hub/jupyterhub_config.py.
+# The hub user data carries this file (infra/userdata.py); bootstrap/ec2hub_bootstrap/hub.py installs it as
+# /etc/ec2hub/jupyterhub_config.py on every start of the hub.
 #
-# Inputs written by the hub user data:
+# Inputs written by bootstrap/ec2hub_bootstrap/hub.py on every start of the hub:
 #   /etc/ec2hub/settings.json          HubSettings (nothing secret)
 #   /etc/ec2hub/host.json              {"private_ip", "admin_user"} from IMDS and tags
 #   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image

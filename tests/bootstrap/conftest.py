@@ -20,13 +20,24 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sandbox.host import IsolatedHost, bake_ami, cleanup_leftovers, kill_processes_under
+from infra.userdata import assemble_user_data
+from sandbox.host import (
+    CGROUP_HIERARCHIES,
+    NSPAWN_PROPAGATE,
+    IsolatedHost,
+    bake_ami,
+    cleanup_leftovers,
+    kill_processes_under,
+)
 from sandbox.imds import ImdsData
 from sandbox.netns import Relay, Vpc, list_netns
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK_USER_DATA = REPO / "bootstrap/notebook/user-data.sh"
-HUB_USER_DATA = REPO / "bootstrap/hub/user-data.sh"
+# The instance's Python package, importable here as on an instance (PYTHONPATH /opt/ec2hub/bootstrap).
+sys.path.insert(0, str(REPO / "bootstrap"))
+# What EC2 gets from infra: the user data assembled from bootstrap/ (gzip-compressed).
+NOTEBOOK_USER_DATA = assemble_user_data("notebook").payload
+HUB_USER_DATA = assemble_user_data("hub").payload
 # Two runs on one machine (two work trees) stay apart when each sets its own name (ec2hub-*).
 VPC_NAME = os.environ.get("EC2HUB_TEST_VPC", "ec2hub-bt")
 STATE_ROOT = Path(f"/var/tmp/{VPC_NAME}-hosts")
@@ -97,7 +108,13 @@ def no_leftovers():
     mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if VPC_NAME in m or str(STATE_ROOT) in m]
     procs = kill_processes_under(STATE_ROOT)
     children = sorted(set(_children()) - children_before)
-    assert (netns, mounts, procs, children) == ([], [], [], []), "left behind (netns, mounts, host processes, children)"
+    # What systemd-nspawn and the VPC's dnsmasq leave unless torn down: cgroups, runtime dirs.
+    runtime = sorted(
+        str(p) for d in (*CGROUP_HIERARCHIES, NSPAWN_PROPAGATE, Path("/run")) if d.is_dir()
+        for p in d.iterdir() if p.name.startswith(VPC_NAME)
+    )
+    assert (netns, mounts, procs, children, runtime) == ([], [], [], [], []), (
+        "left behind (netns, mounts, host processes, children, cgroups and runtime directories)")
 
 
 @pytest.fixture(scope="session")
@@ -302,22 +319,3 @@ def start_hub(aws, network, tmp_path, request):
         hub.stop()
         if failed(request):
             sys.stderr.write(f"--- hub log ---\n{hub.log_path.read_text()}\n")
-
-
-def embedded(script_path: Path, delimiter: str) -> str:
-    """The body of the quoted heredoc ``<<'delimiter'`` in a user-data script."""
-    import re
-
-    match = re.search(rf"<<'{delimiter}'\n(.*?\n){delimiter}\n", script_path.read_text(), re.DOTALL)
-    assert match, f"no heredoc {delimiter} in {script_path}"
-    return match.group(1)
-
-
-def load_launcher(script_path: Path, delimiter: str):
-    """The Python launcher embedded in a user-data script, as a module (for its pure functions)."""
-    import types
-
-    module = types.ModuleType(f"launcher_{delimiter.lower()}")
-    code = compile(embedded(script_path, delimiter), f"{script_path}:{delimiter}", "exec")
-    exec(code, module.__dict__)  # noqa: S102 (our own script's embedded launcher, for its pure functions)
-    return module

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from ec2hub_bootstrap import notebook as launch
 
 from .conftest import (
     NOTEBOOK_USER_DATA,
     client,
-    load_launcher,
     needs_root,
     notebook_tags,
 )
@@ -38,7 +38,7 @@ HOSTILE_USERS = [
 
 @pytest.fixture(scope="module")
 def launcher():
-    return load_launcher(NOTEBOOK_USER_DATA, "EC2HUB_LAUNCHER")
+    return launch
 
 
 def boot(make_host, aws, iid: str, ip: str, tags: dict[str, str]):
@@ -67,7 +67,7 @@ def test_hostile_tags_change_only_the_user_name(hub_user, launcher, aws, make_ho
         hub_user, **{"ec2hub:server": INJECTIONS[1], "ec2hub:class": INJECTIONS[2], "ec2hub:hub": INJECTIONS[4]}
     )
     host = boot(make_host, aws, "i-0b0000000000000aa", "10.0.1.20", tags)
-    host.wait_for_console(r"running jupyterhub-singleuser as ", 60)
+    assert host.wait_for_user_data() == 0, host.logs
     expected = launcher.unix_name(hub_user)
     assert f"-> unix user {expected}\n" in host.console_output
     assert host.exec(["id", "-un", expected]).stdout.strip() == expected
@@ -79,6 +79,6 @@ def test_hostile_tags_change_only_the_user_name(hub_user, launcher, aws, make_ho
 def test_hostile_efs_tag_fails_clearly_and_runs_nothing(aws, make_host):
     host = boot(make_host, aws, "i-0b0000000000000ab", "10.0.1.21",
                 notebook_tags("alice", efs=f"fs-1$(touch {PWNED})"))
-    host.wait_for_console(r"user data exited with status [1-9]", 60)
+    assert host.wait_for_user_data() != 0
     assert "is not an EFS file system id" in host.console_output
     assert_nothing_ran(host)

@@ -1,12 +1,17 @@
-"""The systemd branch of both user-data scripts, on a host where "systemd is PID 1".
+"""What both user-data scripts ask of systemd, exactly, on a booted host.
 
-There is no systemd here, so the host gets what sd_booted(3) looks at (/run/systemd/system) and a
-``systemctl`` that records its arguments; everything else is the real script in an isolated host.
+The host boots systemd as PID 1 and cloud-init runs the real user data, with a ``systemctl`` first
+on its PATH that records its arguments instead of acting, so each test sees the calls and the
+installed units before anything starts. What systemd runs on each start of a unit, its
+ExecStartPre= command, is run here the way systemd runs a "+" command: as root, with the command
+line of the installed unit. tests/bootstrap/test_booted_instance.py runs the units for real.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import shlex
 
 import pytest
 
@@ -25,23 +30,25 @@ pytestmark = [needs_root, pytest.mark.slow]
 
 FAKE_SYSTEMCTL = "#!/bin/sh\necho \"$*\" >>/var/log/fake-systemctl.log\n"
 WRAPPER = b"""#!/bin/bash
-# What a systemd boot looks like to sd_booted(3), then the real user data.
-mkdir -p /run/systemd/system
+# The recording systemctl first on the PATH, then the real user data. (cloud-init's own calls,
+# before the user data ran, are not the user data's.)
+export PATH=/usr/local/sbin:$PATH
+: >/var/log/fake-systemctl.log
 exec /bin/bash /var/lib/ec2hub-test/user-data.sh
 """
+SECRET_PREFIX = "/ec2hub/ec2hub-test/servers/"
 
 
 def boot_with_fake_systemd(host, user_data):
-    for path, text, mode in [
-        ("/usr/local/sbin/systemctl", FAKE_SYSTEMCTL, 0o755),
-        ("/var/lib/ec2hub-test/user-data.sh", user_data.read_text(), 0o700),
+    for path, data, mode in [
+        ("/usr/local/sbin/systemctl", FAKE_SYSTEMCTL.encode(), 0o755),
+        ("/var/lib/ec2hub-test/user-data.sh", gzip.decompress(user_data), 0o700),
     ]:
         target = upper_path(host.upper, path)
-        target.write_text(text)
+        target.write_bytes(data)
         target.chmod(mode)
     host.start(WRAPPER)
-    host.wait_for_console(r"user data exited with status \d+", 60)
-    assert host.user_data_exit_status == 0, host.console_output
+    assert host.wait_for_user_data() == 0, host.logs
     return (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
 
 
@@ -54,36 +61,85 @@ def assert_unit_verifies(host, unit: str, max_exposure: float):
     assert security.returncode == 0, security.stdout[-1500:]
 
 
-def test_notebook_installs_a_hardened_unit_and_fstab_entries(aws, make_host):
-    iid = "i-0d00000000000000a"
+def run_exec_start_pre(host, unit: str) -> str:
+    """Run the installed unit's ExecStartPre=+ command as systemd would on a start; its output."""
+    lines = (host.upper / f"etc/systemd/system/{unit}").read_text().splitlines()
+    pres = [line.removeprefix("ExecStartPre=") for line in lines if line.startswith("ExecStartPre=")]
+    assert len(pres) == 1, f"{unit}: one ExecStartPre= expected, found {pres}"
+    pre = pres[0]
+    assert pre.startswith("+"), "runs as root, outside the unit's sandboxing"
+    result = host.exec(shlex.split(pre[1:]), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def put_secret(aws, iid: str, token: str):
     client(aws, "ssm").put_parameter(
-        Name="/ec2hub/ec2hub-test/servers/" + iid, Value=json.dumps({"JUPYTERHUB_API_TOKEN": "t"}),
-        Type="SecureString", Overwrite=True,
+        Name=SECRET_PREFIX + iid, Value=json.dumps({"JUPYTERHUB_API_TOKEN": token}), Type="SecureString",
+        Overwrite=True,
     )
+
+
+def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
+    iid = "i-0d00000000000000a"
     host = make_host(iid, "10.0.1.40", notebook_tags("carol"))
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, NOTEBOOK_USER_DATA)
     assert calls == ["daemon-reload", "enable ec2hub-singleuser.service", "restart ec2hub-singleuser.service"]
-    unit = (host.upper / "etc/systemd/system/ec2hub-singleuser.service").read_text().splitlines()
+    units = host.upper / "etc/systemd/system"
+    for name in ("ec2hub-singleuser.service", "ec2hub-nvidia.service"):
+        assert (units / name).read_bytes() == (REPO / "bootstrap/notebook" / name).read_bytes()
+    dropin = (units / "ec2hub-singleuser.service.d/10-user.conf").read_text().splitlines()
     for line in ("User=jupyter-carol", "ReadWritePaths=/home/jupyter-carol", "RequiresMountsFor=/home/jupyter-carol",
-                 "EnvironmentFile=/etc/ec2hub/singleuser.env", "ProtectSystem=strict", "NoNewPrivileges=yes"):
-        assert line in unit
-    assert_unit_verifies(host, "ec2hub-singleuser.service", max_exposure=3.5)
+                 "WorkingDirectory=/home/jupyter-carol"):
+        assert line in dropin
+    assert_unit_verifies(host, "ec2hub-singleuser.service", max_exposure=2.6)  # PrivateDevices=yes, no filter: 3.7
+    assert_unit_verifies(host, "ec2hub-nvidia.service", max_exposure=10)
     bind = "/mnt/efs/home/jupyter-carol /home/jupyter-carol none bind,x-systemd.requires-mounts-for=/mnt/efs 0 0"
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
+    # The secret is the unit's business, on each start, not the user data's.
+    assert not (host.upper / "etc/ec2hub/singleuser.env").exists()
+    assert "GetParameter" not in host.console_output and "secret" not in host.console_output
 
-    # Again on the same disk: nothing to reload or restart, no second fstab line.
-    host.restart()
-    host.wait_for_console(r"(?s)exited with status \d+.*exited with status \d+", 60)
+    # Run again on the same disk (each step is idempotent): nothing to reload or restart, no
+    # second fstab line.
+    again = host.exec(["/bin/bash", "/var/lib/ec2hub-test/user-data.sh"], timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
     calls = (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
     assert calls[3:] == ["enable ec2hub-singleuser.service", "start ec2hub-singleuser.service"]
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
 
 
-def test_hub_installs_its_unit_byte_for_byte(aws, make_host):
+def test_each_start_of_the_notebook_unit_reads_the_current_secret(aws, make_host):
+    iid = "i-0d00000000000000c"
+    put_secret(aws, iid, "first-token")
+    host = make_host(iid, "10.0.1.42", notebook_tags("carol", efs=None), efs=False)
+    host.upper.mkdir(parents=True, exist_ok=True)
+    boot_with_fake_systemd(host, NOTEBOOK_USER_DATA)
+    env_file = host.upper / "etc/ec2hub/singleuser.env"
+
+    output = run_exec_start_pre(host, "ec2hub-singleuser.service")
+    assert 'JUPYTERHUB_API_TOKEN="first-token"' in env_file.read_text()
+    assert "singleuser.env written" in output and "first-token" not in output
+    # The spawner rewrites the secret before a resume or a reboot: the next start uses it.
+    put_secret(aws, iid, "second-token")
+    output = run_exec_start_pre(host, "ec2hub-singleuser.service")
+    assert 'JUPYTERHUB_API_TOKEN="second-token"' in env_file.read_text()
+    assert "first-token" not in env_file.read_text() and "second-token" not in output
+    # Unchanged secret: unchanged file.
+    assert "singleuser.env unchanged" in run_exec_start_pre(host, "ec2hub-singleuser.service")
+    # The GPU oneshot the server wants: on this CPU host it succeeds and says why it did nothing.
+    [gpu] = [line for line in (host.upper / "etc/systemd/system/ec2hub-nvidia.service").read_text().splitlines()
+             if line.startswith("ExecStart=")]
+    result = host.exec(shlex.split(gpu.removeprefix("ExecStart=")))
+    assert result.returncode == 0 and "no NVIDIA driver tools" in result.stdout
+
+
+def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws, make_host):
     from .test_hub import SETTINGS_PARAMETER, hub_tags, settings_document
 
-    client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document(), Type="String", Overwrite=True)
+    ssm = client(aws, "ssm")
+    ssm.put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document(), Type="String", Overwrite=True)
     host = make_host("i-0d00000000000000b", "10.0.1.41", hub_tags(), efs=False, role="ec2hub-hub")
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, HUB_USER_DATA)
@@ -91,3 +147,19 @@ def test_hub_installs_its_unit_byte_for_byte(aws, make_host):
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
     assert installed.read_bytes() == (REPO / "bootstrap/hub/ec2hub-hub.service").read_bytes()
     assert_unit_verifies(host, "ec2hub-hub.service", max_exposure=3.5)
+
+    etc = host.upper / "etc/ec2hub"
+    assert not (etc / "settings.json").exists()  # the unit's first start fetches it
+    run_exec_start_pre(host, "ec2hub-hub.service")
+    assert (etc / "settings.json").read_text() == settings_document()
+    assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
+    cookie = (host.upper / "var/lib/ec2hub/jupyterhub_cookie_secret").read_bytes()
+
+    # Day two: new settings, a config file edited on the host; the next start re-applies both.
+    ssm.put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document("dummy"), Type="String", Overwrite=True)
+    (etc / "jupyterhub_config.py").write_text("# edited by hand\n")
+    output = run_exec_start_pre(host, "ec2hub-hub.service")
+    assert (etc / "settings.json").read_text() == settings_document("dummy")
+    assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
+    assert "settings.json from /ec2hub/ec2hub-test/settings written" in output
+    assert (host.upper / "var/lib/ec2hub/jupyterhub_cookie_secret").read_bytes() == cookie

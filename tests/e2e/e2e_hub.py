@@ -20,6 +20,57 @@ import boto3
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 ENV_FILE = REPO / ".sandbox" / "env.json"
+HOSTS = Path("/var/tmp/ec2hub-hosts")  # the sandbox's instances' disks and consoles (sandbox.runner)
+NETNS_PREFIX = "/run/netns/ec2hub-vpc-"
+
+
+class Instance:
+    """A running sandbox instance seen from this machine: its console, and commands run inside it
+    (in the namespaces of its PID 1, its systemd), as an operator's SSM session would."""
+
+    def __init__(self, instance_id: str):
+        self.instance_id = instance_id
+
+    @property
+    def console(self) -> str:
+        try:
+            return (HOSTS / self.instance_id / "console.log").read_text(errors="replace").replace("\r", "")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def boots(self) -> int:
+        return self.console.count("ec2hub-host: booting")
+
+    def pid1(self) -> int:
+        """The instance's systemd: PID 1 of its own PID namespace, in the instance's network namespace."""
+        net = os.stat(NETNS_PREFIX + self.instance_id).st_ino
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit() or os.stat(proc / "ns" / "net").st_ino != net:
+                    continue
+                nspid = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("NSpid:"))
+            except (OSError, StopIteration):
+                continue
+            if len(nspid.split()) > 2 and nspid.split()[-1] == "1":
+                return int(proc.name)
+        raise AssertionError(f"{self.instance_id} has no running systemd")
+
+    def exec(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["nsenter", f"--target={self.pid1()}", "--mount", "--pid", "--net", "--uts", "--ipc", "--root", "--wd",
+             "--", *argv], capture_output=True, text=True, timeout=timeout, check=False)
+
+    def unit(self, unit: str) -> dict[str, str]:
+        """``systemctl show`` of a unit, as a dict."""
+        shown = self.exec("systemctl", "show", unit).stdout
+        return dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+
+    def exposure(self, unit: str) -> float:
+        """``systemd-analyze security`` of the loaded unit: its overall exposure level."""
+        last = self.exec("systemd-analyze", "security", "--no-pager", unit).stdout.strip().splitlines()[-1]
+        assert "Overall exposure level" in last, last
+        return float(last.split(":")[1].split()[0])
 
 
 class SandboxProcess:

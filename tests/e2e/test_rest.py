@@ -10,9 +10,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from e2e_hub import REPO, Hub
+from e2e_hub import REPO, Hub, Instance
 
 CLASSES = ["small", "large-cpu", "gpu"]
+# What today's units score in `systemd-analyze security` (docs/PERFORMANCE.md): no more exposed.
+EXPOSURE_MAX = {"ec2hub-singleuser.service": 3.4, "ec2hub-hub.service": 3.2}
 PWNED_CHECK = """
 import os
 places = ["/", "/root", "/tmp", "/var/lib/cloud/instance", "/etc/ec2hub", os.path.expanduser("~"), "/home", "/mnt/efs/home"]
@@ -54,6 +56,10 @@ def test_each_class_starts_runs_code_and_terminates(hub: Hub, slug):
     name, hostname = output.split()
     assert name == user
     assert hostname == "ip-" + instance["PrivateIpAddress"].replace(".", "-"), "the kernel runs on the instance"
+    # The GPU class's server sees the instance's GPU device nodes (a unit with PrivateDevices=yes
+    # would hide them and CUDA would find no device); the CPU classes have none.
+    devices = hub.run_code(user, "import os; print(sorted(d for d in os.listdir('/dev') if d.startswith('nvidia')))")
+    assert devices.strip() == ("['nvidia-modeset', 'nvidia0', 'nvidiactl']" if slug == "gpu" else "[]"), devices
 
     hub.stop(user)
     state = wait_until(lambda: hub.instance(instance["InstanceId"])["State"]["Name"] == "terminated",
@@ -91,6 +97,10 @@ def test_hub_restart_keeps_running_servers_without_new_instances(hub: Hub):
     hub.ec2.stop_instances(InstanceIds=[hub_id])
     wait_until(lambda: hub.instance(hub_id)["State"]["Name"] == "stopped", 60, "the hub did not stop")
     hub.ec2.start_instances(InstanceIds=[hub_id])
+    # EC2 says "stopped" at once here; the instance's own shutdown (systemctl poweroff) and its
+    # next boot follow: wait for that boot before asking the hub, or the old hub still answers.
+    hub_instance = Instance(hub_id)
+    wait_until(lambda: hub_instance.boots >= 2, 120, "the hub instance did not boot again")
 
     def hub_answers():
         try:
@@ -99,6 +109,8 @@ def test_hub_restart_keeps_running_servers_without_new_instances(hub: Hub):
             return False
 
     wait_until(hub_answers, 180, "the hub did not come back")
+    # It came back by systemd alone: cloud-init ran the hub's user data at the first boot only.
+    assert hub_instance.console.count("ec2hub-hub: start:") == 1, hub_instance.console
     def reachable(user: str) -> bool:
         return hub.server_api(user, "GET", "/status")[0] == 200
 
@@ -163,4 +175,37 @@ def test_injected_capacity_shortage_falls_back_to_the_next_type_and_status_lists
         assert row.split()[1:4] == ["running", "g6.xlarge", "gpu"] and row.endswith(user)
     finally:
         sandbox_cli("inject", "clear")
+    hub.stop(user)
+
+
+def test_a_rebooted_notebook_comes_back_by_systemd_alone_and_the_units_run_hardened(hub: Hub):
+    """RebootInstances: the instance's systemd reboots it; cloud-init does not run the user data
+    again (same instance id), the enabled unit brings the server back. Both units run for real."""
+    user = "e2e-reboot"
+    hub.create_user(user)
+    hub.start(user)
+    [instance] = hub.instances(user, states=("running",))
+    notebook = Instance(instance["InstanceId"])
+    for box, unit in ((notebook, "ec2hub-singleuser.service"), (Instance(hub.env["hub_instance_id"]), "ec2hub-hub.service")):
+        props = box.unit(unit)
+        assert (props["ActiveState"], props["SubState"], props["UnitFileState"]) == ("active", "running", "enabled")
+        assert (props["NoNewPrivileges"], props["ProtectSystem"], props["PrivateTmp"]) == ("yes", "strict", "yes")
+        assert props["User"] not in ("", "root"), props["User"]
+        assert box.exposure(unit) <= EXPOSURE_MAX[unit], unit
+    first_pid = notebook.unit("ec2hub-singleuser.service")["MainPID"]
+
+    hub.ec2.reboot_instances(InstanceIds=[instance["InstanceId"]])
+    wait_until(lambda: notebook.boots == 2, 60, "the instance did not reboot")
+
+    def back() -> bool:
+        try:
+            return notebook.unit("ec2hub-singleuser.service")["SubState"] == "running" and \
+                hub.server_api(user, "GET", "/status")[0] == 200
+        except (AssertionError, OSError, KeyError):
+            return False
+
+    wait_until(back, 120, "the server did not come back after the reboot")
+    assert notebook.unit("ec2hub-singleuser.service")["MainPID"] != first_pid
+    assert notebook.console.count("ec2hub-notebook: start:") == 1, notebook.console
+    assert hub.run_code(user, "print(6 * 7)").strip() == "42"
     hub.stop(user)

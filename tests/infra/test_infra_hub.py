@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from aws_cdk.assertions import Match
@@ -10,6 +11,8 @@ from ec2spawner.hubconfig import (
     PROXY_KEEP_ALIVE_TIMEOUT_S,
 )
 from infra_testing import CERT, REPO, join_text, user_data_script
+
+from infra.userdata import assemble_user_data
 
 INSTANCE = "AWS::EC2::Instance"
 
@@ -54,9 +57,13 @@ def test_hub_is_private_protected_monitored_and_encrypted(any_synth):
     assert "private" in subnet
 
 
-def test_hub_user_data_is_the_hub_bootstrap_verbatim(any_synth):
-    script = (REPO / "bootstrap/hub/user-data.sh").read_bytes()
-    assert user_data_script(hub_instance(any_synth)["UserData"]) == script
+def test_hub_user_data_is_the_hub_bootstrap_assembled_from_its_files(any_synth):
+    encoded = hub_instance(any_synth)["UserData"]
+    assert base64.b64decode(encoded) == assemble_user_data("hub").payload
+    script = user_data_script(encoded).decode()
+    for path in ("hub/user-data.sh", "hub/ec2hub-hub.service", "hub/jupyterhub_config.py", "ec2hub_bootstrap/hub.py"):
+        assert (REPO / "bootstrap" / path).read_text() in script, path
+    assert "ec2hub_bootstrap/notebook.py" not in script
 
 
 def test_hub_tags_name_its_settings_asset_and_admin(full_synth, default_synth):

@@ -14,6 +14,8 @@ from infra_testing import (
     user_data_script,
 )
 
+from infra.userdata import assemble_user_data
+
 LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 
 
@@ -98,13 +100,16 @@ def test_no_template_can_give_a_notebook_a_public_address(any_synth):
             assert subnet["Properties"]["MapPublicIpOnLaunch"] is False
 
 
-def test_user_data_is_the_notebook_bootstrap_verbatim(any_synth):
-    script = (REPO / "bootstrap/notebook/user-data.sh").read_bytes()
+def test_user_data_is_the_notebook_bootstrap_assembled_from_its_files(any_synth):
+    expected = assemble_user_data("notebook")
     for template in notebook_templates(any_synth).values():
         encoded = template["Properties"]["LaunchTemplateData"]["UserData"]
-        assert user_data_script(encoded) == script
-        # Sent as is unless EC2's 16 KB limit forces compression.
-        assert (base64.b64decode(encoded) == script) == (len(script) <= 16 * 1024)
+        # gzip-compressed (over EC2's 16 KB raw limit as text), within the limit compressed.
+        assert base64.b64decode(encoded) == expected.payload
+        script = user_data_script(encoded).decode()
+        for path in ("notebook/user-data.sh", "notebook/ec2hub-singleuser.service", "ec2hub_bootstrap/notebook.py"):
+            assert (REPO / "bootstrap" / path).read_text() in script, path
+        assert "ec2hub_bootstrap/hub.py" not in script
 
 
 def test_templates_carry_class_image_type_profile_and_tags(full_synth):

@@ -35,10 +35,12 @@ def closing_server():
 
 
 def test_relay_carries_both_directions(closing_server):
-    with Relay(listen=("127.0.0.1", 0), connect=("127.0.0.1", closing_server)) as relay:
-        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as client:
-            client.sendall(b"ping")
-            assert client.recv(1024) == b"pong"
+    with (
+        Relay(listen=("127.0.0.1", 0), connect=("127.0.0.1", closing_server)) as relay,
+        socket.create_connection(("127.0.0.1", relay.port), timeout=5) as client,
+    ):
+        client.sendall(b"ping")
+        assert client.recv(1024) == b"pong"
 
 
 def test_server_close_ends_the_client_connection_so_a_reused_one_fails_fast(closing_server):
@@ -46,16 +48,18 @@ def test_server_close_ends_the_client_connection_so_a_reused_one_fails_fast(clos
     connection gone, not half-open with nobody behind it: botocore, reusing such a connection,
     waited 60 s for an answer. Here the relay has closed its end, so the peer resets the second
     write; a relay that kept the client's half open would swallow both writes."""
-    with Relay(listen=("127.0.0.1", 0), connect=("127.0.0.1", closing_server)) as relay:
-        with socket.create_connection(("127.0.0.1", relay.port), timeout=3) as client:
-            client.sendall(b"ping")
-            assert client.recv(1024) == b"pong"
-            assert client.recv(1024) == b"", "the server's close reaches the client"
-            time.sleep(0.1)
-            client.sendall(b"next request")  # accepted by the kernel either way
-            time.sleep(0.3)  # the reset, if the relay has let go, comes back meanwhile
-            with pytest.raises((BrokenPipeError, ConnectionResetError)):
-                client.sendall(b"more")
+    with (
+        Relay(listen=("127.0.0.1", 0), connect=("127.0.0.1", closing_server)) as relay,
+        socket.create_connection(("127.0.0.1", relay.port), timeout=3) as client,
+    ):
+        client.sendall(b"ping")
+        assert client.recv(1024) == b"pong"
+        assert client.recv(1024) == b"", "the server's close reaches the client"
+        time.sleep(0.1)
+        client.sendall(b"next request")  # accepted by the kernel either way
+        time.sleep(0.3)  # the reset, if the relay has let go, comes back meanwhile
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            client.sendall(b"more")
 
 
 def test_root_namespace_listener_must_be_loopback():

@@ -1,0 +1,67 @@
+"""The user data infra assembles from bootstrap/: deterministic, within EC2's limit, every file once."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+
+import pytest
+
+from infra.config import ConfigError
+from infra.userdata import (
+    MAX_USER_DATA_BYTES,
+    assemble_script,
+    assemble_user_data,
+    role_files,
+)
+
+from .conftest import REPO
+
+BOOTSTRAP = REPO / "bootstrap"
+
+
+@pytest.mark.parametrize("role", ["notebook", "hub"])
+def test_user_data_is_deterministic_compressed_and_within_the_limit(role, tmp_path):
+    first, again = assemble_user_data(role), assemble_user_data(role)
+    assert first.payload == again.payload
+    # A fresh copy (other paths, other mtimes) gives the same bytes: nothing but content goes in.
+    copy = tmp_path / "bootstrap"
+    shutil.copytree(BOOTSTRAP, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert assemble_user_data(role, copy).payload == first.payload
+    assert first.compressed and first.payload[:2] == b"\x1f\x8b"
+    assert len(first.payload) <= MAX_USER_DATA_BYTES
+    assert gzip.decompress(first.payload) == first.script == assemble_script(role)
+
+
+def test_each_role_gets_its_own_files_and_the_shared_ones():
+    shared = ["common/venv.sh", "ec2hub_bootstrap/__init__.py", "ec2hub_bootstrap/host.py",
+              "ec2hub_bootstrap/imds.py"]
+    assert [str(p) for p in role_files("notebook")] == sorted([
+        *shared, "ec2hub_bootstrap/notebook.py", "notebook/ec2hub-nvidia.service",
+        "notebook/ec2hub-singleuser.service", "notebook/user-data.sh",
+    ])
+    assert [str(p) for p in role_files("hub")] == sorted([
+        *shared, "ec2hub_bootstrap/hub.py", "hub/ec2hub-hub.service", "hub/jupyterhub_config.py",
+        "hub/user-data.sh",
+    ])
+
+
+@pytest.mark.parametrize("role", ["notebook", "hub"])
+def test_assembled_script_holds_each_file_once_and_is_shellcheck_clean(role, tmp_path):
+    script = assemble_script(role).decode()
+    for path in role_files(role):
+        text = (BOOTSTRAP / path).read_text()
+        assert script.count(f"<<'EC2HUB_END_OF_FILE'\n{text}EC2HUB_END_OF_FILE\n") == 1, path
+    assert script.rstrip().endswith(f'exec /bin/bash "$dir/{role}/user-data.sh"')
+    (tmp_path / "user-data").write_text(script)
+    subprocess.run([str(REPO / ".venv/bin/shellcheck"), "--severity=style", str(tmp_path / "user-data")], check=True)
+
+
+def test_a_file_that_would_end_the_heredoc_is_refused(tmp_path):
+    copy = tmp_path / "bootstrap"
+    shutil.copytree(BOOTSTRAP, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "notebook/ec2hub-nvidia.service").open("a") as f:
+        f.write("EC2HUB_END_OF_FILE\n")
+    with pytest.raises(ConfigError, match=r"ec2hub-nvidia.service: must end with a newline and have no line"):
+        assemble_script("notebook", copy)
