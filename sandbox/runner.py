@@ -98,6 +98,7 @@ class Sandbox:
     relays: list = field(default_factory=list)
     hub_host: object = None
     hub_ip: str = ""
+    admin_password: str = ""
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Sandbox:
             say(f"  not created by the emulator: {logical} ({kind})")
         for name in self.deployment.stood_in_parameters:
             say(f"  public parameter stood in with the sandbox image: {name}")
+        self.admin_password = self.create_admin_secret()
 
         vpc_ids = self.deployment.physical_ids("AWS::EC2::VPC")
         if len(vpc_ids) != 1:
@@ -164,7 +166,7 @@ class Sandbox:
         self.wait_for_hub(hub_url)
         say(f"hub answers at {hub_url}")
 
-        accounts = create_demo_accounts(hub_url)
+        accounts = create_demo_accounts(hub_url, self.admin_password)
         token = admin_token(hub_url, ADMIN_USER, accounts[ADMIN_USER])
         env = {
             "hub_url": hub_url,
@@ -180,6 +182,18 @@ class Sandbox:
         with os.fdopen(fd, "w") as out:
             json.dump(env, out, indent=2)
         return env
+
+    def create_admin_secret(self) -> str:
+        """The stack's generated admin password, made here: moto's CloudFormation cannot create
+        an AWS::SecretsManager::Secret (the template's GenerateSecretString). The hub reads it at
+        every start, as in AWS, and creates the admin account from it."""
+        name = self.deployment.outputs.get("AdminPasswordSecretName")
+        if not name:
+            raise SandboxError("the stack has no AdminPasswordSecretName output: the hub would have no admin")
+        password = secrets.token_urlsafe(24)
+        self.client("secretsmanager").create_secret(Name=name, SecretString=password)
+        say(f"admin password secret {name} made in the emulator (the stack's own cannot be)")
+        return password
 
     def client(self, name: str):
         return self.session.client(name, region_name=REGION, endpoint_url=self.emulator.endpoint_url)
@@ -290,21 +304,22 @@ class _Browser:
             return json.loads(response.read())
 
 
-def create_demo_accounts(hub_url: str) -> dict[str, str]:
-    """Sign up the admin and a demo user through NativeAuthenticator, as a person would, and have
-    the admin approve the demo user. Returns user name -> password (sandbox only)."""
-    accounts = {ADMIN_USER: secrets.token_urlsafe(12), DEMO_USER: secrets.token_urlsafe(12)}
-    for name, password in accounts.items():
-        browser = _Browser(hub_url)
-        browser.get("/hub/signup")
-        status, page = browser.post_form("/hub/signup", {
-            "username": name, "signup_password": password, "signup_password_confirmation": password,
-        })
-        # NativeAuthenticator answers 200 either way, with <div class="alert alert-..." role="alert">.
-        alert = re.search(r'<div class="alert (alert-\w+)" role="alert">(.*?)</div>', page, re.DOTALL)
-        if status != 200 or alert is None or alert.group(1) == "alert-danger":
-            reason = re.sub(r"<[^>]+>|\s+", " ", alert.group(2)).strip() if alert else f"HTTP {status}"
-            raise SandboxError(f"signing up {name!r} failed: {reason}")
+def create_demo_accounts(hub_url: str, admin_password: str) -> dict[str, str]:
+    """Sign up a demo user through NativeAuthenticator, as a person would, and have the admin (whose
+    account the hub made from the stack's secret) approve it. Returns user name -> password
+    (sandbox only)."""
+    accounts = {ADMIN_USER: admin_password, DEMO_USER: secrets.token_urlsafe(12)}
+    browser = _Browser(hub_url)
+    browser.get("/hub/signup")
+    password = accounts[DEMO_USER]
+    status, page = browser.post_form("/hub/signup", {
+        "username": DEMO_USER, "signup_password": password, "signup_password_confirmation": password,
+    })
+    # NativeAuthenticator answers 200 either way, with <div class="alert alert-..." role="alert">.
+    alert = re.search(r'<div class="alert (alert-\w+)" role="alert">(.*?)</div>', page, re.DOTALL)
+    if status != 200 or alert is None or alert.group(1) == "alert-danger":
+        reason = re.sub(r"<[^>]+>|\s+", " ", alert.group(2)).strip() if alert else f"HTTP {status}"
+        raise SandboxError(f"signing up {DEMO_USER!r} failed: {reason}")
     admin = _Browser(hub_url)
     login(admin, ADMIN_USER, accounts[ADMIN_USER])
     admin.get(f"/hub/authorize/{DEMO_USER}")

@@ -156,6 +156,24 @@ def ensure_oauth_secret(settings, region: str) -> None:
     log("secrets", f"{path} from {name} {'written' if changed else 'unchanged'} (0600)")
 
 
+def ensure_admin_password(secret_name: str | None, region: str) -> None:
+    """The first admin's password from Secrets Manager (made by the stack), for the hub to create
+    that account at start (nobody can sign up under an admin's name). Written 0600 for the hub
+    user; never printed. No ec2hub:admin-password-secret tag: no file, no account."""
+    path = f"{STATE}/admin_password"
+    if not secret_name:
+        if os.path.exists(path):
+            os.remove(path)
+        log("secrets", "no ec2hub:admin-password-secret tag: no admin account is created")
+        return
+    try:
+        value = aws_client("secretsmanager", region).get_secret_value(SecretId=secret_name)["SecretString"]
+    except aws_errors() as exc:
+        die("secrets", f"GetSecretValue {shown(secret_name)} (the admin password): {type(exc).__name__}")
+    changed = write_if_changed(path, value + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
+    log("secrets", f"{path} from {shown(secret_name)} {'written' if changed else 'unchanged'} (0600)")
+
+
 def prestart() -> None:
     """Every start of the hub (ExecStartPre=+ of ec2hub-hub.service)."""
     imds = Imds(console).wait()
@@ -175,6 +193,7 @@ def prestart() -> None:
     ensure_secret_file("jupyterhub_cookie_secret", lambda: secrets.token_hex(32) + "\n")
     ensure_secret_file("proxy_auth_token", lambda: secrets.token_hex(32) + "\n")
     ensure_oauth_secret(settings, region)
+    ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
 
 
 def exec_foreground() -> None:

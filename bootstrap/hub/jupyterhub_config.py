@@ -12,6 +12,7 @@
 #   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)
 #   /var/lib/ec2hub/jupyterhub_cookie_secret                                (0600, kept)
 #   /var/lib/ec2hub/oauth_client_secret  only with an OAuth authenticator   (0600)
+#   /var/lib/ec2hub/admin_password     the first admin's password, from Secrets Manager (0600)
 import json
 import sys
 from pathlib import Path
@@ -33,18 +34,20 @@ if settings.auth.type == "dummy" and not (ETC / "allow-dummy-auth").exists():
     sys.exit("ec2hub: settings ask for the dummy authenticator, which is for the local sandbox only")
 
 client_secret_file = STATE / "oauth_client_secret"
+admin_password_file = STATE / "admin_password"
 apply_settings(
     c,
     settings,
     hub_connect_ip=host["private_ip"],
+    admin_password_file=str(admin_password_file) if admin_password_file.exists() else None,
     oauth_client_secret=(
         client_secret_file.read_text(encoding="utf-8").strip() if client_secret_file.exists() else None
     ),
     python=sys.executable,
 )
 if host.get("admin_user"):
-    # The admin named by the hub instance's ec2hub:admin-user tag (with native auth: they sign up
-    # under this name and are authorized at once).
+    # The admin named by the hub instance's ec2hub:admin-user tag (with native auth: the account is
+    # created at start with the stack's generated password; nobody can sign up under this name).
     c.Authenticator.admin_users = set(c.Authenticator.admin_users) | {host["admin_user"]}
 
 # State kept across restarts of the hub (and its host), never in the working directory.

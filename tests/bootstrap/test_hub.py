@@ -79,6 +79,25 @@ print(json.dumps({
 """
 
 
+ADMIN_SECRET = "ec2hub/ec2hub-test/admin-password-0123"
+ADMIN_PASSWORD = "correct-horse-battery-staple-42"
+# The account the hub made at start from the secret, as NativeAuthenticator keeps it.
+CHECK_ADMIN = """
+import sqlite3, sys, bcrypt
+row = sqlite3.connect("/var/lib/ec2hub/jupyterhub.sqlite").execute(
+    "select password, is_authorized from users_info where username = 'admin'").fetchone()
+print(bool(row) and row[1] == 1 and bcrypt.checkpw(sys.argv[1].encode(), row[0]))
+"""
+
+
+def put_admin_secret(aws) -> None:
+    sm = client(aws, "secretsmanager")
+    try:
+        sm.create_secret(Name=ADMIN_SECRET, SecretString=ADMIN_PASSWORD)
+    except sm.exceptions.ResourceExistsException:
+        sm.put_secret_value(SecretId=ADMIN_SECRET, SecretString=ADMIN_PASSWORD)
+
+
 def _hub_api(network):
     try:
         status, body = http_get(network.vpc.netns, f"http://{HUB_IP}:8000/hub/api")
@@ -90,7 +109,9 @@ def _hub_api(network):
 def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, network, make_host):
     document = settings_document()
     client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=document, Type="String", Overwrite=True)
-    host = make_host("i-0fedcba9876543210", HUB_IP, hub_tags(), efs=False, role="ec2hub-hub")
+    put_admin_secret(aws)
+    tags = hub_tags(**{"ec2hub:admin-password-secret": ADMIN_SECRET})
+    host = make_host("i-0fedcba9876543210", HUB_IP, tags, efs=False, role="ec2hub-hub")
     host.start(HUB_USER_DATA)  # as EC2 gets it from infra: assembled from bootstrap/, gzip-compressed
 
     version = wait_until(lambda: _hub_api(network), 90, "the hub's /hub/api through the proxy on :8000")
@@ -102,11 +123,15 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
     assert json.loads((etc / "host.json").read_text()) == {"private_ip": HUB_IP, "admin_user": "admin"}
     hub_uid = int(host.exec(["id", "-u", "ec2hub"]).stdout)
     secrets = {}
-    for name in ("jupyterhub_cookie_secret", "proxy_auth_token"):
+    for name in ("jupyterhub_cookie_secret", "proxy_auth_token", "admin_password"):
         st = (state / name).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, hub_uid), name
         secrets[name] = (state / name).read_bytes()
         assert secrets[name].strip().decode() not in host.console_output
+    # The admin account exists from the stack's secret (nobody had to sign up under its name).
+    assert (state / "admin_password").read_text() == ADMIN_PASSWORD + "\n"
+    check = host.exec(["/opt/ec2hub/venv/bin/python", "-c", CHECK_ADMIN, ADMIN_PASSWORD], check=True)
+    assert check.stdout.strip() == "True", check
     # The config the hub loaded: what apply_settings made of the settings, plus this host's facts.
     loaded = json.loads(host.exec(["/opt/ec2hub/venv/bin/python", "-c", LOAD_CONFIG], check=True).stdout)
     assert loaded == {
