@@ -172,7 +172,10 @@ def test_injected_capacity_shortage_falls_back_to_the_next_type_and_status_lists
         assert instance["InstanceType"] == "g6.xlarge"
         listing = sandbox_cli("status")
         row = next(line for line in listing.splitlines() if line.startswith(instance["InstanceId"]))
-        assert row.split()[1:4] == ["running", "g6.xlarge", "gpu"] and row.endswith(user)
+        fields = row.split()
+        assert fields[1:4] == ["running", "g6.xlarge", "gpu"] and fields[5] == user, row  # EC2's facts, its tag
+        # The hub's view of who owns it, and what the sweeper would do with it.
+        assert f"{user} (ready)" in row and row.endswith("keep: owned"), row
     finally:
         sandbox_cli("inject", "clear")
     hub.stop(user)

@@ -237,6 +237,9 @@ async def test_cancel_while_run_instances_is_in_flight_leaves_nothing(new_spawne
     release.set()
     with pytest.raises((asyncio.CancelledError, asyncio.TimeoutError)):
         await task
+    # What JupyterHub does next (the DELETE of a pending spawn, or User.spawn after its timeout):
+    # stop(), which waits for the cleanup the cancelled start left running.
+    await spawner.stop()
     assert answered.wait(10)  # the launch happened: the instance exists unless the cleanup ended it
     assert live() == [] and hub_secrets() == []
     assert spawner.instance_id is None
