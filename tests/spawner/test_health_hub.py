@@ -20,7 +20,7 @@ import pytest
 import requests as http
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
-from chaos_lab import Lab, wait_until  # noqa: E402 (the harness lives beside the chaos tests)
+from chaos_lab import Lab, wait_until  # the harness lives beside the chaos tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
