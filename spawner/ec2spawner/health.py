@@ -9,7 +9,9 @@ billing on behind a proxy that answers 503. The :class:`HealthProber` asks each 
   status line within ``timeout`` seconds is an answer: the server process is alive and its event
   loop turns. A TCP connect alone is not enough: the kernel of the instance accepts connections
   into the listen backlog of a server that is stopped (SIGSTOP) or whose event loop is stuck, so
-  only an HTTP answer tells a hung server from a live one. No credential is sent.
+  only an HTTP answer tells a hung server from a live one. No credential is sent, and the
+  endpoint does not count as activity (jupyter-server's ``APIVersionHandler`` is
+  ``@allow_unauthenticated`` with ``_track_activity = False``): the idle culler is not fooled.
 - **Spread and bounded.** One task per hub schedules every server once per ``interval``, each at
   its own random phase, with 10 % jitter per round, so a thousand servers are probed ~33 per
   second at the 30 s default, never all at once. Each probe is bounded by ``timeout``, and at most
