@@ -11,7 +11,9 @@ N instances tagged for one hub, then polls every server for several cycles:
 * ``mode=health``: as ``watcher``, with every server's health probe on (``ec2spawner.health``):
   the servers are a few loopback listeners in a separate process that answer HTTP, as
   jupyter-server does; every server is probed once per ``--health-interval`` for
-  ``--health-seconds``, while JupyterHub's polls run (each server once per interval).
+  ``--health-seconds``, while JupyterHub's polls run (each server once per interval); the
+  watcher's DescribeInstances is left out (``mode=watcher`` measures it). ``cpu_ms_per_probe`` is the process's whole CPU time
+  (polls and the 5 ms ticker included) divided by the probes: an upper bound.
 
 loop_block_max_ms is the longest stall of the event loop, seen by a 5 ms ticker task.
 
