@@ -76,8 +76,6 @@ class Finding:
     UNREACHABLE = "unreachable"  # connect timed out, or no route to that one host
     HUB_SIDE = "hub-side"  # failed on the hub's side: counts for no one
 
-    FAILED = frozenset({REFUSED, NO_ANSWER, UNREACHABLE})
-
 
 @dataclass
 class ProbeCounters:

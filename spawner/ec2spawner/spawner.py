@@ -290,11 +290,11 @@ class EC2Spawner(Spawner):
         self._start_done = False
         self._absent_since: float | None = None  # snapshot time poll() first missed the instance
         self._ended: str | None = None  # instance poll() found ended and cleaned up
+        self._declared_dead: str | None = None  # instance poll() ended for failing its health probes
         self._claimed: set[str] = set()  # instances start() claimed on the watcher
         self._launch_call = None  # (future, ClientToken) of a RunInstances in flight
         self._resuming = False  # start() is starting a kept instance: a failure keeps it
         self._launched_here = False  # start() launched the instance moments ago
-        self._declared_dead: str | None = None  # instance poll() ended for failing its health probes
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
