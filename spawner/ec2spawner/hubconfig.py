@@ -16,6 +16,7 @@ import sys
 
 from traitlets.config import Config
 
+from . import health
 from .settings import AuthSettings, HubSettings
 from .spawner import start_sweeper_with_hub
 
@@ -67,6 +68,8 @@ def apply_settings(
     c.ConfigurableHTTPProxy.command = proxy_args(proxy_command)
     # Notebooks run on their own instances and survive a hub restart; the hub re-attaches to them.
     c.JupyterHub.cleanup_servers = False
+    # Why the hub ended a server that stopped answering, on the home and spawn pages.
+    c.JupyterHub.template_vars = {"announcement_home": health.announcement, "announcement_spawn": health.announcement}
     c.JupyterHub.allow_named_servers = allow_named_servers
 
     c.EC2Spawner.region = settings.region

@@ -22,8 +22,10 @@ from typing import ClassVar
 
 from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.utils import url_path_join
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
+from . import health
 from . import options as opts
 from . import requests as req
 from .aws import Aws, AwsError, ErrorKind, InstanceView
@@ -63,8 +65,11 @@ _FIRST_POLL_WAIT = 10.0
 # The per-server traits get_state/load_state/clear_state carry (declared on EC2Spawner).
 # ``kept_instance_id`` (stop_mode=stop: the stopped instance kept for the next start) survives
 # clear_state, so the hub database names every instance a server owns, running or kept.
-_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt", "kept_instance_id")
-_KEPT_ACROSS_STOPS = ("kept_instance_id",)
+# ``health_note`` (why the hub ended the server last time) survives it too: the user reads it at
+# the next visit of the home page and the next spawn.
+_STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt", "kept_instance_id",
+               "health_note")
+_KEPT_ACROSS_STOPS = ("kept_instance_id", "health_note")
 
 
 def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
@@ -187,6 +192,54 @@ class EC2Spawner(Spawner):
         300, help="""Seconds from `running` until jupyterhub-singleuser answers the hub."""
     ).tag(config=True)
 
+    health_check = Bool(
+        True,
+        help="""Probe each running server over HTTP and end it when it stops answering.
+
+        ``poll()`` reports a server whose instance runs but whose ``jupyterhub-singleuser`` no
+        longer answers as stopped, ends its instance (terminated, or stopped and kept with
+        ``stop_mode = "stop"``) and deletes its secret; the user reads why on the home page and
+        at the next spawn. See :mod:`ec2spawner.health` for what a probe is.
+        """,
+    ).tag(config=True)
+
+    health_interval = Float(
+        30.0,
+        help="""Seconds between two probes of one server (the probes of all servers are spread over it).
+
+        30 s is JupyterHub's ``poll_interval`` default: a thousand servers are ~33 probes a second.
+        """,
+    ).tag(config=True)
+
+    health_timeout = Float(
+        10.0,
+        help="""Most seconds one probe waits to connect and for the HTTP status line.
+
+        jupyter-server answers ``/api`` in milliseconds even while kernels are busy (they are other
+        processes); 10 s also covers TCP's SYN retransmissions after a lost packet (1 s, then 2 s).
+        """,
+    ).tag(config=True)
+
+    health_window = Float(
+        180.0,
+        help="""Seconds every probe of a server must have failed before it is declared dead.
+
+        Longer than the server's own recovery: its unit restarts a crashed server after 5 s, and
+        a reboot of an EC2 instance (which EC2 reports as ``running`` throughout) takes 30 to 90 s
+        plus the server's start. At the 30 s interval, 180 s is seven failed probes in a row; the
+        instance then bills ~3.5 minutes, not until the idle culler's hour.
+        """,
+    ).tag(config=True)
+
+    health_failures = Integer(
+        3,
+        help="""Fewest consecutive failed probes before a server is declared dead, whatever the window.
+
+        One dropped packet or one slow answer is one failure; a server declared dead has failed at
+        least this many probes in a row over at least ``health_window`` seconds.
+        """,
+    ).tag(config=True)
+
     # -- per-server state (get_state/load_state) ---------------------------------------------
     instance_id = Unicode(None, allow_none=True)
     instance_class = Unicode(None, allow_none=True)
@@ -194,6 +247,7 @@ class EC2Spawner(Spawner):
     template_version = Unicode(None, allow_none=True)
     attempt = Unicode(None, allow_none=True)
     kept_instance_id = Unicode(None, allow_none=True)
+    health_note = Unicode(None, allow_none=True)
 
     @default("ip")
     def _default_ip(self):
@@ -237,6 +291,7 @@ class EC2Spawner(Spawner):
         self._start_done = False
         self._absent_since: float | None = None  # snapshot time poll() first missed the instance
         self._ended: str | None = None  # instance poll() found ended and cleaned up
+        self._declared_dead: str | None = None  # instance poll() ended for failing its health probes
         self._claimed: set[str] = set()  # instances start() claimed on the watcher
         self._launch_call = None  # (future, ClientToken) of a RunInstances in flight
         self._resuming = False  # start() is starting a kept instance: a failure keeps it
@@ -270,6 +325,20 @@ class EC2Spawner(Spawner):
             grace=self.launch_visibility_grace,
             logger=self.log,
         )
+
+    def _prober(self) -> health.HealthProber:
+        return health.HealthProber.for_hub(
+            self.hub_id,
+            interval=self.health_interval,
+            timeout=self.health_timeout,
+            window=self.health_window,
+            failures=self.health_failures,
+            logger=self.log,
+        )
+
+    def _forget_health(self, iid: str | None) -> None:
+        if iid and self.health_check:
+            self._prober().forget(iid)
 
     @classmethod
     def start_sweeper(cls, *, config, db, log) -> OrphanSweeper | None:
@@ -416,6 +485,8 @@ class EC2Spawner(Spawner):
         self.instance_class = cls.slug
         self.attempt = uuid.uuid4().hex
         self._events = []
+        if self.health_note:
+            self._progress(f"The last time: {self.health_note}", 0)
         self._start_done = False
         self._starting = True
         self._resuming = False
@@ -427,6 +498,7 @@ class EC2Spawner(Spawner):
                 view = await self._wait_running(watcher, since)
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
+            self.health_note = None
             return self._url(view)
         except BaseException as error:
             # Exception, timeout (JupyterHub cancels start() after start_timeout), cancellation or
@@ -813,6 +885,9 @@ class EC2Spawner(Spawner):
         - ``1`` when EC2 itself says the instance ended: shutting-down or terminated, or not
           listed for longer than ``launch_visibility_grace`` (EC2 is eventually consistent).
         - ``0`` when the instance is stopped or stopping (outside ``stop()``), or there is none.
+        - ``1`` when the instance runs but its server failed its health probes for
+          ``health_window`` (:mod:`ec2spawner.health`; never during start, never on a failure of
+          the hub's own network): the instance is ended here first, and ``health_note`` says why.
 
         JupyterHub does not call ``stop()`` after ``poll()`` reported an exit (user.py
         ``User.stop``), so a server found dead is cleaned up here: its secret is deleted and, with
@@ -822,6 +897,8 @@ class EC2Spawner(Spawner):
             return None
         if not self.instance_id:
             return 0
+        if self._declared_dead == self.instance_id:
+            return 1  # ended for failing its probes; JupyterHub polls once more in User.stop
         watcher = self._watcher()
         if watcher.refreshes == 0:  # first poll after a hub restart: no snapshot yet
             try:
@@ -835,7 +912,7 @@ class EC2Spawner(Spawner):
         if view is not None:
             self._absent_since = None
             if view.state in req.LIVE_STATES:
-                return None
+                return await self._check_health(view)
         elif not self._absent_long_enough(watcher):
             return None
         status = 1 if view is None or view.state in req.GONE_STATES else 0
@@ -848,6 +925,58 @@ class EC2Spawner(Spawner):
         await self._end_found_dead(view)
         return status
 
+    async def _check_health(self, view: InstanceView) -> int | None:
+        """None, or 1 once the server's probes declared it dead and its instance was ended.
+
+        A server is watched only once JupyterHub has seen it answer (not while a spawn, stop or
+        start-up check is pending: the hub's own ``http_timeout`` covers the boot).
+        """
+        if not self.health_check or view.state != "running" or self.pending or not self.server:
+            return None
+        iid = self.instance_id
+        prober = self._prober()
+        prober.watch(iid, self._url(view), url_path_join(self.server.base_url, "api"))
+        reason = prober.verdict(iid)
+        if reason is None or not await self._end_unhealthy(iid, reason):
+            return None
+        prober.forget(iid)
+        return 1
+
+    async def _end_unhealthy(self, iid: str, reason: str) -> bool:
+        """End the instance of a server that failed its probes, as ``stop()`` would; keep why.
+
+        False if AWS refused: the server is then still reported running, and the next poll tries
+        again (its instance stays owned, so the sweeper does not take it meanwhile).
+        """
+        self.log.warning("%s: server on %s declared dead (%s); ending the instance", self._log_name, iid, reason)
+        console = await self._console_tail(iid)
+        try:
+            if self._keeps_stopped():
+                await self.aws.call("ec2", "StopInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
+                self.kept_instance_id = iid
+            else:
+                await self._terminate(iid)
+            await self._delete_secret(iid)
+        except AwsError as error:
+            self.log.warning("%s: ending %s failed (%s); trying again at the next poll", self._log_name, iid, error)
+            return False
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        self.health_note = health.ended_note(reason, console, when)
+        self._declared_dead = self._ended = iid
+        health.COUNTERS.declared_dead += 1
+        return True
+
+    async def _console_tail(self, iid: str) -> list[str]:
+        """The bootstrap's last console lines (GetConsoleOutput); none if EC2 cannot give them."""
+        try:
+            answer = await asyncio.wait_for(
+                self.aws.call("ec2", "GetConsoleOutput", InstanceId=iid, Latest=True), self.health_timeout)
+        except (AwsError, TimeoutError) as error:
+            self.log.info("%s: no console output of %s (%s)", self._log_name, iid, error or "timed out")
+            return []
+        # botocore decodes the base64 ``Output`` itself (handlers.decode_console_output).
+        return health.console_tail(answer.get("Output") or "")
+
     def _absent_long_enough(self, watcher: InstanceWatcher) -> bool:
         """Not listed by every snapshot of the last ``launch_visibility_grace`` seconds."""
         if self._absent_since is None:
@@ -859,6 +988,7 @@ class EC2Spawner(Spawner):
         iid = self.instance_id
         if self._ended == iid:
             return
+        self._forget_health(iid)
         try:
             if view is not None and view.state in req.RESUMABLE_STATES:
                 if self._keeps_stopped():
@@ -900,6 +1030,7 @@ class EC2Spawner(Spawner):
         iid = self.instance_id
         if not iid:
             return
+        self._forget_health(iid)
         watcher = self._watcher()
         keep = self._keeps_stopped()
         if keep:

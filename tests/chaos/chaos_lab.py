@@ -360,9 +360,10 @@ class Scenario:
 class Lab:
     """The whole set-up; a context manager that tears everything down."""
 
-    def __init__(self, workdir: Path, *, pending_s: float = 0.3):
+    def __init__(self, workdir: Path, *, pending_s: float = 0.3, config: str = ""):
         self.workdir = workdir
         self.pending_s = pending_s
+        self.config = config  # appended to the hub's config (e.g. other tests' spawner settings)
         self.hub_id = "chaos-" + uuid.uuid4().hex[:8]
         self.prefix = f"/ec2hub/{self.hub_id}/servers/"
         self.emulator = EmulatorProcess(workdir / "emulator.log", pending_s=pending_s)
@@ -452,7 +453,7 @@ c.EC2Spawner.stop_timeout = 30
 c.EC2Spawner.sweep_orphans = True
 c.EC2Spawner.orphan_grace = {ORPHAN_GRACE_S}
 c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
-"""
+""" + self.config
 
     def close(self) -> None:
         if self.hub is not None:

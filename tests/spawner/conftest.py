@@ -98,12 +98,14 @@ def platform(ec2):
 @pytest.fixture
 async def hub_id(emulator):
     """A fresh hub id per test: watchers, sweepers and tags never mix between tests."""
+    from ec2spawner.health import HealthProber
     from ec2spawner.sweeper import OrphanSweeper
     from ec2spawner.watcher import InstanceWatcher
 
     yield "test-" + uuid.uuid4().hex[:10]
     await OrphanSweeper.stop_all()
     await InstanceWatcher.stop_all()
+    await HealthProber.stop_all()
 
 
 def make_user(name: str = "alice", groups=()):
@@ -123,6 +125,8 @@ def new_spawner(platform, hub_id):
             "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": "fs-12345678",
             "fast_poll_interval": 0.05, "poll_interval": 1, "launch_visibility_grace": 5,
             "start_timeout": 15, "http_timeout": 5, "stop_timeout": 10, "sweep_orphans": False,
+            # Emulated instances have 10.x addresses nothing may reach from here: no probes unless asked.
+            "health_check": False,
         }
         settings.update(traits)
         base_url = f"/user/{user}/{server + '/' if server else ''}"

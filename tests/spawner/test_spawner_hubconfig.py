@@ -1,6 +1,7 @@
 """The hub config is a pure function of the settings document: compared to a literal Config."""
 
 import pytest
+from ec2spawner import health
 from ec2spawner.hubconfig import apply_settings
 from ec2spawner.settings import HubSettings
 from traitlets.config import Config
@@ -26,6 +27,7 @@ def expected_common() -> Config:
     c.JupyterHub.port = 8000
     c.ConfigurableHTTPProxy.command = ["configurable-http-proxy", "--keep-alive-timeout=660000"]
     c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.template_vars = {"announcement_home": health.announcement, "announcement_spawn": health.announcement}
     c.JupyterHub.allow_named_servers = True
     c.EC2Spawner.region = "eu-west-1"
     c.EC2Spawner.hub_id = "hub1"
