@@ -961,6 +961,10 @@ class EC2Spawner(Spawner):
         ``clear_state`` so the hub database names it). Unless ``now``, waits up to
         ``stop_timeout`` for EC2 to report it stopped or terminated. JupyterHub calls this only
         when ``poll()`` returned None.
+
+        On a hub without the lease (:mod:`ec2spawner.lease`) nothing changes in EC2: the instance
+        is kept for the server (``kept_instance_id``, which the hub database keeps naming) and
+        :class:`~ec2spawner.lease.LeaseError` says so.
         """
         iid = self.instance_id
         if not iid:
@@ -1064,7 +1068,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
     is a coroutine run by ``launch_instance``) and resolves ``JupyterHub._start_future`` at the
     end of ``JupyterHub.start()``, once the database, init_spawners' checks and the proxy are up.
     Called from the config (``hubconfig.apply_settings``), this schedules a task that waits for
-    that future and then starts the sweeper with the hub's database session. Outside a running
+    that future and then starts the hub lease's renewal (if ``lease_table`` is set) and the
+    sweeper with the hub's database session. Outside a running
     hub (tests of the config, ``--generate-config``) it does nothing and returns None.
     """
     from jupyterhub.app import JupyterHub
