@@ -35,6 +35,7 @@ CONTEXT_KEYS = (
     "domain_name",
     "admin_user",
     "hub_instance_type",
+    "hub_ami",
     "allowed_ingress_cidr",
 )
 
@@ -49,6 +50,7 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 )
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
+_AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
 
 
@@ -69,6 +71,8 @@ class HubConfig:
     domain_name: str | None = None
     admin_user: str | None = None
     hub_instance_type: str = DEFAULT_HUB_INSTANCE_TYPE
+    # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
+    hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
 
     @property
@@ -79,6 +83,11 @@ class HubConfig:
     def ssm_prefix(self) -> str:
         """Every SSM parameter of this hub lives under this path."""
         return f"/ec2hub/{self.hub_id}/"
+
+    @property
+    def lease_table_name(self) -> str:
+        """The DynamoDB table of the hub lease (one item: this hub's)."""
+        return f"ec2hub-{self.hub_id}-lease"
 
     @property
     def settings_parameter_name(self) -> str:
@@ -174,6 +183,7 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         domain_name=_checked(context, "domain_name", _DOMAIN, "a DNS name"),
         admin_user=_checked(context, "admin_user", _ADMIN_USER, "a plain user name"),
         hub_instance_type=hub_type,
+        hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
     )

@@ -11,6 +11,7 @@ resources; the Stack attaches it (grants live in the Stack).
 from __future__ import annotations
 
 from aws_cdk import Annotations, Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_elasticloadbalancingv2_targets as targets
@@ -18,8 +19,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
-from ec2spawner.hubconfig import LOAD_BALANCER_IDLE_TIMEOUT_S
-from ec2spawner.requests import TAG_CLASS, TAG_HUB
+from ec2spawner.hubconfig import HEALTH_PATH, LOAD_BALANCER_IDLE_TIMEOUT_S
+from ec2spawner.requests import LEASE_KEY, TAG_CLASS, TAG_HUB
 
 from .config import REPO_ROOT
 from .session import session_manager_statement
@@ -28,13 +29,32 @@ from .userdata import assemble_user_data
 SPAWNER_PACKAGE = REPO_ROOT / "spawner"
 PROXY_PORT = 8000  # configurable-http-proxy's public port: the ALB target
 HUB_API_PORT = 8081  # notebooks register back to the hub API here
-HEALTH_CHECK_PATH = "/hub/health"
+# 200 only from the hub process that holds the hub lease (ec2spawner.lease): a hub standing by
+# during a replacement gets no traffic.
+HEALTH_CHECK_PATH = "/hub" + HEALTH_PATH
 
 # Tags the hub bootstrap reads through IMDS (ARCHITECTURE.md §5); the hub tag and the class tag
 # are the spawner's (ec2spawner.requests), which the IAM conditions below must match.
 TAG_SETTINGS_PARAMETER = "ec2hub:settings-parameter"
 TAG_SPAWNER_ASSET = "ec2hub:spawner-asset"
 TAG_ADMIN_USER = "ec2hub:admin-user"
+
+
+# Where AWS publishes the newest Amazon Linux 2023 AMI id (the hub's default image).
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+
+def hub_image(region: str, hub_ami: str | None) -> ec2.IMachineImage:
+    """The hub's AMI, changed only when the admin says so.
+
+    ``hub_ami`` (context) pins an AMI id. Without it, the newest AL2023 AMI is looked up once, at
+    the first synth with credentials, and cached in ``cdk.context.json`` (commit it): later
+    deploys keep that image even after AWS publishes a newer one, where the old
+    ``latest_amazon_linux2023()`` resolved the parameter at every deploy and so replaced the hub.
+    """
+    if hub_ami:
+        return ec2.MachineImage.generic_linux({region: hub_ami})
+    return ec2.MachineImage.from_ssm_parameter(AL2023_PARAMETER, cached_in_context=True)
 
 
 class Hub(Construct):
@@ -50,6 +70,8 @@ class Hub(Construct):
         alb_subnets: ec2.SubnetSelection,
         hub_id: str,
         instance_type: str,
+        hub_ami: str | None,
+        lease_table_name: str,
         settings_parameter_name: str,
         admin_user: str | None,
         certificate_arn: str | None,
@@ -88,13 +110,28 @@ class Hub(Construct):
             ],
         )
 
+        # The hub lease: one item per hub id; only its holder changes EC2 (ec2spawner.lease).
+        self.lease_table = dynamodb.Table(
+            self,
+            "LeaseTable",
+            table_name=lease_table_name,
+            partition_key=dynamodb.Attribute(name=LEASE_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            # A lease is worth nothing once its hubs are gone: nothing to keep.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
         self.instance = ec2.Instance(
             self,
             "Instance",
             vpc=vpc,
             vpc_subnets=hub_subnets,
             instance_type=ec2.InstanceType(instance_type),
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+            machine_image=hub_image(Stack.of(self).region, hub_ami),
             security_group=self.security_group,
             role=self.role,
             associate_public_ip_address=False,
@@ -350,6 +387,8 @@ def spawner_statements(
         iam.PolicyStatement(
             sid="ManageOwnNotebooks",
             actions=[
+                # The console tail shown to a user whose server failed its health probes.
+                "ec2:GetConsoleOutput",
                 "ec2:StartInstances",
                 "ec2:StopInstances",
                 "ec2:TerminateInstances",

@@ -225,6 +225,14 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
     )
 
+    acknowledge_checkov(
+        stack.hub.lease_table,
+        "CKV_AWS_119",
+        "The lease table holds one item per hub: which hub process holds the lease and until when "
+        "(no secret, no user data). It is encrypted at rest with the AWS-managed key; a customer "
+        "key would add $1 a month and a key policy, and only the hub role may touch the item.",
+    )
+
     # --- checkov -------------------------------------------------------------------------------
     for policy in (notebook_role, hub_role):
         acknowledge_checkov(

@@ -50,6 +50,7 @@ def settings_document(
     secret_prefix: str,
     efs_id: str | None,
     admin_users: list[str],
+    lease_table: str | None = None,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
     classes = [
@@ -74,6 +75,8 @@ def settings_document(
     }
     if efs_id is not None:
         document["efs_id"] = efs_id
+    if lease_table is not None:
+        document["lease_table"] = lease_table
     return document
 
 

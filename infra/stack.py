@@ -62,6 +62,8 @@ class Ec2HubStack(Stack):
             alb_subnets=self.network.public_subnets,
             hub_id=config.hub_id,
             instance_type=config.hub_instance_type,
+            hub_ami=config.hub_ami,
+            lease_table_name=config.lease_table_name,
             settings_parameter_name=config.settings_parameter_name,
             admin_user=config.admin_user,
             certificate_arn=config.certificate_arn,
@@ -113,6 +115,18 @@ class Ec2HubStack(Stack):
         ):
             self.hub.role.add_to_principal_policy(statement)
 
+        # --- the hub lease: its own item only ----------------------------------------------------
+        self.hub.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="HoldHubLease",
+                actions=["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem"],
+                resources=[self.hub.lease_table.table_arn],
+                # Only the item whose partition key is this hub id (DynamoDB developer guide,
+                # "Using IAM policy conditions for fine-grained access control").
+                conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [config.hub_id]}},
+            )
+        )
+
         # --- the first admin: a generated password only the hub may read ------------------------
         self.admin = AdminAccount(
             self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
@@ -149,6 +163,7 @@ class Ec2HubStack(Stack):
             secret_prefix=config.secret_prefix,
             efs_id=self.storage.file_system.file_system_id,
             admin_users=[config.admin_user],
+            lease_table=config.lease_table_name,
         )
         self.settings = SettingsParameter(
             self,

@@ -17,8 +17,12 @@ import sys
 from traitlets.config import Config
 
 from . import health
+from .lease import LeaseHealthHandler
 from .settings import AuthSettings, HubSettings
 from .spawner import start_sweeper_with_hub
+
+# The load balancer's health check (infra/hub.py): 200 only from the hub that holds the lease.
+HEALTH_PATH = "/ec2hub/health"  # under the hub prefix: /hub/ec2hub/health
 
 IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -79,6 +83,13 @@ def apply_settings(
     c.EC2Spawner.secret_prefix = settings.secret_prefix
     c.EC2Spawner.efs_id = settings.efs_id
     c.EC2Spawner.notebook_port = settings.notebook_port
+    if settings.lease_table:
+        c.EC2Spawner.lease_table = settings.lease_table
+    # JupyterHub 6 logs that extra_handlers is deprecated (in favour of services); a service could
+    # not answer for the hub process's lease, which lives in the hub process.
+    c.JupyterHub.extra_handlers = [
+        (HEALTH_PATH, LeaseHealthHandler, {"hub_id": settings.hub_id, "lease_table": settings.lease_table})
+    ]
 
     _apply_auth(c, settings.auth, oauth_client_secret, admin_password_file)
 

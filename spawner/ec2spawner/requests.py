@@ -204,3 +204,46 @@ def launch_plan(
 ) -> list[tuple[str, str, str]]:
     """(instance type, AZ, subnet) in the order to try: every AZ for the preferred type first."""
     return [(itype, az, subnet) for itype in instance_types for az, subnet in subnets]
+
+
+# -- the hub lease (ec2spawner.lease, docs/ARCHITECTURE.md §13) ---------------------------------
+# One item per hub id in the lease table: who holds the lease and until when (epoch seconds).
+LEASE_KEY = "hub_id"
+_LEASE_NAMES = {"#hub": LEASE_KEY, "#holder": "holder", "#expires": "expires_at"}
+
+
+def lease_acquire_params(*, table: str, hub_id: str, holder: str, now: float, duration: float) -> dict:
+    """PutItem that takes or renews the lease of ``hub_id`` for ``holder`` until ``now + duration``.
+
+    DynamoDB applies it only if nobody holds the lease, ``holder`` holds it already (a renewal),
+    or the holder's lease expired before ``now``; otherwise it fails with
+    ``ConditionalCheckFailedException`` and changes nothing (DynamoDB developer guide,
+    "Condition expressions"). ``now`` is the caller's wall clock.
+    """
+    return {
+        "TableName": table,
+        "Item": {
+            LEASE_KEY: {"S": hub_id},
+            "holder": {"S": holder},
+            "expires_at": {"N": f"{now + duration:.3f}"},
+        },
+        "ConditionExpression": "attribute_not_exists(#hub) OR #holder = :holder OR #expires < :now",
+        "ExpressionAttributeNames": dict(_LEASE_NAMES),
+        "ExpressionAttributeValues": {":holder": {"S": holder}, ":now": {"N": f"{now:.3f}"}},
+    }
+
+
+def lease_release_params(*, table: str, hub_id: str, holder: str) -> dict:
+    """DeleteItem that gives the lease up, only if ``holder`` still holds it."""
+    return {
+        "TableName": table,
+        "Key": {LEASE_KEY: {"S": hub_id}},
+        "ConditionExpression": "#holder = :holder",
+        "ExpressionAttributeNames": {"#holder": "holder"},
+        "ExpressionAttributeValues": {":holder": {"S": holder}},
+    }
+
+
+def lease_read_params(*, table: str, hub_id: str) -> dict:
+    """GetItem of the lease item (strongly consistent: the answer after the last write)."""
+    return {"TableName": table, "Key": {LEASE_KEY: {"S": hub_id}}, "ConsistentRead": True}

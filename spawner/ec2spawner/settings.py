@@ -57,6 +57,8 @@ class HubSettings(BaseModel):
     # SSM parameter name prefix for per-server secret env: <prefix><instance-id>. Starts and ends with /.
     secret_prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]+/$")]
     efs_id: str | None = None
+    # DynamoDB table of the hub lease (ec2spawner.lease): only its holder changes EC2. None: no lease.
+    lease_table: str | None = None
     notebook_port: int = 8888
     hub_api_port: int = 8081
     proxy_port: int = 8000

@@ -29,6 +29,7 @@ from . import health
 from . import options as opts
 from . import requests as req
 from .aws import Aws, AwsError, ErrorKind, InstanceView
+from .lease import HubLease, LeaseError, default_holder_id
 from .settings import ClassSettings
 from .sweeper import OrphanSweeper, Ownership
 from .watcher import InstanceWatcher
@@ -182,6 +183,52 @@ class EC2Spawner(Spawner):
 
     sweep_interval = Float(300.0, help="""Seconds between orphan sweeps.""").tag(config=True)
 
+    lease_table = Unicode(
+        None,
+        allow_none=True,
+        help="""DynamoDB table of the hub lease (the settings' ``lease_table``; the stack makes it).
+
+        Only the hub process holding this hub id's lease launches, starts, stops or terminates
+        instances, writes or deletes secrets, or sweeps (:mod:`ec2spawner.lease`); another one
+        stands by: ``start()`` fails with a 503, ``stop()`` changes nothing and leaves the
+        instance named in the hub database, the sweeper skips its sweeps. None: no lease, this
+        hub always acts (one hub process per hub id, as in tests).
+        """,
+    ).tag(config=True)
+
+    lease_holder = Unicode(
+        help="""This hub process's holder id in the lease table.
+
+        Default: ``<instance id or host name>/<pid>/<random>``, the same for every spawner of the
+        process and different for every process.
+        """
+    ).tag(config=True)
+
+    lease_duration = Float(
+        60.0,
+        help="""Seconds a taken or renewed lease lasts. Another hub takes over this long after the
+        holder's last renewal (or at once when it gave the lease up at a clean shutdown).""",
+    ).tag(config=True)
+
+    lease_renew_interval = Float(
+        15.0,
+        help="""Seconds between renewals; less than ``lease_duration - lease_margin``, so that a
+        renewal or two may fail without the holder stopping.""",
+    ).tag(config=True)
+
+    lease_margin = Float(
+        15.0,
+        help="""Seconds before the lease's expiry at which a holder that could not renew stops
+        changing EC2 (fencing by time): covers clock skew between hub hosts and an EC2 call
+        begun just before.""",
+    ).tag(config=True)
+
+    lease_wait = Float(
+        10.0,
+        help="""Most seconds ``start()`` waits for the hub's first answer from the lease table after
+        the hub started, before it refuses the spawn.""",
+    ).tag(config=True)
+
     # EC2 boot plus first-boot installs take minutes, not the 60 s/30 s of a local process.
     start_timeout = Integer(
         600,
@@ -257,6 +304,10 @@ class EC2Spawner(Spawner):
     @default("port")
     def _default_port(self):
         return self.notebook_port
+
+    @default("lease_holder")
+    def _default_lease_holder(self):
+        return default_holder_id()
 
     @default("env_keep")
     def _default_env_keep(self):
@@ -340,6 +391,34 @@ class EC2Spawner(Spawner):
         if iid and self.health_check:
             self._prober().forget(iid)
 
+    def lease(self) -> HubLease | None:
+        """This hub's lease on the running loop (its renewal started), or None without a table."""
+        if not self.lease_table:
+            return None
+        return HubLease.ensure(
+            self.aws, table=self.lease_table, hub_id=self.hub_id, holder=self.lease_holder,
+            duration=self.lease_duration, renew_interval=self.lease_renew_interval,
+            margin=self.lease_margin, logger=self.log,
+        )
+
+    async def _may_act(self, what: str) -> bool:
+        """Whether this hub process may change EC2 now; if not, one log line saying what it did not do."""
+        lease = self.lease()
+        if lease is None or await lease.settled(self.lease_wait):
+            return True
+        self.log.warning("%s: not %s: %s", self._log_name, what, lease.describe())
+        return False
+
+    async def _require_lease(self, what: str) -> None:
+        """Raise a 503 SpawnException unless this hub holds the lease."""
+        if not await self._may_act(what):
+            raise SpawnException(
+                "This hub is standing by while another hub takes over (it does not hold the hub "
+                "lease), so it cannot start servers. Try again in a minute.",
+                reason="hub-standby", status_code=503,
+                log_message=f"{self._log_name}: {self.lease().describe()}",
+            )
+
     @classmethod
     def start_sweeper(cls, *, config, db, log) -> OrphanSweeper | None:
         """Start this hub's orphan sweeper (and its watcher) on the running loop, once.
@@ -359,6 +438,7 @@ class EC2Spawner(Spawner):
             grace=probe.orphan_grace,
             interval=probe.sweep_interval,
             keep_stopped=probe.stop_mode == "stop",
+            lease=probe.lease(),
             logger=log,
         )
 
@@ -493,6 +573,7 @@ class EC2Spawner(Spawner):
         self._launched_here = False
         watcher = self._watcher()
         try:
+            await self._require_lease("starting")
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
                 view = await self._wait_running(watcher, since)
@@ -800,6 +881,7 @@ class EC2Spawner(Spawner):
         """
         delay = 1.0
         while True:
+            await self._require_lease("launching")  # the lease may have lapsed since start() began
             future = await self.aws.submit("ec2", "RunInstances", **params)
             self._launch_call = (future, params["ClientToken"])
             try:
@@ -948,6 +1030,8 @@ class EC2Spawner(Spawner):
         False if AWS refused: the server is then still reported running, and the next poll tries
         again (its instance stays owned, so the sweeper does not take it meanwhile).
         """
+        if not await self._may_act(f"ending {iid}, which failed its health probes ({reason})"):
+            return False  # reported running; the lease holder's probes will end it
         self.log.warning("%s: server on %s declared dead (%s); ending the instance", self._log_name, iid, reason)
         console = await self._console_tail(iid)
         try:
@@ -989,6 +1073,8 @@ class EC2Spawner(Spawner):
         if self._ended == iid:
             return
         self._forget_health(iid)
+        if not await self._may_act(f"cleaning up ended {iid} (the lease holder's sweeper does)"):
+            return
         try:
             if view is not None and view.state in req.RESUMABLE_STATES:
                 if self._keeps_stopped():
@@ -1024,6 +1110,10 @@ class EC2Spawner(Spawner):
         ``clear_state`` so the hub database names it). Unless ``now``, waits up to
         ``stop_timeout`` for EC2 to report it stopped or terminated. JupyterHub calls this only
         when ``poll()`` returned None.
+
+        On a hub without the lease (:mod:`ec2spawner.lease`) nothing changes in EC2: the instance
+        is kept for the server (``kept_instance_id``, which the hub database keeps naming) and
+        :class:`~ec2spawner.lease.LeaseError` says so.
         """
         cleanup, self._cleanup = self._cleanup, None
         await _settle(cleanup)  # a cancelled start's cleanup: done once stop() returns
@@ -1031,6 +1121,15 @@ class EC2Spawner(Spawner):
         if not iid:
             return
         self._forget_health(iid)
+        if not await self._may_act(f"stopping {iid}"):
+            # JupyterHub clears the state after stop() whatever it returns or raises: name the
+            # instance in what survives (kept_instance_id), so the hub database still owns it, no
+            # sweeper ends it, and the next start (on the lease holder) adopts it.
+            self.kept_instance_id, self.instance_id = iid, None
+            raise LeaseError(
+                f"{self._log_name}: not stopped: {self.lease().describe()}. Instance {iid} is left as it "
+                "is and kept for this server; start and stop it again on the hub that holds the lease."
+            )
         watcher = self._watcher()
         keep = self._keeps_stopped()
         if keep:
@@ -1073,6 +1172,8 @@ class EC2Spawner(Spawner):
         an instance kept stopped for it (``stop_mode = "stop"``). The tags keep naming their server
         and the next start resumes it under the new name.
         """
+        if not await self._may_act("retagging for a rename"):
+            raise LeaseError(f"{self._log_name}: not renamed: {self.lease().describe()}")
         snapshot = await self._watcher().fresh()
         for view in snapshot.values():
             if self._is_mine(view) and view.state not in req.GONE_STATES:
@@ -1081,7 +1182,14 @@ class EC2Spawner(Spawner):
                     hub_id=self.hub_id, user=self.user.name, server=new_name))
 
     async def delete_forever(self):
-        """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret."""
+        """The server is deleted: remove any instance kept for it (stop_mode=stop) and its secret.
+
+        On a hub without the lease nothing is terminated: the lease holder's sweeper ends the
+        instance of a server that no longer exists after ``orphan_grace``.
+        """
+        if not await self._may_act("terminating the instances of a deleted server"):
+            self.kept_instance_id = None
+            return
         watcher = self._watcher()
         snapshot = await watcher.fresh()
         for view in snapshot.values():
@@ -1112,7 +1220,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
     is a coroutine run by ``launch_instance``) and resolves ``JupyterHub._start_future`` at the
     end of ``JupyterHub.start()``, once the database, init_spawners' checks and the proxy are up.
     Called from the config (``hubconfig.apply_settings``), this schedules a task that waits for
-    that future and then starts the sweeper with the hub's database session. Outside a running
+    that future and then starts the hub lease's renewal (if ``lease_table`` is set) and the
+    sweeper with the hub's database session. Outside a running
     hub (tests of the config, ``--generate-config``) it does nothing and returns None.
     """
     from jupyterhub.app import JupyterHub
@@ -1134,6 +1243,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         spawner_class = app.spawner_class
         if not (isinstance(spawner_class, type) and issubclass(spawner_class, EC2Spawner)):
             return
+        # The lease first (its renewal runs from now on); the sweeper waits for its first answer.
+        spawner_class(config=app.config, log=app.log).lease()
         spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
 
     return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")

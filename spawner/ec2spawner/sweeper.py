@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from .aws import Aws, AwsError, ErrorKind, InstanceView
+from .lease import HubLease
 from .requests import (
     GONE_STATES,
     RESUMABLE_STATES,
@@ -146,6 +147,7 @@ class OrphanSweeper:
         grace: float = 600.0,
         interval: float = 300.0,
         keep_stopped: bool = False,
+        lease: HubLease | None = None,
         logger: logging.Logger | None = None,
     ):
         self.aws = aws
@@ -156,6 +158,7 @@ class OrphanSweeper:
         self.grace = grace
         self.interval = interval
         self.keep_stopped = keep_stopped
+        self.lease = lease
         self.log = logger or log
         self._task: asyncio.Task | None = None
 
@@ -187,12 +190,24 @@ class OrphanSweeper:
                 self.log.exception("ec2hub sweeper %s: sweep failed; next in %.0f s", self.hub_id, self.interval)
             await asyncio.sleep(self.interval)
 
+    def _standing_by(self, what: str) -> bool:
+        """True (and one log line) if this hub does not hold the lease: then it changes nothing."""
+        if self.lease is None or self.lease.holds():
+            return False
+        self.log.warning("ec2hub sweeper: %s: %s", what, self.lease.describe())
+        return True
+
     async def sweep_once(self) -> list[Decision]:
         """One sweep: terminate orphans older than the grace, delete orphan secrets.
 
         If the ownership cannot be read (the hub database failed), ``owned`` raises and nothing
-        is terminated.
+        is terminated. Without the hub lease nothing is swept (another hub's database owns what
+        this one may not know), and a lease lost during the sweep ends it before its next call.
         """
+        if self.lease is not None:
+            await self.lease.settled(10.0)  # the hub's first answer from the lease table
+        if self._standing_by("not sweeping"):
+            return []
         snapshot = await self.watcher.fresh()
         # After the describe: an instance launched meanwhile is owned or in grace.
         ownership = self.owned()
@@ -215,6 +230,9 @@ class OrphanSweeper:
                 self.watcher.release(d.instance_id, self)
                 self.log.info("ec2hub sweeper: keeping %s (%s): owned since the sweep began", d.instance_id, who)
                 continue
+            if self._standing_by(f"not terminating {d.instance_id}, sweep ended"):
+                self.watcher.release(d.instance_id, self)
+                return decisions
             self.log.warning("ec2hub sweeper: terminating orphan %s (%s): %s", d.instance_id, who, d.reason)
             try:
                 await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id],
@@ -227,6 +245,8 @@ class OrphanSweeper:
         owned_now = ownership.instance_ids | self.owned().instance_ids
         for name in find_orphan_secrets(secrets, self.secret_prefix, snapshot, owned_now,
                                         terminating, now=now, grace=self.grace):
+            if self._standing_by(f"not deleting secret {name}, sweep ended"):
+                return decisions
             self.log.warning("ec2hub sweeper: deleting orphan secret %s", name)
             try:
                 await self.aws.call("ssm", "DeleteParameter", Name=name, ignore={ErrorKind.NOT_FOUND})

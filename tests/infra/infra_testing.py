@@ -214,6 +214,7 @@ _ARN_FORMATS = {
     "AWS::S3::Bucket": "arn:aws:s3:::{id}",
     "AWS::KMS::Key": "arn:aws:kms:{region}:{account}:key/{id}",
     "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{id}:*",
+    "AWS::DynamoDB::Table": "arn:aws:dynamodb:{region}:{account}:table/{id}",
 }
 
 

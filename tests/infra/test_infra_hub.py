@@ -156,7 +156,7 @@ def test_load_balancer_is_public_logs_and_checks_hub_health(any_synth):
         {
             "Port": 8000,
             "Protocol": "HTTP",
-            "HealthCheckPath": "/hub/health",
+            "HealthCheckPath": "/hub/ec2hub/health",  # 200 only on the lease holder
             "TargetType": "instance",
         },
     )

@@ -232,7 +232,7 @@ def test_create_tags_only_as_part_of_run_instances(hub):
 
 def test_start_stop_terminate_only_this_hubs_notebooks(hub):
     _, statements, hub_id = hub
-    lifecycle = {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
+    lifecycle = {"ec2:GetConsoleOutput", "ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"}
     matching = [s for s in statements.values() if lifecycle & set(as_list(s["Action"]))]
     assert len(matching) == 1
     (statement,) = matching

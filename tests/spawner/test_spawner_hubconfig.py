@@ -3,6 +3,7 @@
 import pytest
 from ec2spawner import health
 from ec2spawner.hubconfig import apply_settings
+from ec2spawner.lease import LeaseHealthHandler
 from ec2spawner.settings import HubSettings
 from traitlets.config import Config
 
@@ -36,6 +37,7 @@ def expected_common() -> Config:
     c.EC2Spawner.secret_prefix = "/ec2hub/hub1/servers/"
     c.EC2Spawner.efs_id = "fs-1"
     c.EC2Spawner.notebook_port = 8888
+    c.JupyterHub.extra_handlers = [("/ec2hub/health", LeaseHealthHandler, {"hub_id": "hub1", "lease_table": None})]
     c.JupyterHub.services = [{"name": "idle-culler",
                               "command": ["/py", "-m", "jupyterhub_idle_culler", "--timeout=1800"]}]
     c.JupyterHub.load_roles = [{
