@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-from spawner_testing import AZS, REGION, REPO, TOKEN
+from spawner_testing import AZS, REGION, REPO, TOKEN, live_instances
 
 sys.path.insert(0, str(REPO))  # the sandbox package lives at the repository root
 
@@ -138,14 +138,6 @@ def new_spawner(platform, hub_id):
         return spawner
 
     return factory
-
-
-def live_instances(ec2, hub_id: str, user: str | None = None) -> list[dict]:
-    filters = [{"Name": "tag:ec2hub:hub", "Values": [hub_id]},
-               {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
-    if user:
-        filters.append({"Name": "tag:ec2hub:user", "Values": [user]})
-    return [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
 
 
 def secrets(ssm, hub_id: str) -> list[str]:

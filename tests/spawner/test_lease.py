@@ -15,7 +15,6 @@ import uuid
 
 import botocore.exceptions
 import pytest
-from conftest import live_instances
 from ec2spawner.aws import Aws
 from ec2spawner.lease import HubLease, LeaseError, LeaseHealthHandler
 from ec2spawner.requests import (
@@ -26,7 +25,7 @@ from ec2spawner.requests import (
 from ec2spawner.spawner import EC2Spawner
 from ec2spawner.sweeper import OrphanSweeper, Ownership
 from jupyterhub.spawner import SpawnException
-from spawner_testing import REGION
+from spawner_testing import REGION, live_instances
 from test_spawner_sweeper import orphan_of
 from tornado import httpclient, httpserver, netutil, web
 
