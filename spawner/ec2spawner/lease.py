@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import secrets
 import socket
 import time
 import weakref
@@ -49,10 +47,12 @@ _HOLDER_ID: str | None = None
 
 
 def default_holder_id() -> str:
-    """This process's holder id: ``<instance id or host name>/<pid>/<random>``, fixed per process.
+    """This host's holder id: its EC2 instance id (cloud-init's record), else its host name.
 
-    The instance id (or host name) and pid say in a log which hub holds the lease; the random part
-    makes two processes that share both (a hub restarted with a recycled pid) different holders.
+    One id per host, not per process: a hub that systemd restarts on the same host (after a crash
+    or a SIGKILL, which releases nothing) renews its own lease at once instead of standing by until
+    the lease expires. Only one hub runs per host (its unit); during a replacement the old and the
+    new hub are different instances, which is what the lease keeps apart.
     """
     global _HOLDER_ID
     if _HOLDER_ID is None:
@@ -60,7 +60,7 @@ def default_holder_id() -> str:
             host = _CLOUD_INIT_INSTANCE_ID.read_text(encoding="utf-8").strip()
         except OSError:
             host = ""
-        _HOLDER_ID = f"{host or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        _HOLDER_ID = host or socket.gethostname()
     return _HOLDER_ID
 
 

@@ -197,10 +197,11 @@ class EC2Spawner(Spawner):
     ).tag(config=True)
 
     lease_holder = Unicode(
-        help="""This hub process's holder id in the lease table.
+        help="""This hub's holder id in the lease table.
 
-        Default: ``<instance id or host name>/<pid>/<random>``, the same for every spawner of the
-        process and different for every process.
+        Default: the hub host's EC2 instance id (else its host name): one holder per host, so a
+        hub restarted on the same host after a crash takes its lease back at once; hubs on two
+        hosts (a replacement under way) are two holders.
         """
     ).tag(config=True)
 

@@ -171,6 +171,29 @@ async def test_a_clean_shutdown_gives_the_lease_up_at_once(new_spawner, emu, dyn
     assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "hub-b"}
 
 
+async def test_a_hub_restarted_on_its_host_takes_its_lease_back_at_once(
+        new_spawner, emu, dynamodb, hub_id, table, tmp_path, monkeypatch):
+    """A hub killed (SIGKILL: nothing released) and restarted by systemd on the same host is the
+    same holder: it acts at once instead of standing by until its old lease expires."""
+    from ec2spawner import lease as lease_module
+
+    record = tmp_path / "instance-id"
+    record.write_text("i-0123456789abcdef0\n")
+    monkeypatch.setattr(lease_module, "_CLOUD_INIT_INSTANCE_ID", record)
+    monkeypatch.setattr(lease_module, "_HOLDER_ID", None)
+    holder = lease_module.default_holder_id()
+    assert holder == "i-0123456789abcdef0"
+    timing = {"lease_duration": 60.0, "lease_renew_interval": 0.3, "lease_margin": 5.0}
+    first = hub(new_spawner, table, holder, **timing)("alice")
+    assert await first.lease().settled(5)
+    await first.lease().stop(release=False)  # killed: the lease stays written for 60 s
+    await HubLease.stop_all(release=False)
+    monkeypatch.setattr(lease_module, "_HOLDER_ID", None)  # a new process on the same host
+    restarted = hub(new_spawner, table, lease_module.default_holder_id(), **timing)("alice")
+    assert await restarted.lease().settled(5), restarted.lease().describe()
+    assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "i-0123456789abcdef0"}
+
+
 async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
         new_spawner, emu, ec2, dynamodb, hub_id, table, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
