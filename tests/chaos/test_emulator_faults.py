@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import boto3
 import botocore.config
@@ -113,15 +112,17 @@ def test_held_run_instances_of_a_killed_client(emulator, aws, drop, made):
 def test_transition_holds_keep_an_instance_pending_or_stopping(aws):
     pending = aws.client.hold("pending", "ec2hub:user=slow-boot")
     iid = run(aws, "slow-boot")
-    assert run(aws, "fast-boot") and hold_of(aws, pending["id"])["held"] == 1
-    time.sleep(0.3)  # the ticker runs every 20 ms: a transition not held would have ended
+    fast = run(aws, "fast-boot")
+    assert hold_of(aws, pending["id"])["held"] == 1
+    # The instance nobody holds, launched after, ends its pending period: the ticker has passed.
+    wait_until(lambda: state(aws, fast) == "running", 10, "the unheld instance running")
     assert state(aws, iid) == "pending"
     aws.client.release(pending["id"])
     wait_until(lambda: state(aws, iid) == "running", 10, "running once released")
 
     stopping = aws.client.hold("stopping", iid)
-    aws.ec2.stop_instances(InstanceIds=[iid])
-    time.sleep(0.3)
+    aws.ec2.stop_instances(InstanceIds=[iid, fast])
+    wait_until(lambda: state(aws, fast) == "stopped", 10, "the unheld instance stopped")
     assert state(aws, iid) == "stopping"
     aws.client.release(stopping["id"])
     wait_until(lambda: state(aws, iid) == "stopped", 10, "stopped once released")
