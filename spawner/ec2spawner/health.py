@@ -47,9 +47,10 @@ import socket
 import ssl
 import time
 import urllib.parse
-import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from .loops import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class HealthProber:
     logger: logging.Logger = log
     targets: dict[str, Target] = field(default_factory=dict)
 
-    _registry: ClassVar[weakref.WeakKeyDictionary] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[PerLoop[HealthProber]] = PerLoop()
 
     def __post_init__(self):
         self._heap: list[tuple[float, int, str]] = []
@@ -183,16 +184,13 @@ class HealthProber:
     @classmethod
     def for_hub(cls, hub_id: str, **kwargs) -> HealthProber:
         """The prober of ``hub_id`` on the running loop, created on first use (first settings win)."""
-        probers = cls._registry.setdefault(asyncio.get_running_loop(), {})
-        if hub_id not in probers:
-            probers[hub_id] = cls(**kwargs)
-        prober = probers[hub_id]
+        prober, _ = cls._registry.get_or_create(hub_id, lambda: cls(**kwargs))
         prober.ensure_running()
         return prober
 
     @classmethod
     async def stop_all(cls) -> None:
-        for prober in cls._registry.pop(asyncio.get_running_loop(), {}).values():
+        for prober in cls._registry.pop_all():
             await prober.stop()
 
     def ensure_running(self) -> None:

@@ -30,7 +30,6 @@ import json
 import logging
 import socket
 import time
-import weakref
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,6 +37,7 @@ from tornado import web
 
 from . import requests as req
 from .aws import Aws, AwsError
+from .loops import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class LeaseError(RuntimeError):
 class HubLease:
     """The lease of one hub id for one holder, renewed by a task on the running loop."""
 
-    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[PerLoop[HubLease]] = PerLoop()
 
     def __init__(
         self,
@@ -111,17 +111,16 @@ class HubLease:
     @classmethod
     def ensure(cls, aws: Aws, **kwargs) -> HubLease:
         """The lease of (table, hub id, holder) on the running loop, its renewal task started."""
-        leases = cls._registry.setdefault(asyncio.get_running_loop(), {})
         key = (kwargs["table"], kwargs["hub_id"], kwargs["holder"])
-        if key not in leases:
-            lease = leases[key] = cls(aws, **kwargs)
+        lease, created = cls._registry.get_or_create(key, lambda: cls(aws, **kwargs))
+        if created:
             lease._task = asyncio.create_task(lease._run(), name=f"ec2hub-lease-{kwargs['hub_id']}")
-        return leases[key]
+        return lease
 
     @classmethod
     def find(cls, hub_id: str) -> HubLease | None:
         """This loop's lease of ``hub_id`` (the hub process has one), if started."""
-        for lease in cls._registry.get(asyncio.get_running_loop(), {}).values():
+        for lease in cls._registry.values():
             if lease.hub_id == hub_id:
                 return lease
         return None
@@ -129,7 +128,7 @@ class HubLease:
     @classmethod
     async def stop_all(cls, *, release: bool = True) -> None:
         """Stop every lease of the running loop (and give each up, unless ``release`` is false)."""
-        for lease in cls._registry.pop(asyncio.get_running_loop(), {}).values():
+        for lease in cls._registry.pop_all():
             await lease.stop(release=release)
 
     # -- state -----------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from typing import ClassVar
 
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .lease import HubLease
+from .loops import PerLoop
 from .requests import (
     GONE_STATES,
     RESUMABLE_STATES,
@@ -134,7 +134,7 @@ def find_orphan_secrets(
 
 
 class OrphanSweeper:
-    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = weakref.WeakKeyDictionary()
+    _registry: ClassVar[PerLoop[OrphanSweeper]] = PerLoop()
 
     def __init__(
         self,
@@ -165,16 +165,15 @@ class OrphanSweeper:
     @classmethod
     def ensure(cls, aws: Aws, watcher: InstanceWatcher, **kwargs) -> OrphanSweeper:
         """The sweeper of (hub, region) on the running loop, started on first use."""
-        sweepers = cls._registry.setdefault(asyncio.get_running_loop(), {})
-        key = (kwargs["hub_id"], aws.region)
-        if key not in sweepers:
-            sweepers[key] = cls(aws, watcher, **kwargs)
-            sweepers[key]._task = asyncio.create_task(sweepers[key]._run(), name=f"ec2hub-sweeper-{key[0]}")
-        return sweepers[key]
+        sweeper, created = cls._registry.get_or_create(
+            (kwargs["hub_id"], aws.region), lambda: cls(aws, watcher, **kwargs))
+        if created:
+            sweeper._task = asyncio.create_task(sweeper._run(), name=f"ec2hub-sweeper-{kwargs['hub_id']}")
+        return sweeper
 
     @classmethod
     async def stop_all(cls) -> None:
-        for sweeper in cls._registry.pop(asyncio.get_running_loop(), {}).values():
+        for sweeper in cls._registry.pop_all():
             if sweeper._task is not None:
                 sweeper._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
 from .aws import Aws, InstanceView
+from .loops import PerLoop
 from .requests import GONE_STATES, LIVE_STATES, hub_filters
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 class InstanceWatcher:
     """A shared, periodically refreshed view of this hub's instances."""
 
-    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]] = (
-        weakref.WeakKeyDictionary()
-    )
+    _registry: ClassVar[PerLoop[InstanceWatcher]] = PerLoop()
 
     def __init__(
         self,
@@ -71,20 +69,14 @@ class InstanceWatcher:
         Intervals given by later callers do not change an existing watcher: the first spawner's
         configuration wins (all spawners of a hub share one configuration).
         """
-        loop = asyncio.get_running_loop()
-        watchers = cls._registry.setdefault(loop, {})
-        key = (hub_id, aws.region)
-        if key not in watchers:
-            watchers[key] = cls(aws, hub_id, **kwargs)
-        watcher = watchers[key]
+        watcher, _ = cls._registry.get_or_create((hub_id, aws.region), lambda: cls(aws, hub_id, **kwargs))
         watcher.ensure_running()
         return watcher
 
     @classmethod
     async def stop_all(cls) -> None:
         """Stop every watcher of the running loop (for tests and hub shutdown)."""
-        watchers = cls._registry.pop(asyncio.get_running_loop(), {})
-        for watcher in watchers.values():
+        for watcher in cls._registry.pop_all():
             await watcher.stop()
 
     # -- the loop -----------------------------------------------------------------------------

@@ -168,5 +168,5 @@ async def test_sweeper_starts_once_per_hub(new_spawner, hub_id):
     config.EC2Spawner.hub_id, config.EC2Spawner.region, config.EC2Spawner.sweep_orphans = hub_id, "us-east-1", True
     first = EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test"))
     assert EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test")) is first
-    loop_sweepers = OrphanSweeper._registry[asyncio.get_running_loop()]
-    assert [key for key in loop_sweepers if key[0] == hub_id] == [(hub_id, "us-east-1")]
+    mine = [s for s in OrphanSweeper._registry.values() if s.hub_id == hub_id]
+    assert [(s.hub_id, s.aws.region) for s in mine] == [(hub_id, "us-east-1")]
