@@ -10,15 +10,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
+import waiting
+from waiting import free_port
 
 from infra.userdata import assemble_user_data
 from sandbox.host import (
@@ -64,20 +64,7 @@ def failed(request) -> bool:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return waiting.wait_until(predicate, timeout, what, interval=interval, error=TimeoutError)
 
 
 def _children() -> list[str]:

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,9 @@ import requests as http
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the sandbox package lives at the repository root
+sys.path.insert(0, str(REPO / "tests"))  # the shared test helpers (benchmarks/chaos.py too)
+import waiting
+
 from sandbox.emulator import EmulatorClient
 
 REGION = "us-east-1"
@@ -68,22 +70,13 @@ class LabError(AssertionError):
     """A step of the lab itself failed (not a measurement)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))  # free on every loopback address, not only 127.0.0.1
-        return s.getsockname()[1]
-
-
 def wait_until(predicate: Callable, timeout: float, what: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; LabError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return waiting.wait_until(predicate, timeout, what, interval=interval, error=LabError)
+
+
+def free_port() -> int:
+    return waiting.free_port("0.0.0.0")  # free on every loopback address, not only 127.0.0.1
 
 
 def tags_of(resource: dict) -> dict[str, str]:

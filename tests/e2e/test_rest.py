@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 import pytest
 from e2e_hub import REPO, Hub, Instance
+from waiting import wait_until
 
 CLASSES = ["small", "large-cpu", "gpu"]
 # What today's units score in `systemd-analyze security` (docs/PERFORMANCE.md): no more exposed.
@@ -26,16 +26,6 @@ for place in places:
         pass
 print(sorted(set(found)))
 """
-
-
-def wait_until(predicate, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(message)
 
 
 @pytest.mark.parametrize("slug", CLASSES)

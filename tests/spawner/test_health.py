@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from ec2spawner import health
 from ec2spawner.health import Finding, HealthProber
+from waiting import until
 
 
 def closed_port() -> int:
@@ -173,12 +174,7 @@ async def test_poll_ends_a_server_that_stopped_answering(new_spawner, ec2, hub_s
     await spawner.start()
     iid = spawner.instance_id
     dead = health.COUNTERS.declared_dead
-    deadline = time.monotonic() + 10
-    status = None
-    while status is None and time.monotonic() < deadline:
-        status = await spawner.poll()
-        await asyncio.sleep(0.05)
-    assert status == 1
+    assert await until(spawner.poll, what="poll() to report the server ended") == 1
     assert await spawner.poll() == 1  # JupyterHub's User.stop polls once more
     assert health.COUNTERS.declared_dead == dead + 1
     assert hub_secrets() == []

@@ -7,7 +7,6 @@ would share is played by handing hub B the state hub A saved.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from jupyterhub.spawner import SpawnException
 from spawner_testing import REGION, live_instances
 from test_spawner_sweeper import orphan_of
 from tornado import httpclient, httpserver, netutil, web
+from waiting import until
 
 STANDBY = ("This hub is standing by while another hub takes over (it does not hold the hub lease), "
            "so it cannot start servers. Try again in a minute.")
@@ -73,15 +73,6 @@ async def table(dynamodb):
 
 def lease_item(dynamodb, table, hub_id):
     return dynamodb.get_item(TableName=table, Key={"hub_id": {"S": hub_id}}, ConsistentRead=True).get("Item")
-
-
-async def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def hub(new_spawner, table, holder, **timing):
@@ -150,7 +141,7 @@ async def test_expiry_hands_the_lease_over(new_spawner, emu, ec2, dynamodb, hub_
     expires = float(lease_item(dynamodb, table, hub_id)["expires_at"]["N"])
 
     await a.lease().stop(release=False)  # hub A dies: no release, its lease runs out
-    await wait_for(b.lease().holds, 10, "hub B to take the lease over")
+    await until(b.lease().holds, 10, "hub B to take the lease over")
     assert time.time() >= expires, "taken over before the dead holder's lease expired"
     assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "hub-b"}
     await b.start()
@@ -166,7 +157,7 @@ async def test_a_clean_shutdown_gives_the_lease_up_at_once(new_spawner, emu, dyn
     assert not await b.lease().settled(5)
     given_up = time.monotonic()
     await a.lease().stop(release=True)
-    await wait_for(b.lease().holds, 10, "hub B to take the lease")
+    await until(b.lease().holds, 10, "hub B to take the lease")
     assert time.monotonic() - given_up < 10, "B waited for the expiry instead of taking the released lease"
     assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "hub-b"}
 
@@ -217,7 +208,7 @@ async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
 
     monkeypatch.setattr(aws_a, "_invoke", unreachable)
     cut = time.time()
-    await wait_for(lambda: not lease_a.holds(), 10, "hub A to stop acting")
+    await until(lambda: not lease_a.holds(), 10, "hub A to stop acting")
     stopped_acting = time.time()
     latest_expiry = float(lease_item(dynamodb, table, hub_id)["expires_at"]["N"])
     assert latest_expiry < cut + 3.0 + 0.5  # no renewal reached DynamoDB after the cut
@@ -239,7 +230,7 @@ async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
 
     # Hub B takes over only once A's lease expired, and the server is still there for it.
     b = hub(new_spawner, table, "hub-b", **timing)("alice")
-    await wait_for(b.lease().holds, 10, "hub B to take over")
+    await until(b.lease().holds, 10, "hub B to take over")
     assert time.time() >= latest_expiry
     b.load_state(a.get_state())  # the kept instance, as the shared database names it
     await b.start()

@@ -17,17 +17,12 @@ import time
 import pytest
 from ec2spawner.hubconfig import PROXY_KEEP_ALIVE_TIMEOUT_S, proxy_args
 from spawner_testing import REPO
+from waiting import free_port
 
 pytestmark = pytest.mark.slow
 
 CHP = str(REPO / "node_modules/.bin/configurable-http-proxy")
 CHP_DEFAULT_KEEP_ALIVE_S = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

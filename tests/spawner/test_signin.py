@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,27 +17,12 @@ from pathlib import Path
 import pytest
 import requests as http
 from spawner_testing import REGION, REPO
+from waiting import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
 ADMIN, ADMIN_PASSWORD = "admin", "correct horse battery staple"
 ALLOWED_FAILURES, LOCKOUT_S = 3, 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

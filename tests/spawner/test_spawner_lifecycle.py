@@ -10,19 +10,11 @@ import pytest
 from ec2spawner.aws import Aws
 from jupyterhub.spawner import SpawnException
 from spawner_testing import AZS, TOKEN
+from waiting import until
 
 
 def tags_of(instance: dict) -> dict:
     return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-
-
-async def until(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while not (result := await predicate() if asyncio.iscoroutinefunction(predicate) else predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-    return result
 
 
 async def test_start_launches_tagged_instance_and_writes_secret(new_spawner, hub_id, live, ssm, ec2):

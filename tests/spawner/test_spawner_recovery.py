@@ -14,6 +14,7 @@ import botocore.exceptions
 import pytest
 from ec2spawner.aws import Aws
 from jupyterhub.spawner import SpawnException
+from waiting import until
 
 NEW_TOKEN = "tok-" + "n3wer" * 7
 
@@ -226,14 +227,11 @@ async def test_cancel_while_run_instances_is_in_flight_leaves_nothing(new_spawne
         task = asyncio.create_task(spawner.start())
     else:  # JupyterHub's asyncio.wait_for(start(), start_timeout)
         task = asyncio.create_task(asyncio.wait_for(spawner.start(), timeout=0.5))
-    while not in_flight.is_set():
-        await asyncio.sleep(0.02)
+    await until(in_flight.is_set, what="RunInstances in flight")
     if how == "cancelled":
         task.cancel()
-    deadline = time.monotonic() + 10
-    while not any(e["message"].startswith("Start failed") for e in spawner._events):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await until(lambda: any(e["message"].startswith("Start failed") for e in spawner._events),
+                what="the start to fail")
     release.set()
     with pytest.raises((asyncio.CancelledError, asyncio.TimeoutError)):
         await task

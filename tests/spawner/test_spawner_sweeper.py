@@ -16,6 +16,7 @@ from ec2spawner.sweeper import (
     find_orphan_secrets,
     find_orphans,
 )
+from waiting import until
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -89,8 +90,7 @@ async def test_sweeper_terminates_orphan_and_spares_live_and_pending_servers(
     emu.set_timing(pending_s=30)
     pending = new_spawner("starter")
     spawn = asyncio.create_task(pending.start())
-    while not pending.instance_id:
-        await asyncio.sleep(0.05)
+    await until(lambda: pending.instance_id, what="the pending start's instance")
 
     watcher = running._watcher()
     sweeper = OrphanSweeper(Aws.for_region("us-east-1"), watcher, hub_id=hub_id,
@@ -148,11 +148,9 @@ async def test_a_start_never_adopts_an_instance_the_sweeper_is_ending(new_spawne
     monkeypatch.setattr(Aws, "_invoke", slow_terminate)
     spawner = new_spawner("alice")
     sweep = asyncio.create_task(sweeper_for(spawner, Ownership, hub_id).sweep_once())
-    while not in_terminate.is_set():
-        await asyncio.sleep(0.02)
+    await until(in_terminate.is_set, what="the sweeper's TerminateInstances in flight")
     start = asyncio.create_task(spawner.start())  # adopting now would adopt a dying instance
-    while not spawner.instance_id:
-        await asyncio.sleep(0.02)
+    await until(lambda: spawner.instance_id, what="the start's own instance")
     release.set()
     await sweep
     await start
