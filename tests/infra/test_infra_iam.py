@@ -96,81 +96,52 @@ def notebook_profile(synth):
     return profile
 
 
-def test_run_instances_makes_only_what_the_templates_make(hub):
-    """Instance type from the catalog, IMDSv2 with hop limit 1, the notebook profile only."""
-    synth, _, _ = hub
+def assert_hub_statement(synth, statement: dict) -> None:
+    """The hub role's policy has a statement like ``statement`` (Match.object_like)."""
     synth.assertions.has_resource_properties(
         "AWS::IAM::Policy",
         {
             "Roles": [{"Ref": role(synth, "ec2hub hub host")}],
             "PolicyDocument": Match.object_like(
-                {
-                    "Statement": Match.array_with(
-                        [
-                            Match.object_like(
-                                {
-                                    "Sid": "RunInstancesAsTemplated",
-                                    "Effect": "Allow",
-                                    "Action": "ec2:RunInstances",
-                                    "Condition": {
-                                        "ArnLike": Match.object_like(
-                                            {"ec2:LaunchTemplate": Match.any_value()}
-                                        ),
-                                        "StringEquals": {
-                                            "ec2:InstanceType": catalog_instance_types(
-                                                synth
-                                            ),
-                                            "ec2:MetadataHttpTokens": "required",
-                                        },
-                                        "ArnEquals": {
-                                            "ec2:InstanceProfile": {
-                                                "Fn::GetAtt": [
-                                                    notebook_profile(synth),
-                                                    "Arn",
-                                                ]
-                                            }
-                                        },
-                                        "NumericLessThanEquals": {
-                                            "ec2:MetadataHttpPutResponseHopLimit": "1"
-                                        },
-                                    },
-                                }
-                            )
-                        ]
-                    )
-                }
+                {"Statement": Match.array_with([Match.object_like(statement)])}
             ),
+        },
+    )
+
+
+def test_run_instances_makes_only_what_the_templates_make(hub):
+    """Instance type from the catalog, IMDSv2 with hop limit 1, the notebook profile only."""
+    synth, _, _ = hub
+    assert_hub_statement(
+        synth,
+        {
+            "Sid": "RunInstancesAsTemplated",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Condition": {
+                "ArnLike": Match.object_like({"ec2:LaunchTemplate": Match.any_value()}),
+                "StringEquals": {
+                    "ec2:InstanceType": catalog_instance_types(synth),
+                    "ec2:MetadataHttpTokens": "required",
+                },
+                "ArnEquals": {
+                    "ec2:InstanceProfile": {"Fn::GetAtt": [notebook_profile(synth), "Arn"]}
+                },
+                "NumericLessThanEquals": {"ec2:MetadataHttpPutResponseHopLimit": "1"},
+            },
         },
     )
 
 
 def test_run_instances_volumes_only_the_templates_encrypted_ones(hub):
     synth, _, _ = hub
-    synth.assertions.has_resource_properties(
-        "AWS::IAM::Policy",
+    assert_hub_statement(
+        synth,
         {
-            "Roles": [{"Ref": role(synth, "ec2hub hub host")}],
-            "PolicyDocument": Match.object_like(
-                {
-                    "Statement": Match.array_with(
-                        [
-                            Match.object_like(
-                                {
-                                    "Sid": "RunInstancesEncryptedTemplateVolumes",
-                                    "Action": "ec2:RunInstances",
-                                    "Condition": Match.object_like(
-                                        {
-                                            "Bool": {
-                                                "ec2:Encrypted": "true",
-                                                "ec2:IsLaunchTemplateResource": "true",
-                                            }
-                                        }
-                                    ),
-                                }
-                            )
-                        ]
-                    )
-                }
+            "Sid": "RunInstancesEncryptedTemplateVolumes",
+            "Action": "ec2:RunInstances",
+            "Condition": Match.object_like(
+                {"Bool": {"ec2:Encrypted": "true", "ec2:IsLaunchTemplateResource": "true"}}
             ),
         },
     )
