@@ -210,13 +210,18 @@ async def test_poll_sees_termination_behind_the_hubs_back(new_spawner, emu, hub_
 
 
 async def test_spot_interruption_while_pending_tells_the_user(new_spawner, emu, live, hub_secrets):
-    emu.set_timing(pending_s=5)
-    spawner = new_spawner(user_options={"instance_class": "spot"})
-    task = asyncio.create_task(spawner.start())
-    await until(lambda: spawner.instance_id and spawner._watcher().get(spawner.instance_id))
-    emu.terminate(spawner.instance_id, spot=True)
-    with pytest.raises(SpawnException) as info:
-        await task
+    # The instance stays pending until the interruption, however slow the machine: a timed
+    # pending period could end first and let the start finish before the terminate.
+    hold = emu.hold("pending", "ec2hub:user=alice")
+    try:
+        spawner = new_spawner(user_options={"instance_class": "spot"})
+        task = asyncio.create_task(spawner.start())
+        await until(lambda: spawner.instance_id and spawner._watcher().get(spawner.instance_id))
+        emu.terminate(spawner.instance_id, spot=True)
+        with pytest.raises(SpawnException) as info:
+            await task
+    finally:
+        emu.release(hold.id)
     assert info.value.reason == "spot-interruption"
     assert "spot interruption" in info.value.message
     assert live() == [] and hub_secrets() == []
