@@ -25,6 +25,11 @@ classes of the process that runs the server (so use it in-process through
 * an outage: for N seconds every AWS call (EC2, SSM, STS; not the control paths) is answered by
   closing the connection without a response, a connection-level error as when the endpoint is
   unreachable; it ends by itself;
+* DescribeInstances paged as EC2 pages it: ``MaxResults`` (5 to 1,000) counts instances, with
+  filters too (moto counts reservations and, with a filter, a 250-instance launch is one item),
+  a reservation split across pages where a page ends; ``NextToken`` resumes after the last
+  instance returned, in launch order, whatever changed in between; no ``MaxResults``: every
+  match in one answer (see :func:`page_instances`);
 * holds, to reach a point of a client's work deterministically: an AWS call (by action, optionally
   only when its raw request body contains a string) waits in the emulator until released, then
   runs or is dropped unanswered (as if it never reached AWS); a transition (``pending``,
@@ -52,7 +57,10 @@ Only one emulator is active per process at a time (the moto patches are process-
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -75,6 +83,10 @@ _STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 
 _MAX_EVENTS = 100_000
 # Transitions a hold can keep from ending (see Emulator.hold).
 _TRANSITIONS = ("pending", "stopping", "shutting-down")
+
+
+# DescribeInstances' MaxResults range, from the EC2 API reference of DescribeInstances.
+PAGE_MIN, PAGE_MAX = 5, 1000
 
 
 class Dropped(ConnectionError):
@@ -484,6 +496,64 @@ class Emulator:
             _ACTIVE = None
 
 
+def _next_token(instance_id: str) -> str:
+    return base64.urlsafe_b64encode(f"after:{instance_id}".encode()).decode()
+
+
+def _token_instance(token: str) -> str | None:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return text.removeprefix("after:") if text.startswith("after:") else None
+
+
+def page_instances(
+    reservations: list, order: dict[str, int], max_results: int | None, token: str | None
+) -> tuple[list, str | None]:
+    """One page of a DescribeInstances answer, counted in instances as EC2 counts them.
+
+    ``reservations`` are the matching reservations (moto's filtered copies, launch order);
+    ``order`` maps every instance id the account ever had to its launch position, so a token
+    stays valid when the instance it names no longer matches (stopped, terminated, re-tagged).
+    Returns the page's reservations (copies holding only the page's instances) and the token
+    of the next page, None after the last. ``max_results`` None: everything, one page. Raises
+    moto's EC2 errors for a MaxResults out of 5..1000 or a token this emulator did not issue.
+    """
+    from moto.ec2.exceptions import EC2ClientError, InvalidNextToken
+
+    if max_results is not None and not PAGE_MIN <= max_results <= PAGE_MAX:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"Value ( {max_results} ) for parameter maxResults is invalid. "
+            f"Expecting a value between {PAGE_MIN} and {PAGE_MAX}.",
+        )
+    after = -1
+    if token:
+        last = _token_instance(token)
+        if last not in order:
+            raise InvalidNextToken(token)
+        after = order[last]
+    room = max_results if max_results is not None else sum(len(r.instances) for r in reservations)
+    page, last_id, more = [], None, False
+    for reservation in reservations:
+        fits = [i for i in reservation.instances if order.get(i.id, -1) > after]
+        if not fits:
+            continue
+        if room <= 0:
+            more = True
+            break
+        part = copy.copy(reservation)
+        part.instances = fits[:room]
+        page.append(part)
+        room -= len(part.instances)
+        last_id = part.instances[-1].id
+        if len(part.instances) < len(fits):
+            more = True
+            break
+    return page, (_next_token(last_id) if more else None)
+
+
 _ACTIVE: Emulator | None = None
 _PATCHED = False
 
@@ -493,9 +563,15 @@ def _install_patches() -> None:
     global _PATCHED
     if _PATCHED:
         return
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import InvalidParameterCombination
+    from moto.ec2.models.core import TaggedEC2Resource
     from moto.ec2.models.instances import Instance, InstanceBackend
+    from moto.ec2.responses.instances import InstanceResponse
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
 
     run_instances, all_reservations = InstanceBackend.run_instances, InstanceBackend.all_reservations
+    describe_instances = InstanceResponse.describe_instances
     start, stop, terminate, reboot = Instance.start, Instance.stop, Instance.terminate, Instance.reboot
 
     def patched_run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
@@ -551,7 +627,40 @@ def _install_patches() -> None:
                 _ACTIVE._emit(_ACTIVE._tracked.setdefault(self.id, _Tracked(self)), "rebooting")
         return previous
 
+    def patched_describe_instances(self):
+        # moto pages by reservation and defaults to 100 of them; EC2 counts instances (see
+        # page_instances). The parameter checks are moto's own.
+        if _ACTIVE is None:
+            return describe_instances(self)
+        self.error_on_dryrun()
+        if "InstanceId.1" in self.data and "MaxResults" in self.data:
+            raise InvalidParameterCombination("The parameter instancesSet cannot be used with the parameter maxResults")
+        filters = self._filters_from_querystring()
+        instance_ids = self._get_param("InstanceIds", [])
+        backend = self.ec2_backend
+        if instance_ids:
+            reservations = backend.get_reservations_by_instance_ids(instance_ids, filters=filters)
+        else:
+            reservations = backend.describe_instances(filters=filters)
+        order = {i.id: n for n, i in enumerate(i for r in backend.reservations.values() for i in r.instances)}
+        max_results = self._get_param("MaxResults")
+        page, token = page_instances(reservations, order, None if max_results is None else int(max_results),
+                                     self._get_param("NextToken"))
+        return ActionResult({"Reservations": page, "NextToken": token})
+
+    def tags_of(self):
+        # moto's get_tags runs describe_tags over every tag of the account, a regular expression
+        # per tag, for each resource: a tag-filtered DescribeInstances over 5,000 instances took
+        # minutes. The same answer from one lookup (moto's resource-id pattern is exact).
+        tags = self.ec2_backend.tags.get(self.id) if self.id else None
+        if not tags:
+            return []
+        kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
+        return [{"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()]
+
     InstanceBackend.run_instances = patched_run_instances
+    InstanceResponse.describe_instances = patched_describe_instances
+    TaggedEC2Resource.get_tags = tags_of
     Instance.start, Instance.stop, Instance.terminate = patched_start, patched_stop, patched_terminate
     Instance.reboot = patched_reboot
     # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.

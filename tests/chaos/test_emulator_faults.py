@@ -163,3 +163,67 @@ def test_a_just_launched_instance_is_not_found_until_visible(aws):
         assert missing.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
     wait_until(lambda: users_instances(aws, "young"), 10, "the instance to be listed")
     assert state(aws, iid) == "running"  # the refused terminate did nothing
+
+
+def launch_tagged(aws, hub, count):
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": "ec2hub:hub", "Value": hub}]}]
+    answer = aws.ec2.run_instances(ImageId="ami-12345678", InstanceType="t3.medium", SubnetId=aws.subnet,
+                                   MinCount=count, MaxCount=count, TagSpecifications=tags)
+    return [i["InstanceId"] for i in answer["Instances"]]
+
+
+def pages_of(aws, filters, page_size):
+    """Every page of a filtered DescribeInstances, as lists of instance ids (one call per page)."""
+    pages, token = [], None
+    while True:
+        answer = aws.ec2.describe_instances(Filters=filters, MaxResults=page_size, **({"NextToken": token} if token else {}))
+        pages.append([i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"]])
+        token = answer.get("NextToken")
+        if not token:
+            return pages
+
+
+def test_tag_filtered_describe_is_paged_by_instances_as_ec2_pages(aws):
+    # Two launches (7 and 5 instances, one reservation each) with another hub's launch between.
+    first = launch_tagged(aws, "paging", 7)
+    launch_tagged(aws, "paging-other", 3)
+    second = launch_tagged(aws, "paging", 5)
+    mine = [{"Name": "tag:ec2hub:hub", "Values": ["paging"]}]
+
+    # MaxResults counts instances, not reservations: 12 instances in pages of 5 are 5, 5, 2, the
+    # first reservation split where the first page ends; launch order, none twice, none missing.
+    assert pages_of(aws, mine, 5) == [first[:5], first[5:] + second[:3], second[3:]]
+    answer = aws.ec2.describe_instances(Filters=mine, MaxResults=5)
+    assert [(r["ReservationId"], len(r["Instances"])) for r in answer["Reservations"]] == [
+        (answer["Reservations"][0]["ReservationId"], 5)]
+    # Exactly one page when it fits, and without MaxResults every match in one answer.
+    assert pages_of(aws, mine, 12) == [first + second]
+    whole = aws.ec2.describe_instances(Filters=mine)
+    assert [i["InstanceId"] for r in whole["Reservations"] for i in r["Instances"]] == first + second
+    assert "NextToken" not in whole
+    # boto3's paginator walks the same pages.
+    pages = aws.ec2.get_paginator("describe_instances").paginate(Filters=mine, PaginationConfig={"PageSize": 5})
+    assert [sum(len(r["Instances"]) for r in p["Reservations"]) for p in pages] == [5, 5, 2]
+
+
+def test_next_token_survives_the_instance_it_names_leaving_the_filter(aws):
+    ids = launch_tagged(aws, "paging-stop", 8)
+    running = [{"Name": "tag:ec2hub:hub", "Values": ["paging-stop"]}, {"Name": "instance-state-name", "Values": ["running"]}]
+    page = aws.ec2.describe_instances(Filters=running, MaxResults=5)
+    assert [i["InstanceId"] for r in page["Reservations"] for i in r["Instances"]] == ids[:5]
+    aws.ec2.stop_instances(InstanceIds=[ids[4], ids[5]])  # the token's instance, and one of the next page
+    wait_until(lambda: state(aws, ids[5]) == "stopped", 10, "stopped")
+    rest = aws.ec2.describe_instances(Filters=running, MaxResults=5, NextToken=page["NextToken"])
+    assert [i["InstanceId"] for r in rest["Reservations"] for i in r["Instances"]] == ids[6:]
+    assert "NextToken" not in rest
+
+
+@pytest.mark.parametrize(("params", "code"), [
+    ({"MaxResults": 4}, "InvalidParameterValue"),
+    ({"MaxResults": 1001}, "InvalidParameterValue"),
+    ({"MaxResults": 5, "NextToken": "not-a-token"}, "InvalidNextToken"),
+], ids=["below-5", "above-1000", "unknown-token"])
+def test_describe_refuses_what_ec2_refuses(aws, params, code):
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        aws.ec2.describe_instances(Filters=[{"Name": "tag:ec2hub:hub", "Values": ["paging"]}], **params)
+    assert refused.value.response["Error"]["Code"] == code
