@@ -17,7 +17,7 @@ from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
-from .settings import SettingsParameter, settings_document
+from .settings import SettingsParameter, extra_config_files, settings_document
 from .storage import Storage, file_system_statements
 
 
@@ -164,6 +164,10 @@ class Ec2HubStack(Stack):
             efs_id=self.storage.file_system.file_system_id,
             admin_users=[config.admin_user],
             lease_table=config.lease_table_name,
+            idle_timeout_s=config.idle_timeout_s,
+            allow_named_servers=config.allow_named_servers,
+            named_server_limit_per_user=config.named_server_limit_per_user,
+            extra_config=extra_config_files(config.extra_config_dir),
         )
         self.settings = SettingsParameter(
             self,

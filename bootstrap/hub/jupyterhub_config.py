@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ec2spawner.hubconfig import apply_settings
+from ec2spawner.hubconfig import apply_settings, load_extra_config
 from ec2spawner.settings import HubSettings
 
 ETC = Path("/etc/ec2hub")
@@ -58,3 +58,7 @@ c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 # Notebooks run on their own instances: a hub restart must not stop them (also set by apply_settings;
 # restated here because losing it would stop every user's server on each hub restart).
 c.JupyterHub.cleanup_servers = False
+
+# Last: the repository's jupyterhub_config.d/ files (in the settings document), in name order, so
+# they may change anything above (as TLJH's jupyterhub_config.d).
+load_extra_config(c, settings)
