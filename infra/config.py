@@ -217,19 +217,23 @@ def _build(values: dict[str, Any], where: dict[str, str]) -> HubConfig:
         raise ConfigError(f"{where.get(name, name)}: {_message(first)}") from None
 
 
-def _context_values(context: dict[str, Any]) -> dict[str, Any]:
-    """Knob values from context; an empty string means "not set" (``-c certificate_arn=``)."""
-    values = {}
+def _context_values(context: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Knob values given as context, and the knobs given as an empty string: those are cleared
+    back to their default, whatever the file says (``-c certificate_arn=``)."""
+    values, cleared = {}, set()
     for name in KNOBS:
         value = context.get(name)
         if isinstance(value, str):
             value = value.strip()
-        if value is None or value == "":
+        if value is None:
+            continue
+        if value == "":
+            cleared.add(name)
             continue
         if isinstance(value, bool) and HubConfig.model_fields[name].annotation is int:
             raise ConfigError(f"context {name}: {value!r} is not a whole number")
         values[name] = value
-    return values
+    return values, cleared
 
 
 def _check_required(config: HubConfig, *, admin: str, certificate: str) -> HubConfig:
@@ -250,7 +254,7 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
 
     ``admin_user`` is required, and so is ``certificate_arn`` unless ``allow_http`` is true.
     """
-    values = _context_values(context)
+    values, _cleared = _context_values(context)
     if context.get("catalog"):
         values["catalog_path"] = Path(str(context["catalog"]))
     config = _build(values, {name: f"context {name}" for name in KNOBS})
@@ -339,9 +343,11 @@ def load_config(context: dict[str, Any], *, path: str | Path | None = None) -> H
         values, where = _file_values(read_config_file(file), file)
     else:
         values, where = {}, {}
-    overrides = _context_values(context)
+    overrides, cleared = _context_values(context)
+    for name in cleared:
+        values.pop(name, None)
     values.update(overrides)
-    where.update({name: f"context {name}" for name in overrides})
+    where.update({name: f"context {name}" for name in [*overrides, *cleared]})
     if context.get("catalog"):
         values["catalog_path"] = Path(str(context["catalog"]))
         values.pop("catalog", None)

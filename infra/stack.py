@@ -219,6 +219,6 @@ class Ec2HubStack(Stack):
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",
                 "allow_http is set and no certificate_arn given: the hub is served over plain "
-                "HTTP, so passwords and tokens cross the network unencrypted. Pass "
-                "-c certificate_arn=arn:aws:acm:... (and -c domain_name=...) for HTTPS.",
+                "HTTP, so passwords and tokens cross the network unencrypted. Set "
+                "tls.certificate_arn (and tls.domain) in ec2hub.yaml for HTTPS.",
             )

@@ -46,8 +46,9 @@ ENDPOINT_PORT = 4566
 ACCOUNT = "111111111111"  # the CDK app's default account, so the template and emulator agree
 REGION = "us-east-1"
 # The sandbox deploys the repository's ec2hub.yaml as it is, with only what the emulator needs
-# instead: its account and region, and plain HTTP (it has no ACM; the hub is on loopback).
-SANDBOX_CONTEXT = {"account": ACCOUNT, "region": REGION, "allow_http": "true"}
+# instead: its account and region, and plain HTTP (it has no ACM, and the hub is on loopback); an
+# empty value clears the file's certificate.
+SANDBOX_CONTEXT = {"account": ACCOUNT, "region": REGION, "certificate_arn": "", "allow_http": "true"}
 DEMO_USER = "demo"
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "read:servers"]
 

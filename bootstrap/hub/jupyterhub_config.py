@@ -6,7 +6,8 @@
 # /etc/ec2hub/jupyterhub_config.py on every start of the hub.
 #
 # Inputs written by bootstrap/ec2hub_bootstrap/hub.py on every start of the hub:
-#   /etc/ec2hub/settings.json          HubSettings (nothing secret)
+#   /etc/ec2hub/settings.json          HubSettings (nothing secret), with the deployment's
+#                                      jupyterhub_config.d files (run last, below)
 #   /etc/ec2hub/host.json              {"private_ip", "admin_user"} from IMDS and tags
 #   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image
 #   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)

@@ -239,8 +239,10 @@ def test_file_values_reach_the_config_and_context_overrides_them(tmp_path):
         {"config": str(path), "nat_gateways": "1", "hub_id": "ci-7", "certificate_arn": CERT}, path=None
     )
     assert (overridden.hub_id, overridden.nat_gateways, overridden.https) == ("ci-7", 1, True)
-    # An empty context value unsets the file's value.
-    assert load_config({"domain_name": ""}, path=path).domain_name == "hub.example.org"
+    # An empty context value clears the file's value back to the default.
+    assert load_config({}, path=path).domain_name == "hub.example.org"
+    cleared = load_config({"domain_name": "", "nat_gateways": ""}, path=path)
+    assert (cleared.domain_name, cleared.nat_gateways) == (None, 1)
 
 
 def test_an_override_error_names_the_context_key(tmp_path):
