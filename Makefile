@@ -52,8 +52,8 @@ test: deps
 lint: deps
 	$(PY) -m ruff check .
 
-# An offline look at the template needs the two required values; a deploy names its own.
-SYNTH_CONTEXT ?= -c admin_user=admin -c allow_http=true
+# ec2hub.yaml has everything synth needs; SYNTH_CONTEXT="-c key=value ..." overrides its values.
+SYNTH_CONTEXT ?=
 
 synth: deps
 	cdk synth --quiet $(SYNTH_CONTEXT)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The CDK app: `cdk synth` / `cdk deploy` run this (see cdk.json and docs/DEPLOY.md).
 
-A mistake in instance-classes.yaml or in a context value prints one line, `error: <message>`, and
-exits with status 1: no traceback. Context comes from cdk.json and `-c key=value` (the CLI passes
-them in CDK_CONTEXT_JSON); `-c catalog=<path>` points at another catalog file.
+The deployment is described by ec2hub.yaml at the repository root (`-c config=<path>` names
+another file); `-c key=value` overrides one of its values by its flat name (for CI). A mistake in
+ec2hub.yaml, the catalog or a context value prints one line, `error: <message>`, and exits with
+status 1: no traceback.
 """
 
 import json
@@ -17,7 +18,7 @@ for path in (ROOT, ROOT / "spawner"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from ec2spawner.catalog import CatalogError, load_catalog
+from ec2spawner.catalog import CatalogError
 
 
 def fail(error: Exception) -> int:
@@ -26,16 +27,21 @@ def fail(error: Exception) -> int:
 
 
 def main() -> int:
-    # Check the catalog before loading the CDK (a second or two): an admin's typo answers at once.
-    try:
-        cli_context = json.loads(os.environ.get("CDK_CONTEXT_JSON") or "{}")
-        load_catalog(cli_context.get("catalog") or ROOT / "instance-classes.yaml")
-    except CatalogError as error:
-        return fail(error)
-    except ValueError:
-        pass  # not JSON: the CDK reads its context its own way; build_app checks everything again
+    from infra.config import CONTEXT_KEYS, ConfigError, load_config
 
-    from infra import ConfigError, build_app
+    # Check the configuration and catalog before loading the CDK (a few seconds): an admin's typo
+    # answers at once. The CLI passes cdk.json's and -c context in CDK_CONTEXT_JSON.
+    try:
+        context = json.loads(os.environ.get("CDK_CONTEXT_JSON") or "{}")
+    except ValueError:
+        context = None  # not JSON: the CDK reads its context its own way; build_app checks it all
+    try:
+        if isinstance(context, dict):
+            load_config({k: v for k, v in context.items() if k in CONTEXT_KEYS}).load_catalog()
+    except (CatalogError, ConfigError) as error:
+        return fail(error)
+
+    from infra import build_app
 
     try:
         app = build_app({})

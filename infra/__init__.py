@@ -1,24 +1,25 @@
-"""ec2hub's AWS CDK app: one stack built from ``instance-classes.yaml`` and CDK context.
+"""ec2hub's AWS CDK app: one stack built from ``ec2hub.yaml`` (with its catalog) and CDK context.
 
 Entry points:
 
 - :func:`build_app` -- the configured ``cdk.App`` with the stack and cdk-nag attached (``app.py``
   calls it; tests and the sandbox call it with a context dict).
 - :func:`synth_template` -- the synthesized CloudFormation template as a dict.
+
+The CDK (a few seconds to load) is imported only when an app is built, so ``infra.config`` checks
+a configuration at once.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_cdk import App
-from ec2spawner.catalog import load_catalog
+from .config import CONTEXT_KEYS, REPO_ROOT, ConfigError, HubConfig, load_config
 
-from .config import CONTEXT_KEYS, REPO_ROOT, ConfigError, HubConfig, config_from_context
-from .nag import acknowledge_findings, add_checks
-from .stack import Ec2HubStack
+if TYPE_CHECKING:
+    from aws_cdk import App
 
 PATH_METADATA = "aws:cdk:enable-path-metadata"
 
@@ -30,6 +31,14 @@ __all__ = [
     "cdk_json_context",
     "synth_template",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Ec2HubStack":
+        from .stack import Ec2HubStack
+
+        return Ec2HubStack
+    raise AttributeError(f"module 'infra' has no attribute {name!r}")
 
 
 def cdk_json_context() -> dict[str, Any]:
@@ -47,10 +56,17 @@ def build_app(
 ) -> App:
     """The app with the ec2hub stack. ``context`` adds to (and overrides) cdk.json's context.
 
+    The configuration is ``ec2hub.yaml`` (or the file the ``config`` context key names) with the
+    context's values over it (:func:`infra.config.load_config`).
     Raises ``ec2spawner.catalog.CatalogError`` or :class:`ConfigError` (one-line messages).
     Context given to an App has the lowest precedence: under the CDK CLI (app.py passes ``{}``),
     cdk.json and ``-c key=value`` win over anything here.
     """
+    from aws_cdk import App
+
+    from .nag import acknowledge_findings, add_checks
+    from .stack import Ec2HubStack
+
     # The CLI turns path metadata on itself (and warns about aws: keys in cdk.json); in-process
     # synths need it too, or cfn-lint flags the pinned AZs (W3010).
     merged = (
@@ -60,8 +76,8 @@ def build_app(
     )
     app = App(context=merged, outdir=str(outdir) if outdir is not None else None)
     values = {key: app.node.try_get_context(key) for key in CONTEXT_KEYS}
-    config = config_from_context({k: v for k, v in values.items() if v is not None})
-    catalog = load_catalog(config.catalog_path)
+    config = load_config({k: v for k, v in values.items() if v is not None})
+    catalog = config.load_catalog()
     stack = Ec2HubStack(app, config=config, catalog=catalog)
     if nag:
         acknowledge_findings(stack)

@@ -1,20 +1,45 @@
-"""The deployment's knobs: CDK context values, read and checked once, in one place.
+"""The deployment's knobs: ``ec2hub.yaml``, overridden by CDK context, read and checked once.
 
-Every value comes from CDK context (`cdk synth -c key=value`, `cdk.json`, or the dict given to
-:func:`infra.build_app`). Values given with `-c` on the command line arrive as strings, so numbers
-and booleans are parsed here. A bad value raises :class:`ConfigError` with a one-line message that
-names the context key.
+Where a value comes from, the last one winning:
+
+1. the field's default (below);
+2. ``ec2hub.yaml`` at the repository root (``-c config=<path>`` names another file), in
+   sections: ``hub``, ``network``, ``tls``, ``identity``, ``limits``, ``culling``, ``catalog``;
+3. CDK context (``cdk.json``, ``cdk synth -c key=value``, or the dict given to
+   :func:`infra.build_app`), keyed by the flat field name: for CI and one-off overrides.
+
+Values given with ``-c`` arrive as strings; numbers and booleans are parsed here. A bad value raises
+:class:`ConfigError` with a one-line message naming where it came from, e.g.
+``ec2hub.yaml: network.nat_gateways: 5 must be between 1 and 2`` or
+``context nat_gateways: '5' must be between 1 and 2``.
+
+Adding a knob is one field on :class:`HubConfig`, declared with :func:`knob` (its section, default
+and checks), plus its comment in ``ec2hub.yaml``; the rest of infra reads ``config.<field>``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import yaml
+from ec2spawner.catalog import Catalog, CatalogError, ec2_instance_types, parse_catalog
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "ec2hub.yaml"
+DEFAULT_CATALOG_FILE = REPO_ROOT / "instance-classes.yaml"
+# Extra JupyterHub config files, next to the configuration file (shipped in the settings document).
+EXTRA_CONFIG_DIR = "jupyterhub_config.d"
 
 DEFAULT_HUB_ID = "ec2hub"
 # A placeholder account: `cdk synth` works offline with it because cdk.json pins its AZs.
@@ -22,58 +47,94 @@ DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 
-# Every context key config_from_context() reads (build_app looks each one up in the CDK context).
-CONTEXT_KEYS = (
-    "hub_id",
-    "account",
-    "region",
-    "catalog",
-    "nat_gateways",
-    "vpc_endpoints",
-    "certificate_arn",
-    "allow_http",
-    "domain_name",
-    "admin_user",
-    "hub_instance_type",
-    "hub_ami",
-    "allowed_ingress_cidr",
-)
+SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "catalog")
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
-_HUB_ID = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
-_ACCOUNT = re.compile(r"^[0-9]{12}$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
-_CERT_ARN = re.compile(
-    r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$"
-)
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
-)
+_HUB_ID = r"^[A-Za-z][A-Za-z0-9-]{0,62}$"
+_ACCOUNT = r"^[0-9]{12}$"
+_REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
+_CERT_ARN = r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$"
+_DOMAIN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+_AMI = r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
-_AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
-_ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
+_ADMIN_USER = r"^[A-Za-z0-9._@+=,-]{1,128}$"
 
 
 class ConfigError(ValueError):
-    """A context value or an input file is unusable (one-line message naming the key or file)."""
+    """A configuration value or an input file is unusable (one-line message naming the key or file)."""
 
 
-@dataclass(frozen=True)
-class HubConfig:
-    hub_id: str = DEFAULT_HUB_ID
-    account: str = DEFAULT_ACCOUNT
-    region: str = DEFAULT_REGION
-    catalog_path: Path = REPO_ROOT / "instance-classes.yaml"
-    nat_gateways: int = 1
-    vpc_endpoints: bool = False
-    certificate_arn: str | None = None
-    allow_http: bool = False
-    domain_name: str | None = None
-    admin_user: str | None = None
-    hub_instance_type: str = DEFAULT_HUB_INSTANCE_TYPE
+def matches(pattern: str, what: str):
+    """A check that a string matches ``pattern``; the error says the value is not ``what``."""
+    compiled = re.compile(pattern)
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not compiled.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def knob(section: str, default: Any, *, key: str | None = None, **checks: Any) -> Any:
+    """A :class:`HubConfig` field: its ``ec2hub.yaml`` section (and key there, default the field
+    name), its default, and pydantic's numeric checks (``ge``, ``le``)."""
+    assert section in SECTIONS, section
+    return Field(default, json_schema_extra={"section": section, "key": key}, **checks)
+
+
+class HubConfig(BaseModel):
+    """Every deployment knob, flat: what the stack's constructs read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    # -- hub ----------------------------------------------------------------------------------------
+    hub_id: Annotated[str, matches(_HUB_ID, "a stack name ([A-Za-z][A-Za-z0-9-]*)")] = knob(
+        "hub", DEFAULT_HUB_ID
+    )
+    account: Annotated[str, matches(_ACCOUNT, "a 12-digit account id")] = knob("hub", DEFAULT_ACCOUNT)
+    region: Annotated[str, matches(_REGION, "an AWS region")] = knob("hub", DEFAULT_REGION)
+    hub_instance_type: str = knob("hub", DEFAULT_HUB_INSTANCE_TYPE, key="instance_type")
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
-    hub_ami: str | None = None
-    allowed_ingress_cidr: str = "0.0.0.0/0"
+    hub_ami: Annotated[str | None, matches(_AMI, "an AMI id (ami-...)")] = knob("hub", None, key="ami")
+    # -- network ------------------------------------------------------------------------------------
+    nat_gateways: int = knob("network", 1, ge=1, le=2)  # one per AZ at most
+    vpc_endpoints: bool = knob("network", False)
+    allowed_ingress_cidr: str = knob("network", "0.0.0.0/0")
+    # -- tls ----------------------------------------------------------------------------------------
+    certificate_arn: Annotated[str | None, matches(_CERT_ARN, "an ACM certificate ARN")] = knob("tls", None)
+    allow_http: bool = knob("tls", False)
+    domain_name: Annotated[str | None, matches(_DOMAIN, "a DNS name")] = knob("tls", None, key="domain")
+    # -- identity -----------------------------------------------------------------------------------
+    admin_user: Annotated[str | None, matches(_ADMIN_USER, "a plain user name")] = knob("identity", None)
+    authenticator: Literal["native"] = knob("identity", "native")
+    # -- limits -------------------------------------------------------------------------------------
+    allow_named_servers: bool = knob("limits", True)
+    # JupyterHub's c.JupyterHub.named_server_limit_per_user; 0: no limit.
+    named_server_limit_per_user: int = knob("limits", 5, ge=0, le=1000)
+    # -- culling ------------------------------------------------------------------------------------
+    idle_timeout_s: int = knob("culling", 3600, key="idle_timeout", ge=60, le=30 * 24 * 3600)
+    # -- catalog (special: a path, or the classes inline) -------------------------------------------
+    catalog_path: Path = DEFAULT_CATALOG_FILE
+    catalog: Catalog | None = None
+    # -- jupyterhub_config.d/ next to ec2hub.yaml ---------------------------------------------------
+    extra_config_dir: Path = REPO_ROOT / EXTRA_CONFIG_DIR
+
+    @field_validator("hub_instance_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in ec2_instance_types():
+            raise ValueError(f"{value!r} is not an EC2 instance type")
+        return value
+
+    @field_validator("allowed_ingress_cidr")
+    @classmethod
+    def _ipv4_network(cls, value: str) -> str:
+        try:
+            # The load balancer is IPv4 (the VPC has no IPv6 block).
+            return str(ipaddress.IPv4Network(value, strict=True))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 network (a.b.c.d/n)") from None
 
     @property
     def https(self) -> bool:
@@ -98,96 +159,105 @@ class HubConfig:
         """Per-server secret env parameters: ``<secret_prefix><instance-id>``."""
         return f"{self.ssm_prefix}servers/"
 
+    def load_catalog(self) -> Catalog:
+        """The classes: inline in ``ec2hub.yaml``, else the catalog file (CatalogError if bad)."""
+        if self.catalog is not None:
+            return self.catalog
+        from ec2spawner.catalog import load_catalog
 
-def _text(context: dict[str, Any], key: str) -> str | None:
-    value = context.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"context {key}: must be a string, got {value!r}")
-    return value.strip()
-
-
-def _checked(
-    context: dict[str, Any], key: str, pattern: re.Pattern[str], what: str
-) -> str | None:
-    value = _text(context, key)
-    if value is not None and not pattern.match(value):
-        raise ConfigError(f"context {key}: {value!r} is not {what}")
-    return value
+        return load_catalog(self.catalog_path)
 
 
-def _bool(context: dict[str, Any], key: str, default: bool) -> bool:
-    value = context.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {
-        "true",
-        "false",
-        "1",
-        "0",
-        "yes",
-        "no",
-    }:
-        return value.lower() in {"true", "1", "yes"}
-    raise ConfigError(f"context {key}: {value!r} is not true or false")
+def _knobs() -> dict[str, tuple[str, str]]:
+    """Flat field name -> (section, key in that section) of every knob."""
+    found = {}
+    for name, info in HubConfig.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "section" in extra:
+            found[name] = (str(extra["section"]), str(extra.get("key") or name))
+    return found
 
 
-def _int(context: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = context.get(key, default)
+KNOBS = _knobs()
+# Every context key build_app looks up: the knobs, the catalog file, and the configuration file.
+CONTEXT_KEYS = (*KNOBS, "catalog", "config")
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _message(error: dict[str, Any]) -> str:
+    """One pydantic error as the one-line message ec2hub prints."""
+    value = error.get("input")
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in {"int_parsing", "int_type", "int_from_float"}:
+        return f"{value!r} is not a whole number"
+    if kind in {"bool_parsing", "bool_type"}:
+        return f"{value!r} is not true or false"
+    if kind in {"greater_than_equal", "less_than_equal"}:
+        field = HubConfig.model_fields[error["loc"][0]]
+        low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+        return f"{value!r} must be between {low} and {high}"
+    if kind == "literal_error":
+        return f"{value!r} is not {ctx.get('expected', 'allowed')}"
+    if kind == "string_type":
+        return f"must be a string, got {value!r}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _build(values: dict[str, Any], where: dict[str, str]) -> HubConfig:
+    """HubConfig from flat values; ``where[name]`` says how to name a field in an error."""
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"context {key}: {value!r} is not a whole number") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise ConfigError(f"context {key}: {value!r} must be between {low} and {high}")
-    return number
+        return HubConfig(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigError(f"{where.get(name, name)}: {_message(first)}") from None
+
+
+def _context_values(context: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Knob values given as context, and the knobs given as an empty string: those are cleared
+    back to their default, whatever the file says (``-c certificate_arn=``)."""
+    values, cleared = {}, set()
+    for name in KNOBS:
+        value = context.get(name)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None:
+            continue
+        if value == "":
+            cleared.add(name)
+            continue
+        if isinstance(value, bool) and HubConfig.model_fields[name].annotation is int:
+            raise ConfigError(f"context {name}: {value!r} is not a whole number")
+        values[name] = value
+    return values, cleared
+
+
+def _check_required(config: HubConfig, *, admin: str, certificate: str) -> HubConfig:
+    # Checked after every value parsed, so a malformed value is reported as such first. The hub
+    # takes passwords, so plain HTTP must be asked for by name.
+    if config.admin_user is None:
+        raise ConfigError(f"{admin}: required: the user name of the hub's first admin")
+    if not config.https and not config.allow_http:
+        raise ConfigError(
+            f"{certificate}: required: an ACM certificate ARN for HTTPS, or allow_http: true "
+            "to serve plain HTTP"
+        )
+    return config
 
 
 def config_from_context(context: dict[str, Any]) -> HubConfig:
-    """Parse and check the context values this app understands; defaults for the rest.
+    """Parse and check context values alone (no configuration file); defaults for the rest.
 
-    ``admin_user`` is required, and so is ``certificate_arn`` unless ``allow_http`` is true: the
-    hub takes passwords, so plain HTTP must be asked for by name.
+    ``admin_user`` is required, and so is ``certificate_arn`` unless ``allow_http`` is true.
     """
-    cidr = _text(context, "allowed_ingress_cidr") or "0.0.0.0/0"
-    try:
-        # The load balancer is IPv4 (the VPC has no IPv6 block).
-        cidr = str(ipaddress.IPv4Network(cidr, strict=True))
-    except ValueError:
-        raise ConfigError(
-            f"context allowed_ingress_cidr: {cidr!r} is not an IPv4 network (a.b.c.d/n)"
-        ) from None
-    hub_type = _text(context, "hub_instance_type") or DEFAULT_HUB_INSTANCE_TYPE
-    from ec2spawner.catalog import ec2_instance_types
-
-    if hub_type not in ec2_instance_types():
-        raise ConfigError(
-            f"context hub_instance_type: {hub_type!r} is not an EC2 instance type"
-        )
-    catalog = _text(context, "catalog")
-    config = HubConfig(
-        hub_id=_checked(
-            context, "hub_id", _HUB_ID, "a stack name ([A-Za-z][A-Za-z0-9-]*)"
-        )
-        or DEFAULT_HUB_ID,
-        account=_checked(context, "account", _ACCOUNT, "a 12-digit account id")
-        or DEFAULT_ACCOUNT,
-        region=_checked(context, "region", _REGION, "an AWS region") or DEFAULT_REGION,
-        catalog_path=Path(catalog) if catalog else REPO_ROOT / "instance-classes.yaml",
-        nat_gateways=_int(context, "nat_gateways", 1, 1, 2),  # one per AZ at most
-        vpc_endpoints=_bool(context, "vpc_endpoints", False),
-        certificate_arn=_checked(
-            context, "certificate_arn", _CERT_ARN, "an ACM certificate ARN"
-        ),
-        domain_name=_checked(context, "domain_name", _DOMAIN, "a DNS name"),
-        admin_user=_checked(context, "admin_user", _ADMIN_USER, "a plain user name"),
-        hub_instance_type=hub_type,
-        hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
-        allowed_ingress_cidr=cidr,
-        allow_http=_bool(context, "allow_http", False),
-    )
-    # Checked after every value parsed, so a malformed value is reported as such first.
+    values, _cleared = _context_values(context)
+    if context.get("catalog"):
+        values["catalog_path"] = Path(str(context["catalog"]))
+    config = _build(values, {name: f"context {name}" for name in KNOBS})
     if config.admin_user is None:
         raise ConfigError(
             "context admin_user: required: the user name of the hub's first admin "
@@ -199,3 +269,93 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
             "(-c certificate_arn=arn:aws:acm:...), or -c allow_http=true to serve plain HTTP"
         )
     return config
+
+
+def read_config_file(path: Path) -> Any:
+    """The parsed YAML of a configuration file (ConfigError naming the file if unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path.name}: cannot read the configuration: {error.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path.name}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+
+
+def _file_values(data: Any, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Flat knob values from the sections of a parsed ``ec2hub.yaml``, and how to name each."""
+    source = path.name
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    by_place = {place: name for name, place in KNOBS.items()}
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r} (allowed: {', '.join(SECTIONS)})")
+        if body is None:
+            continue
+        if section == "catalog":
+            values.update(_catalog_values(body, path))
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section}: must be a mapping of settings")
+        allowed = sorted(key for sec, key in KNOBS.values() if sec == section)
+        for key, value in body.items():
+            name = by_place.get((section, key))
+            if name is None:
+                raise ConfigError(f"{source}: {section}.{key}: unknown field (allowed: {', '.join(allowed)})")
+            if value is not None:
+                values[name] = value
+    where = {name: f"{source}: {sec}.{key}" for name, (sec, key) in KNOBS.items()}
+    return values, where
+
+
+def _catalog_values(body: Any, path: Path) -> dict[str, Any]:
+    """``catalog: {path: <file>}`` (relative to ec2hub.yaml) or ``catalog: {defaults:, classes:}``."""
+    source = path.name
+    if not isinstance(body, dict):
+        raise ConfigError(f"{source}: catalog: must be a mapping: path: <file>, or defaults: and classes:")
+    if "path" in body:
+        extra = sorted(set(body) - {"path"})
+        if extra:
+            raise ConfigError(f"{source}: catalog: path and {extra[0]!r} cannot be given together")
+        if not isinstance(body["path"], str) or not body["path"].strip():
+            raise ConfigError(f"{source}: catalog.path: must be a file name, got {body['path']!r}")
+        return {"catalog_path": path.parent / body["path"].strip()}
+    try:
+        return {"catalog": parse_catalog(body, source=f"{source}: catalog")}
+    except CatalogError as error:
+        raise ConfigError(str(error)) from None
+
+
+def load_config(context: dict[str, Any], *, path: str | Path | None = None) -> HubConfig:
+    """The deployment's configuration: ``ec2hub.yaml`` (``path``, the ``config`` context key, or
+    the repository's), then ``context`` over it. A missing default file counts as empty.
+    """
+    chosen = path or context.get("config")
+    file = Path(chosen) if chosen else DEFAULT_CONFIG_FILE
+    if chosen or file.exists():
+        values, where = _file_values(read_config_file(file), file)
+    else:
+        values, where = {}, {}
+    overrides, cleared = _context_values(context)
+    for name in cleared:
+        values.pop(name, None)
+    values.update(overrides)
+    where.update({name: f"context {name}" for name in [*overrides, *cleared]})
+    if context.get("catalog"):
+        values["catalog_path"] = Path(str(context["catalog"]))
+        values.pop("catalog", None)
+    values["extra_config_dir"] = file.parent / EXTRA_CONFIG_DIR
+    config = _build(values, {name: where.get(name, f"{file.name}: {KNOBS[name][0]}.{KNOBS[name][1]}") for name in KNOBS})
+    name = file.name
+    return _check_required(
+        config,
+        admin=where.get("admin_user", f"{name}: identity.admin_user"),
+        certificate=where.get("certificate_arn", f"{name}: tls.certificate_arn"),
+    )

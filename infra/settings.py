@@ -9,18 +9,19 @@ CloudFormation references inside the JSON) into the String parameter ``/ec2hub/<
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import Stack
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 from ec2spawner.catalog import Catalog
+from ec2spawner.hubconfig import ExtraConfigError, compile_extra_config
 
 from .config import ConfigError
 from .hub import HUB_API_PORT, PROXY_PORT
 from .notebooks import NOTEBOOK_PORT
 
-IDLE_TIMEOUT_S = 3600
 # Parameter values: 4 KB in the Standard tier, 8 KB in the Advanced tier (SSM quotas). Estimates
 # keep some headroom for ids longer than the samples.
 STANDARD_TIER_LIMIT = 4096
@@ -36,7 +37,8 @@ def parameter_tier(size_estimate: int) -> ssm.ParameterTier:
         return ssm.ParameterTier.ADVANCED
     raise ConfigError(
         f"the hub settings would be about {size_estimate} bytes, but an SSM parameter holds at most "
-        f"{ADVANCED_TIER_LIMIT}: use fewer classes or shorter descriptions in the catalog"
+        f"{ADVANCED_TIER_LIMIT}: use fewer classes, shorter descriptions in the catalog or smaller "
+        "jupyterhub_config.d files"
     )
 
 
@@ -51,8 +53,13 @@ def settings_document(
     efs_id: str | None,
     admin_users: list[str],
     lease_table: str | None = None,
+    idle_timeout_s: int = 3600,
+    allow_named_servers: bool = True,
+    named_server_limit_per_user: int = 0,
+    extra_config: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
+    """The HubSettings mapping: catalog classes (as written) plus each class's launch template id;
+    ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`)."""
     classes = [
         {
             **cls.model_dump(mode="json", exclude_none=True),
@@ -70,14 +77,38 @@ def settings_document(
         "notebook_port": NOTEBOOK_PORT,
         "hub_api_port": HUB_API_PORT,
         "proxy_port": PROXY_PORT,
-        "idle_timeout_s": IDLE_TIMEOUT_S,
+        "idle_timeout_s": idle_timeout_s,
+        "allow_named_servers": allow_named_servers,
+        "named_server_limit_per_user": named_server_limit_per_user,
         "auth": {"type": "native", "admin_users": list(admin_users)},
     }
+    if extra_config:
+        document["extra_config"] = dict(sorted(extra_config.items()))
     if efs_id is not None:
         document["efs_id"] = efs_id
     if lease_table is not None:
         document["lease_table"] = lease_table
     return document
+
+
+def extra_config_files(directory: Path) -> dict[str, str]:
+    """The ``*.py`` files of a jupyterhub_config.d/ folder (none if it does not exist), by name.
+
+    Each is compiled here, so a syntax error fails the synth with one line naming the file rather
+    than the hub's next start.
+    """
+    files = {}
+    for path in sorted(directory.glob("*.py")) if directory.is_dir() else []:
+        label = f"{directory.name}/{path.name}"
+        try:
+            source = path.read_text(encoding="utf-8")
+            compile_extra_config(label, source)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{label}: cannot read it: {error}") from None
+        except ExtraConfigError as error:
+            raise ConfigError(str(error)) from None
+        files[path.name] = source
+    return files
 
 
 def estimated_size(document: dict[str, Any]) -> int:

@@ -17,7 +17,7 @@ from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
-from .settings import SettingsParameter, settings_document
+from .settings import SettingsParameter, extra_config_files, settings_document
 from .storage import Storage, file_system_statements
 
 
@@ -164,6 +164,10 @@ class Ec2HubStack(Stack):
             efs_id=self.storage.file_system.file_system_id,
             admin_users=[config.admin_user],
             lease_table=config.lease_table_name,
+            idle_timeout_s=config.idle_timeout_s,
+            allow_named_servers=config.allow_named_servers,
+            named_server_limit_per_user=config.named_server_limit_per_user,
+            extra_config=extra_config_files(config.extra_config_dir),
         )
         self.settings = SettingsParameter(
             self,
@@ -215,6 +219,6 @@ class Ec2HubStack(Stack):
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",
                 "allow_http is set and no certificate_arn given: the hub is served over plain "
-                "HTTP, so passwords and tokens cross the network unencrypted. Pass "
-                "-c certificate_arn=arn:aws:acm:... (and -c domain_name=...) for HTTPS.",
+                "HTTP, so passwords and tokens cross the network unencrypted. Set "
+                "tls.certificate_arn (and tls.domain) in ec2hub.yaml for HTTPS.",
             )

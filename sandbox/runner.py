@@ -45,7 +45,10 @@ VPC_NAME = "ec2hub-vpc"
 ENDPOINT_PORT = 4566
 ACCOUNT = "111111111111"  # the CDK app's default account, so the template and emulator agree
 REGION = "us-east-1"
-ADMIN_USER = "admin"
+# The sandbox deploys the repository's ec2hub.yaml as it is, with only what the emulator needs
+# instead: its account and region, and plain HTTP (it has no ACM, and the hub is on loopback); an
+# empty value clears the file's certificate.
+SANDBOX_CONTEXT = {"account": ACCOUNT, "region": REGION, "certificate_arn": "", "allow_http": "true"}
 DEMO_USER = "demo"
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "read:servers"]
 
@@ -167,7 +170,7 @@ class Sandbox:
         say(f"hub answers at {hub_url}")
 
         accounts = create_demo_accounts(hub_url, self.admin_password)
-        token = admin_token(hub_url, ADMIN_USER, accounts[ADMIN_USER])
+        token = admin_token(hub_url, admin_user(), accounts[admin_user()])
         env = {
             "hub_url": hub_url,
             "api_token": token,
@@ -209,8 +212,9 @@ class Sandbox:
         env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
         env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
         cdk = REPO / "node_modules" / ".bin" / "cdk"
-        cmd = [str(cdk), "synth", "--quiet", "-o", str(out), "-c", f"admin_user={ADMIN_USER}", "-c", "allow_http=true",
-               "-c", f"account={ACCOUNT}", "-c", f"region={REGION}"]
+        cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
+        for key, value in SANDBOX_CONTEXT.items():
+            cmd += ["-c", f"{key}={value}"]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
@@ -304,11 +308,19 @@ class _Browser:
             return json.loads(response.read())
 
 
+def admin_user() -> str:
+    """The hub's first admin, as the deployed ec2hub.yaml names it."""
+    from infra.config import load_config
+
+    return load_config(SANDBOX_CONTEXT).admin_user
+
+
 def create_demo_accounts(hub_url: str, admin_password: str) -> dict[str, str]:
     """Sign up a demo user through NativeAuthenticator, as a person would, and have the admin (whose
     account the hub made from the stack's secret) approve it. Returns user name -> password
     (sandbox only)."""
-    accounts = {ADMIN_USER: admin_password, DEMO_USER: secrets.token_urlsafe(12)}
+    admin = admin_user()
+    accounts = {admin: admin_password, DEMO_USER: secrets.token_urlsafe(12)}
     browser = _Browser(hub_url)
     browser.get("/hub/signup")
     password = accounts[DEMO_USER]
@@ -320,9 +332,9 @@ def create_demo_accounts(hub_url: str, admin_password: str) -> dict[str, str]:
     if status != 200 or alert is None or alert.group(1) == "alert-danger":
         reason = re.sub(r"<[^>]+>|\s+", " ", alert.group(2)).strip() if alert else f"HTTP {status}"
         raise SandboxError(f"signing up {DEMO_USER!r} failed: {reason}")
-    admin = _Browser(hub_url)
-    login(admin, ADMIN_USER, accounts[ADMIN_USER])
-    admin.get(f"/hub/authorize/{DEMO_USER}")
+    approver = _Browser(hub_url)
+    login(approver, admin, accounts[admin])
+    approver.get(f"/hub/authorize/{DEMO_USER}")
     return accounts
 
 
@@ -375,7 +387,7 @@ def up(pending_s: float, port: int) -> int:
         ready.set()
         say(f"ready: open {env['hub_url']} and log in")
         say(f"  user  {DEMO_USER} / {env['users'][DEMO_USER]}")
-        say(f"  admin {ADMIN_USER} / {env['users'][ADMIN_USER]}")
+        say(f"  admin {admin_user()} / {env['users'][admin_user()]}")
         say(f"  API token and endpoints in {ENV_FILE.relative_to(REPO)}; `python -m sandbox status` lists instances")
         say("Ctrl-C stops the sandbox and removes everything it made")
         stop.wait()

@@ -6,7 +6,8 @@
 # /etc/ec2hub/jupyterhub_config.py on every start of the hub.
 #
 # Inputs written by bootstrap/ec2hub_bootstrap/hub.py on every start of the hub:
-#   /etc/ec2hub/settings.json          HubSettings (nothing secret)
+#   /etc/ec2hub/settings.json          HubSettings (nothing secret), with the deployment's
+#                                      jupyterhub_config.d files (run last, below)
 #   /etc/ec2hub/host.json              {"private_ip", "admin_user"} from IMDS and tags
 #   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image
 #   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from ec2spawner.hubconfig import apply_settings
+from ec2spawner.hubconfig import apply_settings, load_extra_config
 from ec2spawner.settings import HubSettings
 
 ETC = Path("/etc/ec2hub")
@@ -58,3 +59,7 @@ c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 # Notebooks run on their own instances: a hub restart must not stop them (also set by apply_settings;
 # restated here because losing it would stop every user's server on each hub restart).
 c.JupyterHub.cleanup_servers = False
+
+# Last: the repository's jupyterhub_config.d/ files (in the settings document), in name order, so
+# they may change anything above (as TLJH's jupyterhub_config.d).
+load_extra_config(c, settings)

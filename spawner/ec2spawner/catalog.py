@@ -14,6 +14,7 @@ and the field, e.g.::
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,10 @@ AMI_PATTERN = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|ssm:/[A-Za-z0-9_./-]+)$"
 # A root volume must hold the AMI (Deep Learning AMIs need about 75 GB); gp3 allows up to 16 TiB.
 MIN_VOLUME_GB = 8
 MAX_VOLUME_GB = 16384
+
+# A server's extra environment: shell-style names; the hub's own variables cannot be replaced.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+RESERVED_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_")
 
 
 class CatalogError(ValueError):
@@ -63,6 +68,14 @@ class InstanceClass(BaseModel):
     allowed_groups: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
     default: bool = False
     hourly_cost_usd: Annotated[float, Field(ge=0, le=1000)] | None = None
+    # Per-class policies. environment: extra variables of the server (in the settings document and
+    # the server's secret: nothing secret here). start_timeout: seconds until the instance runs
+    # (None: EC2Spawner.start_timeout). stop_mode: what stopping does to the instance (None:
+    # EC2Spawner.stop_mode). max_per_user: running servers of this class one user may have.
+    environment: dict[str, Annotated[str, Field(max_length=4096)]] = {}
+    start_timeout: Annotated[int, Field(ge=10, le=3600)] | None = None
+    stop_mode: Literal["terminate", "stop"] | None = None
+    max_per_user: Annotated[int, Field(ge=1, le=100)] | None = None
 
     @field_validator("instance_types")
     @classmethod
@@ -75,6 +88,16 @@ class InstanceClass(BaseModel):
         if duplicates:
             raise ValueError(f"{duplicates[0]!r} is listed twice")
         return types
+
+    @field_validator("environment")
+    @classmethod
+    def _plain_names(cls, environment: dict[str, str]) -> dict[str, str]:
+        for name in environment:
+            if not re.match(ENV_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            if name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{name!r}: the hub sets the {name.split('_')[0]}_* variables itself")
+        return environment
 
     @property
     def is_spot(self) -> bool:

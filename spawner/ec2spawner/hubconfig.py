@@ -51,7 +51,6 @@ def apply_settings(
     hub_ip: str = "0.0.0.0",
     oauth_client_secret: str | None = None,
     admin_password_file: str | None = None,
-    allow_named_servers: bool = True,
     python: str = sys.executable,
     proxy_command: str = "configurable-http-proxy",
 ) -> Config:
@@ -74,7 +73,8 @@ def apply_settings(
     c.JupyterHub.cleanup_servers = False
     # Why the hub ended a server that stopped answering, on the home and spawn pages.
     c.JupyterHub.template_vars = {"announcement_home": health.announcement, "announcement_spawn": health.announcement}
-    c.JupyterHub.allow_named_servers = allow_named_servers
+    c.JupyterHub.allow_named_servers = settings.allow_named_servers
+    c.JupyterHub.named_server_limit_per_user = settings.named_server_limit_per_user
 
     c.EC2Spawner.region = settings.region
     c.EC2Spawner.hub_id = settings.hub_id
@@ -114,6 +114,40 @@ def apply_settings(
     ]
     # The orphan sweeper starts with the hub, not at the first spawn (a no-op outside a hub).
     start_sweeper_with_hub()
+    return c
+
+
+class ExtraConfigError(ValueError):
+    """A jupyterhub_config.d file cannot be compiled (one line naming the file and the line)."""
+
+
+def compile_extra_config(label: str, source: str):
+    """The code object of one extra config file; :class:`ExtraConfigError` on a syntax error."""
+    try:
+        return compile(source, label, "exec")
+    except SyntaxError as error:
+        raise ExtraConfigError(f"{label}: line {error.lineno}: {error.msg}") from None
+
+
+def load_extra_config(c: Config, settings: HubSettings) -> Config:
+    """Run the settings' ``extra_config`` files (jupyterhub_config.d/) on ``c``, in name order.
+
+    Called last in the hub's jupyterhub_config.py, after the platform's own settings, as TLJH
+    loads its ``jupyterhub_config.d``: a file may change anything set before it. Each runs with
+    ``c`` and ``get_config`` in its namespace, like a JupyterHub config file. A file that does not
+    compile ends the hub's start with one line naming it (SystemExit), before anything runs.
+    """
+    compiled = []
+    for name in sorted(settings.extra_config):
+        label = f"jupyterhub_config.d/{name}"
+        try:
+            compiled.append((label, compile_extra_config(label, settings.extra_config[name])))
+        except ExtraConfigError as error:
+            raise SystemExit(f"ec2hub: {error}") from None
+    for label, code in compiled:
+        # The admin's own config, run as JupyterHub runs jupyterhub_config.py.
+        namespace = {"c": c, "get_config": lambda: c, "__file__": label, "__name__": "__config__"}
+        exec(code, namespace)  # noqa: S102
     return c
 
 

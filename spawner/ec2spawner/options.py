@@ -21,6 +21,9 @@ from .catalog import SLUG_PATTERN
 from .settings import ClassSettings
 
 OPTION_KEY = "instance_class"
+# KubeSpawner's key for the same choice: JupyterHub's admin page shows ``user_options.profile`` in
+# its Profile column, and scripts written for Zero to JupyterHub post {"profile": "<slug>"}.
+PROFILE_KEY = "profile"
 MAX_VALUE_LENGTH = 64
 SLUG_RE = re.compile(SLUG_PATTERN)
 
@@ -63,7 +66,8 @@ def validate_user_options(
 ) -> ClassSettings:
     """The class ``options`` asks for, or :class:`OptionsError` saying why not.
 
-    ``{}`` (or None) means the default class. Only the key ``instance_class`` is accepted.
+    ``{}`` (or None) means the default class. The class is named by ``instance_class`` or by its
+    alias ``profile``; both may be given if they name the same class. No other key is accepted.
     """
     allowed = allowed_classes(classes, groups)
     if not allowed:
@@ -79,29 +83,37 @@ def validate_user_options(
             f"user_options must be an object like {{\"{OPTION_KEY}\": \"<class>\"}}, "
             f"not {type(options).__name__}"
         )
-    unexpected = sorted(str(k)[:MAX_VALUE_LENGTH] for k in options if k != OPTION_KEY)
+    unexpected = sorted(str(k)[:MAX_VALUE_LENGTH] for k in options if k not in (OPTION_KEY, PROFILE_KEY))
     if unexpected:
         shown = ", ".join(repr(k) for k in unexpected[:5]) + (", ..." if len(unexpected) > 5 else "")
         raise OptionsError(
             f"Unexpected option {shown}: "
-            f"the only option is '{OPTION_KEY}' (one of: {_names(allowed)})"
+            f"the only option is '{OPTION_KEY}' (or its alias '{PROFILE_KEY}'; one of: {_names(allowed)})"
         )
-    if OPTION_KEY not in options:
+    given = [key for key in (OPTION_KEY, PROFILE_KEY) if key in options]
+    if not given:
         return default_class(allowed)
-    value = options[OPTION_KEY]
+    if len(given) == 2 and options[OPTION_KEY] != options[PROFILE_KEY]:
+        raise OptionsError(
+            f"'{OPTION_KEY}' {repr(options[OPTION_KEY])[:MAX_VALUE_LENGTH]} and "
+            f"'{PROFILE_KEY}' {repr(options[PROFILE_KEY])[:MAX_VALUE_LENGTH]} "
+            f"name different classes: give one (one of: {_names(allowed)})"
+        )
+    key = given[0]
+    value = options[key]
     if not isinstance(value, str):
         raise OptionsError(
-            f"'{OPTION_KEY}' must be a string (one of: {_names(allowed)}), "
+            f"'{key}' must be a string (one of: {_names(allowed)}), "
             f"not {type(value).__name__}"
         )
     if len(value) > MAX_VALUE_LENGTH:
         raise OptionsError(
-            f"'{OPTION_KEY}' is too long ({len(value)} characters, at most {MAX_VALUE_LENGTH}): "
+            f"'{key}' is too long ({len(value)} characters, at most {MAX_VALUE_LENGTH}): "
             f"use one of: {_names(allowed)}"
         )
     if not SLUG_RE.match(value):
         raise OptionsError(
-            f"'{OPTION_KEY}' {value!r} is not a class name (lowercase letters, digits and '-'): "
+            f"'{key}' {value!r} is not a class name (lowercase letters, digits and '-'): "
             f"use one of: {_names(allowed)}"
         )
     chosen = next((c for c in classes if c.slug == value), None)
@@ -113,6 +125,12 @@ def validate_user_options(
             status_code=403,
         )
     return chosen
+
+
+def recorded_options(options: Any, chosen: ClassSettings) -> dict[str, Any]:
+    """The ``user_options`` to keep for a spawn of ``chosen``: both keys name its slug, so the
+    admin page's Profile column shows the class and the next spawn without options picks it again."""
+    return {**(options or {}), OPTION_KEY: chosen.slug, PROFILE_KEY: chosen.slug}
 
 
 def options_from_form(form_data: Mapping[str, list[str]]) -> dict[str, Any]:

@@ -63,7 +63,13 @@ class HubSettings(BaseModel):
     hub_api_port: int = 8081
     proxy_port: int = 8000
     idle_timeout_s: int = 3600
+    allow_named_servers: bool = True
+    # JupyterHub's named_server_limit_per_user: named servers one user may have; 0: no limit.
+    named_server_limit_per_user: Annotated[int, Field(ge=0)] = 0
     auth: AuthSettings = AuthSettings()
+    # The repository's jupyterhub_config.d/: file name -> Python source, run after the platform's
+    # own config in name order (ec2spawner.hubconfig.load_extra_config). Nothing secret in them.
+    extra_config: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.py$")], str] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> HubSettings:

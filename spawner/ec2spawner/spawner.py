@@ -74,12 +74,20 @@ _KEPT_ACROSS_STOPS = ("kept_instance_id", "health_note")
 
 
 def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
-    """``Spawner.apply_user_options`` default: validate before anything is launched.
+    """``Spawner.apply_user_options`` default: validate before anything is launched, then apply
+    the class's policies (its limit, its ``start_timeout``) and record the class in the options.
 
-    JupyterHub runs this hook for form and REST spawns alike and turns an ``HTTPError`` into a
-    4xx response carrying its message.
+    JupyterHub runs this hook for form and REST spawns alike, after ``clear_state`` and before it
+    reads ``start_timeout``, and turns an ``HTTPError`` into a 4xx response carrying its message.
     """
-    spawner.instance_class = spawner.resolve_class(user_options).slug
+    cls = spawner.resolve_class(user_options)
+    spawner.check_class_limit(cls)
+    spawner.instance_class = cls.slug
+    spawner.start_timeout = cls.start_timeout or spawner.configured_start_timeout
+    # Saved as this server's options (the admin page's Profile column reads "profile").
+    spawner.user_options = opts.recorded_options(user_options, cls)
+    if spawner.orm_spawner is not None:
+        spawner.orm_spawner.user_options = spawner.user_options
 
 
 async def _options_form(spawner: EC2Spawner) -> str:
@@ -349,6 +357,8 @@ class EC2Spawner(Spawner):
         self._resuming = False  # start() is starting a kept instance: a failure keeps it
         self._launched_here = False  # start() launched the instance moments ago
         self._cleanup: asyncio.Future | None = None  # a cancelled start's cleanup, still running
+        # start_timeout as configured: a class's own start_timeout replaces it for its spawns only.
+        self.configured_start_timeout = self.start_timeout
         EC2Spawner._live.add(self)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -364,6 +374,46 @@ class EC2Spawner(Spawner):
     @property
     def server_name(self) -> str:
         return self.name or ""
+
+    def _class(self, slug: str | None = None) -> ClassSettings | None:
+        """The class named ``slug`` (default: this server's), None if the catalog has none."""
+        slug = slug or self.instance_class
+        return next((c for c in self.class_settings if c.slug == slug), None)
+
+    @property
+    def effective_stop_mode(self) -> str:
+        """What stopping this server does: its class's ``stop_mode`` if it has one, else ``stop_mode``."""
+        cls = self._class()
+        return (cls.stop_mode if cls is not None else None) or self.stop_mode
+
+    def check_class_limit(self, cls: ClassSettings) -> None:
+        """Refuse (403) a spawn of ``cls`` if the user already runs ``max_per_user`` servers of it."""
+        if cls.max_per_user is None or self.user is None:
+            return
+        others = sorted(
+            repr(s.name) if s.name else "your default server"
+            for s in list(getattr(self.user, "spawners", {}).values())
+            if s is not self and s.active and getattr(s, "instance_class", None) == cls.slug
+        )
+        if len(others) >= cls.max_per_user:
+            raise SpawnException(
+                f"Class {cls.display_name!r} allows {cls.max_per_user} running server(s) per user, and "
+                f"you have {len(others)} ({', '.join(others)}): stop one first, or pick another class.",
+                reason="class-limit",
+                status_code=403,
+            )
+
+    def get_env(self):
+        """JupyterHub's environment of the server plus its class's ``environment``.
+
+        The result is what the server's secret holds. The catalog refuses class variables named
+        ``JUPYTERHUB_*``/``JPY_*``, so a class cannot replace the hub's own.
+        """
+        env = super().get_env()
+        cls = self._class()
+        if cls is not None:
+            env.update(cls.environment)
+        return env
 
     def _groups(self) -> set[str]:
         return {g.name for g in getattr(self.user, "groups", [])}
@@ -438,7 +488,7 @@ class EC2Spawner(Spawner):
             owned=functools.partial(cls.hub_ownership, db, probe.hub_id),
             grace=probe.orphan_grace,
             interval=probe.sweep_interval,
-            keep_stopped=probe.stop_mode == "stop",
+            keep_stopped="stop" in {probe.stop_mode, *(c.stop_mode for c in probe.class_settings)},
             lease=probe.lease(),
             logger=log,
         )
@@ -802,7 +852,7 @@ class EC2Spawner(Spawner):
             return False
         if view.state in req.LIVE_STATES:
             return True
-        if self.stop_mode != "stop" or view.state not in req.RESUMABLE_STATES:
+        if (cls.stop_mode or self.stop_mode) != "stop" or view.state not in req.RESUMABLE_STATES:
             return False
         current = await self._default_template_version(cls)
         if view.tags.get(req.TAG_TEMPLATE_VERSION) != current:
@@ -1082,7 +1132,7 @@ class EC2Spawner(Spawner):
                     self.kept_instance_id = iid  # the next start resumes it
                 else:
                     self.log.info("%s: terminating %s, found %s (stop_mode=%s)", self._log_name, iid,
-                                  view.state, self.stop_mode)
+                                  view.state, self.effective_stop_mode)
                     await self._terminate(iid)
             await self._delete_secret(iid)
             self._ended = iid
@@ -1091,8 +1141,8 @@ class EC2Spawner(Spawner):
 
     def _keeps_stopped(self) -> bool:
         """Whether stopping keeps this server's instance (stop_mode=stop, and not spot)."""
-        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
-        return self.stop_mode == "stop" and not (cls and cls.is_spot)
+        cls = self._class()
+        return self.effective_stop_mode == "stop" and not (cls and cls.is_spot)
 
     async def get_url(self):
         """The server's URL from the instance's current addresses (``server_url_template``), as

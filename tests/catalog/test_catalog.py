@@ -57,6 +57,19 @@ def test_defaults_apply_and_classes_override_them():
         (catalog({**SMALL, "slug": None}), "class #1: slug: Input should be a valid string"),
         (catalog(SMALL, defaults={**DEFAULTS, "slug": "x"}), "defaults: 'slug' cannot be a default"),
         ({"classes": [SMALL], "extra": 1}, "unknown top-level key 'extra'"),
+        (catalog({**SMALL, "environment": {"MY-VAR": "x"}}),
+         "class 'small': environment: 'MY-VAR' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+        (catalog({**SMALL, "environment": {"JUPYTERHUB_API_TOKEN": "x"}}),
+         "class 'small': environment: 'JUPYTERHUB_API_TOKEN': the hub sets the JUPYTERHUB_* variables itself"),
+        (catalog({**SMALL, "environment": {"JPY_API_TOKEN": "x"}}),
+         "class 'small': environment: 'JPY_API_TOKEN': the hub sets the JPY_* variables itself"),
+        (catalog({**SMALL, "environment": {"A": 1}}), "class 'small': environment.A: Input should be a valid string"),
+        (catalog({**SMALL, "start_timeout": 5}),
+         "class 'small': start_timeout: Input should be greater than or equal to 10"),
+        (catalog({**SMALL, "stop_mode": "hibernate"}),
+         "class 'small': stop_mode: Input should be 'terminate' or 'stop'"),
+        (catalog({**SMALL, "max_per_user": 0}),
+         "class 'small': max_per_user: Input should be greater than or equal to 1"),
         ({"defaults": DEFAULTS}, "classes: must be a list of classes"),
         ([SMALL], "the top level must be a mapping"),
     ],
@@ -94,3 +107,16 @@ def test_round_trip_through_yaml_keeps_everything(tmp_path):
     path.write_text(yaml.safe_dump(catalog(SMALL, {**BIG, "market": "spot", "hourly_cost_usd": 0.5})))
     big = load_catalog(path).get("big")
     assert big.is_spot and big.hourly_cost_usd == 0.5
+
+
+def test_per_class_policies_and_their_defaults():
+    cat = parse_catalog(catalog(
+        SMALL,
+        {**BIG, "environment": {"OMP_NUM_THREADS": "16"}, "start_timeout": 900, "max_per_user": 1},
+        defaults={**DEFAULTS, "stop_mode": "stop"},
+    ))
+    small, big = cat.get("small"), cat.get("big")
+    assert (small.environment, small.start_timeout, small.max_per_user, small.stop_mode) == ({}, None, None, "stop")
+    assert (big.environment, big.start_timeout, big.max_per_user, big.stop_mode) == (
+        {"OMP_NUM_THREADS": "16"}, 900, 1, "stop",
+    )

@@ -147,8 +147,9 @@ def cdk_synth(outdir, *args):
 
 
 def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
+    # No -c flags: ec2hub.yaml has everything.
     outdir = tmp_path / "cdk.out"
-    result = cdk_synth(outdir, "-c", "admin_user=admin", "-c", "allow_http=true")
+    result = cdk_synth(outdir)
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "ec2hub.template.json").read_text())
     assert any(
@@ -163,19 +164,21 @@ def test_cdk_synth_cli_writes_the_template_offline(tmp_path):
     )
 
 
-def test_cli_context_values_reach_the_stack(tmp_path):
-    outdir = tmp_path / "cdk.out"
-    result = cdk_synth(
-        outdir,
-        "-c",
-        "hub_id=lab",
-        "-c",
-        "nat_gateways=2",
-        "-c",
-        "admin_user=alice",
-        "-c",
-        "allow_http=true",
+def test_cli_reads_another_config_file_and_context_values_override_it(tmp_path):
+    config = tmp_path / "ec2hub.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hub": {"hub_id": "lab"},
+                "network": {"nat_gateways": 1},
+                "tls": {"allow_http": True},
+                "identity": {"admin_user": "alice"},
+                "catalog": {"path": str(REPO / "instance-classes.yaml")},
+            }
+        )
     )
+    outdir = tmp_path / "cdk.out"
+    result = cdk_synth(outdir, "-c", f"config={config}", "-c", "nat_gateways=2")
     assert result.returncode == 0, result.stderr[-3000:]
     template = json.loads((outdir / "lab.template.json").read_text())
     types = [r["Type"] for r in template["Resources"].values()]
@@ -186,12 +189,54 @@ def test_cli_context_values_reach_the_stack(tmp_path):
     assert parameter["Properties"]["Name"] == "/ec2hub/lab/settings"
 
 
-def test_cdk_synth_without_certificate_is_one_line_naming_the_context_value(tmp_path):
-    result = cdk_synth(tmp_path / "cdk.out", "-c", "admin_user=alice")
-    assert result.returncode != 0
-    assert (
-        "error: context certificate_arn: required: an ACM certificate ARN for HTTPS "
-        "(-c certificate_arn=arn:aws:acm:...), or -c allow_http=true to serve plain HTTP\n"
-    ) in result.stderr
+# name -> (ec2hub.yaml text, the one line app.py prints)
+BAD_CONFIGS = {
+    "no-certificate": (
+        "identity:\n  admin_user: alice\n",
+        (
+            "ec2hub.yaml: tls.certificate_arn: required: an ACM certificate ARN for HTTPS, or "
+            "allow_http: true to serve plain HTTP"
+        ),
+    ),
+    "unknown-field": (
+        "tls:\n  allow_http: true\n  certificate: x\nidentity:\n  admin_user: alice\n",
+        "ec2hub.yaml: tls.certificate: unknown field (allowed: allow_http, certificate_arn, domain)",
+    ),
+    "bad-value": (
+        "tls:\n  allow_http: true\nidentity:\n  admin_user: al ice\n",
+        "ec2hub.yaml: identity.admin_user: 'al ice' is not a plain user name",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(tmp_path_factory):
+    """app.py once per bad ec2hub.yaml, all at once, as `cdk synth -c config=<file>` runs it."""
+
+    def run(name):
+        directory = tmp_path_factory.mktemp(name)
+        path = directory / "ec2hub.yaml"
+        path.write_text(BAD_CONFIGS[name][0])
+        return subprocess.run(
+            [sys.executable, "app.py"],
+            cwd=REPO,
+            env=clean_env(
+                CDK_CONTEXT_JSON=json.dumps({"config": str(path)}),
+                CDK_OUTDIR=str(directory / "cdk.out"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(BAD_CONFIGS, pool.map(run, BAD_CONFIGS)))
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_file_fails_synth_with_one_line(bad_config_runs, name):
+    result = bad_config_runs[name]
+    assert result.returncode == 1
+    assert result.stderr == f"error: {BAD_CONFIGS[name][1]}\n"
     assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "cdk.out" / "ec2hub.template.json").exists()

@@ -9,6 +9,7 @@ import pytest
 from ec2spawner.catalog import load_catalog
 from ec2spawner.settings import HubSettings
 from infra_testing import REPO
+from infra_testing import synth as synth_stack
 
 from infra.settings import settings_document
 
@@ -90,3 +91,23 @@ def test_synthesized_parameter_parses_as_hub_settings(request, name):
         [synth.context["admin_user"]] if "admin_user" in synth.context else []
     )
     assert settings.auth.admin_users == expected_admins
+
+
+def test_limits_culling_and_extra_config_from_ec2hub_yaml_reach_the_settings(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("deployment")
+    (directory / "ec2hub.yaml").write_text(
+        "limits:\n  allow_named_servers: true\n  named_server_limit_per_user: 2\n"
+        "culling:\n  idle_timeout: 900\n"
+        f"catalog:\n  path: {REPO / 'instance-classes.yaml'}\n"
+    )
+    (directory / "jupyterhub_config.d").mkdir()
+    (directory / "jupyterhub_config.d" / "50-lab.py").write_text("c.Spawner.default_url = '/lab'\n")
+    synth = synth_stack(tmp_path_factory, {"config": str(directory / "ec2hub.yaml")})
+    (parameter,) = synth.resources("AWS::SSM::Parameter").values()
+    settings = HubSettings.model_validate_json(substitute(parameter["Properties"]["Value"], synth.template))
+    assert (settings.allow_named_servers, settings.named_server_limit_per_user, settings.idle_timeout_s) == (
+        True,
+        2,
+        900,
+    )
+    assert settings.extra_config == {"50-lab.py": "c.Spawner.default_url = '/lab'\n"}

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,14 +34,17 @@ def hub(request, emulator, platform, tmp_path, hub_id):
         "secret_prefix": f"/ec2hub/{hub_id}/servers/", "proxy_port": ports["proxy"],
         "hub_api_port": ports["hub"], "auth": {"type": "dummy", "admin_users": ["admin"]},
     }
+    param = getattr(request, "param", {})
+    if "settings" in param:
+        param["settings"](settings)  # e.g. per-class policies, limits, jupyterhub_config.d files
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     (tmp_path / "jupyterhub_config.py").write_text(f"""
 import json
-from ec2spawner.hubconfig import apply_settings
+from ec2spawner.hubconfig import apply_settings, load_extra_config
 from ec2spawner.settings import HubSettings
 
-apply_settings(c, HubSettings.model_validate(json.load(open({str(tmp_path / 'settings.json')!r}))),
-               hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1")
+settings = HubSettings.model_validate(json.load(open({str(tmp_path / 'settings.json')!r})))
+apply_settings(c, settings, hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1")
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.db_url = "sqlite:///{tmp_path / 'hub.sqlite'}"
 c.JupyterHub.cookie_secret_file = {str(tmp_path / 'cookie_secret')!r}
@@ -58,8 +62,11 @@ c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.start_timeout = 30
 c.EC2Spawner.http_timeout = 30
 c.EC2Spawner.sweep_orphans = False
-""" + getattr(request, "param", {}).get("config", ""))
-    before = getattr(request, "param", {}).get("before")
+""" + param.get("config", "") + """
+# Last, as in bootstrap/hub/jupyterhub_config.py: the deployment's jupyterhub_config.d files.
+load_extra_config(c, settings)
+""")
+    before = param.get("before")
     prepared = before(hub_id) if before else None  # e.g. instances a crashed hub left behind
     env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "AWS_ENDPOINT_URL": emulator.endpoint_url}
@@ -76,6 +83,10 @@ c.EC2Spawner.sweep_orphans = False
             return procs[-1].poll() is not None and pytest.fail("hub exited:\n" + (tmp_path / "hub.log").read_text())
 
     def start():
+        if param.get("expect_exit"):  # a hub that must refuse to start: the test waits for it
+            procs.append(subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
+                                          cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
+            return
         procs.append(subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
                                       cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
         wait_until(up, 60, "the hub API")
@@ -149,7 +160,8 @@ def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
             return server and server["ready"] and server
 
         server = wait_until(ready, 60, "the server to be ready")
-        assert server["user_options"] == {"instance_class": "small"}
+        # The class is recorded under both names (the admin page's Profile column reads "profile").
+        assert server["user_options"] == {"instance_class": "small", "profile": "small"}
         [instance] = live("alice")
         assert instance["State"]["Name"] == "running"
 
@@ -263,3 +275,88 @@ def test_hub_shutdown_while_run_instances_is_in_flight_leaves_nothing(hub, emula
     assert ssm.describe_parameters(ParameterFilters=[
         {"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])["Parameters"] == []
     assert "cleaned up" in hub.log()
+
+
+# Two jupyterhub_config.d files: the second runs after the first and after the platform's config.
+CONFIG_D = {
+    "10-first.py": "c.Spawner.environment = {'EC2HUB_CONFIG_D': 'first', 'EC2HUB_ONLY_FIRST': 'yes'}\n",
+    "20-second.py": "c.Spawner.environment = {**c.Spawner.environment, 'EC2HUB_CONFIG_D': 'second'}\n",
+}
+GPU_LIMIT = ("Class 'GPU (NVIDIA A10G)' allows 1 running server(s) per user, and you have 1 "
+             "(your default server): stop one first, or pick another class.")
+
+
+def _policies(settings):
+    small, gpu, _spot = settings["classes"]
+    gpu.pop("allowed_groups")
+    gpu.update(environment={"EC2HUB_CLASS_GREETING": "hello from gpu"}, stop_mode="stop", max_per_user=1)
+    small.update(start_timeout=10)  # the hub's own start_timeout is 30 s
+    settings.update(named_server_limit_per_user=1, extra_config=CONFIG_D)
+
+
+def _server(s, api, user, name=""):
+    return s.get(f"{api}/users/{user}").json()["servers"].get(name)
+
+
+@pytest.mark.parametrize("hub", [{"settings": _policies}], indirect=True)
+def test_class_policies_profile_alias_and_limits_through_the_hub(hub, emu, ec2, ssm, live):
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+    # A z2jh script's {"profile": ...} picks the class.
+    with ThreadPoolExecutor(1) as pool:
+        instance = pool.submit(play_instance, hub, ssm, hub.tmp / "singleuser.log")
+        started = s.post(f"{api}/users/alice/server", json={"user_options": {"profile": "gpu"}})
+        notebook = instance.result()
+    assert started.status_code in (201, 202)
+    try:
+        server = wait_until(lambda: (_server(s, api, "alice") or {}).get("ready") and _server(s, api, "alice"),
+                            60, "the gpu server to be ready")
+        # The admin page's Profile column reads user_options.profile.
+        assert server["user_options"] == {"profile": "gpu", "instance_class": "gpu"}
+        [launched] = live("alice")
+        assert launched["InstanceType"] == "g5.xlarge"
+        assert {t["Key"]: t["Value"] for t in launched["Tags"]}["ec2hub:class"] == "gpu"
+        # The class's environment and the jupyterhub_config.d files (in name order) reach the secret.
+        name = f"/ec2hub/{hub.hub_id}/servers/{launched['InstanceId']}"
+        env = json.loads(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+        assert env["EC2HUB_CLASS_GREETING"] == "hello from gpu"
+        assert (env["EC2HUB_CONFIG_D"], env["EC2HUB_ONLY_FIRST"]) == ("second", "yes")
+
+        # max_per_user: a second gpu server is refused before anything launches.
+        refused = s.post(f"{api}/users/alice/servers/second", json={"user_options": {"profile": "gpu"}})
+        assert (refused.status_code, refused.json()["message"]) == (403, GPU_LIMIT)
+        assert len(live("alice")) == 1
+        # named_server_limit_per_user = 1: 'second' exists (stopped), so a third name is refused.
+        third = s.post(f"{api}/users/alice/servers/third", json={"user_options": {"profile": "small"}})
+        assert third.status_code == 400
+        assert "already has the maximum of 1 named servers" in third.json()["message"]
+        assert len(live("alice")) == 1
+
+        # The gpu class stops (and keeps) its instance although the hub's stop_mode is terminate.
+        assert s.delete(f"{api}/users/alice/server").status_code in (202, 204)
+        wait_until(lambda: _server(s, api, "alice") is None, 30, "the server to stop")
+        [kept] = live("alice")
+        assert (kept["InstanceId"], kept["State"]["Name"]) == (launched["InstanceId"], "stopped")
+    finally:
+        notebook.terminate()
+        notebook.wait(10)
+
+    # The small class's start_timeout (10 s) ends a spawn stuck in pending, not the hub's 30 s.
+    emu.set_timing(pending_s=120)
+    assert s.post(f"{api}/users/bob").status_code == 201
+    began = time.monotonic()
+    assert s.post(f"{api}/users/bob/server", json={"user_options": {"instance_class": "small"}}).status_code in (201, 202)
+    wait_until(lambda: _server(s, api, "bob") is None, 40, "the stuck spawn to fail")
+    assert 10 <= time.monotonic() - began < 25
+    wait_until(lambda: live("bob") == [], 20, "the stuck instance to be cleaned up")
+
+
+BROKEN_CONFIG_D = {"10-fine.py": "c.Spawner.default_url = '/lab'\n", "20-broken.py": "c.Spawner.environment = {\n"}
+
+
+@pytest.mark.parametrize(
+    "hub", [{"settings": lambda s: s.update(extra_config=BROKEN_CONFIG_D), "expect_exit": True}], indirect=True
+)
+def test_config_d_file_with_a_syntax_error_stops_the_hub_naming_it(hub):
+    assert hub.proc().wait(60) != 0
+    assert "ec2hub: jupyterhub_config.d/20-broken.py: line 1: '{' was never closed" in hub.log()

@@ -30,6 +30,7 @@ def expected_common() -> Config:
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.template_vars = {"announcement_home": health.announcement, "announcement_spawn": health.announcement}
     c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 0
     c.EC2Spawner.region = "eu-west-1"
     c.EC2Spawner.hub_id = "hub1"
     c.EC2Spawner.classes = [HubSettings.model_validate(settings().model_dump()).classes[0].model_dump()]

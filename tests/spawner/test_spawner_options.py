@@ -26,11 +26,11 @@ CLASSES = [
     [
         ("small", (), 400, "user_options must be an object like {\"instance_class\": \"<class>\"}, not str"),
         ({"instance_class": "small", "image": "x"}, (), 400,
-         "Unexpected option 'image': the only option is 'instance_class' (one of: small, big)"),
+         "Unexpected option 'image': the only option is 'instance_class' (or its alias 'profile'; one of: small, big)"),
         ({"cpu": 4, "mem": 8}, (), 400,
-         "Unexpected option 'cpu', 'mem': the only option is 'instance_class' (one of: small, big)"),
+         "Unexpected option 'cpu', 'mem': the only option is 'instance_class' (or its alias 'profile'; one of: small, big)"),
         ({f"k{i}": 1 for i in range(9)}, (), 400,
-         "Unexpected option 'k0', 'k1', 'k2', 'k3', 'k4', ...: the only option is 'instance_class' (one of: small, big)"),
+         "Unexpected option 'k0', 'k1', 'k2', 'k3', 'k4', ...: the only option is 'instance_class' (or its alias 'profile'; one of: small, big)"),
         ({"instance_class": 3}, (), 400, "'instance_class' must be a string (one of: small, big), not int"),
         ({"instance_class": ["small"]}, (), 400, "'instance_class' must be a string (one of: small, big), not list"),
         ({"instance_class": None}, (), 400, "'instance_class' must be a string (one of: small, big), not NoneType"),
@@ -41,6 +41,10 @@ CLASSES = [
         ({"instance_class": "huge"}, (), 400, "Unknown instance class 'huge': use one of: small, big"),
         ({"instance_class": "gpu"}, ("students",), 403,
          "Instance class 'gpu' is not available to your groups: use one of: small, big"),
+        ({"profile": "huge"}, (), 400, "Unknown instance class 'huge': use one of: small, big"),
+        ({"profile": 3}, (), 400, "'profile' must be a string (one of: small, big), not int"),
+        ({"instance_class": "small", "profile": "big"}, (), 400,
+         "'instance_class' 'small' and 'profile' 'big' name different classes: give one (one of: small, big)"),
     ],
 )
 def test_refused_options_say_what_is_wrong_and_what_is_allowed(options, groups, status, message):
@@ -57,6 +61,8 @@ def test_refused_options_say_what_is_wrong_and_what_is_allowed(options, groups, 
         (None, (), "small"),
         ({"instance_class": "big"}, (), "big"),
         ({"instance_class": "gpu"}, ("staff",), "gpu"),
+        ({"profile": "big"}, (), "big"),
+        ({"instance_class": "big", "profile": "big"}, (), "big"),
     ],
 )
 def test_accepted_options_pick_the_class(options, groups, slug):
@@ -119,3 +125,8 @@ async def test_spawner_refuses_bad_options_before_launching(new_spawner, live):
         await spawner.start()
     assert info.value.status_code == 400
     assert live() == []
+
+
+def test_recorded_options_name_the_class_under_both_keys():
+    assert opts.recorded_options({"profile": "big"}, CLASSES[2]) == {"profile": "big", "instance_class": "big"}
+    assert opts.recorded_options({}, CLASSES[0]) == {"instance_class": "small", "profile": "small"}
