@@ -33,6 +33,8 @@ def hub(request, emulator, platform, tmp_path, hub_id):
         "secret_prefix": f"/ec2hub/{hub_id}/servers/", "proxy_port": ports["proxy"],
         "hub_api_port": ports["hub"], "auth": {"type": "dummy", "admin_users": ["admin"]},
     }
+    extra = getattr(request, "param", {}).get("settings")  # a mapping, or a function of the platform
+    settings.update(extra(platform) if callable(extra) else extra or {})
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     (tmp_path / "jupyterhub_config.py").write_text(f"""
 import json
