@@ -305,7 +305,13 @@ def over_budget(groups: Iterable[str], budgets: Mapping[str, float], spent: Mapp
 
 
 class SpendLedger:
-    """The spend table of one hub (see the module); every call through the AWS seam."""
+    """The spend table of one hub (see the module); every call through the AWS seam.
+
+    Within one hub process the accruals of one instance take turns (the accrual task and a
+    ``stop()`` often meet), so its transactions only race another hub's.
+    """
+
+    _turns: ClassVar[PerLoop[asyncio.Lock]] = PerLoop()
 
     def __init__(self, aws: Aws, table: str, *, logger: logging.Logger | None = None):
         self.aws = aws
@@ -334,7 +340,15 @@ class SpendLedger:
         with the seconds still counted). A mark that is missing or closed bills nothing. A lost
         race (another hub billed meanwhile) is read again, at most ``attempts`` times.
         """
-        groups = list(groups)
+        turn, _ = self._turns.get_or_create((self.table, instance_id), asyncio.Lock)
+        async with turn:
+            billed = await self._accrue(instance_id, now=now, user=user, groups=list(groups), price=price,
+                                        close=close, attempts=attempts)
+        if close:
+            self._turns.discard((self.table, instance_id))
+        return billed
+
+    async def _accrue(self, instance_id, *, now, user, groups, price, close, attempts) -> float:
         for _ in range(attempts):
             mark = await self.mark(instance_id)
             if mark is None or not mark.get("running"):
