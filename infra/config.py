@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ CONTEXT_KEYS = (
     "hub_instance_type",
     "hub_ami",
     "allowed_ingress_cidr",
+    "group_budgets_usd",
+    "budget_exempt_admins",
 )
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
@@ -52,6 +54,8 @@ _DOMAIN = re.compile(
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
+# A JupyterHub group name as it appears in a budget (no '=' or ',': the -c form separates with them).
+_GROUP = re.compile(r"^[^=,\s][^=,]{0,254}$")
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,9 @@ class HubConfig:
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
+    # Group -> monthly budget in USD (ec2spawner.spend): members cannot start servers past it.
+    group_budgets_usd: dict[str, float] = field(default_factory=dict)
+    budget_exempt_admins: bool = False
 
     @property
     def https(self) -> bool:
@@ -144,6 +151,32 @@ def _int(context: dict[str, Any], key: str, default: int, low: int, high: int) -
     return number
 
 
+def _budgets(context: dict[str, Any], key: str) -> dict[str, float]:
+    """A mapping (cdk.json) or ``group=usd,group=usd`` (``-c``) of monthly budgets in USD."""
+    value = context.get(key)
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) if "=" in part else [part, ""] for part in value.split(",") if part.strip()]
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise ConfigError(f"context {key}: must be group=usd,... or a mapping, got {value!r}")
+    budgets = {}
+    for group, usd in pairs:
+        group = str(group).strip()
+        if not _GROUP.match(group):
+            raise ConfigError(f"context {key}: {group!r} is not a group name")
+        try:
+            amount = float(usd)
+        except (TypeError, ValueError):
+            raise ConfigError(f"context {key}: group {group!r}: {usd!r} is not an amount in USD") from None
+        if isinstance(usd, bool) or not 0 <= amount < 1e9:
+            raise ConfigError(f"context {key}: group {group!r}: {usd!r} must be at least 0")
+        budgets[group] = amount
+    return budgets
+
+
 def config_from_context(context: dict[str, Any]) -> HubConfig:
     """Parse and check the context values this app understands; defaults for the rest.
 
@@ -186,6 +219,8 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
+        group_budgets_usd=_budgets(context, "group_budgets_usd"),
+        budget_exempt_admins=_bool(context, "budget_exempt_admins", False),
     )
     # Checked after every value parsed, so a malformed value is reported as such first.
     if config.admin_user is None:

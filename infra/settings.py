@@ -51,6 +51,9 @@ def settings_document(
     efs_id: str | None,
     admin_users: list[str],
     lease_table: str | None = None,
+    spend_table: str | None = None,
+    group_budgets_usd: dict[str, float] | None = None,
+    budget_exempt_admins: bool = False,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
     classes = [
@@ -77,6 +80,10 @@ def settings_document(
         document["efs_id"] = efs_id
     if lease_table is not None:
         document["lease_table"] = lease_table
+    if spend_table is not None:
+        document["spend_table"] = spend_table
+        document["group_budgets_usd"] = dict(group_budgets_usd or {})
+        document["budget_exempt_admins"] = budget_exempt_admins
     return document
 
 
@@ -93,6 +100,9 @@ def estimated_size(document: dict[str, Any]) -> int:
     }
     if "efs_id" in document:
         sample["efs_id"] = f"fs-{sample_id}"
+    if "spend_table" in document:
+        # CloudFormation names the table <stack>-<logical id>-<13 characters>.
+        sample["spend_table"] = f"{document['hub_id']}-HubSpendTable0123ABCD-ABCDEFGHIJ123"
     return len(json.dumps(sample))
 
 

@@ -735,7 +735,6 @@ class EC2Spawner(Spawner):
         """
         cls = self.resolve_class(self.user_options)  # again: an admin may have replaced the hook
         self.instance_class = cls.slug
-        await self.check_budget()
         self.attempt = uuid.uuid4().hex
         self._events = []
         if self.health_note:
@@ -747,6 +746,7 @@ class EC2Spawner(Spawner):
         watcher = self._watcher()
         try:
             await self._require_lease("starting")
+            await self.check_budget()  # again: the hook may be replaced, and spend grows meanwhile
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
                 view = await self._wait_running(watcher, since)

@@ -200,3 +200,29 @@ async def test_the_type_that_ran_after_a_capacity_fallback_is_billed(new_spawner
     assert await ledger.spent(["user#carol", "group#research"], "2026-06") == {"user#carol": 1.0,
                                                                                 "group#research": 1.0}
     assert (await ledger.mark(iid)) == mark and OPEN == "open"
+
+
+async def test_admins_are_refused_past_a_budget_unless_exempt(new_spawner, emulator, table, live):
+    from jupyterhub.spawner import SpawnException
+
+    ledger = SpendLedger(Aws.for_region(REGION), table)
+    await ledger.open("i-past", now=T0, user="dora", server="", class_slug="small", instance_type="t3.medium",
+                      az=AZS[0], market="on-demand")
+    await ledger.accrue("i-past", now=T0 + 7200, user="dora", groups=["gpu"], price=lambda mark: 1.0, close=True)
+
+    def admin(**traits):
+        spawner = new_spawner("dora", groups=["gpu"], spend_table=table, group_budgets_usd={"gpu": 2.0},
+                              spend_clock=lambda: T0 + 7200, **traits)
+        spawner.user.admin = True
+        return spawner
+
+    with pytest.raises(SpawnException) as info:
+        await admin().start()
+    assert (info.value.status_code, info.value.reason) == (403, "over-budget")
+    assert info.value.message.startswith("Group 'gpu' has spent $2.00 of its $2.00 monthly budget for 2026-06")
+    assert live("dora") == []
+    exempt = admin(budget_exempt_admins=True)
+    await exempt.check_budget()  # no refusal
+    # Another group's budget does not apply to dora.
+    await new_spawner("dora", groups=["gpu"], spend_table=table, group_budgets_usd={"other": 0.0},
+                      spend_clock=lambda: T0 + 7200).check_budget()
