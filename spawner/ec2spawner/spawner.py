@@ -560,13 +560,15 @@ class EC2Spawner(Spawner):
     def _ledger(self) -> spend_.SpendLedger | None:
         return spend_.SpendLedger(self.aws, self.spend_table, logger=self.log) if self.spend_table else None
 
+    def _price_book(self) -> spend_.PriceBook:
+        return spend_.PriceBook.for_region(self.region, ttl=self.price_ttl, enabled=self.use_price_list,
+                                           logger=self.log)
+
     async def hourly_price(self, cls: ClassSettings, instance_type: str | None = None, az: str = "") -> float | None:
         """USD per hour of ``instance_type`` (the class's preferred one by default) in the class's
         market: AWS's price when it answers (cached a day), else the catalog's ``hourly_cost_usd``."""
-        book = spend_.PriceBook.for_region(self.region, ttl=self.price_ttl, enabled=self.use_price_list,
-                                           logger=self.log)
-        return await book.hourly(instance_type or cls.instance_types[0], cls.market, az=az,
-                                 fallback=cls.hourly_cost_usd)
+        return await self._price_book().hourly(instance_type or cls.instance_types[0], cls.market, az=az,
+                                               fallback=cls.hourly_cost_usd)
 
     def _budgets_apply(self) -> bool:
         if not (self.spend_table and self.group_budgets_usd):
@@ -622,6 +624,9 @@ class EC2Spawner(Spawner):
         if ledger is None:
             return
         self._spend_recorder()
+        if self.use_price_list:
+            # Asked now, so billing this instance later (also from poll()) finds its price cached.
+            self._price_book().warm(view.instance_type or cls.instance_types[0], cls.market)
         try:
             await ledger.open(view.instance_id, now=self.spend_clock(), user=self.user.name,
                               server=self.server_name, class_slug=cls.slug,

@@ -171,6 +171,19 @@ class PriceBook:
         """
         if not self.enabled:
             return fallback
+        entry = self.warm(instance_type, market)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(entry.task), timeout)
+        except Exception:  # noqa: BLE001 (logged once by _ask; the catalog's figure stands in)
+            return fallback
+        if answer is None:
+            return fallback
+        if isinstance(answer, dict):
+            return answer.get(az) if az in answer else max(answer.values())
+        return answer
+
+    def warm(self, instance_type: str, market: str) -> _Entry:
+        """Ask for the price now unless it is cached (or being asked); do not wait for it."""
         key = (instance_type, market)
         entry = self._entries.get(key)
         now = time.time()
@@ -181,15 +194,7 @@ class PriceBook:
         if entry is None:
             entry = _Entry(asyncio.get_running_loop().create_task(self._ask(instance_type, market)), now)
             self._entries[key] = entry
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(entry.task), timeout)
-        except Exception:  # noqa: BLE001 (logged once by _ask; the catalog's figure stands in)
-            return fallback
-        if answer is None:
-            return fallback
-        if isinstance(answer, dict):
-            return answer.get(az) if az in answer else max(answer.values())
-        return answer
+        return entry
 
     async def _ask(self, instance_type: str, market: str) -> float | dict[str, float] | None:
         try:
