@@ -47,7 +47,7 @@ DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 
-SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "catalog")
+SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "catalog")
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
 _HUB_ID = r"^[A-Za-z][A-Za-z0-9-]{0,62}$"
@@ -58,6 +58,8 @@ _DOMAIN = r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 _AMI = r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _ADMIN_USER = r"^[A-Za-z0-9._@+=,-]{1,128}$"
+# A JupyterHub group name as it appears in a budget (no '=' or ',': the -c form separates with them).
+_GROUP = re.compile(r"^[^=,\s][^=,]{0,254}$")
 
 
 class ConfigError(ValueError):
@@ -114,6 +116,10 @@ class HubConfig(BaseModel):
     named_server_limit_per_user: int = knob("limits", 5, ge=0, le=1000)
     # -- culling ------------------------------------------------------------------------------------
     idle_timeout_s: int = knob("culling", 3600, key="idle_timeout", ge=60, le=30 * 24 * 3600)
+    # -- spend (ec2spawner.spend) -------------------------------------------------------------------
+    # Group -> monthly budget in USD: members cannot start servers past it.
+    group_budgets_usd: dict[str, float] = knob("spend", {})
+    budget_exempt_admins: bool = knob("spend", False)
     # -- catalog (special: a path, or the classes inline) -------------------------------------------
     catalog_path: Path = DEFAULT_CATALOG_FILE
     catalog: Catalog | None = None
@@ -126,6 +132,30 @@ class HubConfig(BaseModel):
         if value not in ec2_instance_types():
             raise ValueError(f"{value!r} is not an EC2 instance type")
         return value
+
+    @field_validator("group_budgets_usd", mode="before")
+    @classmethod
+    def _budgets(cls, value: Any) -> dict[str, float]:
+        """A mapping (the file, cdk.json) or ``group=usd,group=usd`` (``-c``)."""
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) if "=" in p else [p, ""] for p in value.split(",") if p.strip()]
+        elif isinstance(value, dict):
+            pairs = list(value.items())
+        else:
+            raise ValueError(f"must be group=usd,... or a mapping, got {value!r}")  # noqa: TRY004 (pydantic turns only ValueError into a validation error)
+        budgets = {}
+        for group, usd in pairs:
+            group = str(group).strip()
+            if not _GROUP.match(group):
+                raise ValueError(f"{group!r} is not a group name")
+            try:
+                amount = float(usd)
+            except (TypeError, ValueError):
+                raise ValueError(f"group {group!r}: {usd!r} is not an amount in USD") from None
+            if isinstance(usd, bool) or not 0 <= amount < 1e9:
+                raise ValueError(f"group {group!r}: {usd!r} must be at least 0")
+            budgets[group] = amount
+        return budgets
 
     @field_validator("allowed_ingress_cidr")
     @classmethod

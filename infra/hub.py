@@ -21,6 +21,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 from ec2spawner.hubconfig import HEALTH_PATH, LOAD_BALANCER_IDLE_TIMEOUT_S
 from ec2spawner.requests import LEASE_KEY, TAG_CLASS, TAG_HUB
+from ec2spawner.spend import SPEND_KEY, SPEND_SORT
 
 from .config import REPO_ROOT
 from .session import session_manager_statement
@@ -123,6 +124,22 @@ class Hub(Construct):
             ),
             # A lease is worth nothing once its hubs are gone: nothing to keep.
             removal_policy=RemovalPolicy.DESTROY,
+        )
+
+        # The spend ledger (ec2spawner.spend): per user and group per month, and each instance's
+        # billing mark. Kept when the stack is deleted: it is the record of what was spent. Its
+        # name is CloudFormation's, so a new stack of the same hub id starts a new ledger.
+        self.spend_table = dynamodb.Table(
+            self,
+            "SpendTable",
+            partition_key=dynamodb.Attribute(name=SPEND_KEY, type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name=SPEND_SORT, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.RETAIN,
         )
 
         self.instance = ec2.Instance(
@@ -469,5 +486,29 @@ def spawner_statements(
             resources=[
                 spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)
             ],
+        ),
+    ]
+
+
+def spend_statements(*, spend_table_arn: str) -> list[iam.PolicyStatement]:
+    """What the spend ledger and the price book need (ec2spawner.spend).
+
+    The ledger's accruals are TransactWriteItems of UpdateItems; IAM authorizes a transaction by
+    the actions inside it (DynamoDB developer guide, "Using IAM with DynamoDB transactions"), so
+    UpdateItem on the one table is all it takes. The Price List's ``pricing:GetProducts`` and
+    EC2's ``ec2:DescribeSpotPriceHistory`` support no resource-level permissions (Service
+    Authorization Reference: AWS Price List, Amazon EC2): Resource must be ``*``; both return
+    public prices only.
+    """
+    return [
+        iam.PolicyStatement(
+            sid="RecordSpend",
+            actions=["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"],
+            resources=[spend_table_arn],
+        ),
+        iam.PolicyStatement(
+            sid="ReadPrices",
+            actions=["ec2:DescribeSpotPriceHistory", "pricing:GetProducts"],
+            resources=["*"],
         ),
     ]

@@ -154,9 +154,10 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "ec2", "security-group/*"
         ): "The security group must be the one in the launch template "
         "(ec2:IsLaunchTemplateResource = true with ec2:LaunchTemplate = this stack's templates).",
-        "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests), "
-        "ssm:DescribeParameters and the SSM agent's Session Manager channel calls support no "
-        "resource-level permissions; none of them reads a secret value.",
+        "Resource::*": "EC2 Describe* calls (instances, types, subnets, templates, spot requests, "
+        "spot price history), pricing:GetProducts (public prices), ssm:DescribeParameters and the "
+        "SSM agent's Session Manager channel calls support no resource-level permissions; none of "
+        "them reads a secret value.",
         arn(
             "ssm", secrets
         ): "The spawner writes and deletes one SecureString per notebook instance, "
@@ -231,6 +232,13 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         "The lease table holds one item per hub: which hub process holds the lease and until when "
         "(no secret, no user data). It is encrypted at rest with the AWS-managed key; a customer "
         "key would add $1 a month and a key policy, and only the hub role may touch the item.",
+    )
+    acknowledge_checkov(
+        stack.hub.spend_table,
+        "CKV_AWS_119",
+        "The spend table holds user and group names with their hours and dollars per month and each "
+        "instance's billing mark (no secret). It is encrypted at rest with the AWS-managed key; only "
+        "the hub role may read or write it (RecordSpend).",
     )
 
     # --- checkov -------------------------------------------------------------------------------

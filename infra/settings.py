@@ -57,6 +57,9 @@ def settings_document(
     allow_named_servers: bool = True,
     named_server_limit_per_user: int = 0,
     extra_config: dict[str, str] | None = None,
+    spend_table: str | None = None,
+    group_budgets_usd: dict[str, float] | None = None,
+    budget_exempt_admins: bool = False,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id;
     ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`)."""
@@ -88,6 +91,10 @@ def settings_document(
         document["efs_id"] = efs_id
     if lease_table is not None:
         document["lease_table"] = lease_table
+    if spend_table is not None:
+        document["spend_table"] = spend_table
+        document["group_budgets_usd"] = dict(group_budgets_usd or {})
+        document["budget_exempt_admins"] = budget_exempt_admins
     return document
 
 
@@ -124,6 +131,9 @@ def estimated_size(document: dict[str, Any]) -> int:
     }
     if "efs_id" in document:
         sample["efs_id"] = f"fs-{sample_id}"
+    if "spend_table" in document:
+        # CloudFormation names the table <stack>-<logical id>-<13 characters>.
+        sample["spend_table"] = f"{document['hub_id']}-HubSpendTable0123ABCD-ABCDEFGHIJ123"
     return len(json.dumps(sample))
 
 

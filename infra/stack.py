@@ -14,7 +14,7 @@ from ec2spawner.catalog import Catalog
 
 from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
-from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
+from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .settings import SettingsParameter, extra_config_files, settings_document
@@ -127,6 +127,10 @@ class Ec2HubStack(Stack):
             )
         )
 
+        # --- the spend ledger and the prices ------------------------------------------------------
+        for statement in spend_statements(spend_table_arn=self.hub.spend_table.table_arn):
+            self.hub.role.add_to_principal_policy(statement)
+
         # --- the first admin: a generated password only the hub may read ------------------------
         self.admin = AdminAccount(
             self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
@@ -168,6 +172,9 @@ class Ec2HubStack(Stack):
             allow_named_servers=config.allow_named_servers,
             named_server_limit_per_user=config.named_server_limit_per_user,
             extra_config=extra_config_files(config.extra_config_dir),
+            spend_table=self.hub.spend_table.table_name,
+            group_budgets_usd=config.group_budgets_usd,
+            budget_exempt_admins=config.budget_exempt_admins,
         )
         self.settings = SettingsParameter(
             self,

@@ -85,6 +85,10 @@ def apply_settings(
     c.EC2Spawner.notebook_port = settings.notebook_port
     if settings.lease_table:
         c.EC2Spawner.lease_table = settings.lease_table
+    if settings.spend_table:
+        c.EC2Spawner.spend_table = settings.spend_table
+        c.EC2Spawner.group_budgets_usd = dict(settings.group_budgets_usd)
+        c.EC2Spawner.budget_exempt_admins = settings.budget_exempt_admins
     # JupyterHub 6 logs that extra_handlers is deprecated (in favour of services); a service could
     # not answer for the hub process's lease, which lives in the hub process.
     c.JupyterHub.extra_handlers = [

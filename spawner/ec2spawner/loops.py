@@ -37,6 +37,10 @@ class PerLoop(Generic[T]):
     def values(self) -> list[T]:
         return list(self._by_loop.get(asyncio.get_running_loop(), {}).values())
 
+    def discard(self, key: Hashable) -> None:
+        """Forget the running loop's object for ``key``, if any."""
+        self._by_loop.get(asyncio.get_running_loop(), {}).pop(key, None)
+
     def pop_all(self) -> list[T]:
         """Forget (and return) every object of the running loop, for stopping them."""
         return list(self._by_loop.pop(asyncio.get_running_loop(), {}).values())

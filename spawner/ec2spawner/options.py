@@ -144,9 +144,15 @@ def options_from_form(form_data: Mapping[str, list[str]]) -> dict[str, Any]:
 
 
 def form_entries(
-    classes: list[ClassSettings], facts: Mapping[str, TypeFacts], selected: str | None
+    classes: list[ClassSettings], facts: Mapping[str, TypeFacts], selected: str | None,
+    prices: Mapping[str, float | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """What the form shows for each class (its preferred instance type's figures)."""
+    """What the form shows for each class (its preferred instance type's figures).
+
+    ``prices`` (class slug -> USD per hour, from :class:`ec2spawner.spend.PriceBook`) overrides
+    the catalog's ``hourly_cost_usd``; a class missing from it shows the catalog's figure.
+    """
+    prices = prices or {}
     entries = []
     for c in classes:
         f = facts.get(c.instance_types[0])
@@ -161,7 +167,7 @@ def form_entries(
                 "gpus": f.gpus if f else 0,
                 "gpu_name": f.gpu_name if f else "",
                 "spot": c.is_spot,
-                "hourly_cost_usd": c.hourly_cost_usd,
+                "hourly_cost_usd": prices.get(c.slug, c.hourly_cost_usd),
                 "selected": c.slug == selected,
             }
         )
@@ -188,5 +194,6 @@ _templates = Environment(
 )
 
 
-def render_form(entries: list[dict[str, Any]]) -> str:
-    return _templates.get_template("options_form.html").render(entries=entries, key=OPTION_KEY)
+def render_form(entries: list[dict[str, Any]], spend: Mapping[str, Any] | None = None) -> str:
+    """The form's HTML; ``spend`` (``EC2Spawner.spend_summary``) adds the month's spend lines."""
+    return _templates.get_template("options_form.html").render(entries=entries, key=OPTION_KEY, spend=spend)

@@ -59,6 +59,12 @@ class HubSettings(BaseModel):
     efs_id: str | None = None
     # DynamoDB table of the hub lease (ec2spawner.lease): only its holder changes EC2. None: no lease.
     lease_table: str | None = None
+    # DynamoDB table of the spend ledger (ec2spawner.spend). None: spend is not recorded.
+    spend_table: str | None = None
+    # Group -> monthly budget in USD; a member of a group past its budget cannot start servers.
+    group_budgets_usd: dict[Annotated[str, Field(min_length=1, max_length=255)], Annotated[float, Field(ge=0)]] = {}
+    # Whether hub admins may start servers past their groups' budgets.
+    budget_exempt_admins: bool = False
     notebook_port: int = 8888
     hub_api_port: int = 8081
     proxy_port: int = 8000

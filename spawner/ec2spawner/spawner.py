@@ -23,11 +23,23 @@ from typing import ClassVar
 from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Callable,
+    Dict,
+    Enum,
+    Float,
+    Integer,
+    List,
+    Unicode,
+    default,
+    validate,
+)
 
 from . import health
 from . import options as opts
 from . import requests as req
+from . import spend as spend_
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .lease import HubLease, LeaseError, default_holder_id
 from .settings import ClassSettings
@@ -73,16 +85,19 @@ _STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version",
 _KEPT_ACROSS_STOPS = ("kept_instance_id", "health_note")
 
 
-def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
-    """``Spawner.apply_user_options`` default: validate before anything is launched, then apply
-    the class's policies (its limit, its ``start_timeout``) and record the class in the options.
+async def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
+    """``Spawner.apply_user_options`` default: validate and check the budgets before anything is
+    launched, then apply the class's policies (its limit, its ``start_timeout``) and record the
+    class in the options.
 
-    JupyterHub runs this hook for form and REST spawns alike, after ``clear_state`` and before it
-    reads ``start_timeout``, and turns an ``HTTPError`` into a 4xx response carrying its message.
+    JupyterHub runs this hook (it may be async) for form and REST spawns alike, after
+    ``clear_state`` and before it reads ``start_timeout``, and turns an ``HTTPError`` into a 4xx
+    response carrying its message.
     """
     cls = spawner.resolve_class(user_options)
     spawner.check_class_limit(cls)
     spawner.instance_class = cls.slug
+    await spawner.check_budget()
     spawner.start_timeout = cls.start_timeout or spawner.configured_start_timeout
     # Saved as this server's options (the admin page's Profile column reads "profile").
     spawner.user_options = opts.recorded_options(user_options, cls)
@@ -294,6 +309,52 @@ class EC2Spawner(Spawner):
         One dropped packet or one slow answer is one failure; a server declared dead has failed at
         least this many probes in a row over at least ``health_window`` seconds.
         """,
+    ).tag(config=True)
+
+    spend_table = Unicode(
+        None,
+        allow_none=True,
+        help="""DynamoDB table of the spend ledger (:mod:`ec2spawner.spend`; the stack makes it).
+
+        None: spend is not recorded, the form shows prices only, and budgets are not enforced.
+        """,
+    ).tag(config=True)
+
+    group_budgets_usd = Dict(
+        value_trait=Float(),
+        help="""Group name -> monthly budget in USD. A user in a group whose spend this (UTC) month
+        reached its budget cannot start a server (403 saying the group, its budget and its spend).
+
+        Needs ``spend_table``. A group not listed has no budget.
+        """,
+    ).tag(config=True)
+
+    budget_exempt_admins = Bool(
+        False, help="""Whether hub admins may start servers past their groups' budgets."""
+    ).tag(config=True)
+
+    spend_interval = Float(
+        300.0,
+        help="""Seconds between two accruals of the running servers' time to the spend ledger.
+
+        A server's last stretch is billed when it stops; a budget sees running servers' time
+        with at most this delay.
+        """,
+    ).tag(config=True)
+
+    use_price_list = Bool(
+        True,
+        help="""Ask AWS for prices (Price List for on-demand, spot price history for spot).
+
+        False, or no answer: the catalog's ``hourly_cost_usd`` is the price.
+        """,
+    ).tag(config=True)
+
+    price_ttl = Float(86400.0, help="""Seconds an AWS price is kept before it is asked again.""").tag(config=True)
+
+    spend_clock = Callable(
+        time.time,
+        help="""The wall clock spend is billed by (epoch seconds); tests move it instead of waiting.""",
     ).tag(config=True)
 
     # -- per-server state (get_state/load_state) ---------------------------------------------
@@ -541,7 +602,123 @@ class EC2Spawner(Spawner):
         facts = await self._describe_types([t for c in allowed for t in c.instance_types[:1]])
         previous = (self.user_options or {}).get(opts.OPTION_KEY)
         selected = previous if any(c.slug == previous for c in allowed) else opts.default_class(allowed).slug
-        return opts.render_form(opts.form_entries(allowed, facts, selected))
+        prices = {c.slug: await self.hourly_price(c) for c in allowed}
+        return opts.render_form(opts.form_entries(allowed, facts, selected, prices=prices),
+                                spend=await self.spend_summary())
+
+    # -- spend and budgets (ec2spawner.spend) ------------------------------------------------------
+
+    def _ledger(self) -> spend_.SpendLedger | None:
+        return spend_.SpendLedger(self.aws, self.spend_table, logger=self.log) if self.spend_table else None
+
+    def _price_book(self) -> spend_.PriceBook:
+        return spend_.PriceBook.for_region(self.region, ttl=self.price_ttl, enabled=self.use_price_list,
+                                           logger=self.log)
+
+    async def hourly_price(self, cls: ClassSettings, instance_type: str | None = None, az: str = "") -> float | None:
+        """USD per hour of ``instance_type`` (the class's preferred one by default) in the class's
+        market: AWS's price when it answers (cached a day), else the catalog's ``hourly_cost_usd``."""
+        return await self._price_book().hourly(instance_type or cls.instance_types[0], cls.market, az=az,
+                                               fallback=cls.hourly_cost_usd)
+
+    def _budgets_apply(self) -> bool:
+        if not (self.spend_table and self.group_budgets_usd):
+            return False
+        return not (self.budget_exempt_admins and getattr(self.user, "admin", False))
+
+    async def _spent(self, subjects: list[str]) -> tuple[str, dict[str, float]]:
+        month = spend_.month_of(self.spend_clock())
+        return month, await self._ledger().spent(subjects, month)
+
+    async def check_budget(self) -> None:
+        """Refuse (403 SpawnException) a user any of whose groups reached its budget this month.
+
+        If the ledger cannot be read the spawn goes ahead, with a warning in the log: a DynamoDB
+        outage should not stop every spawn of the hub.
+        """
+        if not self._budgets_apply():
+            return
+        groups = [g for g in self._groups() if g in self.group_budgets_usd]
+        if not groups:
+            return
+        try:
+            month, spent = await self._spent([spend_.group_subject(g) for g in groups])
+        except Exception as error:  # noqa: BLE001 (fail open, said in the log)
+            self.log.warning("%s: cannot read the spend ledger (%s); not checking budgets", self._log_name, error)
+            return
+        refusal = spend_.over_budget(groups, self.group_budgets_usd, spent, month)
+        if refusal is not None:
+            raise SpawnException(refusal.message, reason="over-budget", status_code=403,
+                                 log_message=f"{self._log_name}: refused: {refusal.message}")
+
+    async def spend_summary(self) -> dict | None:
+        """What the form says about money: the user's spend this month and each budgeted group's."""
+        if not self.spend_table:
+            return None
+        groups = sorted(g for g in self._groups() if g in self.group_budgets_usd)
+        subjects = [spend_.user_subject(self.user.name), *(spend_.group_subject(g) for g in groups)]
+        try:
+            month, spent = await self._spent(subjects)
+        except Exception as error:  # noqa: BLE001 (the form still works without the figures)
+            self.log.warning("%s: cannot read the spend ledger (%s)", self._log_name, error)
+            return None
+        return {
+            "month": month,
+            "user_usd": spent[subjects[0]],
+            "groups": [{"name": g, "spent_usd": spent[spend_.group_subject(g)],
+                        "budget_usd": self.group_budgets_usd[g]} for g in groups],
+        }
+
+    async def _open_spend(self, view: InstanceView, cls: ClassSettings) -> None:
+        """Start billing a server's instance now that it runs (never fails the spawn)."""
+        ledger = self._ledger()
+        if ledger is None:
+            return
+        self._spend_recorder()
+        if self.use_price_list:
+            # Asked now, so billing this instance later (also from poll()) finds its price cached.
+            self._price_book().warm(view.instance_type or cls.instance_types[0], cls.market)
+        try:
+            await ledger.open(view.instance_id, now=self.spend_clock(), user=self.user.name,
+                              server=self.server_name, class_slug=cls.slug,
+                              instance_type=view.instance_type or cls.instance_types[0],
+                              az=view.availability_zone, market=cls.market)
+        except Exception as error:  # noqa: BLE001 (spend is an account, not a reason to fail a spawn)
+            self.log.warning("%s: cannot open the spend mark of %s (%s); its time is not billed",
+                             self._log_name, view.instance_id, error)
+
+    async def accrue_spend(self, iid: str | None = None, *, close: bool = False) -> float:
+        """Bill the server's instance up to now (``spend_clock``); ``close`` ends its billing."""
+        ledger, iid = self._ledger(), iid or self.instance_id
+        if ledger is None or not iid:
+            return 0.0
+        by_slug = {c.slug: c for c in self.class_settings}
+
+        async def price(mark: dict) -> float | None:
+            cls = by_slug.get(mark.get("class_slug") or self.instance_class or "")
+            if cls is None:
+                return None
+            return await self.hourly_price(cls, mark.get("instance_type"), mark.get("az", ""))
+
+        return await ledger.accrue(iid, now=self.spend_clock(), user=self.user.name, groups=self._groups(),
+                                   price=price, close=close)
+
+    async def _close_spend(self, iid: str) -> None:
+        try:
+            await self.accrue_spend(iid, close=True)
+        except Exception as error:  # noqa: BLE001 (the mark stays open: the next start reopens it)
+            self.log.warning("%s: cannot bill the last stretch of %s (%s)", self._log_name, iid, error)
+
+    def _spend_recorder(self) -> spend_.SpendRecorder | None:
+        """This hub's accrual task on the running loop (started once), if spend is recorded."""
+        if not self.spend_table:
+            return None
+        hub_id = self.hub_id
+        return spend_.SpendRecorder.ensure(
+            (hub_id, self.spend_table),
+            lambda: [s for s in list(EC2Spawner._live)
+                     if s.hub_id == hub_id and s.instance_id and not s._starting and s.user is not None],
+            interval=self.spend_interval, logger=self.log)
 
     async def _describe_types(self, types: list[str]) -> dict[str, opts.TypeFacts]:
         """Instance type figures from DescribeInstanceTypes, once per type per process."""
@@ -625,9 +802,11 @@ class EC2Spawner(Spawner):
         watcher = self._watcher()
         try:
             await self._require_lease("starting")
+            await self.check_budget()  # again: the hook may be replaced, and spend grows meanwhile
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
                 view = await self._wait_running(watcher, since)
+            await self._open_spend(view, cls)
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
             self.health_note = None
@@ -1091,6 +1270,7 @@ class EC2Spawner(Spawner):
                 self.kept_instance_id = iid
             else:
                 await self._terminate(iid)
+            await self._close_spend(iid)
             await self._delete_secret(iid)
         except AwsError as error:
             self.log.warning("%s: ending %s failed (%s); trying again at the next poll", self._log_name, iid, error)
@@ -1134,6 +1314,7 @@ class EC2Spawner(Spawner):
                     self.log.info("%s: terminating %s, found %s (stop_mode=%s)", self._log_name, iid,
                                   view.state, self.effective_stop_mode)
                     await self._terminate(iid)
+            await self._close_spend(iid)
             await self._delete_secret(iid)
             self._ended = iid
         except Exception:
@@ -1196,6 +1377,7 @@ class EC2Spawner(Spawner):
                     raise
         else:
             await self._terminate(iid)
+        await self._close_spend(iid)
         await self._delete_secret(iid)
         if not now:
             final = ("stopped", "terminated") if keep else ("terminated",)
@@ -1295,7 +1477,9 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         if not (isinstance(spawner_class, type) and issubclass(spawner_class, EC2Spawner)):
             return
         # The lease first (its renewal runs from now on); the sweeper waits for its first answer.
-        spawner_class(config=app.config, log=app.log).lease()
+        probe = spawner_class(config=app.config, log=app.log)
+        probe.lease()
+        probe._spend_recorder()  # bills the servers init_spawners re-attached
         spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
 
     return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")

@@ -56,6 +56,7 @@ FULL_CONTEXT = {
     "domain_name": "hub.example.org",
     "admin_user": "alice",
     "hub_instance_type": "m7i.large",
+    "group_budgets_usd": "gpu-users=500,research=120.5",  # as -c gives it
 }
 
 

@@ -277,7 +277,7 @@ BAD_CLASS = {"slug": "tiny", "display_name": "Tiny", "instance_types": ["t9.huge
 BAD_FILES = {
     "unknown-section": (
         {**GOOD_FILE, "database": {"url": "x"}},
-        "ec2hub.yaml: unknown section 'database' (allowed: hub, network, tls, identity, limits, culling, catalog)",
+        "ec2hub.yaml: unknown section 'database' (allowed: hub, network, tls, identity, limits, culling, spend, catalog)",
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},

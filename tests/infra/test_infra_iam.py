@@ -266,9 +266,11 @@ def test_only_describe_and_session_manager_are_unscoped(hub):
         for sid, s in statements.items()
         if "*" in as_list(s["Resource"])
     }
-    assert set(unscoped) == {"DescribeEc2", "ListServerSecrets", "SessionManagerAgent"}
+    assert set(unscoped) == {"DescribeEc2", "ListServerSecrets", "SessionManagerAgent", "ReadPrices"}
     for action in unscoped["DescribeEc2"] + unscoped["ListServerSecrets"]:
         assert action.split(":")[1].startswith("Describe")
+    # Public prices: neither action supports resource-level permissions (infra.hub.spend_statements).
+    assert unscoped["ReadPrices"] == ["ec2:DescribeSpotPriceHistory", "pricing:GetProducts"]
     assert sorted(unscoped["SessionManagerAgent"]) == sorted(SESSION_MANAGER_ACTIONS)
     for statement in statements.values():
         assert all("*" not in a.split(":")[1] for a in as_list(statement["Action"]))

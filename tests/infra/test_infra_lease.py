@@ -35,7 +35,8 @@ def test_lease_table_is_on_demand_encrypted_with_recovery_and_named_in_the_setti
 def test_hub_role_may_touch_only_its_own_lease_item(request, name):
     s = request.getfixturevalue(f"{name}_synth")
     hub_id = s.context.get("hub_id", "ec2hub")
-    (table,) = s.resources("AWS::DynamoDB::Table")
+    (table,) = [lid for lid, r in s.resources("AWS::DynamoDB::Table").items()
+                if r["Properties"].get("TableName") == f"ec2hub-{hub_id}-lease"]
     role = logical_id_by_description(s, "AWS::IAM::Role", "ec2hub hub host")
     assert policy_statements(s, role)["HoldHubLease"] == {
         "Sid": "HoldHubLease",

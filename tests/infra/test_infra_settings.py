@@ -17,6 +17,7 @@ FAKE_IDS = {
     "AWS::EC2::LaunchTemplate": "lt-{:017x}",
     "AWS::EC2::Subnet": "subnet-{:017x}",
     "AWS::EFS::FileSystem": "fs-{:08x}",
+    "AWS::DynamoDB::Table": "stack-SpendTable-{:013x}",
 }
 
 

@@ -99,6 +99,7 @@ def platform(ec2):
 async def hub_id(emulator):
     """A fresh hub id per test: watchers, sweepers and tags never mix between tests."""
     from ec2spawner.health import HealthProber
+    from ec2spawner.spend import SpendRecorder
     from ec2spawner.sweeper import OrphanSweeper
     from ec2spawner.watcher import InstanceWatcher
 
@@ -106,6 +107,7 @@ async def hub_id(emulator):
     await OrphanSweeper.stop_all()
     await InstanceWatcher.stop_all()
     await HealthProber.stop_all()
+    await SpendRecorder.stop_all()
 
 
 def make_user(name: str = "alice", groups=()):

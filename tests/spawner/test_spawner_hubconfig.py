@@ -114,3 +114,14 @@ def test_spawner_accepts_the_config(trait):
     c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5")
     spawner = EC2Spawner(config=c)
     assert getattr(spawner, trait) == c.EC2Spawner[trait]
+
+
+def test_spend_ledger_and_budgets_reach_the_spawner():
+    document = {**settings().model_dump(), "spend_table": "hub1-SpendTable-X",
+                "group_budgets_usd": {"gpu": 500}, "budget_exempt_admins": True}
+    c = apply_settings(Config(), HubSettings.model_validate(document), hub_connect_ip="10.0.0.5", python="/py")
+    assert (c.EC2Spawner.spend_table, c.EC2Spawner.group_budgets_usd, c.EC2Spawner.budget_exempt_admins) == (
+        "hub1-SpendTable-X", {"gpu": 500.0}, True)
+    # Without a ledger nothing about spend is set: no budgets can be enforced.
+    plain = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py")
+    assert {"spend_table", "group_budgets_usd", "budget_exempt_admins"}.isdisjoint(plain.EC2Spawner)
