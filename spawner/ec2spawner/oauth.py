@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from oauthenticator import generic, github, google
+from oauthenticator import generic, github, google, oauth2
 from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Unicode
@@ -45,8 +45,8 @@ def _provider_error(body: bytes | str | None) -> str:
         return text[:200]
 
 
-class RefusedSecretIsSaid:
-    """Mixin for an OAuthenticator: a refused client secret is one clear log line and a 503."""
+class RefusedSecretIsSaid(oauth2.OAuthenticator):
+    """Base of the three below: a refused client secret is one clear log line and a 503."""
 
     client_secret_source = Unicode(
         "",

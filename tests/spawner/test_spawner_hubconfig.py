@@ -162,9 +162,10 @@ def test_the_oauth_config_loads_into_the_authenticators():
     """manage_groups must be set with the group options, or oauthenticator refuses the config."""
     from ec2spawner.oauth import GenericOAuthenticator, GitHubOAuthenticator
 
-    c = apply_settings(Config(), settings(type="oidc", oauth_client_id="cid", oauth_callback_url="cb",
+    c = apply_settings(Config(), settings(type="oidc", oauth_client_id="cid", oauth_client_secret_name="n",
                                           allowed_groups=["staff"], admin_groups=["a"]), hub_connect_ip="x")
     assert GenericOAuthenticator(config=c).admin_groups == {"a"}
+    assert GenericOAuthenticator(config=c).client_secret_source == "n"
     c = apply_settings(Config(), settings(type="github", oauth_client_id="cid", admin_groups=["o:t"]),
                        hub_connect_ip="x")
     assert GitHubOAuthenticator(config=c).auth_state_groups_key is github_team_groups
