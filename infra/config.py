@@ -37,7 +37,24 @@ CONTEXT_KEYS = (
     "hub_instance_type",
     "hub_ami",
     "allowed_ingress_cidr",
+    # Sign-in (infra/identity.py): which identity provider, and what the hub needs to know of it.
+    "auth",
+    "oauth_client_id",
+    "oidc_authorize_url",
+    "oidc_token_url",
+    "oidc_userinfo_url",
+    "oidc_scopes",
+    "oidc_username_claim",
+    "oauth_groups_claim",
+    "oauth_allowed_groups",
+    "oauth_admin_groups",
+    "oauth_allow_all",
+    "github_organizations",
+    "google_domains",
+    "cognito_domain_prefix",
 )
+
+AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
 _HUB_ID = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
@@ -52,6 +69,11 @@ _DOMAIN = re.compile(
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
+_HTTPS_URL = re.compile(r"^https://[^\s/?#]+(/[^\s]*)?$")
+# Cognito domain prefixes: lowercase letters, digits and hyphens, not starting or ending with a
+# hyphen, and without the reserved words (Cognito developer guide, "Using the Amazon Cognito domain").
+_COGNITO_PREFIX = re.compile(r"^(?!.*(aws|amazon|cognito))[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[^\s,]{1,255}$")
 
 
 class ConfigError(ValueError):
@@ -74,6 +96,27 @@ class HubConfig:
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
+    # Sign-in: "native" (NativeAuthenticator), or an identity provider through oauthenticator.
+    auth: str = "native"
+    oauth_client_id: str | None = None
+    oidc_authorize_url: str | None = None
+    oidc_token_url: str | None = None
+    oidc_userinfo_url: str | None = None
+    oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    oidc_username_claim: str = "preferred_username"
+    oauth_groups_claim: str = "groups"
+    oauth_allowed_groups: tuple[str, ...] = ()
+    oauth_admin_groups: tuple[str, ...] = ()
+    oauth_allow_all: bool = False
+    github_organizations: tuple[str, ...] = ()
+    google_domains: tuple[str, ...] = ()
+    # None: ec2hub-<hub_id>-<account> (the prefix is unique per region across all accounts).
+    cognito_domain_prefix: str | None = None
+
+    @property
+    def oauth(self) -> bool:
+        """Sign-in through an identity provider (a client secret in Secrets Manager)."""
+        return self.auth != "native"
 
     @property
     def https(self) -> bool:
@@ -144,6 +187,79 @@ def _int(context: dict[str, Any], key: str, default: int, low: int, high: int) -
     return number
 
 
+def _names(context: dict[str, Any], key: str, pattern: re.Pattern[str] = _NAME) -> tuple[str, ...]:
+    """A list given as a JSON list (cdk.json) or as comma- or space-separated text (``-c``)."""
+    value = context.get(key)
+    if value is None or value == "":
+        return ()
+    items = value if isinstance(value, list) else re.split(r"[,\s]+", str(value).strip())
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    for name in names:
+        if not pattern.match(name):
+            raise ConfigError(f"context {key}: {name!r} is not a name (no spaces or commas)")
+    return names
+
+
+def _auth_fields(context: dict[str, Any]) -> dict[str, Any]:
+    """The sign-in knobs, each checked; what each provider requires is checked in config_from_context."""
+    auth = _text(context, "auth") or "native"
+    if auth not in AUTH_TYPES:
+        raise ConfigError(f"context auth: {auth!r} is not one of {', '.join(AUTH_TYPES)}")
+    fields: dict[str, Any] = {
+        "auth": auth,
+        "oauth_client_id": _checked(context, "oauth_client_id", _NAME, "an OAuth client id"),
+        "oauth_groups_claim": _checked(context, "oauth_groups_claim", _NAME, "a claim name") or "groups",
+        "oidc_username_claim": _checked(context, "oidc_username_claim", _NAME, "a claim name")
+        or "preferred_username",
+        "oidc_scopes": _names(context, "oidc_scopes") or ("openid", "profile", "email"),
+        "oauth_allowed_groups": _names(context, "oauth_allowed_groups"),
+        "oauth_admin_groups": _names(context, "oauth_admin_groups"),
+        "oauth_allow_all": _bool(context, "oauth_allow_all", False),
+        "github_organizations": _names(context, "github_organizations"),
+        "google_domains": _names(context, "google_domains"),
+        "cognito_domain_prefix": _checked(
+            context, "cognito_domain_prefix", _COGNITO_PREFIX,
+            "a Cognito domain prefix (lowercase letters, digits, hyphens; no aws, amazon or cognito)",
+        ),
+    }
+    for key in ("oidc_authorize_url", "oidc_token_url", "oidc_userinfo_url"):
+        fields[key] = _checked(context, key, _HTTPS_URL, "an https:// URL")
+    return fields
+
+
+def _check_provider(config: HubConfig) -> None:
+    """What the chosen identity provider needs: one line naming the first missing context value."""
+    if config.auth in ("github", "google", "oidc") and config.oauth_client_id is None:
+        raise ConfigError(
+            f"context oauth_client_id: required with auth={config.auth}: the client id of the OAuth "
+            "app registered with the provider (its secret goes into Secrets Manager after deploy)"
+        )
+    if config.auth == "oidc":
+        for key in ("oidc_authorize_url", "oidc_token_url", "oidc_userinfo_url"):
+            if getattr(config, key) is None:
+                raise ConfigError(
+                    f"context {key}: required with auth=oidc: the provider's endpoint (its "
+                    "/.well-known/openid-configuration lists them)"
+                )
+    if config.auth == "google" and (config.oauth_allowed_groups or config.oauth_admin_groups):
+        raise ConfigError(
+            "context oauth_allowed_groups: Google's tokens carry no groups: use google_domains, "
+            "oauth_allow_all or admin_user (groups are managed in the hub)"
+        )
+    who = {
+        "github": bool(config.github_organizations or config.oauth_allowed_groups),
+        "google": bool(config.google_domains),
+        "oidc": bool(config.oauth_allowed_groups),
+    }
+    if config.auth in who and not (who[config.auth] or config.oauth_allow_all):
+        allow = {"github": "github_organizations or oauth_allowed_groups", "google": "google_domains",
+                 "oidc": "oauth_allowed_groups"}[config.auth]
+        raise ConfigError(
+            f"context {allow.split()[0]}: required with auth={config.auth}: say who may sign in "
+            f"({allow}), or -c oauth_allow_all=true for everyone the provider signs in"
+        )
+
+
 def config_from_context(context: dict[str, Any]) -> HubConfig:
     """Parse and check the context values this app understands; defaults for the rest.
 
@@ -186,12 +302,20 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
+        **_auth_fields(context),
     )
     # Checked after every value parsed, so a malformed value is reported as such first.
     if config.admin_user is None:
         raise ConfigError(
             "context admin_user: required: the user name of the hub's first admin "
             "(-c admin_user=<name>)"
+        )
+    _check_provider(config)
+    if config.auth == "cognito" and not config.https:
+        # Cognito accepts plain-HTTP callback URLs only for localhost.
+        raise ConfigError(
+            "context certificate_arn: required with auth=cognito: Cognito sends users back only to "
+            "an https:// callback URL (-c certificate_arn=arn:aws:acm:...)"
         )
     if not config.https and not config.allow_http:
         raise ConfigError(

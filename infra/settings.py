@@ -51,8 +51,13 @@ def settings_document(
     efs_id: str | None,
     admin_users: list[str],
     lease_table: str | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The HubSettings mapping: catalog classes (as written) plus each class's launch template id."""
+    """The HubSettings mapping: catalog classes (as written) plus each class's launch template id.
+
+    ``auth`` is the sign-in mapping (infra.identity.auth_settings); None: native sign-in with
+    ``admin_users``.
+    """
     classes = [
         {
             **cls.model_dump(mode="json", exclude_none=True),
@@ -71,7 +76,7 @@ def settings_document(
         "hub_api_port": HUB_API_PORT,
         "proxy_port": PROXY_PORT,
         "idle_timeout_s": IDLE_TIMEOUT_S,
-        "auth": {"type": "native", "admin_users": list(admin_users)},
+        "auth": auth or {"type": "native", "admin_users": list(admin_users)},
     }
     if efs_id is not None:
         document["efs_id"] = efs_id

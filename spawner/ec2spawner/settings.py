@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .catalog import InstanceClass
 
 SETTINGS_VERSION = 1
+# The key of the JSON placeholder the stack puts in the OAuth client secret (infra.identity) until
+# the operator puts the provider's secret there; the hub bootstrap refuses to start on it.
+OAUTH_SECRET_PLACEHOLDER_KEY = "ec2hub-placeholder"
 
 
 class ClassSettings(InstanceClass):
