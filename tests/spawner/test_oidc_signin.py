@@ -252,6 +252,42 @@ def test_a_wrong_client_secret_fails_sign_in_with_a_clear_log_line(oidc_hub):
     assert CLIENT_SECRET not in oidc_hub.log()
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/install-system-deps.sh), as tests/e2e uses it
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def test_in_a_browser_the_sign_in_button_leads_through_the_provider_to_the_allowed_classes(oidc_hub):
+    """Headless Chromium (Playwright): the hub's login button, the provider's own forms, and the
+    spawn form offering exactly the classes the provider's groups allow."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            offered = {}
+            for login in ("alice", "bob"):
+                page = browser.new_context().new_page()
+                page.set_default_timeout(30_000)
+                page.goto(oidc_hub.base + "/hub/login")
+                page.click("text=Sign in with OpenID Connect")
+                page.wait_for_url(re.compile(re.escape(oidc_hub.provider.issuer) + "/interaction/.*"))
+                page.fill("input[name=login]", login)
+                page.fill("input[name=password]", "any password")
+                page.click("button[type=submit]")
+                page.wait_for_url(re.compile(".*/interaction/.*|.*/hub/.*"))
+                if "/interaction/" in page.url:
+                    page.click("button[type=submit]")  # the provider's consent form
+                page.wait_for_url(re.compile(re.escape(oidc_hub.base) + "/hub/spawn.*"))
+                page.wait_for_selector("input[name=instance_class]")
+                offered[login] = sorted(page.eval_on_selector_all(
+                    "input[name=instance_class]", "inputs => inputs.map(i => i.value)"))
+                page.context.close()
+        finally:
+            browser.close()
+    assert offered == {"alice": ["gpu", "small", "spot"], "bob": ["small", "spot"]}
+
+
 @pytest.fixture
 def live_oidc(ec2, oidc_hub):
     from spawner_testing import live_instances
