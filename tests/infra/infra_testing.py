@@ -58,6 +58,16 @@ FULL_CONTEXT = {
     "hub_instance_type": "m7i.large",
 }
 
+# Sign-in through the stack's own Cognito user pool (infra/identity.py).
+COGNITO_CONTEXT = {
+    "auth": "cognito",
+    "certificate_arn": CERT,
+    "domain_name": "hub.example.org",
+    # Not FULL_CONTEXT's: checkov tells templates apart by file name, which is the stack name.
+    "hub_id": "lab",
+    "oauth_admin_groups": "hub-admins",
+}
+
 
 @dataclass
 class Synth:
