@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from ec2spawner.catalog import Catalog, CatalogError, ec2_instance_types, parse_catalog
@@ -49,6 +49,8 @@ DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 
 SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "catalog")
 
+AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
+
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
 _HUB_ID = r"^[A-Za-z][A-Za-z0-9-]{0,62}$"
 _ACCOUNT = r"^[0-9]{12}$"
@@ -60,6 +62,13 @@ _AMI = r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"
 _ADMIN_USER = r"^[A-Za-z0-9._@+=,-]{1,128}$"
 # A JupyterHub group name as it appears in a budget (no '=' or ',': the -c form separates with them).
 _GROUP = re.compile(r"^[^=,\s][^=,]{0,254}$")
+_HTTPS_URL = r"^https://[^\s/?#]+(/[^\s]*)?$"
+# Cognito domain prefixes: lowercase letters, digits and hyphens, not starting or ending with a
+# hyphen, and without the reserved words (Cognito developer guide, "Using the Amazon Cognito domain").
+_COGNITO_PREFIX = r"^(?!.*(aws|amazon|cognito))[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME = r"^[^\s,]{1,255}$"
+_NAME_RE = re.compile(_NAME)
+AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
 
 
 class ConfigError(ValueError):
@@ -109,7 +118,25 @@ class HubConfig(BaseModel):
     domain_name: Annotated[str | None, matches(_DOMAIN, "a DNS name")] = knob("tls", None, key="domain")
     # -- identity -----------------------------------------------------------------------------------
     admin_user: Annotated[str | None, matches(_ADMIN_USER, "a plain user name")] = knob("identity", None)
-    authenticator: Literal["native"] = knob("identity", "native")
+    # Sign-in: "native" (NativeAuthenticator), or an identity provider through oauthenticator
+    # (infra/identity.py); what each provider needs is checked by _check_provider.
+    auth: str = knob("identity", "native", key="authenticator")
+    oauth_client_id: Annotated[str | None, matches(_NAME, "an OAuth client id")] = knob("identity", None)
+    oidc_authorize_url: Annotated[str | None, matches(_HTTPS_URL, "an https:// URL")] = knob("identity", None)
+    oidc_token_url: Annotated[str | None, matches(_HTTPS_URL, "an https:// URL")] = knob("identity", None)
+    oidc_userinfo_url: Annotated[str | None, matches(_HTTPS_URL, "an https:// URL")] = knob("identity", None)
+    oidc_scopes: tuple[str, ...] = knob("identity", ("openid", "profile", "email"))
+    oidc_username_claim: Annotated[str, matches(_NAME, "a claim name")] = knob("identity", "preferred_username")
+    oauth_groups_claim: Annotated[str, matches(_NAME, "a claim name")] = knob("identity", "groups")
+    oauth_allowed_groups: tuple[str, ...] = knob("identity", ())
+    oauth_admin_groups: tuple[str, ...] = knob("identity", ())
+    oauth_allow_all: bool = knob("identity", False)
+    github_organizations: tuple[str, ...] = knob("identity", ())
+    google_domains: tuple[str, ...] = knob("identity", ())
+    # None: ec2hub-<hub_id>-<account> (the prefix is unique per region across all accounts).
+    cognito_domain_prefix: Annotated[str | None, matches(
+        _COGNITO_PREFIX, "a Cognito domain prefix (lowercase letters, digits, hyphens; no aws, amazon or cognito)"
+    )] = knob("identity", None)
     # -- limits -------------------------------------------------------------------------------------
     allow_named_servers: bool = knob("limits", True)
     # JupyterHub's c.JupyterHub.named_server_limit_per_user; 0: no limit.
@@ -132,6 +159,32 @@ class HubConfig(BaseModel):
         if value not in ec2_instance_types():
             raise ValueError(f"{value!r} is not an EC2 instance type")
         return value
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_type(cls, value: Any) -> Any:
+        if value not in AUTH_TYPES:
+            raise ValueError(f"{value!r} is not one of {', '.join(AUTH_TYPES)}")
+        return value
+
+    @field_validator(
+        "oidc_scopes", "oauth_allowed_groups", "oauth_admin_groups", "github_organizations", "google_domains",
+        mode="before",
+    )
+    @classmethod
+    def _names(cls, value: Any) -> tuple[str, ...]:
+        """A list (the file, cdk.json) or comma- or space-separated text (``-c``)."""
+        items = value if isinstance(value, list | tuple) else re.split(r"[,\s]+", str(value).strip())
+        names = tuple(str(item).strip() for item in items if str(item).strip())
+        for name in names:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a name (no spaces or commas)")
+        return names
+
+    @property
+    def oauth(self) -> bool:
+        """Sign-in through an identity provider (a client secret in Secrets Manager)."""
+        return self.auth != "native"
 
     @field_validator("group_budgets_usd", mode="before")
     @classmethod
@@ -279,6 +332,46 @@ def _check_required(config: HubConfig, *, admin: str, certificate: str) -> HubCo
     return config
 
 
+def _check_provider(config: HubConfig, where: dict[str, str]) -> None:
+    """What the chosen identity provider needs: one line naming the first missing value, as
+    ``where`` names it (the file's field or the context key)."""
+    if config.auth in ("github", "google", "oidc") and config.oauth_client_id is None:
+        raise ConfigError(
+            f"{where['oauth_client_id']}: required with auth={config.auth}: the client id of the OAuth "
+            "app registered with the provider (its secret goes into Secrets Manager after deploy)"
+        )
+    if config.auth == "oidc":
+        for key in ("oidc_authorize_url", "oidc_token_url", "oidc_userinfo_url"):
+            if getattr(config, key) is None:
+                raise ConfigError(
+                    f"{where[key]}: required with auth=oidc: the provider's endpoint (its "
+                    "/.well-known/openid-configuration lists them)"
+                )
+    if config.auth == "google" and (config.oauth_allowed_groups or config.oauth_admin_groups):
+        raise ConfigError(
+            f"{where['oauth_allowed_groups']}: Google's tokens carry no groups: use google_domains, "
+            "oauth_allow_all or admin_user (groups are managed in the hub)"
+        )
+    who = {
+        "github": bool(config.github_organizations or config.oauth_allowed_groups),
+        "google": bool(config.google_domains),
+        "oidc": bool(config.oauth_allowed_groups),
+    }
+    if config.auth in who and not (who[config.auth] or config.oauth_allow_all):
+        allow = {"github": "github_organizations or oauth_allowed_groups", "google": "google_domains",
+                 "oidc": "oauth_allowed_groups"}[config.auth]
+        raise ConfigError(
+            f"{where[allow.split()[0]]}: required with auth={config.auth}: say who may sign in "
+            f"({allow}), or -c oauth_allow_all=true for everyone the provider signs in"
+        )
+    if config.auth == "cognito" and not config.https:
+        # Cognito accepts plain-HTTP callback URLs only for localhost.
+        raise ConfigError(
+            f"{where['certificate_arn']}: required with auth=cognito: Cognito sends users back only to "
+            "an https:// callback URL (-c certificate_arn=arn:aws:acm:...)"
+        )
+
+
 def config_from_context(context: dict[str, Any]) -> HubConfig:
     """Parse and check context values alone (no configuration file); defaults for the rest.
 
@@ -293,6 +386,7 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
             "context admin_user: required: the user name of the hub's first admin "
             "(-c admin_user=<name>)"
         )
+    _check_provider(config, {name: f"context {name}" for name in KNOBS})
     if not config.https and not config.allow_http:
         raise ConfigError(
             "context certificate_arn: required: an ACM certificate ARN for HTTPS "
@@ -382,10 +476,8 @@ def load_config(context: dict[str, Any], *, path: str | Path | None = None) -> H
         values["catalog_path"] = Path(str(context["catalog"]))
         values.pop("catalog", None)
     values["extra_config_dir"] = file.parent / EXTRA_CONFIG_DIR
-    config = _build(values, {name: where.get(name, f"{file.name}: {KNOBS[name][0]}.{KNOBS[name][1]}") for name in KNOBS})
-    name = file.name
-    return _check_required(
-        config,
-        admin=where.get("admin_user", f"{name}: identity.admin_user"),
-        certificate=where.get("certificate_arn", f"{name}: tls.certificate_arn"),
-    )
+    labels = {name: where.get(name, f"{file.name}: {KNOBS[name][0]}.{KNOBS[name][1]}") for name in KNOBS}
+    config = _build(values, labels)
+    _check_required(config, admin=labels["admin_user"], certificate=labels["certificate_arn"])
+    _check_provider(config, labels)
+    return config

@@ -211,20 +211,35 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         }.items():
             acknowledge_checkov(lambda_function, check, reason)
 
-    admin_secret = stack.admin.secret
-    acknowledge(
-        admin_secret,
-        "SMG4",
-        "The secret is the admin's initial password only: the hub creates the account from it at "
-        "first start and the admin changes the password in the hub, so rotating the secret would "
-        "change nothing. Only the hub role may read it.",
-    )
-    acknowledge_checkov(
-        admin_secret,
-        "CKV_AWS_149",
-        "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a month "
-        "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
-    )
+    if stack.admin is not None:
+        admin_secret = stack.admin.secret
+        acknowledge(
+            admin_secret,
+            "SMG4",
+            "The secret is the admin's initial password only: the hub creates the account from it at "
+            "first start and the admin changes the password in the hub, so rotating the secret would "
+            "change nothing. Only the hub role may read it.",
+        )
+        acknowledge_checkov(
+            admin_secret,
+            "CKV_AWS_149",
+            "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a month "
+            "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
+        )
+    if stack.identity is not None:
+        client_secret = stack.identity.secret
+        acknowledge(
+            client_secret,
+            "SMG4",
+            "The secret is the OAuth client secret the identity provider issued: only the provider can "
+            "rotate it (a new secret there, then put-secret-value here; the hub reads it at every start).",
+        )
+        acknowledge_checkov(
+            client_secret,
+            "CKV_AWS_149",
+            "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a month "
+            "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
+        )
 
     acknowledge_checkov(
         stack.hub.lease_table,

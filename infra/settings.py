@@ -60,9 +60,14 @@ def settings_document(
     spend_table: str | None = None,
     group_budgets_usd: dict[str, float] | None = None,
     budget_exempt_admins: bool = False,
+    auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id;
-    ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`)."""
+    ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`).
+
+    ``auth`` is the sign-in mapping (infra.identity.auth_settings); None: native sign-in with
+    ``admin_users``.
+    """
     classes = [
         {
             **cls.model_dump(mode="json", exclude_none=True),
@@ -83,7 +88,7 @@ def settings_document(
         "idle_timeout_s": idle_timeout_s,
         "allow_named_servers": allow_named_servers,
         "named_server_limit_per_user": named_server_limit_per_user,
-        "auth": {"type": "native", "admin_users": list(admin_users)},
+        "auth": auth or {"type": "native", "admin_users": list(admin_users)},
     }
     if extra_config:
         document["extra_config"] = dict(sorted(extra_config.items()))

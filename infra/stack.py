@@ -15,6 +15,7 @@ from ec2spawner.catalog import Catalog
 from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statements
+from .identity import IdentityProvider, auth_settings, callback_url
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .settings import SettingsParameter, extra_config_files, settings_document
@@ -131,29 +132,65 @@ class Ec2HubStack(Stack):
         for statement in spend_statements(spend_table_arn=self.hub.spend_table.table_arn):
             self.hub.role.add_to_principal_policy(statement)
 
-        # --- the first admin: a generated password only the hub may read ------------------------
-        self.admin = AdminAccount(
-            self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
-        )
-        self.hub.role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="ReadAdminPassword",
-                actions=["secretsmanager:GetSecretValue"],
-                # Secrets Manager appends a hyphen and 6 random characters to a secret's name in
-                # its ARN (Secrets Manager user guide, "Secret ARN"): '??????' matches exactly those.
-                resources=[
-                    self.format_arn(
-                        service="secretsmanager",
-                        resource="secret",
-                        resource_name=f"{self.admin.secret_name}-??????",
-                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                    )
-                ],
+        def secret_arn(name: str) -> str:
+            # Secrets Manager appends a hyphen and 6 random characters to a secret's name in
+            # its ARN (Secrets Manager user guide, "Secret ARN"): '??????' matches exactly those.
+            return self.format_arn(
+                service="secretsmanager",
+                resource="secret",
+                resource_name=f"{name}-??????",
+                arn_format=ArnFormat.COLON_RESOURCE_NAME,
             )
-        )
-        Tags.of(self.hub.instance).add(
-            TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
-        )
+
+        # --- the first admin: a generated password only the hub may read ------------------------
+        # (native sign-in only: with an identity provider the admin signs in there)
+        self.admin: AdminAccount | None = None
+        if not config.oauth:
+            self.admin = AdminAccount(
+                self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
+            )
+            self.hub.role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="ReadAdminPassword",
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[secret_arn(self.admin.secret_name)],
+                )
+            )
+            Tags.of(self.hub.instance).add(
+                TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
+            )
+
+        # --- sign-in through an identity provider: its client secret, only the hub reads it ------
+        scheme = "https" if config.https else "http"
+        host = config.domain_name or self.hub.load_balancer.load_balancer_dns_name
+        hub_url = f"{scheme}://{host}/"
+        self.identity: IdentityProvider | None = None
+        auth = auth_settings(config, callback=callback_url(hub_url), secret_name=None)
+        if config.oauth:
+            self.identity = IdentityProvider(
+                self,
+                "Identity",
+                config=config,
+                callback=callback_url(hub_url),
+                groups=sorted(
+                    {g for cls in catalog.classes for g in cls.allowed_groups} | set(config.oauth_admin_groups)
+                ),
+            )
+            self.hub.role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="ReadOAuthClientSecret",
+                    actions=["secretsmanager:GetSecretValue"],
+                    resources=[secret_arn(self.identity.secret_name)],
+                )
+            )
+            cognito_client = self.identity.client
+            auth = auth_settings(
+                config,
+                callback=callback_url(hub_url),
+                secret_name=self.identity.secret_name,
+                cognito_client_id=cognito_client.user_pool_client_id if cognito_client else None,
+                cognito_base_url=self.identity.domain.base_url() if self.identity.domain else None,
+            )
 
         # --- settings --------------------------------------------------------------------------
         document = settings_document(
@@ -175,6 +212,7 @@ class Ec2HubStack(Stack):
             spend_table=self.hub.spend_table.table_name,
             group_budgets_usd=config.group_budgets_usd,
             budget_exempt_admins=config.budget_exempt_admins,
+            auth=auth,
         )
         self.settings = SettingsParameter(
             self,
@@ -186,12 +224,10 @@ class Ec2HubStack(Stack):
         self.hub.instance.node.add_dependency(self.settings)
 
         # --- outputs ---------------------------------------------------------------------------
-        scheme = "https" if config.https else "http"
-        host = config.domain_name or self.hub.load_balancer.load_balancer_dns_name
         CfnOutput(
             self,
             "HubUrl",
-            value=f"{scheme}://{host}/",
+            value=hub_url,
             description="Open this in a browser",
         )
         CfnOutput(
@@ -206,26 +242,83 @@ class Ec2HubStack(Stack):
             value=self.hub.load_balancer.load_balancer_dns_name,
             description="Point domain_name here (CNAME or alias record)",
         )
-        CfnOutput(
-            self,
-            "AdminPasswordSecretName",
-            value=self.admin.secret_name,
-            description="Secrets Manager secret with the admin's initial password",
-        )
-        CfnOutput(
-            self,
-            "AdminPasswordCommand",
-            value=(
-                "aws secretsmanager get-secret-value --query SecretString --output text "
-                f"--region {self.region} --secret-id {self.admin.secret_name}"
-            ),
-            description=f"Prints the initial password of the admin {config.admin_user}: "
-            "sign in with it, then change it at /hub/change-password",
-        )
+        if self.admin is not None:
+            CfnOutput(
+                self,
+                "AdminPasswordSecretName",
+                value=self.admin.secret_name,
+                description="Secrets Manager secret with the admin's initial password",
+            )
+            CfnOutput(
+                self,
+                "AdminPasswordCommand",
+                value=(
+                    "aws secretsmanager get-secret-value --query SecretString --output text "
+                    f"--region {self.region} --secret-id {self.admin.secret_name}"
+                ),
+                description=f"Prints the initial password of the admin {config.admin_user}: "
+                "sign in with it, then change it at /hub/change-password",
+            )
+        if self.identity is not None:
+            self._identity_outputs(config, callback_url(hub_url))
         if not config.https:
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",
                 "allow_http is set and no certificate_arn given: the hub is served over plain "
                 "HTTP, so passwords and tokens cross the network unencrypted. Set "
                 "tls.certificate_arn (and tls.domain) in ec2hub.yaml for HTTPS.",
+            )
+
+    def _identity_outputs(self, config: HubConfig, callback: str) -> None:
+        """How the operator finishes an identity provider's setup (docs/DEPLOY.md)."""
+        identity = self.identity
+        CfnOutput(
+            self,
+            "OAuthCallbackUrl",
+            value=callback,
+            description="Register this as the redirect (callback) URL of the hub's OAuth app",
+        )
+        CfnOutput(
+            self,
+            "OAuthClientSecretName",
+            value=identity.secret_name,
+            description="Secrets Manager secret for the OAuth client secret (plain text)",
+        )
+        put = (
+            f"aws secretsmanager put-secret-value --region {self.region} "
+            f"--secret-id {identity.secret_name} --secret-string"
+        )
+        if identity.client is not None:
+            CfnOutput(
+                self,
+                "OAuthClientSecretCommand",
+                value=(
+                    f'{put} "$(aws cognito-idp describe-user-pool-client --region {self.region} '
+                    f"--user-pool-id {identity.user_pool.user_pool_id} --client-id "
+                    f"{identity.client.user_pool_client_id} --query UserPoolClient.ClientSecret "
+                    '--output text)"'
+                ),
+                description="Copies the Cognito app client's secret into the hub's secret (run once "
+                "after the first deploy; the hub starts once it is there)",
+            )
+            CfnOutput(
+                self,
+                "CognitoUserPoolId",
+                value=identity.user_pool.user_pool_id,
+                description="Add users with aws cognito-idp admin-create-user, groups with "
+                "admin-add-user-to-group",
+            )
+            CfnOutput(
+                self,
+                "CognitoSignInUrl",
+                value=identity.domain.base_url(),
+                description="The user pool's hosted sign-in domain",
+            )
+        else:
+            CfnOutput(
+                self,
+                "OAuthClientSecretCommand",
+                value=f"{put} '<the client secret of {config.auth} OAuth app {config.oauth_client_id}>'",
+                description="Puts the provider's client secret where the hub reads it (the hub "
+                "starts once it is there)",
             )

@@ -2,7 +2,7 @@
 # Installs the Debian packages ec2hub's tests and sandbox need, only those missing.
 #   iproute2     ip netns / veth / bridge for the simulated VPC and isolated hosts
 #   util-linux   unshare, mount, nsenter for the isolated hosts' namespaces and overlay roots
-#   chromium     the headless browser of the end-to-end tests
+#   chromium     the headless browser of the end-to-end tests and of the OpenID Connect sign-in test
 #   procps       ps/pkill used by teardown
 #   systemd-container  systemd-nspawn: every sandbox instance boots the machine's systemd as PID 1
 #   cloud-init   runs each instance's user data from the IMDS emulator, once per instance id

@@ -142,18 +142,28 @@ def ensure_secret_file(name: str, make) -> None:
 
 
 def ensure_oauth_secret(settings, region: str) -> None:
-    name = settings.auth.oauth_client_secret_parameter
+    """The identity provider's client secret from Secrets Manager (the stack made the secret, the
+    operator put the value), fetched at every start into a 0600 file only the hub config reads.
+    Not an environment variable: the hub's children (the proxy, the idle culler) would inherit it.
+    While the secret still holds the stack's placeholder the hub does not start, with a line that
+    says what to run; systemd retries, so the hub starts once the value is there. Never printed."""
+    from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY
+
+    name = settings.auth.oauth_client_secret_name
     path = f"{STATE}/oauth_client_secret"
     if not name:
         if os.path.exists(path):
             os.remove(path)
         return
     try:
-        value = aws_client("ssm", region).get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+        value = aws_client("secretsmanager", region).get_secret_value(SecretId=name)["SecretString"]
     except aws_errors() as exc:
-        die("secrets", f"GetParameter {name} (OAuth client secret): {type(exc).__name__}")
-    changed = write_if_changed(path, value + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
-    log("secrets", f"{path} from {name} {'written' if changed else 'unchanged'} (0600)")
+        die("secrets", f"GetSecretValue {shown(name)} (the OAuth client secret): {type(exc).__name__}")
+    if OAUTH_SECRET_PLACEHOLDER_KEY in value:
+        die("secrets", f"{shown(name)} still holds the stack's placeholder: put the {settings.auth.type} "
+            "client secret there (the stack's OAuthClientSecretCommand output); the hub starts once it is there")
+    changed = write_if_changed(path, value.strip() + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
+    log("secrets", f"{path} from {shown(name)} {'written' if changed else 'unchanged'} (0600)")
 
 
 def ensure_admin_password(secret_name: str | None, region: str) -> None:

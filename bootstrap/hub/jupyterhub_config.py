@@ -12,7 +12,8 @@
 #   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image
 #   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)
 #   /var/lib/ec2hub/jupyterhub_cookie_secret                                (0600, kept)
-#   /var/lib/ec2hub/oauth_client_secret  only with an OAuth authenticator   (0600)
+#   /var/lib/ec2hub/oauth_client_secret  with an identity provider: its client secret, from
+#                                      Secrets Manager at every start (0600)
 #   /var/lib/ec2hub/admin_password     the first admin's password, from Secrets Manager (0600)
 import json
 import sys

@@ -18,6 +18,7 @@ from traitlets.config import Config
 
 from . import health
 from .lease import LeaseHealthHandler
+from .oauth import ClaimGroups, github_team_groups
 from .settings import AuthSettings, HubSettings
 from .spawner import start_sweeper_with_hub
 
@@ -57,8 +58,8 @@ def apply_settings(
     """Set the hub, spawner, authenticator and idle-culler config from ``settings``; return ``c``.
 
     ``hub_connect_ip`` is the hub host's private IP (notebooks call the hub API there).
-    ``oauth_client_secret`` is read by the caller from ``settings.auth.oauth_client_secret_parameter``
-    (SSM SecureString), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
+    ``oauth_client_secret`` is read by the caller (the hub bootstrap fetches the Secrets Manager
+    secret ``settings.auth.oauth_client_secret_name`` at every start), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
     sign up under an admin's name. ``python`` runs the idle culler; ``proxy_command`` is the
     configurable-http-proxy executable (found on PATH by default).
@@ -180,16 +181,43 @@ def _apply_auth(
         # list must let every authenticated (= authorized) user through.
         c.Authenticator.allow_all = True
     elif auth.type == "github":
-        c.JupyterHub.authenticator_class = "oauthenticator.github.GitHubOAuthenticator"
-        _oauth_common(c.GitHubOAuthenticator, auth, client_secret)
+        c.JupyterHub.authenticator_class = "ec2spawner.oauth.GitHubOAuthenticator"
+        section = c.GitHubOAuthenticator
+        _oauth_common(section, auth, client_secret)
         if auth.allowed_organizations:
-            c.GitHubOAuthenticator.allowed_organizations = set(auth.allowed_organizations)
-    elif auth.type == "generic-oauth":
-        c.JupyterHub.authenticator_class = "oauthenticator.generic.GenericOAuthenticator"
-        _oauth_common(c.GenericOAuthenticator, auth, client_secret)
-        c.GenericOAuthenticator.authorize_url = auth.oauth_authorize_url
-        c.GenericOAuthenticator.token_url = auth.oauth_token_url
-        c.GenericOAuthenticator.userdata_url = auth.oauth_userdata_url
+            section.allowed_organizations = set(auth.allowed_organizations)
+        # Teams are the groups: reading them needs read:org (GitHub's OAuth scopes).
+        section.scope = ["read:user", "read:org"]
+        section.populate_teams_in_auth_state = True
+        _managed_groups(section, auth, github_team_groups)
+    elif auth.type == "google":
+        c.JupyterHub.authenticator_class = "ec2spawner.oauth.GoogleOAuthenticator"
+        section = c.GoogleOAuthenticator
+        _oauth_common(section, auth, client_secret)
+        if auth.hosted_domains:
+            section.hosted_domain = list(auth.hosted_domains)
+        # Google's tokens carry no group claim (its groups need a Workspace service account):
+        # groups stay managed in the hub.
+    elif auth.type in ("oidc", "cognito"):
+        c.JupyterHub.authenticator_class = "ec2spawner.oauth.GenericOAuthenticator"
+        section = c.GenericOAuthenticator
+        _oauth_common(section, auth, client_secret)
+        # Unset endpoints stay unset (oauthenticator then names the missing one at sign-in).
+        for trait, url in (("authorize_url", auth.oauth_authorize_url), ("token_url", auth.oauth_token_url)):
+            if url:
+                section[trait] = url
+        if auth.type == "cognito":
+            # Cognito's userInfo endpoint leaves out cognito:groups; the ID token has them. The
+            # token comes straight from the pool's HTTPS token endpoint (OIDC Core 3.1.3.7).
+            section.userdata_from_id_token = True
+            section.login_service = "Amazon Cognito"
+        else:
+            if auth.oauth_userdata_url:
+                section.userdata_url = auth.oauth_userdata_url
+            section.login_service = "OpenID Connect"
+        section.scope = list(auth.scopes or ["openid", "profile", "email"])
+        section.username_claim = auth.username_claim or "preferred_username"
+        _managed_groups(section, auth, ClaimGroups(auth.groups_claim or "groups"))
     elif auth.type == "dummy":
         # Any name, any password: only for a sandbox that asked for it explicitly.
         c.JupyterHub.authenticator_class = "dummy"
@@ -197,9 +225,25 @@ def _apply_auth(
 
 
 def _oauth_common(section, auth: AuthSettings, client_secret: str | None) -> None:
-    section.client_id = auth.oauth_client_id
-    section.oauth_callback_url = auth.oauth_callback_url
+    section.client_id = auth.oauth_client_id or ""
+    if auth.oauth_callback_url:
+        section.oauth_callback_url = auth.oauth_callback_url
     if client_secret is not None:
         section.client_secret = client_secret
+    if auth.oauth_client_secret_name:
+        section.client_secret_source = auth.oauth_client_secret_name
     # Users an admin added in the hub may log in; nobody else unless an allow rule says so.
     section.allow_existing_users = True
+    if auth.allow_all:
+        section.allow_all = True
+
+
+def _managed_groups(section, auth: AuthSettings, groups_key) -> None:
+    """The provider's groups become the user's JupyterHub groups at every sign-in (so a class's
+    ``allowed_groups`` follows the provider); members of ``admin_groups`` are admins."""
+    section.manage_groups = True
+    section.auth_state_groups_key = groups_key
+    if auth.allowed_groups:
+        section.allowed_groups = set(auth.allowed_groups)
+    if auth.admin_groups:
+        section.admin_groups = set(auth.admin_groups)

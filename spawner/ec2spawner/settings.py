@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .catalog import InstanceClass
 
 SETTINGS_VERSION = 1
+# The key of the JSON placeholder the stack puts in the OAuth client secret (infra.identity) until
+# the operator puts the provider's secret there; the hub bootstrap refuses to start on it.
+OAUTH_SECRET_PLACEHOLDER_KEY = "ec2hub-placeholder"
 
 
 class ClassSettings(InstanceClass):
@@ -27,20 +30,39 @@ class ClassSettings(InstanceClass):
 
 
 class AuthSettings(BaseModel):
-    """Which authenticator the hub runs (see bootstrap/hub and ec2spawner.hubconfig)."""
+    """Which authenticator the hub runs, and how (ec2spawner.hubconfig turns it into config).
+
+    ``native``: NativeAuthenticator (sign-up, admin approval). ``github``, ``google``, ``oidc`` (any
+    OpenID Connect provider, endpoints given) and ``cognito`` (the stack's user pool, an OpenID
+    Connect provider whose groups are in the ID token's ``cognito:groups``): oauthenticator.
+    ``dummy``: the local sandbox only. For the OAuth types this holds the client id and the
+    endpoints only: the client secret is the Secrets Manager secret ``oauth_client_secret_name``,
+    which the hub bootstrap fetches at every start (never into this document).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["native", "github", "generic-oauth", "dummy"] = "native"
+    type: Literal["native", "github", "google", "oidc", "cognito", "dummy"] = "native"
     admin_users: list[str] = []
-    # OAuth: client id and endpoints only; the client secret lives in SSM under the hub prefix.
     oauth_client_id: str | None = None
     oauth_callback_url: str | None = None
+    # oidc and cognito: the provider's endpoints (oauthenticator does no discovery).
     oauth_authorize_url: str | None = None
     oauth_token_url: str | None = None
     oauth_userdata_url: str | None = None
-    oauth_client_secret_parameter: str | None = None
+    oauth_client_secret_name: str | None = None
+    # oidc and cognito: the claim that names the user and the one that lists their groups.
+    username_claim: str | None = None
+    groups_claim: str | None = None
+    scopes: list[str] = []
+    # Provider groups (github: "<org>:<team-slug>") whose members may sign in / are admins.
+    allowed_groups: list[str] = []
+    admin_groups: list[str] = []
+    # Everyone the provider signs in may use the hub (cognito: the stack's own pool).
+    allow_all: bool = False
+    # github: members of these organizations may sign in. google: accounts of these domains.
     allowed_organizations: list[str] = []
+    hosted_domains: list[str] = []
 
 
 class HubSettings(BaseModel):

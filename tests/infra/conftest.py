@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from infra_testing import FULL_CATALOG, FULL_CONTEXT, Synth, synth, write_catalog
+from infra_testing import (
+    COGNITO_CONTEXT,
+    FULL_CATALOG,
+    FULL_CONTEXT,
+    Synth,
+    synth,
+    write_catalog,
+)
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +24,13 @@ def full_synth(tmp_path_factory) -> Synth:
     """HTTPS, VPC endpoints, an admin, a spot class and a literal AMI."""
     catalog = write_catalog(tmp_path_factory.mktemp("catalog"), FULL_CATALOG)
     return synth(tmp_path_factory, {**FULL_CONTEXT, "catalog": str(catalog)})
+
+
+@pytest.fixture(scope="session")
+def cognito_synth(tmp_path_factory) -> Synth:
+    """Sign-in through a Cognito user pool the stack makes (HTTPS, the full catalog, an admin group)."""
+    catalog = write_catalog(tmp_path_factory.mktemp("catalog"), FULL_CATALOG)
+    return synth(tmp_path_factory, {**COGNITO_CONTEXT, "catalog": str(catalog)})
 
 
 @pytest.fixture(scope="session", params=["default", "full"])

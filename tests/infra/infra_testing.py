@@ -59,6 +59,16 @@ FULL_CONTEXT = {
     "group_budgets_usd": "gpu-users=500,research=120.5",  # as -c gives it
 }
 
+# Sign-in through the stack's own Cognito user pool (infra/identity.py).
+COGNITO_CONTEXT = {
+    "auth": "cognito",
+    "certificate_arn": CERT,
+    "domain_name": "hub.example.org",
+    # Not FULL_CONTEXT's: checkov tells templates apart by file name, which is the stack name.
+    "hub_id": "lab",
+    "oauth_admin_groups": "hub-admins",
+}
+
 
 @dataclass
 class Synth:

@@ -305,7 +305,7 @@ BAD_FILES = {
     ),
     "bad-choice": (
         {**GOOD_FILE, "identity": {"admin_user": "alice", "authenticator": "ldap"}},
-        "ec2hub.yaml: identity.authenticator: 'ldap' is not 'native'",
+        "ec2hub.yaml: identity.authenticator: 'ldap' is not one of native, github, google, oidc, cognito",
     ),
     "section-not-mapping": (
         {**GOOD_FILE, "limits": [1, 2]},

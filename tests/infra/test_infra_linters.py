@@ -21,13 +21,13 @@ CHECKOV = REPO / ".cache/checkov/bin/checkov"
 
 
 @pytest.fixture(scope="module")
-def checkov(default_synth, full_synth):
-    """checkov's JSON report for both templates, by template name; nothing leaves the machine."""
+def checkov(default_synth, full_synth, cognito_synth):
+    """checkov's JSON report for the templates, by template name; nothing leaves the machine."""
     if not CHECKOV.exists():
         pytest.fail(
             f"{CHECKOV} missing: run `make deps` (it installs checkov in its own venv)"
         )
-    synths = {"default": default_synth, "full": full_synth}
+    synths = {"default": default_synth, "full": full_synth, "cognito": cognito_synth}
     files = {name: next(s.outdir.glob("*.template.json")) for name, s in synths.items()}
     result = subprocess.run(
         [

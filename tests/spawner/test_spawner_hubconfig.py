@@ -4,6 +4,7 @@ import pytest
 from ec2spawner import health
 from ec2spawner.hubconfig import apply_settings
 from ec2spawner.lease import LeaseHealthHandler
+from ec2spawner.oauth import ClaimGroups, github_team_groups
 from ec2spawner.settings import HubSettings
 from traitlets.config import Config
 
@@ -72,33 +73,103 @@ def test_native_auth_creates_the_admin_from_a_password_file():
     assert c.NativeAuthenticator.admin_password_file == "/var/lib/ec2hub/admin_password"
 
 
-def test_github_oauth():
+def test_github_oauth_with_teams_as_groups():
     s = settings(type="github", admin_users=["octo"], oauth_client_id="cid",
-                 oauth_callback_url="https://hub/hub/oauth_callback", allowed_organizations=["org"])
+                 oauth_callback_url="https://hub/hub/oauth_callback", allowed_organizations=["org"],
+                 oauth_client_secret_name="ec2hub/hub1/oauth-client-secret-x", admin_groups=["org:ops"])
     c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", oauth_client_secret="sec", python="/py")
     expected = expected_common()
     expected.Authenticator.admin_users = {"octo"}
-    expected.JupyterHub.authenticator_class = "oauthenticator.github.GitHubOAuthenticator"
-    expected.GitHubOAuthenticator.client_id = "cid"
-    expected.GitHubOAuthenticator.oauth_callback_url = "https://hub/hub/oauth_callback"
-    expected.GitHubOAuthenticator.client_secret = "sec"
-    expected.GitHubOAuthenticator.allow_existing_users = True
-    expected.GitHubOAuthenticator.allowed_organizations = {"org"}
+    expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GitHubOAuthenticator"
+    g = expected.GitHubOAuthenticator
+    g.client_id = "cid"
+    g.oauth_callback_url = "https://hub/hub/oauth_callback"
+    g.client_secret = "sec"
+    g.client_secret_source = "ec2hub/hub1/oauth-client-secret-x"
+    g.allow_existing_users = True
+    g.allowed_organizations = {"org"}
+    g.scope = ["read:user", "read:org"]
+    g.populate_teams_in_auth_state = True
+    g.manage_groups = True
+    g.auth_state_groups_key = github_team_groups
+    g.admin_groups = {"org:ops"}
     assert c == expected
 
 
-def test_generic_oauth():
-    s = settings(type="generic-oauth", oauth_client_id="cid", oauth_callback_url="cb",
-                 oauth_authorize_url="https://idp/auth", oauth_token_url="https://idp/token",
-                 oauth_userdata_url="https://idp/me")
+def test_github_teams_are_org_colon_slug_groups():
+    teams = [{"slug": "gpu-users", "organization": {"login": "lab"}}, {"slug": "ops", "organization": {"login": "it"}}]
+    assert github_team_groups({"teams": teams}) == ["lab:gpu-users", "it:ops"]
+    assert github_team_groups({}) == []
+
+
+def test_google_oauth_by_domain_without_groups():
+    s = settings(type="google", oauth_client_id="cid", oauth_callback_url="cb", hosted_domains=["example.org"])
     c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
     expected = expected_common()
     expected.Authenticator.admin_users = set()
-    expected.JupyterHub.authenticator_class = "oauthenticator.generic.GenericOAuthenticator"
+    expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GoogleOAuthenticator"
+    g = expected.GoogleOAuthenticator
+    g.client_id, g.oauth_callback_url, g.allow_existing_users = "cid", "cb", True
+    g.hosted_domain = ["example.org"]
+    assert c == expected
+
+
+def test_openid_connect_with_groups_from_a_claim():
+    s = settings(type="oidc", admin_users=["root"], oauth_client_id="cid", oauth_callback_url="cb",
+                 oauth_authorize_url="https://idp/auth", oauth_token_url="https://idp/token",
+                 oauth_userdata_url="https://idp/me", groups_claim="https://idp/groups",
+                 scopes=["openid", "groups"], allowed_groups=["staff"], admin_groups=["hub-admins"])
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
+    expected = expected_common()
+    expected.Authenticator.admin_users = {"root"}
+    expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GenericOAuthenticator"
     g = expected.GenericOAuthenticator
     g.client_id, g.oauth_callback_url, g.allow_existing_users = "cid", "cb", True
     g.authorize_url, g.token_url, g.userdata_url = "https://idp/auth", "https://idp/token", "https://idp/me"
+    g.login_service = "OpenID Connect"
+    g.scope = ["openid", "groups"]
+    g.username_claim = "preferred_username"
+    g.manage_groups = True
+    g.auth_state_groups_key = ClaimGroups("https://idp/groups")
+    g.allowed_groups = {"staff"}
+    g.admin_groups = {"hub-admins"}
     assert c == expected
+
+
+def test_cognito_reads_groups_from_the_id_token():
+    s = settings(type="cognito", oauth_client_id="cid", oauth_callback_url="cb", allow_all=True,
+                 oauth_authorize_url="https://d.auth.eu-west-1.amazoncognito.com/oauth2/authorize",
+                 oauth_token_url="https://d.auth.eu-west-1.amazoncognito.com/oauth2/token",
+                 username_claim="cognito:username", groups_claim="cognito:groups", scopes=["openid", "email"])
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
+    g = c.GenericOAuthenticator
+    assert c.JupyterHub.authenticator_class == "ec2spawner.oauth.GenericOAuthenticator"
+    assert g.userdata_from_id_token is True and "userdata_url" not in g
+    assert g.token_url == "https://d.auth.eu-west-1.amazoncognito.com/oauth2/token"
+    assert g.auth_state_groups_key == ClaimGroups("cognito:groups") and g.manage_groups is True
+    assert g.username_claim == "cognito:username" and g.allow_all is True
+
+
+@pytest.mark.parametrize(("user", "groups"), [
+    ({"cognito:groups": ["gpu", "staff"]}, ["gpu", "staff"]),
+    ({"cognito:groups": "gpu"}, ["gpu"]),
+    ({}, []),
+])
+def test_groups_claim_is_read_whatever_its_shape(user, groups):
+    assert ClaimGroups("cognito:groups")({"oauth_user": user}) == groups
+
+
+def test_the_oauth_config_loads_into_the_authenticators():
+    """manage_groups must be set with the group options, or oauthenticator refuses the config."""
+    from ec2spawner.oauth import GenericOAuthenticator, GitHubOAuthenticator
+
+    c = apply_settings(Config(), settings(type="oidc", oauth_client_id="cid", oauth_client_secret_name="n",
+                                          allowed_groups=["staff"], admin_groups=["a"]), hub_connect_ip="x")
+    assert GenericOAuthenticator(config=c).admin_groups == {"a"}
+    assert GenericOAuthenticator(config=c).client_secret_source == "n"
+    c = apply_settings(Config(), settings(type="github", oauth_client_id="cid", admin_groups=["o:t"]),
+                       hub_connect_ip="x")
+    assert GitHubOAuthenticator(config=c).auth_state_groups_key is github_team_groups
 
 
 def test_dummy_only_when_asked():

@@ -1,0 +1,68 @@
+"""The hub bootstrap's every-start fetch of the OAuth client secret from Secrets Manager (the emulator).
+
+``ec2hub_bootstrap.hub.ensure_oauth_secret`` is the step ``ExecStartPre=`` runs before the hub; here
+it runs in-process against moto over HTTP, writing into a temporary state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+
+import boto3
+import pytest
+from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY, HubSettings
+from spawner_testing import REGION, REPO
+
+sys.path.insert(0, str(REPO / "bootstrap"))
+
+from ec2hub_bootstrap import hub as hub_bootstrap
+
+NAME = "ec2hub/fetch-test/oauth-client-secret-0001"
+
+
+def settings(secret_name):
+    return HubSettings.model_validate({
+        "region": REGION, "hub_id": "fetch-test", "subnets": {"us-east-1a": "subnet-a"},
+        "classes": [{"slug": "small", "display_name": "Small", "instance_types": ["t3.medium"],
+                     "ami": "ami-12345678", "default": True, "launch_template_id": "lt-0abc"}],
+        "secret_prefix": "/ec2hub/fetch-test/servers/",
+        "auth": {"type": "oidc", "oauth_client_id": "c", "oauth_client_secret_name": secret_name},
+    })
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch, emulator):
+    monkeypatch.setattr(hub_bootstrap, "STATE", str(tmp_path))
+    monkeypatch.setattr(hub_bootstrap, "HUB_USER", "root")
+    client = boto3.client("secretsmanager", region_name=REGION, endpoint_url=emulator.endpoint_url)
+    yield tmp_path, client
+    client.delete_secret(SecretId=NAME, ForceDeleteWithoutRecovery=True)
+
+
+def test_the_secret_is_fetched_at_every_start_into_a_private_file(state, capsys):
+    tmp, client = state
+    client.create_secret(Name=NAME, SecretString="first-secret")
+    hub_bootstrap.ensure_oauth_secret(settings(NAME), REGION)
+    path = tmp / "oauth_client_secret"
+    assert path.read_text() == "first-secret\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The operator rotates it at the provider and puts the new value: the next start has it.
+    client.put_secret_value(SecretId=NAME, SecretString="second-secret")
+    hub_bootstrap.ensure_oauth_secret(settings(NAME), REGION)
+    assert path.read_text() == "second-secret\n"
+    said = capsys.readouterr()
+    assert "first-secret" not in said.out + said.err and "second-secret" not in said.out + said.err
+
+
+def test_the_stacks_placeholder_stops_the_start_with_what_to_do(state, capsys):
+    tmp, client = state
+    client.create_secret(Name=NAME, SecretString=json.dumps({OAUTH_SECRET_PLACEHOLDER_KEY: "x", "unused": "r4nd0m"}))
+    with pytest.raises(SystemExit):
+        hub_bootstrap.ensure_oauth_secret(settings(NAME), REGION)
+    said = capsys.readouterr()
+    assert (f"'{NAME}' still holds the stack's placeholder: put the oidc client secret there (the stack's "
+            "OAuthClientSecretCommand output); the hub starts once it is there") in said.out + said.err
+    assert "r4nd0m" not in said.out + said.err
+    assert not (tmp / "oauth_client_secret").exists()
