@@ -168,6 +168,7 @@ class Ec2HubStack(Stack):
             allow_named_servers=config.allow_named_servers,
             named_server_limit_per_user=config.named_server_limit_per_user,
             extra_config=extra_config_files(config.extra_config_dir),
+            authenticator=config.authenticator,
         )
         self.settings = SettingsParameter(
             self,

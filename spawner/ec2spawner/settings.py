@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .catalog import InstanceClass
 
 SETTINGS_VERSION = 1
+EXTRA_CONFIG_NAME_PATTERN = r"^[A-Za-z0-9_.-]+\.py$"
 
 
 class ClassSettings(InstanceClass):
@@ -69,7 +70,7 @@ class HubSettings(BaseModel):
     auth: AuthSettings = AuthSettings()
     # The repository's jupyterhub_config.d/: file name -> Python source, run after the platform's
     # own config in name order (ec2spawner.hubconfig.load_extra_config). Nothing secret in them.
-    extra_config: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.py$")], str] = {}
+    extra_config: dict[Annotated[str, Field(pattern=EXTRA_CONFIG_NAME_PATTERN)], str] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> HubSettings:
