@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from ec2spawner.catalog import Catalog, CatalogError, ec2_instance_types, parse_catalog
+from ec2spawner.catalog import (
+    Catalog,
+    CatalogError,
+    ec2_instance_types,
+    load_catalog,
+    parse_catalog,
+)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -246,8 +252,6 @@ class HubConfig(BaseModel):
         """The classes: inline in ``ec2hub.yaml``, else the catalog file (CatalogError if bad)."""
         if self.catalog is not None:
             return self.catalog
-        from ec2spawner.catalog import load_catalog
-
         return load_catalog(self.catalog_path)
 
 

@@ -9,6 +9,7 @@ CloudFormation references inside the JSON) into the String parameter ``/ec2hub/<
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 from ec2spawner.catalog import Catalog
 from ec2spawner.hubconfig import ExtraConfigError, compile_extra_config
+from ec2spawner.settings import EXTRA_CONFIG_NAME_PATTERN
 
 from .config import ConfigError
 from .hub import HUB_API_PORT, PROXY_PORT
@@ -24,6 +26,8 @@ from .notebooks import NOTEBOOK_PORT
 
 # Parameter values: 4 KB in the Standard tier, 8 KB in the Advanced tier (SSM quotas). Estimates
 # keep some headroom for ids longer than the samples.
+# jupyterhub_config.d file names, as HubSettings.extra_config accepts them.
+EXTRA_CONFIG_NAME = re.compile(EXTRA_CONFIG_NAME_PATTERN)
 STANDARD_TIER_LIMIT = 4096
 ADVANCED_TIER_LIMIT = 8192
 HEADROOM = 256
@@ -112,6 +116,8 @@ def extra_config_files(directory: Path) -> dict[str, str]:
     files = {}
     for path in sorted(directory.glob("*.py")) if directory.is_dir() else []:
         label = f"{directory.name}/{path.name}"
+        if not EXTRA_CONFIG_NAME.match(path.name):
+            raise ConfigError(f"{label}: file names may have only letters, digits, '.', '_' and '-'")
         try:
             source = path.read_text(encoding="utf-8")
             compile_extra_config(label, source)

@@ -20,6 +20,7 @@ SETTINGS_VERSION = 1
 # The key of the JSON placeholder the stack puts in the OAuth client secret (infra.identity) until
 # the operator puts the provider's secret there; the hub bootstrap refuses to start on it.
 OAUTH_SECRET_PLACEHOLDER_KEY = "ec2hub-placeholder"
+EXTRA_CONFIG_NAME_PATTERN = r"^[A-Za-z0-9_.-]+\.py$"
 
 
 class ClassSettings(InstanceClass):
@@ -97,7 +98,7 @@ class HubSettings(BaseModel):
     auth: AuthSettings = AuthSettings()
     # The repository's jupyterhub_config.d/: file name -> Python source, run after the platform's
     # own config in name order (ec2spawner.hubconfig.load_extra_config). Nothing secret in them.
-    extra_config: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.py$")], str] = {}
+    extra_config: dict[Annotated[str, Field(pattern=EXTRA_CONFIG_NAME_PATTERN)], str] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> HubSettings:

@@ -436,10 +436,9 @@ class EC2Spawner(Spawner):
     def server_name(self) -> str:
         return self.name or ""
 
-    def _class(self, slug: str | None = None) -> ClassSettings | None:
-        """The class named ``slug`` (default: this server's), None if the catalog has none."""
-        slug = slug or self.instance_class
-        return next((c for c in self.class_settings if c.slug == slug), None)
+    def _class(self) -> ClassSettings | None:
+        """This server's class (``instance_class``), None if unset or no longer in the catalog."""
+        return next((c for c in self.class_settings if c.slug == self.instance_class), None)
 
     @property
     def effective_stop_mode(self) -> str:

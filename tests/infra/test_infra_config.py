@@ -358,3 +358,14 @@ def test_extra_config_file_with_a_syntax_error_fails_the_synth_naming_it(tmp_pat
     with pytest.raises(ConfigError) as raised:
         extra_config_files(directory)
     assert str(raised.value) == "jupyterhub_config.d/10-broken.py: line 2: expected ':'"
+
+
+def test_extra_config_file_name_the_hub_would_refuse_fails_the_synth(tmp_path):
+    directory = tmp_path / "jupyterhub_config.d"
+    directory.mkdir()
+    (directory / "my config.py").write_text("c.Spawner.default_url = '/lab'\n")
+    with pytest.raises(ConfigError) as raised:
+        extra_config_files(directory)
+    assert str(raised.value) == (
+        "jupyterhub_config.d/my config.py: file names may have only letters, digits, '.', '_' and '-'"
+    )

@@ -60,7 +60,8 @@ c.EC2Spawner.server_url_template = "http://127.0.0.1:{{port}}"
 c.EC2Spawner.fast_poll_interval = 0.2
 c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.start_timeout = 30
-c.EC2Spawner.http_timeout = 30
+# jupyterhub-singleuser took 22 s to answer, and more than 30 s, on a 2-core machine at load 12.
+c.EC2Spawner.http_timeout = 120
 c.EC2Spawner.sweep_orphans = False
 """ + param.get("config", "") + """
 # Last, as in bootstrap/hub/jupyterhub_config.py: the deployment's jupyterhub_config.d files.
@@ -159,7 +160,7 @@ def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
             server = model["servers"].get("")
             return server and server["ready"] and server
 
-        server = wait_until(ready, 60, "the server to be ready")
+        server = wait_until(ready, 120, "the server to be ready")
         # The class is recorded under both names (the admin page's Profile column reads "profile").
         assert server["user_options"] == {"instance_class": "small", "profile": "small"}
         [instance] = live("alice")
@@ -234,7 +235,7 @@ def test_sweeper_starts_with_the_hub_and_owns_what_the_database_names(hub, ec2, 
         assert s.post(f"{api}/users/alice/server", json={}).status_code in (201, 202)
         notebook = instance.result()
     try:
-        wait_until(lambda: (s.get(f"{api}/users/alice").json()["servers"].get("") or {}).get("ready"), 60,
+        wait_until(lambda: (s.get(f"{api}/users/alice").json()["servers"].get("") or {}).get("ready"), 120,
                    "the server to be ready")
         [kept] = [i["InstanceId"] for i in live("alice")]
         assert s.delete(f"{api}/users/alice/server").status_code in (202, 204)
@@ -310,7 +311,7 @@ def test_class_policies_profile_alias_and_limits_through_the_hub(hub, emu, ec2, 
     assert started.status_code in (201, 202)
     try:
         server = wait_until(lambda: (_server(s, api, "alice") or {}).get("ready") and _server(s, api, "alice"),
-                            60, "the gpu server to be ready")
+                            120, "the gpu server to be ready")
         # The admin page's Profile column reads user_options.profile.
         assert server["user_options"] == {"profile": "gpu", "instance_class": "gpu"}
         [launched] = live("alice")
