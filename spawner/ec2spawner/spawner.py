@@ -25,7 +25,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
-from . import health
+from . import health, metrics
 from . import options as opts
 from . import requests as req
 from .aws import Aws, AwsError, ErrorKind, InstanceView
@@ -350,6 +350,7 @@ class EC2Spawner(Spawner):
         self._launched_here = False  # start() launched the instance moments ago
         self._cleanup: asyncio.Future | None = None  # a cancelled start's cleanup, still running
         EC2Spawner._live.add(self)
+        metrics.know_classes(self.hub_id, self.classes)  # the prices of the spend-rate gauge
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -573,11 +574,14 @@ class EC2Spawner(Spawner):
         self._resuming = False
         self._launched_here = False
         watcher = self._watcher()
+        clock = metrics.SpawnClock(cls.slug)
         try:
             await self._require_lease("starting")
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
+                clock.phase("launch")
                 view = await self._wait_running(watcher, since)
+                clock.phase("boot")
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
             self.health_note = None
@@ -588,6 +592,7 @@ class EC2Spawner(Spawner):
             # interrupt the cleanup; it runs in a worker thread that finishes even then.
             shown = _spawn_error(error) if isinstance(error, AwsError) else error
             self._progress(f"Start failed: {_describe_error(shown)}")
+            metrics.spawn_failed(self.log, self._log_name, cls.slug, shown)
             cleanup = self._begin_abandon()
             if isinstance(error, asyncio.CancelledError):
                 # A cancelled start ends at once and leaves the cleanup running in its thread:
@@ -851,6 +856,7 @@ class EC2Spawner(Spawner):
             except AwsError as error:
                 if error.kind is ErrorKind.CAPACITY:
                     no_capacity.append(f"{itype} in {az}")
+                    metrics.CAPACITY_FALLBACKS.labels(cls.slug, error.code).inc()
                     self._progress(f"No capacity for {itype} in {az} ({error.code})")
                     continue
                 raise
