@@ -37,6 +37,8 @@ CONTEXT_KEYS = (
     "hub_instance_type",
     "hub_ami",
     "allowed_ingress_cidr",
+    "log_retention_days",
+    "alarm_email",
 )
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
@@ -52,6 +54,10 @@ _DOMAIN = re.compile(
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy, retentionInDays).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                      2557, 2922, 3288, 3653)
 
 
 class ConfigError(ValueError):
@@ -74,6 +80,10 @@ class HubConfig:
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
+    # Days CloudWatch Logs keeps the hub's and the notebooks' logs (infra/observability.py).
+    log_retention_days: int = 90
+    # Where the alarms (spawn failures, instances with no owner) mail to; None: no SNS topic.
+    alarm_email: str | None = None
 
     @property
     def https(self) -> bool:
@@ -186,8 +196,13 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
+        log_retention_days=_int(context, "log_retention_days", 90, 1, 3653),
+        alarm_email=_checked(context, "alarm_email", _EMAIL, "an email address"),
     )
     # Checked after every value parsed, so a malformed value is reported as such first.
+    if config.log_retention_days not in LOG_RETENTION_DAYS:
+        raise ConfigError(f"context log_retention_days: {config.log_retention_days} is not a period "
+                          f"CloudWatch Logs keeps logs for (one of {', '.join(map(str, LOG_RETENTION_DAYS))})")
     if config.admin_user is None:
         raise ConfigError(
             "context admin_user: required: the user name of the hub's first admin "

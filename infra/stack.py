@@ -17,6 +17,7 @@ from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
+from .observability import Observability
 from .settings import SettingsParameter, settings_document
 from .storage import Storage, file_system_statements
 
@@ -126,6 +127,19 @@ class Ec2HubStack(Stack):
                 conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [config.hub_id]}},
             )
         )
+
+        # --- logs and alarms: each host role writes only its own log group -----------------------
+        self.observability = Observability(
+            self,
+            "Observability",
+            hub_id=config.hub_id,
+            log_key=self.network.log_key,
+            retention_days=config.log_retention_days,
+            alarm_email=config.alarm_email,
+        )
+        # logs:CreateLogStream and logs:PutLogEvents on the one group, nothing else.
+        self.observability.log_groups["hub"].grant_write(self.hub.role)
+        self.observability.log_groups["notebook"].grant_write(self.notebooks.role)
 
         # --- the first admin: a generated password only the hub may read ------------------------
         self.admin = AdminAccount(

@@ -56,6 +56,8 @@ FULL_CONTEXT = {
     "domain_name": "hub.example.org",
     "admin_user": "alice",
     "hub_instance_type": "m7i.large",
+    "alarm_email": "ops@example.org",
+    "log_retention_days": "365",
 }
 
 

@@ -89,6 +89,13 @@ def test_command_line_strings_are_parsed():
             "10.0.0.1/8",
             "context allowed_ingress_cidr: '10.0.0.1/8' is not an IPv4 network",
         ),
+        (
+            "log_retention_days",
+            "42",
+            "context log_retention_days: 42 is not a period CloudWatch Logs keeps logs for (one of 1, 3,",
+        ),
+        ("log_retention_days", "forever", "context log_retention_days: 'forever' is not a whole number"),
+        ("alarm_email", "ops", "context alarm_email: 'ops' is not an email address"),
     ],
 )
 def test_bad_context_value_names_the_key(key, value, message):
