@@ -17,13 +17,16 @@ Counts are per process, which is per hub: the watcher's gauges add up the hubs o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import weakref
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
+from . import health
 from .aws import InstanceView
 from .requests import TAG_CLASS
 
@@ -76,6 +79,26 @@ LEASE_HELD = Gauge(
     "1 while this hub process holds the hub lease and may change EC2, else 0 (also 0 with no "
     "lease table configured, where the hub acts without a lease).",
 )
+
+
+
+class _HealthProbes:
+    """``ec2hub_health_events_total{event}``: the health prober's process-wide counts
+    (``health.COUNTERS``), read at each scrape."""
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "ec2hub_health_events",
+            "Health probes (attempts, failures, hub_side: failed on the hub's side) and their "
+            "verdicts (declared_dead, outage_holds), see ec2spawner.health.",
+            labels=["event"],
+        )
+        for event, count in dataclasses.asdict(health.COUNTERS).items():
+            family.add_metric([event], count)
+        yield family
+
+
+REGISTRY.register(_HealthProbes())
 
 _UNKNOWN_CLASS = "unknown"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from ec2spawner import metrics
+from ec2spawner import health, metrics
 from ec2spawner.aws import InstanceView
 from jupyterhub.spawner import SpawnException
 from prometheus_client import REGISTRY
@@ -58,3 +58,12 @@ async def test_a_failed_start_is_counted_by_reason_and_logged_for_the_alarm(new_
     assert REGISTRY.get_sample_value("ec2hub_capacity_fallbacks_total", fallbacks) == before[1] + 6
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith(metrics.SPAWN_FAILED_MARK)]
     assert line == f"{metrics.SPAWN_FAILED_MARK} {spawner._log_name}: class small, reason capacity"
+
+
+def test_health_probe_counts_are_served_at_each_scrape():
+    before = REGISTRY.get_sample_value("ec2hub_health_events_total", {"event": "declared_dead"})
+    health.COUNTERS.declared_dead += 1
+    try:
+        assert REGISTRY.get_sample_value("ec2hub_health_events_total", {"event": "declared_dead"}) == before + 1
+    finally:
+        health.COUNTERS.declared_dead -= 1
