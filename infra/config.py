@@ -53,7 +53,7 @@ DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 
-SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "catalog")
+SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "observability", "catalog")
 
 AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
 
@@ -75,6 +75,10 @@ _COGNITO_PREFIX = r"^(?!.*(aws|amazon|cognito))[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9
 _NAME = r"^[^\s,]{1,255}$"
 _NAME_RE = re.compile(_NAME)
 AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy, retentionInDays).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                      2557, 2922, 3288, 3653)
 
 
 class ConfigError(ValueError):
@@ -153,6 +157,11 @@ class HubConfig(BaseModel):
     # Group -> monthly budget in USD: members cannot start servers past it.
     group_budgets_usd: dict[str, float] = knob("spend", {})
     budget_exempt_admins: bool = knob("spend", False)
+    # -- observability (infra/observability.py) ---------------------------------------------------
+    # Days CloudWatch Logs keeps the hub's and the notebooks' logs.
+    log_retention_days: int = knob("observability", 90)
+    # Where the alarms (spawn failures, instances with no owner) mail to; None: no SNS topic.
+    alarm_email: Annotated[str | None, matches(_EMAIL, "an email address")] = knob("observability", None)
     # -- catalog (special: a path, or the classes inline) -------------------------------------------
     catalog_path: Path = DEFAULT_CATALOG_FILE
     catalog: Catalog | None = None
@@ -215,6 +224,14 @@ class HubConfig(BaseModel):
                 raise ValueError(f"group {group!r}: {usd!r} must be at least 0")
             budgets[group] = amount
         return budgets
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"{value} is not a period CloudWatch Logs keeps logs for "
+                             f"(one of {', '.join(map(str, LOG_RETENTION_DAYS))})")
+        return value
 
     @field_validator("allowed_ingress_cidr")
     @classmethod

@@ -22,6 +22,8 @@ INTERFACE_ENDPOINTS = {
     "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
+    # The CloudWatch agent on the hub and the notebooks (infra/observability.py).
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
 }
 
 
@@ -64,7 +66,7 @@ class Network(Construct):
         self.log_key = kms.Key(
             self,
             "LogKey",
-            description="ec2hub: encrypts the VPC flow log group",
+            description="ec2hub: encrypts the log groups (VPC flow log, hub and notebook logs)",
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.RETAIN,
         )

@@ -18,6 +18,7 @@ from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statem
 from .identity import IdentityProvider, auth_settings, callback_url
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
+from .observability import Observability
 from .settings import SettingsParameter, extra_config_files, settings_document
 from .storage import Storage, file_system_statements
 
@@ -131,6 +132,19 @@ class Ec2HubStack(Stack):
         # --- the spend ledger and the prices ------------------------------------------------------
         for statement in spend_statements(spend_table_arn=self.hub.spend_table.table_arn):
             self.hub.role.add_to_principal_policy(statement)
+
+        # --- logs and alarms: each host role writes only its own log group -----------------------
+        self.observability = Observability(
+            self,
+            "Observability",
+            hub_id=config.hub_id,
+            log_key=self.network.log_key,
+            retention_days=config.log_retention_days,
+            alarm_email=config.alarm_email,
+        )
+        # logs:CreateLogStream and logs:PutLogEvents on the one group, nothing else.
+        self.observability.log_groups["hub"].grant_write(self.hub.role)
+        self.observability.log_groups["notebook"].grant_write(self.notebooks.role)
 
         def secret_arn(name: str) -> str:
             # Secrets Manager appends a hyphen and 6 random characters to a secret's name in

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .host import Console, shown, systemd_is_pid1, unit_command, write_if_changed
 from .imds import Imds, read_tags
+from .logship import ensure_log_shipping
 
 VENV = "/opt/ec2hub/venv"
 ETC = "/etc/ec2hub"
@@ -226,6 +227,9 @@ def boot() -> None:
     if not systemd_is_pid1():
         prestart()
         exec_foreground()
+    # Before the hub (re)starts, so that its first lines are shipped too.
+    hub_tags = read_tags(Imds(console).wait(), required=(), who_sets="infra, on the hub instance,")
+    ensure_log_shipping(console, "hub", hub_tags.get("ec2hub:hub", ""))
     changed = write_if_changed(UNIT_PATH, (SOURCES / UNIT_NAME).read_text(encoding="utf-8"), 0o644)
     log("files", f"{UNIT_PATH} {'written' if changed else 'unchanged'}")
     if changed:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .host import Console, shown, systemd_is_pid1, unit_command, write_if_changed
 from .imds import Imds, read_tags
+from .logship import ensure_log_shipping
 
 ETC = "/etc/ec2hub"
 ENV_FILE = ETC + "/singleuser.env"
@@ -267,6 +268,7 @@ def boot() -> None:
     user = ensure_user(name)
     home = ensure_home(user, on_efs)
     if systemd_is_pid1():
+        ensure_log_shipping(console, "notebook", tags.get("ec2hub:hub", ""))  # before the server starts
         start_service(user, home)
         log("done", f"jupyterhub-singleuser for {name} is {UNIT_NAME}")
         return

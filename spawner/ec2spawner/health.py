@@ -31,7 +31,7 @@ billing on behind a proxy that answers 503. The :class:`HealthProber` asks each 
   answer (never during start: the hub's own ``http_timeout`` covers the boot), acts on the
   verdict in ``poll()``, and ends the instance (``EC2Spawner.poll``).
 
-The counters (:data:`COUNTERS`) are process-wide, for the metrics work to export.
+The counters (:data:`COUNTERS`) are process-wide; ec2spawner.metrics serves them at /hub/metrics.
 """
 
 from __future__ import annotations

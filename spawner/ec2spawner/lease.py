@@ -35,6 +35,7 @@ from typing import ClassVar
 
 from tornado import web
 
+from . import metrics
 from . import requests as req
 from .aws import Aws, AwsError
 from .loops import PerLoop
@@ -105,6 +106,7 @@ class HubLease:
         self._last_logged = ""
         self._release_on_cancel = True
         self._lapse: asyncio.TimerHandle | None = None
+        metrics.watch_lease(self)  # ec2hub_lease_held reads holds() at each scrape
 
     # -- registry --------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from traitlets import (
     validate,
 )
 
-from . import health
+from . import health, metrics
 from . import options as opts
 from . import requests as req
 from . import spend as spend_
@@ -421,6 +421,7 @@ class EC2Spawner(Spawner):
         # start_timeout as configured: a class's own start_timeout replaces it for its spawns only.
         self.configured_start_timeout = self.start_timeout
         EC2Spawner._live.add(self)
+        metrics.know_classes(self.hub_id, self.classes)  # the prices of the spend-rate gauge
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -799,12 +800,15 @@ class EC2Spawner(Spawner):
         self._resuming = False
         self._launched_here = False
         watcher = self._watcher()
+        clock = metrics.SpawnClock(cls.slug)
         try:
             await self._require_lease("starting")
             await self.check_budget()  # again: the hook may be replaced, and spend grows meanwhile
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
+                clock.phase("launch")
                 view = await self._wait_running(watcher, since)
+                clock.phase("boot")
             await self._open_spend(view, cls)
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
@@ -816,6 +820,7 @@ class EC2Spawner(Spawner):
             # interrupt the cleanup; it runs in a worker thread that finishes even then.
             shown = _spawn_error(error) if isinstance(error, AwsError) else error
             self._progress(f"Start failed: {_describe_error(shown)}")
+            metrics.spawn_failed(self.log, self._log_name, cls.slug, shown)
             cleanup = self._begin_abandon()
             if isinstance(error, asyncio.CancelledError):
                 # A cancelled start ends at once and leaves the cleanup running in its thread:
@@ -1079,6 +1084,7 @@ class EC2Spawner(Spawner):
             except AwsError as error:
                 if error.kind is ErrorKind.CAPACITY:
                     no_capacity.append(f"{itype} in {az}")
+                    metrics.CAPACITY_FALLBACKS.labels(cls.slug, error.code).inc()
                     self._progress(f"No capacity for {itype} in {az} ({error.code})")
                     continue
                 raise

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from . import metrics
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .lease import HubLease
 from .loops import PerLoop
@@ -218,6 +219,7 @@ class OrphanSweeper:
             who = f"user {view.tags.get(TAG_USER, '?')!r} server {view.tags.get(TAG_SERVER, '')!r}"
             if not d.terminate:
                 self.log.info("ec2hub sweeper: keeping %s (%s): %s", d.instance_id, who, d.reason)
+                metrics.SWEEP_ACTIONS.labels("kept").inc()
                 continue
             # Claim, then ask again, with no await between the question and the call: a start()
             # that adopted the instance since the decision owns it now, and one that has not yet
@@ -232,14 +234,17 @@ class OrphanSweeper:
             if self._standing_by(f"not terminating {d.instance_id}, sweep ended"):
                 self.watcher.release(d.instance_id, self)
                 return decisions
-            self.log.warning("ec2hub sweeper: terminating orphan %s (%s): %s", d.instance_id, who, d.reason)
+            # The stack's "instances with no owner" alarm counts this line (metrics.ORPHAN_MARK).
+            self.log.warning("%s %s (%s): %s", metrics.ORPHAN_MARK, d.instance_id, who, d.reason)
             try:
                 await self.aws.call("ec2", "TerminateInstances", InstanceIds=[d.instance_id],
                                     ignore={ErrorKind.NOT_FOUND})
                 terminating.add(d.instance_id)
+                metrics.SWEEP_ACTIONS.labels("terminated").inc()
             except AwsError as error:
                 self.watcher.release(d.instance_id, self)
                 self.log.error("ec2hub sweeper: could not terminate %s: %s", d.instance_id, error)
+                metrics.SWEEP_ACTIONS.labels("terminate_failed").inc()
         secrets = await self.aws.describe_parameters(secret_list_filters(self.secret_prefix))
         owned_now = ownership.instance_ids | self.owned().instance_ids
         for name in find_orphan_secrets(secrets, self.secret_prefix, snapshot, owned_now,
@@ -249,8 +254,10 @@ class OrphanSweeper:
             self.log.warning("ec2hub sweeper: deleting orphan secret %s", name)
             try:
                 await self.aws.call("ssm", "DeleteParameter", Name=name, ignore={ErrorKind.NOT_FOUND})
+                metrics.SWEEP_ACTIONS.labels("secret_deleted").inc()
             except AwsError as error:
                 self.log.error("ec2hub sweeper: could not delete %s: %s", name, error)
+        metrics.SWEEPS.inc()
         self.log.info("ec2hub sweeper: swept %d instances of hub %s: %d owned, %d terminated",
                       len(snapshot), self.hub_id, len(ownership.instance_ids & snapshot.keys()), len(terminating))
         return decisions

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
+from . import metrics
 from .aws import Aws, InstanceView
 from .loops import PerLoop
 from .requests import GONE_STATES, LIVE_STATES, hub_filters
@@ -86,6 +87,7 @@ class InstanceWatcher:
             self._loop_task = asyncio.create_task(self._run(), name=f"ec2hub-watcher-{self.hub_id}")
 
     async def stop(self) -> None:
+        metrics.forget_hub(self.hub_id)
         for task in (self._loop_task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
@@ -130,6 +132,7 @@ class InstanceWatcher:
         self.snapshot = snapshot
         self.snapshot_started = started
         self.refreshes += 1
+        metrics.observe_instances(self.hub_id, snapshot)  # once per cycle, not per poll
         now = time.monotonic()
         for iid, (since, _) in list(self._expected.items()):
             if (iid in snapshot and started >= since) or now - since > self.grace:

@@ -144,6 +144,8 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, HUB_USER_DATA)
     assert calls == ["daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service"]
+    # No CloudWatch agent on this image (and no dnf to install it): said once, nothing else done.
+    assert "ec2hub-hub: logs: no CloudWatch agent" in host.console_output
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
     assert installed.read_bytes() == (REPO / "bootstrap/hub/ec2hub-hub.service").read_bytes()
     assert_unit_verifies(host, "ec2hub-hub.service", max_exposure=3.5)
@@ -163,3 +165,35 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
     assert "settings.json from /ec2hub/ec2hub-test/settings written" in output
     assert (host.upper / "var/lib/ec2hub/jupyterhub_cookie_secret").read_bytes() == cookie
+
+
+FAKE_AGENT_CTL = "#!/bin/sh\necho \"agent-ctl $*\" >>/var/log/fake-systemctl.log\n"
+
+
+def test_hub_ships_its_journal_to_cloudwatch_when_the_agent_is_there(aws, make_host):
+    from ec2hub_bootstrap.logship import AGENT_CTL, agent_config
+
+    from .test_hub import SETTINGS_PARAMETER, hub_tags, settings_document
+
+    client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document(), Type="String",
+                                     Overwrite=True)
+    host = make_host("i-0d00000000000000c", "10.0.1.42", hub_tags(), efs=False, role="ec2hub-hub")
+    host.upper.mkdir(parents=True, exist_ok=True)
+    ctl = upper_path(host.upper, AGENT_CTL)
+    ctl.parent.mkdir(parents=True, exist_ok=True)
+    ctl.write_text(FAKE_AGENT_CTL)
+    ctl.chmod(0o755)
+    calls = boot_with_fake_systemd(host, HUB_USER_DATA)
+    # The exporter and the agent first, so the hub's first lines are shipped too.
+    assert calls == [
+        "daemon-reload", "enable --now ec2hub-journal-export.service",
+        "agent-ctl -a fetch-config -m ec2 -s -c file:/etc/ec2hub/cloudwatch-agent.json",
+        "daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service",
+    ]
+    config = json.loads((host.upper / "etc/ec2hub/cloudwatch-agent.json").read_text())
+    assert config == agent_config("ec2hub-test", "hub")
+    assert config["logs"]["logs_collected"]["files"]["collect_list"][0]["log_group_name"] == "/ec2hub/ec2hub-test/hub"
+    unit = (host.upper / "etc/systemd/system/ec2hub-journal-export.service").read_text()
+    assert "--unit=ec2hub-hub.service" in unit and "StandardOutput=append:/var/log/ec2hub/hub.log" in unit
+    assert_unit_verifies(host, "ec2hub-journal-export.service", max_exposure=6.0)
+    assert (host.upper / "etc/logrotate.d/ec2hub").exists()

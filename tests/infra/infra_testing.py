@@ -57,6 +57,8 @@ FULL_CONTEXT = {
     "admin_user": "alice",
     "hub_instance_type": "m7i.large",
     "group_budgets_usd": "gpu-users=500,research=120.5",  # as -c gives it
+    "alarm_email": "ops@example.org",
+    "log_retention_days": "365",
 }
 
 # Sign-in through the stack's own Cognito user pool (infra/identity.py).

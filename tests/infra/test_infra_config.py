@@ -92,6 +92,13 @@ def test_command_line_strings_are_parsed():
             "10.0.0.1/8",
             "context allowed_ingress_cidr: '10.0.0.1/8' is not an IPv4 network",
         ),
+        (
+            "log_retention_days",
+            "42",
+            "context log_retention_days: 42 is not a period CloudWatch Logs keeps logs for (one of 1, 3,",
+        ),
+        ("log_retention_days", "forever", "context log_retention_days: 'forever' is not a whole number"),
+        ("alarm_email", "ops", "context alarm_email: 'ops' is not an email address"),
     ],
 )
 def test_bad_context_value_names_the_key(key, value, message):
@@ -277,7 +284,7 @@ BAD_CLASS = {"slug": "tiny", "display_name": "Tiny", "instance_types": ["t9.huge
 BAD_FILES = {
     "unknown-section": (
         {**GOOD_FILE, "database": {"url": "x"}},
-        "ec2hub.yaml: unknown section 'database' (allowed: hub, network, tls, identity, limits, culling, spend, catalog)",
+        "ec2hub.yaml: unknown section 'database' (allowed: hub, network, tls, identity, limits, culling, spend, observability, catalog)",
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},

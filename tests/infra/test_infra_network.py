@@ -82,7 +82,7 @@ def test_interface_endpoints_accept_https_only_from_hub_and_notebooks(
         join_text(e["Properties"]["ServiceName"]).rsplit(".", 1)[1]
         for e in full_synth.resources("AWS::EC2::VPCEndpoint").values()
     }
-    assert services == {"ec2", "ec2messages", "ssm", "ssmmessages", "s3"}
+    assert services == {"ec2", "ec2messages", "ssm", "ssmmessages", "logs", "s3"}
     assert default_synth.resources("AWS::EC2::VPCEndpoint") == {}
 
 
@@ -138,7 +138,10 @@ def test_access_log_bucket_is_encrypted_private_and_ssl_only(any_synth):
 
 
 def test_flow_logs_go_to_a_kms_encrypted_log_group(any_synth):
-    ((group_id, group),) = any_synth.resources("AWS::Logs::LogGroup").items()
+    # The one log group the stack does not name (the hub and notebook groups are named by hub id).
+    ((group_id, group),) = [
+        (k, v) for k, v in any_synth.resources("AWS::Logs::LogGroup").items() if "LogGroupName" not in v["Properties"]
+    ]
     assert "Fn::GetAtt" in group["Properties"]["KmsKeyId"]
     key_id = group["Properties"]["KmsKeyId"]["Fn::GetAtt"][0]
     assert (

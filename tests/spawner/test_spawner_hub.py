@@ -361,3 +361,93 @@ BROKEN_CONFIG_D = {"10-fine.py": "c.Spawner.default_url = '/lab'\n", "20-broken.
 def test_config_d_file_with_a_syntax_error_stops_the_hub_naming_it(hub):
     assert hub.proc().wait(60) != 0
     assert "ec2hub: jupyterhub_config.d/20-broken.py: line 1: '{' was never closed" in hub.log()
+
+
+PROMETHEUS_TOKEN = "hub-test-prometheus-token-0123456789ab"
+METRICS = f"""
+c.JupyterHub.services.append({{"name": "prometheus", "api_token": {PROMETHEUS_TOKEN!r}}})
+c.JupyterHub.load_roles.append({{"name": "prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}})
+c.EC2Spawner.lease_table = "lease-" + c.EC2Spawner.hub_id
+c.EC2Spawner.sweep_orphans = True
+c.EC2Spawner.orphan_grace = 1
+c.EC2Spawner.sweep_interval = 0.5
+"""
+
+
+def _orphan_and_lease_table(hub_id: str) -> dict:
+    import boto3
+
+    boto3.client("dynamodb", region_name=REGION).create_table(
+        TableName=f"lease-{hub_id}", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "hub_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "hub_id", "AttributeType": "S"}])
+    return _left_by_a_crash(hub_id)
+
+
+def scrape(hub, token=PROMETHEUS_TOKEN) -> dict[tuple[str, frozenset], float]:
+    """``/hub/metrics`` as Prometheus reads it, with a service token of scope read:metrics:
+    (sample name, labels) -> value, for the ec2hub_ samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = http.get(f"http://127.0.0.1:{hub.ports['proxy']}/hub/metrics",
+                      headers={"Authorization": f"token {token}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(answer.text) if family.name.startswith("ec2hub_")
+            for s in family.samples}
+
+
+def sample(samples, name, **labels) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+@pytest.mark.parametrize("hub", [{"config": METRICS, "before": _orphan_and_lease_table}], indirect=True)
+def test_metrics_after_a_spawn_at_hub_metrics(hub, emu, ssm, live):
+    from spawner_testing import AZS
+
+    proxy = f"http://127.0.0.1:{hub.ports['proxy']}"
+    # authenticate_prometheus is on (JupyterHub's default): no token, or one without read:metrics, is refused.
+    assert http.get(f"{proxy}/hub/metrics", timeout=10).status_code == 403
+    assert http.get(f"{proxy}/hub/metrics", headers={"Authorization": f"token {API_TOKEN}"},
+                    timeout=10).status_code == 403
+    orphan = hub.prepared["orphan"]
+    wait_until(lambda: (sample(scrape(hub), "ec2hub_sweep_actions_total", action="terminated") or 0) >= 1, 30,
+               "the crashed hub's orphan to be swept")
+    assert f"ec2hub sweeper: terminating orphan {orphan}" in hub.log()  # the line the stack's alarm counts
+    assert sample(scrape(hub), "ec2hub_lease_held") == 1.0
+
+    emu.add_capacity_fault(AZS[0], "t3.medium")  # the first AZ tried: one fallback to the next
+    s, api = hub.session, hub.api
+    assert s.post(f"{api}/users/alice").status_code == 201
+    with ThreadPoolExecutor(1) as pool:
+        instance = pool.submit(play_instance, hub, ssm, hub.tmp / "singleuser.log")
+        assert s.post(f"{api}/users/alice/server", json={"user_options": {"instance_class": "small"}}
+                      ).status_code in (201, 202)
+        notebook = instance.result()
+    try:
+        wait_until(lambda: (s.get(f"{api}/users/alice").json()["servers"].get("") or {}).get("ready"), 60,
+                   "the server to be ready")
+        # The instance gauges follow the watcher's next describe cycle.
+        samples = wait_until(lambda: (m := scrape(hub)) and sample(
+            m, "ec2hub_instances", instance_class="small", state="running") == 1 and m, 30, "running=1")
+        assert sample(samples, "ec2hub_spawn_duration_seconds_count", instance_class="small", phase="launch") == 1
+        assert sample(samples, "ec2hub_spawn_duration_seconds_count", instance_class="small", phase="boot") == 1
+        assert sample(samples, "ec2hub_capacity_fallbacks_total", instance_class="small",
+                      reason="InsufficientInstanceCapacity") == 1
+        assert sample(samples, "ec2hub_spend_rate_usd_per_hour", instance_class="small") == pytest.approx(0.0416)
+        assert sample(samples, "ec2hub_sweeps_total") >= 1
+        assert sample(samples, "ec2hub_lease_held") == 1.0
+        # Bounded labels only: no user name or instance id in any of them.
+        [iid] = [i["InstanceId"] for i in live("alice")]
+        values = {v for _, labels in samples for _, v in labels}
+        assert not {v for v in values if "alice" in v or "ghost" in v or v.startswith("i-")}, values
+
+        assert s.delete(f"{api}/users/alice/server").status_code in (202, 204)
+        wait_until(lambda: not s.get(f"{api}/users/alice").json()["servers"], 30, "the server to stop")
+        samples = wait_until(lambda: (m := scrape(hub)) and sample(
+            m, "ec2hub_instances", instance_class="small", state="running") == 0 and m, 30, "running=0")
+        assert sample(samples, "ec2hub_spend_rate_usd_per_hour", instance_class="small") == 0
+        assert iid not in str(samples)
+    finally:
+        notebook.terminate()
+        notebook.wait(10)
