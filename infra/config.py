@@ -21,6 +21,9 @@ DEFAULT_HUB_ID = "ec2hub"
 DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
+# The hub database's RDS class (without "db."): the smallest Graviton class, plenty for a small
+# team's JupyterHub (docs/DEPLOY.md, "What the database costs").
+DEFAULT_DATABASE_INSTANCE_TYPE = "t4g.micro"
 
 # Every context key config_from_context() reads (build_app looks each one up in the CDK context).
 CONTEXT_KEYS = (
@@ -37,6 +40,7 @@ CONTEXT_KEYS = (
     "hub_instance_type",
     "hub_ami",
     "allowed_ingress_cidr",
+    "database_instance_type",
 )
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
@@ -51,6 +55,7 @@ _DOMAIN = re.compile(
 )
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+_DB_TYPE = re.compile(r"^(t4g|t3|m6g|m7g|r6g|r7g|m6i|r6i)\.(micro|small|medium|large|[0-9]*xlarge)$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
 
 
@@ -74,6 +79,7 @@ class HubConfig:
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
+    database_instance_type: str = DEFAULT_DATABASE_INSTANCE_TYPE
 
     @property
     def https(self) -> bool:
@@ -186,6 +192,10 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
+        database_instance_type=_checked(
+            context, "database_instance_type", _DB_TYPE, "an RDS class without db. (t4g.micro)"
+        )
+        or DEFAULT_DATABASE_INSTANCE_TYPE,
     )
     # Checked after every value parsed, so a malformed value is reported as such first.
     if config.admin_user is None:

@@ -18,6 +18,7 @@ from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .settings import SettingsParameter, settings_document
+from .state import DATABASE_PORT, HubState
 from .storage import Storage, file_system_statements
 
 
@@ -70,6 +71,16 @@ class Ec2HubStack(Stack):
             allowed_ingress_cidr=config.allowed_ingress_cidr,
         )
 
+        # The hub's database and secrets: nothing the hub must keep lives on its host.
+        self.state = HubState(
+            self,
+            "State",
+            vpc=vpc,
+            subnets=private,
+            hub_id=config.hub_id,
+            instance_type=config.database_instance_type,
+        )
+
         # --- network paths: each one named, nothing else open ----------------------------------
         notebook_sg = self.notebooks.security_group
         hub_sg = self.hub.security_group
@@ -84,6 +95,9 @@ class Ec2HubStack(Stack):
         # Ingress on the hub and the matching egress on the (closed-outbound) ALB group.
         self.hub.load_balancer.connections.allow_to(
             hub_sg, ec2.Port.tcp(PROXY_PORT), "load balancer to the proxy"
+        )
+        self.state.database.connections.allow_from(
+            hub_sg, ec2.Port.tcp(DATABASE_PORT), "the hub to its database"
         )
         endpoint_sg = self.network.endpoint_security_group
         for peer, who in ((notebook_sg, "notebooks"), (hub_sg, "hub")):
@@ -131,25 +145,41 @@ class Ec2HubStack(Stack):
         self.admin = AdminAccount(
             self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
         )
-        self.hub.role.add_to_principal_policy(
+        Tags.of(self.hub.instance).add(
+            TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
+        )
+
+        # --- the hub's secrets: the admin's password, the database, cookie secret, proxy token ---
+        # A managed policy of its own: the role's inline policy is near IAM's 10,240-character
+        # limit with many classes (one launch template ARN each), and these four ARNs would tip it.
+        self.hub_secrets_policy = iam.ManagedPolicy(
+            self,
+            "HubSecretsPolicy",
+            description="ec2hub hub host: read its own four secrets",
+            roles=[self.hub.role],
+        )
+        self.hub_secrets_policy.add_statements(
             iam.PolicyStatement(
-                sid="ReadAdminPassword",
+                sid="ReadHubSecrets",
                 actions=["secretsmanager:GetSecretValue"],
-                # Secrets Manager appends a hyphen and 6 random characters to a secret's name in
-                # its ARN (Secrets Manager user guide, "Secret ARN"): '??????' matches exactly those.
+                # Exactly the admin's and the state's secrets: Secrets Manager appends a hyphen and 6
+                # random characters to a secret's name in its ARN (Secrets Manager user guide,
+                # "Secret ARN"): '??????' matches exactly those.
                 resources=[
                     self.format_arn(
                         service="secretsmanager",
                         resource="secret",
-                        resource_name=f"{self.admin.secret_name}-??????",
+                        resource_name=f"{name}-??????",
                         arn_format=ArnFormat.COLON_RESOURCE_NAME,
                     )
+                    for name in (self.admin.secret_name, *self.state.secret_names.values())
                 ],
             )
         )
-        Tags.of(self.hub.instance).add(
-            TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
-        )
+        for tag, name in self.state.secret_names.items():
+            Tags.of(self.hub.instance).add(tag, name)
+        # The hub connects at its first start: the database comes first.
+        self.hub.instance.node.add_dependency(self.state.database)
 
         # --- settings --------------------------------------------------------------------------
         document = settings_document(
@@ -211,6 +241,18 @@ class Ec2HubStack(Stack):
             description=f"Prints the initial password of the admin {config.admin_user}: "
             "sign in with it, then change it at /hub/change-password",
         )
+        CfnOutput(
+            self,
+            "DatabaseEndpoint",
+            value=self.state.database.db_instance_endpoint_address,
+            description=f"The hub database's address (PostgreSQL on port {DATABASE_PORT}, hub host only)",
+        )
+        for key, name, what in (
+            ("DatabaseSecretName", self.state.database_secret_name, "the hub database's credentials"),
+            ("CookieSecretName", self.state.cookie_secret_name, "JupyterHub's cookie secret"),
+            ("ProxyTokenSecretName", self.state.proxy_token_name, "the proxy's API token"),
+        ):
+            CfnOutput(self, key, value=name, description=f"Secrets Manager secret with {what}")
         if not config.https:
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",
