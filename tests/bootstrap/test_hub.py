@@ -10,7 +10,6 @@ import subprocess
 import urllib.request
 
 import pytest
-from ec2hub_bootstrap.hub import read_environment_file
 
 from infra.userdata import role_files
 from sandbox.netns import http_get
@@ -128,6 +127,8 @@ def files_holding(root, values: list[str]) -> list[str]:
 
 def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_disk(aws, network, make_host,
                                                                                    hub_state):
+    from ec2hub_bootstrap.hub import read_environment_file
+
     document = settings_document()
     client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=document, Type="String", Overwrite=True)
     put_admin_secret(aws)
