@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Self
 
 SERVER_USER = "postgres"
+SCRATCH_DIR = "/var/tmp"
+SCRATCH_PREFIX = "ec2hub-pg-"
 SUPERUSER = "postgres"
 # Scratch servers hold nothing worth an fsync (a crash loses a test's database, not data).
 SETTINGS = {
@@ -54,11 +56,12 @@ def postgres_bindir() -> Path:
 class PostgresServer:
     """One PostgreSQL server on 127.0.0.1:``port`` (0: a free one), data under a scratch directory."""
 
-    def __init__(self, *, port: int = 0, scratch: Path | None = None) -> None:
+    def __init__(self, *, port: int = 0, name: str = "test") -> None:
         self.bindir = postgres_bindir()
         self.port = port
-        # Not under /tmp/pytest-of-root or a 0700 clone: the postgres user must reach it.
-        self.root = Path(tempfile.mkdtemp(prefix="ec2hub-pg-", dir=scratch or "/var/tmp"))
+        # Not under /tmp/pytest-of-root or a 0700 clone: the postgres user must reach it. The
+        # name keeps one user's leftovers apart from another's (cleanup_leftovers).
+        self.root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{name}-", dir=SCRATCH_DIR))
         self.superuser_password = secrets.token_hex(16)
         self._proc: subprocess.Popen | None = None
         self.log_path = self.root / "server.log"
@@ -158,6 +161,31 @@ class PostgresServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def cleanup_leftovers(name: str) -> list[int]:
+    """Stop the servers a crashed run named ``name`` left (by their data directory, never by
+    program name) and remove their directories; the pids signalled."""
+    pattern = f"{SCRATCH_DIR}/{SCRATCH_PREFIX}{name}-"
+    killed = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"/postgres") and any(a.startswith(pattern.encode()) for a in argv):
+            try:
+                os.kill(int(cmdline.parent.name), signal.SIGQUIT)  # immediate shutdown
+                killed.append(int(cmdline.parent.name))
+            except ProcessLookupError:
+                pass
+    for _ in range(100):
+        if not any(Path(f"/proc/{pid}").exists() for pid in killed):
+            break
+        time.sleep(0.1)
+    for leftover in Path(SCRATCH_DIR).glob(f"{SCRATCH_PREFIX}{name}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return killed
 
 
 def _free_port() -> int:

@@ -54,6 +54,7 @@ VPC_NAME = "ec2hub-vpc"
 ENDPOINT_PORT = 4566
 ACCOUNT = "111111111111"  # the CDK app's default account, so the template and emulator agree
 REGION = "us-east-1"
+DATABASE_NAME = "sandbox"  # the scratch PostgreSQL's name (sandbox.postgres): a crashed run's is found
 ADMIN_USER = "admin"
 DEMO_USER = "demo"
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "read:servers"]
@@ -89,10 +90,11 @@ def preflight() -> None:
 
 def cleanup_leftovers() -> None:
     """Remove what a crashed run left: processes, mounts, namespaces and host disks."""
-    from . import host, netns
+    from . import host, netns, postgres
 
     host.cleanup_leftovers(HOSTS_ROOT)
     netns.cleanup_leftovers()
+    postgres.cleanup_leftovers(DATABASE_NAME)
 
 
 @dataclass
@@ -232,7 +234,7 @@ class Sandbox:
             raise SandboxError(f"the stack lacks outputs {sorted(k for k, v in names.items() if not v)}: "
                                "the hub would have no database")
         try:
-            self.database = PostgresServer().start()
+            self.database = PostgresServer(name=DATABASE_NAME).start()
         except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
             raise SandboxError(f"the hub database (PostgreSQL) did not start: {error}") from error
         password = secrets.token_hex(16)
