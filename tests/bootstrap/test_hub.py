@@ -15,7 +15,16 @@ from infra.userdata import role_files
 from sandbox.netns import http_get
 from sandbox.runner import DEMO_USER, _Browser, create_demo_accounts, login
 
-from .conftest import GATEWAY, HUB_USER_DATA, REPO, client, needs_root, wait_until
+from .conftest import (
+    GATEWAY,
+    HUB_USER_DATA,
+    REPO,
+    STATE_SECRETS,
+    client,
+    needs_root,
+    put_state_secrets,
+    wait_until,
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 
@@ -249,7 +258,8 @@ def test_hub_refuses_dummy_authenticator_outside_the_sandbox_image(aws, network,
     client(aws, "ssm").put_parameter(
         Name=SETTINGS_PARAMETER, Value=settings_document("dummy"), Type="String", Overwrite=True
     )
-    host = make_host("i-0fedcba9876543211", HUB_IP, hub_tags(), efs=False, role="ec2hub-hub")
+    put_state_secrets(aws, "not-reached-in-this-test")  # the every-start step needs them first
+    host = make_host("i-0fedcba9876543211", HUB_IP, hub_tags(**STATE_SECRETS), efs=False, role="ec2hub-hub")
     host.start(HUB_USER_DATA)
     # The config refuses at the hub's start: the unit fails (and systemd keeps retrying it).
     wait_until(lambda: "dummy authenticator, which is for the local sandbox only"
