@@ -52,8 +52,11 @@ DEFAULT_HUB_ID = "ec2hub"
 DEFAULT_ACCOUNT = "111111111111"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
+# The hub database's RDS class (without "db."): the smallest Graviton class, plenty for a small
+# team's JupyterHub (docs/DEPLOY.md, "What the database costs").
+DEFAULT_DATABASE_INSTANCE_TYPE = "t4g.micro"
 
-SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "observability", "catalog")
+SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "observability", "database", "catalog")
 
 AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
 
@@ -79,6 +82,7 @@ _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 # The retention periods CloudWatch Logs accepts (PutRetentionPolicy, retentionInDays).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
                       2557, 2922, 3288, 3653)
+_DB_TYPE = r"^(t4g|t3|m6g|m7g|r6g|r7g|m6i|r6i)\.(micro|small|medium|large|[0-9]*xlarge)$"
 
 
 class ConfigError(ValueError):
@@ -162,6 +166,11 @@ class HubConfig(BaseModel):
     log_retention_days: int = knob("observability", 90)
     # Where the alarms (spawn failures, instances with no owner) mail to; None: no SNS topic.
     alarm_email: Annotated[str | None, matches(_EMAIL, "an email address")] = knob("observability", None)
+    # -- database (infra/state.py) -----------------------------------------------------------------
+    # The RDS for PostgreSQL instance class of the hub database, without "db.".
+    database_instance_type: Annotated[str, matches(_DB_TYPE, "an RDS class without db. (t4g.micro)")] = knob(
+        "database", DEFAULT_DATABASE_INSTANCE_TYPE, key="instance_type"
+    )
     # -- catalog (special: a path, or the classes inline) -------------------------------------------
     catalog_path: Path = DEFAULT_CATALOG_FILE
     catalog: Catalog | None = None

@@ -241,6 +241,54 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
         )
 
+    state = stack.state
+    acknowledge(
+        state.database_secret,
+        "SMG4",
+        "Rotating the database password needs a rotation Lambda in the VPC (and a route to Secrets "
+        "Manager); the hub reads the secret at every start, so a manual rotation (docs/DEPLOY.md) "
+        "takes effect at the next hub restart. Only the hub role may read it.",
+    )
+    for secret, what in ((state.cookie_secret, "cookie secret"), (state.proxy_token, "proxy token")):
+        acknowledge(
+            secret,
+            "SMG4",
+            f"The {what} is kept on purpose so that a replaced hub keeps users signed in and its "
+            "proxy: rotating it would sign everyone out (or cut the hub from its proxy). Only the "
+            "hub role may read it; docs/DEPLOY.md says how to rotate it by hand.",
+        )
+    for secret in (state.database_secret, state.cookie_secret, state.proxy_token):
+        acknowledge_checkov(
+            secret,
+            "CKV_AWS_149",
+            "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a "
+            "month and a key policy but no reader: the hub role's GetSecretValue on this one ARN is "
+            "the only grant.",
+        )
+    acknowledge(
+        state.database,
+        "RDS3",
+        "One hub serves a small team: a Multi-AZ standby doubles the database's cost (docs/DEPLOY.md) "
+        "for a failover the hub can do without (a restore from the automated backups, 7 days, or the "
+        "final snapshot brings it back; the hub itself waits for its database at start).",
+    )
+    for check, reason in {
+        "CKV_AWS_157": "Multi-AZ doubles the database's cost for a small team's hub; restores come from "
+        "the 7 days of automated backups or the final snapshot (as cdk-nag RDS3 above).",
+        "CKV_AWS_118": "Enhanced monitoring needs its own IAM role and bills its OS metrics as CloudWatch "
+        "Logs; the instance's standard CloudWatch metrics (CPU, connections, storage) cover one hub's database.",
+        "CKV_AWS_161": "JupyterHub keeps one SQLAlchemy URL for its connection pool; IAM auth tokens "
+        "expire after 15 minutes, so every new connection after that would fail. The password is "
+        "generated into Secrets Manager and only the hub role may read it.",
+    }.items():
+        acknowledge_checkov(state.database, check, reason)
+    acknowledge(
+        state.database,
+        "RDS11",
+        "A non-default port hides nothing from a client inside the VPC: the database's security "
+        "group admits only the hub's security group, on PostgreSQL's port.",
+    )
+
     acknowledge_checkov(
         stack.hub.lease_table,
         "CKV_AWS_119",

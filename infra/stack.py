@@ -20,6 +20,7 @@ from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .observability import Observability
 from .settings import SettingsParameter, extra_config_files, settings_document
+from .state import DATABASE_PORT, HubState
 from .storage import Storage, file_system_statements
 
 
@@ -72,6 +73,16 @@ class Ec2HubStack(Stack):
             allowed_ingress_cidr=config.allowed_ingress_cidr,
         )
 
+        # The hub's database and secrets: nothing the hub must keep lives on its host.
+        self.state = HubState(
+            self,
+            "State",
+            vpc=vpc,
+            subnets=private,
+            hub_id=config.hub_id,
+            instance_type=config.database_instance_type,
+        )
+
         # --- network paths: each one named, nothing else open ----------------------------------
         notebook_sg = self.notebooks.security_group
         hub_sg = self.hub.security_group
@@ -86,6 +97,9 @@ class Ec2HubStack(Stack):
         # Ingress on the hub and the matching egress on the (closed-outbound) ALB group.
         self.hub.load_balancer.connections.allow_to(
             hub_sg, ec2.Port.tcp(PROXY_PORT), "load balancer to the proxy"
+        )
+        self.state.database.connections.allow_from(
+            hub_sg, ec2.Port.tcp(DATABASE_PORT), "the hub to its database"
         )
         endpoint_sg = self.network.endpoint_security_group
         for peer, who in ((notebook_sg, "notebooks"), (hub_sg, "hub")):
@@ -163,16 +177,32 @@ class Ec2HubStack(Stack):
             self.admin = AdminAccount(
                 self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
             )
-            self.hub.role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    sid="ReadAdminPassword",
-                    actions=["secretsmanager:GetSecretValue"],
-                    resources=[secret_arn(self.admin.secret_name)],
-                )
-            )
             Tags.of(self.hub.instance).add(
                 TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
             )
+
+        # --- the hub's secrets: the admin's password, the database, cookie secret, proxy token ---
+        # A managed policy of its own: the role's inline policy is near IAM's 10,240-character
+        # limit with many classes (one launch template ARN each), and these ARNs would tip it.
+        own_secrets = [*([self.admin.secret_name] if self.admin else []), *self.state.secret_names.values()]
+        self.hub_secrets_policy = iam.ManagedPolicy(
+            self,
+            "HubSecretsPolicy",
+            description=f"ec2hub hub host: read its own {('no', 'one', 'two', 'three', 'four')[len(own_secrets)]} secrets",
+            roles=[self.hub.role],
+        )
+        self.hub_secrets_policy.add_statements(
+            iam.PolicyStatement(
+                sid="ReadHubSecrets",
+                actions=["secretsmanager:GetSecretValue"],
+                # Exactly the admin's (native sign-in) and the state's secrets.
+                resources=[secret_arn(name) for name in own_secrets],
+            )
+        )
+        for tag, name in self.state.secret_names.items():
+            Tags.of(self.hub.instance).add(tag, name)
+        # The hub connects at its first start: the database comes first.
+        self.hub.instance.node.add_dependency(self.state.database)
 
         # --- sign-in through an identity provider: its client secret, only the hub reads it ------
         scheme = "https" if config.https else "http"
@@ -275,6 +305,18 @@ class Ec2HubStack(Stack):
             )
         if self.identity is not None:
             self._identity_outputs(config, callback_url(hub_url))
+        CfnOutput(
+            self,
+            "DatabaseEndpoint",
+            value=self.state.database.db_instance_endpoint_address,
+            description=f"The hub database's address (PostgreSQL on port {DATABASE_PORT}, hub host only)",
+        )
+        for key, name, what in (
+            ("DatabaseSecretName", self.state.database_secret_name, "the hub database's credentials"),
+            ("CookieSecretName", self.state.cookie_secret_name, "JupyterHub's cookie secret"),
+            ("ProxyTokenSecretName", self.state.proxy_token_name, "the proxy's API token"),
+        ):
+            CfnOutput(self, key, value=name, description=f"Secrets Manager secret with {what}")
         if not config.https:
             Annotations.of(self.hub.load_balancer).add_warning_v2(
                 "ec2hub:plain-http",

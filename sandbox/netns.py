@@ -344,12 +344,15 @@ class Vpc:
     BRIDGE = "br0"
     BRIDGE_MAC = "02:ec:20:00:00:01"  # locally administered
 
-    def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str], dhcp: bool = True) -> None:
+    def __init__(self, name: str = PREFIX + "vpc", *, gateways: list[str], dhcp: bool = True,
+                 host_records: dict[str, str] | None = None) -> None:
         if not name.startswith(PREFIX):
             raise ValueError(f"namespace names start with {PREFIX!r} so a crashed run can be cleaned")
         self.name = name
         self.gateways = [ipaddress.ip_interface(g) for g in gateways]
         self.dhcp = dhcp
+        # name -> address the VPC's DNS answers (e.g. the RDS endpoint); every other name: NXDOMAIN.
+        self.host_records = dict(host_records or {})
         self._netns_dir_was_mounted = True
         self._dnsmasq: subprocess.Popen | None = None
         self._dnsmasq_dir: Path | None = None
@@ -388,7 +391,8 @@ class Vpc:
         return self
 
     def _start_dnsmasq(self) -> None:
-        """DHCP (fixed addresses only, by MAC) and DNS (NXDOMAIN for every name) on the bridge."""
+        """DHCP (fixed addresses only, by MAC) and DNS (the host records; NXDOMAIN for every other
+        name) on the bridge."""
         if shutil.which("dnsmasq") is None:
             raise RuntimeError("dnsmasq is missing: install dnsmasq-base (scripts/install-system-deps.sh does)")
         self._dnsmasq_dir = dnsmasq_dir(self.name)
@@ -407,6 +411,7 @@ class Vpc:
         ]
         for gw in self.gateways:
             argv.append(f"--dhcp-range={gw.network.network_address},static,{gw.network.netmask},12h")
+        argv += [f"--host-record={name},{address}" for name, address in sorted(self.host_records.items())]
         self._dnsmasq = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, start_new_session=True)
 

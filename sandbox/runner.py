@@ -6,18 +6,27 @@ Start-up, in order (each step prints one status line):
 3. `cdk synth` with the real CLI, and the stack deployed into the emulator's CloudFormation
    (:mod:`sandbox.deploy`): the very launch templates, user data and settings `cdk deploy` makes;
    what the emulator could not create is listed by name;
-4. the VPC: a bridge in a namespace of the sandbox's own, with the subnets' gateway addresses and
+4. the hub database: the emulator's RDS records the stack's DB instance but runs nothing, so a
+   real PostgreSQL server (:mod:`sandbox.postgres`) plays it, reached in the VPC at the name the
+   stack's RDS endpoint gives (the VPC's DNS answers it with an address in the DB's subnet), with
+   the credentials, cookie secret and proxy token put in the emulator's Secrets Manager under the
+   names the stack gives them (its CloudFormation cannot create secrets);
+   the VPC: a bridge in a namespace of the sandbox's own, with the subnets' gateway addresses and
    the emulator reachable inside it as a VPC endpoint (a relay);
 5. the data plane (:mod:`sandbox.dataplane`): the hub instance the stack created boots from its
    real user data, and so will every notebook instance the spawner launches;
 6. a relay from 127.0.0.1:8000 to the hub's proxy (the load balancer's job in AWS), the demo
-   accounts, an admin API token, and `.sandbox/env.json`.
+   accounts, an admin API token, and `.sandbox/env.json`;
+7. a hub host keeper (:class:`HubHostKeeper`): when the hub instance is terminated, it launches
+   another with the same parameters and points the relay at it, as the issue's Auto Scaling group
+   of one would (the stack has no such group yet: this stands in for it).
 Ctrl-C or SIGTERM tears everything down: hosts, namespaces, mounts, relays, the emulator.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
+import ipaddress
 import json
 import logging
 import os
@@ -49,6 +58,7 @@ REGION = "us-east-1"
 # instead: its account and region, and plain HTTP (it has no ACM, and the hub is on loopback); an
 # empty value clears the file's certificate.
 SANDBOX_CONTEXT = {"account": ACCOUNT, "region": REGION, "certificate_arn": "", "allow_http": "true"}
+DATABASE_NAME = "sandbox"  # the scratch PostgreSQL's name (sandbox.postgres): a crashed run's is found
 DEMO_USER = "demo"
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "read:servers"]
 
@@ -83,10 +93,11 @@ def preflight() -> None:
 
 def cleanup_leftovers() -> None:
     """Remove what a crashed run left: processes, mounts, namespaces and host disks."""
-    from . import host, netns
+    from . import host, netns, postgres
 
     host.cleanup_leftovers(HOSTS_ROOT)
     netns.cleanup_leftovers()
+    postgres.cleanup_leftovers(DATABASE_NAME)
 
 
 @dataclass
@@ -102,6 +113,9 @@ class Sandbox:
     hub_host: object = None
     hub_ip: str = ""
     admin_password: str = ""
+    database: object = None
+    hub_keeper: object = None
+    env: dict = field(default_factory=dict)
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -136,11 +150,18 @@ class Sandbox:
         for name in self.deployment.stood_in_parameters:
             say(f"  public parameter stood in with the sandbox image: {name}")
         self.admin_password = self.create_admin_secret()
+        endpoint_name, database_port, database_address = self.start_database()
 
         vpc_ids = self.deployment.physical_ids("AWS::EC2::VPC")
         if len(vpc_ids) != 1:
             raise SandboxError(f"expected one VPC in the stack, found {vpc_ids}")
-        self.vpc = netns.Vpc(VPC_NAME, gateways=subnet_gateways(ec2, vpc_ids[0])).create()
+        self.vpc = netns.Vpc(VPC_NAME, gateways=subnet_gateways(ec2, vpc_ids[0]),
+                             host_records={endpoint_name: database_address}).create()
+        self.relays.append(netns.Relay(
+            listen=(database_address, database_port), listen_netns=self.vpc.netns,
+            connect=("127.0.0.1", self.database.port), name="database",
+        ).start())
+        say(f"hub database: PostgreSQL at {endpoint_name}:{database_port} ({database_address} in the VPC)")
         endpoint = netns.Relay(
             listen=("0.0.0.0", ENDPOINT_PORT), listen_netns=self.vpc.netns,
             connect=("127.0.0.1", self.emulator.port), name="aws-endpoint",
@@ -168,6 +189,7 @@ class Sandbox:
         hub_url = f"http://127.0.0.1:{forward.port}"
         self.wait_for_hub(hub_url)
         say(f"hub answers at {hub_url}")
+        self.hub_keeper = HubHostKeeper(self, forward)
 
         accounts = create_demo_accounts(hub_url, self.admin_password)
         token = admin_token(hub_url, admin_user(), accounts[admin_user()])
@@ -181,10 +203,53 @@ class Sandbox:
             "users": accounts,
             "pid": os.getpid(),
         }
+        self.env = env
+        self.write_env()
+        self.hub_keeper.start()
+        return env
+
+    def write_env(self) -> None:
         fd = os.open(ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(env, out, indent=2)
-        return env
+            json.dump(self.env, out, indent=2)
+
+    def start_database(self) -> tuple[str, int, str]:
+        """The stack's RDS instance, played by a real PostgreSQL server; its secrets, made here.
+
+        Returns the endpoint name the emulator's RDS gives, its port, and the VPC address that name
+        resolves to (the router address of the DB subnet group's first subnet, where the relay
+        listens). The database, user and password are the instance's DBName, MasterUsername and a
+        new password, written into the secret as RDS's attachment completes it on AWS.
+        """
+        from .postgres import PostgresServer
+
+        ids = self.deployment.physical_ids("AWS::RDS::DBInstance")
+        if len(ids) != 1:
+            raise SandboxError(f"expected one RDS instance in the stack, found {ids}")
+        db = self.client("rds").describe_db_instances(DBInstanceIdentifier=ids[0])["DBInstances"][0]
+        name, port = db["Endpoint"]["Address"], int(db["Endpoint"]["Port"])
+        subnet_id = db["DBSubnetGroup"]["Subnets"][0]["SubnetIdentifier"]
+        cidr = self.client("ec2").describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["CidrBlock"]
+        address = str(ipaddress.ip_network(cidr).network_address + 1)
+        names = {key: self.deployment.outputs.get(key) for key in
+                 ("DatabaseSecretName", "CookieSecretName", "ProxyTokenSecretName")}
+        if not all(names.values()):
+            raise SandboxError(f"the stack lacks outputs {sorted(k for k, v in names.items() if not v)}: "
+                               "the hub would have no database")
+        try:
+            self.database = PostgresServer(name=DATABASE_NAME).start()
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            raise SandboxError(f"the hub database (PostgreSQL) did not start: {error}") from error
+        password = secrets.token_hex(16)
+        self.database.create_database(db["DBName"], db["MasterUsername"], password)
+        credentials = {"engine": "postgres", "username": db["MasterUsername"], "password": password,
+                       "host": name, "port": port, "dbname": db["DBName"], "dbInstanceIdentifier": ids[0]}
+        sm = self.client("secretsmanager")
+        for key, value in (("DatabaseSecretName", json.dumps(credentials)),
+                           ("CookieSecretName", secrets.token_hex(32)), ("ProxyTokenSecretName", secrets.token_hex(32))):
+            sm.create_secret(Name=names[key], SecretString=value)
+        say(f"hub database secrets {', '.join(names.values())} made in the emulator (the stack's own cannot be)")
+        return name, port, address
 
     def create_admin_secret(self) -> str:
         """The stack's generated admin password, made here: moto's CloudFormation cannot create
@@ -257,6 +322,8 @@ class Sandbox:
     # -- stop -------------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if self.hub_keeper is not None:
+            self.hub_keeper.stop()
         for relay in reversed(self.relays):
             relay.stop()
         self.relays.clear()
@@ -266,8 +333,93 @@ class Sandbox:
             self.vpc.destroy()
         if self.emulator is not None:
             self.emulator.stop()
+        if self.database is not None:
+            self.database.stop()
         ENV_FILE.unlink(missing_ok=True)
         cleanup_leftovers()
+
+
+class HubHostKeeper:
+    """Keeps one hub host running, as the issue's Auto Scaling group of one would.
+
+    Every second it asks EC2 for the hub instance; once that is terminated (``python -m sandbox
+    inject terminate <hub id>``, or anything else) it launches a new one with the same image, type,
+    subnet, security groups, instance profile, metadata options, tags and user data (what a group
+    takes from its launch template), waits for the data plane to boot it, and points the load
+    balancer's stand-in (the relay to the proxy) at it. The new host's every-start step fetches the
+    same database and secrets, so it finds every user, server and session.
+    """
+
+    def __init__(self, sandbox: Sandbox, forward) -> None:
+        self.sandbox, self.forward = sandbox, forward
+        self.ec2 = sandbox.client("ec2")
+        self.launch = self._launch_parameters(sandbox.hub_host.name)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-host-keeper", daemon=True)
+
+    def _launch_parameters(self, instance_id: str) -> dict:
+        instance = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        user_data = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        tags = [t for t in instance.get("Tags", []) if not t["Key"].startswith("aws:")]
+        params = {
+            "ImageId": instance["ImageId"], "InstanceType": instance["InstanceType"], "MinCount": 1, "MaxCount": 1,
+            "SubnetId": instance["SubnetId"], "SecurityGroupIds": [g["GroupId"] for g in instance["SecurityGroups"]],
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
+        }
+        if instance.get("IamInstanceProfile"):
+            params["IamInstanceProfile"] = {"Arn": instance["IamInstanceProfile"]["Arn"]}
+        encoded = user_data.get("UserData", {}).get("Value")
+        if encoded:
+            import base64
+
+            params["UserData"] = base64.b64decode(encoded)
+        return params
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            current = self.sandbox.env.get("hub_instance_id")
+            try:
+                reservations = self.ec2.describe_instances(InstanceIds=[current])["Reservations"]
+                states = [i["State"]["Name"] for r in reservations for i in r["Instances"]]
+            except Exception as error:  # noqa: BLE001 (an injected outage: ask again next second)
+                log.debug("hub host keeper: describe %s failed: %s", current, error)
+                continue
+            if states and states[0] not in ("shutting-down", "terminated"):
+                continue
+            try:
+                self.replace(current)
+            except Exception as error:  # noqa: BLE001 (keep trying, as a group would)
+                say(f"hub host keeper: replacing {current} failed: {error}")
+
+    def replace(self, gone: str) -> None:
+        started = time.monotonic()
+        new_id = self.ec2.run_instances(**self.launch)["Instances"][0]["InstanceId"]
+        say(f"hub host {gone} is gone: launched {new_id} in its place (as the hub's Auto Scaling group would)")
+        sandbox = self.sandbox
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self._stop.is_set():
+            host = sandbox.dataplane.hosts.get(new_id)
+            if host is not None and host.running:
+                break
+            time.sleep(0.2)
+        else:
+            raise SandboxError(f"the new hub host {new_id} did not boot: {sandbox.dataplane.errors.get(new_id)}")
+        ip = self.ec2.describe_instances(InstanceIds=[new_id])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+        # The load balancer's target group registers the group's new instance.
+        self.forward.connect_addr, self.forward.connect_netns = (ip, 8000), host.netns
+        sandbox.hub_host, sandbox.hub_ip = host, ip
+        sandbox.env["hub_instance_id"] = new_id
+        sandbox.write_env()
+        say(f"hub host {new_id} booted at {ip} in {time.monotonic() - started:.1f} s; the load balancer points at it")
 
 
 # -- demo accounts ------------------------------------------------------------------------------

@@ -8,12 +8,17 @@
 #   cloud-init   runs each instance's user data from the IMDS emulator, once per instance id
 #   dnsmasq-base the VPC's DHCP and DNS (cloud-init asks DHCP at boot)
 #   isc-dhcp-client  the DHCP client cloud-init 22.4 uses (a dependency; named for minimal images)
+#   postgresql   the hub database the sandbox and tests run (sandbox/postgres.py: as the postgres user,
+#                on a scratch data directory, loopback only); the package's own service never starts:
+#                no systemd here, policy-rc.d below, and booted instances mask postgresql.service
+#   openssl      the scratch database's self-signed TLS certificate (the hub requires TLS, as RDS does)
 # None of them changes the running machine: without systemd as PID 1 no unit of theirs starts here
 # (cloud-init's units run only inside the booted instances), and dnsmasq-base has no service.
 # Assumes Debian or Ubuntu and root (as CI and the sandbox run); otherwise says what to install.
 set -euo pipefail
 
-packages=(iproute2 util-linux chromium procps systemd-container cloud-init dnsmasq-base isc-dhcp-client)
+packages=(iproute2 util-linux chromium procps systemd-container cloud-init dnsmasq-base isc-dhcp-client postgresql
+  openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

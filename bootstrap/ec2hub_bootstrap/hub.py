@@ -8,7 +8,10 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.hub <command>
               ``prestart`` here, then the hub in the foreground as its unit would run it.
 ``prestart``  on every start of the hub (the unit's ExecStartPre=+): fetch and re-apply the
               settings parameter, the spawner package (when its tag names a new one) and the
-              config, idempotently; secrets made once (cookie secret, proxy token) are kept.
+              config, idempotently, and fetch the hub's state secrets (its database's URL, the
+              cookie secret, the proxy token) from Secrets Manager into the service's environment
+              file (:data:`ENV_FILE`, on /run: never on disk, never logged). Nothing the hub must
+              keep is on this host: the database is RDS (docs/ARCHITECTURE.md §10).
 
 Tag values are checked here and written as JSON or passed as argv; none reaches a shell.
 """
@@ -21,7 +24,6 @@ import json
 import os
 import pwd
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,21 @@ STATE = "/var/lib/ec2hub"
 HUB_USER = "ec2hub"
 UNIT_NAME = "ec2hub-hub.service"
 UNIT_PATH = "/etc/systemd/system/" + UNIT_NAME
+# The hub service's secrets, as its unit's EnvironmentFile= (read by systemd as root, before each
+# command, so ExecStartPre= writes it for ExecStart=). /run is a tmpfs: gone at power-off.
+ENV_FILE = "/run/ec2hub/hub.env"
+# Hub tags naming the state secrets (infra/state.py), and the variable each one becomes:
+# JupyterHub reads JPY_COOKIE_SECRET (hex), ConfigurableHTTPProxy CONFIGPROXY_AUTH_TOKEN, and the
+# hub's config EC2HUB_DB_URL.
+STATE_SECRETS = {
+    "ec2hub:database-secret": "EC2HUB_DB_URL",
+    "ec2hub:cookie-secret": "JPY_COOKIE_SECRET",
+    "ec2hub:proxy-token-secret": "CONFIGPROXY_AUTH_TOKEN",
+}
+# Files an older hub kept in its state directory; the secrets manager holds them now.
+RETIRED_FILES = ("jupyterhub_cookie_secret", "proxy_auth_token")
+# RDS for PostgreSQL 15+ refuses unencrypted connections (rds.force_ssl = 1 by default).
+DATABASE_SSLMODE = "require"
 # The spawner asset (s3://...) installed last, so a new one is installed on the next start.
 SPAWNER_RECORD = "/opt/ec2hub/spawner-asset.installed"
 # The unit and config, as the user data wrote them next to this module.
@@ -129,17 +146,80 @@ def ensure_host_facts(private_ip: str, admin_user: str | None) -> None:
         f"admin {shown(admin_user) if admin_user else 'none'})")
 
 
-def ensure_secret_file(name: str, make) -> None:
-    """A secret made once and kept: 0600, owned by the hub user."""
-    path = f"{STATE}/{name}"
-    hub = pwd.getpwnam(HUB_USER)
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-        os.chown(path, hub.pw_uid, hub.pw_gid)
-        os.chmod(path, 0o600)
-        log("secrets", f"{path} kept")
-        return
-    write_if_changed(path, make(), 0o600, owner=hub.pw_uid)
-    log("secrets", f"{path} created (0600)")
+def database_url(secret: dict) -> str:
+    """The SQLAlchemy URL of the hub database from its RDS secret (``username``, ``password``,
+    ``host``, ``port``, ``dbname``: what RDS's secret attachment writes), psycopg 3, TLS required."""
+    from sqlalchemy.engine import URL
+
+    try:
+        return URL.create(
+            "postgresql+psycopg",
+            username=secret["username"],
+            password=secret["password"],
+            host=secret["host"],
+            port=int(secret["port"]),
+            database=secret["dbname"],
+            query={"sslmode": DATABASE_SSLMODE},
+        ).render_as_string(hide_password=False)
+    except (KeyError, TypeError, ValueError) as exc:
+        # Never the value: the secret's keys only.
+        raise ValueError(f"needs username, password, host, port and dbname; has {sorted(secret)} ({exc!r})") from None
+
+
+def hex_secret(value: str) -> str:
+    """A cookie secret or proxy token: 64 hex digits (32 bytes), as the stack generates them."""
+    value = value.strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"is not 64 hex digits ({len(value)} characters)")
+    return value
+
+
+def environment_file(values: dict[str, str]) -> str:
+    """systemd.exec(5) EnvironmentFile= text: one ``KEY="value"`` a line, quoted for systemd.
+    Values are checked before (hex, or a URL of letters, digits and URL punctuation)."""
+    for key, value in values.items():
+        if any(c in value for c in '"\\\n$`'):
+            raise ValueError(f"{key}: a character systemd would unquote")
+    return "".join(f'{key}="{value}"\n' for key, value in sorted(values.items()))
+
+
+def read_environment_file(text: str) -> dict[str, str]:
+    """The inverse of :func:`environment_file` (for running the hub without systemd)."""
+    env = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        env[key] = value.removeprefix('"').removesuffix('"')
+    return env
+
+
+def ensure_state_secrets(tags: dict[str, str], region: str) -> None:
+    """The database URL, cookie secret and proxy token from Secrets Manager into :data:`ENV_FILE`
+    (root, 0600), on every start: a replaced hub host gets the same ones. Never printed."""
+    missing = [tag for tag in STATE_SECRETS if not tags.get(tag)]
+    if missing:
+        die("secrets", f"no {', '.join(missing)} tag on this instance: infra names the hub's state "
+            "secrets (database, cookie secret, proxy token) in its tags")
+    sm = aws_client("secretsmanager", region)
+    values = {}
+    for tag, variable in STATE_SECRETS.items():
+        name = tags[tag]
+        try:
+            text = sm.get_secret_value(SecretId=name)["SecretString"]
+        except aws_errors() as exc:
+            die("secrets", f"GetSecretValue {shown(name)} ({tag}): {type(exc).__name__}")
+        try:
+            values[variable] = database_url(json.loads(text)) if variable == "EC2HUB_DB_URL" else hex_secret(text)
+        except ValueError as exc:  # json.JSONDecodeError too; the messages name no value
+            die("secrets", f"{shown(name)} ({tag}) {exc if not isinstance(exc, json.JSONDecodeError) else 'is not JSON'}")
+    os.makedirs(os.path.dirname(ENV_FILE), mode=0o700, exist_ok=True)
+    changed = write_if_changed(ENV_FILE, environment_file(values), 0o600)
+    log("secrets", f"{ENV_FILE} {'written' if changed else 'unchanged'} (0600, root): the database URL, "
+        f"cookie secret and proxy token from {', '.join(shown(tags[t]) for t in STATE_SECRETS)}")
+    for name in RETIRED_FILES:
+        path = f"{STATE}/{name}"
+        if os.path.exists(path):
+            os.remove(path)
+            log("secrets", f"{path} removed (kept in Secrets Manager now)")
 
 
 def ensure_oauth_secret(settings, region: str) -> None:
@@ -201,8 +281,7 @@ def prestart() -> None:
     settings = ensure_settings(tags["ec2hub:settings-parameter"], region)
     ensure_config()
     ensure_host_facts(private_ip, tags.get("ec2hub:admin-user"))
-    ensure_secret_file("jupyterhub_cookie_secret", lambda: secrets.token_hex(32) + "\n")
-    ensure_secret_file("proxy_auth_token", lambda: secrets.token_hex(32) + "\n")
+    ensure_state_secrets(tags, region)
     ensure_oauth_secret(settings, region)
     ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
 
@@ -211,7 +290,8 @@ def exec_foreground() -> None:
     """No systemd: the unit's ExecStart=, user, directory and Environment=, in the foreground."""
     hub = pwd.getpwnam(HUB_USER)
     command, unit_env = unit_command((SOURCES / UNIT_NAME).read_text(encoding="utf-8"))
-    env = {"LANG": "C.UTF-8", **unit_env}
+    with open(ENV_FILE, encoding="utf-8") as f:  # the unit's EnvironmentFile=
+        env = {"LANG": "C.UTF-8", **unit_env, **read_environment_file(f.read())}
     argv = [
         "setpriv", f"--reuid={hub.pw_uid}", f"--regid={hub.pw_gid}", "--init-groups", "--no-new-privs", "--",
         *command,

@@ -10,12 +10,14 @@
 #                                      jupyterhub_config.d files (run last, below)
 #   /etc/ec2hub/host.json              {"private_ip", "admin_user"} from IMDS and tags
 #   /etc/ec2hub/allow-dummy-auth       present only in the local sandbox's image
-#   /var/lib/ec2hub/proxy_auth_token   hub <-> configurable-http-proxy token (0600, kept)
-#   /var/lib/ec2hub/jupyterhub_cookie_secret                                (0600, kept)
-#   /var/lib/ec2hub/oauth_client_secret  with an identity provider: its client secret, from
-#                                      Secrets Manager at every start (0600)
+#   environment (the unit's EnvironmentFile=/run/ec2hub/hub.env, from Secrets Manager):
+#     EC2HUB_DB_URL            the hub database (RDS for PostgreSQL), postgresql+psycopg://...
+#     JPY_COOKIE_SECRET        read by JupyterHub itself (hex): the same on every hub host
+#     CONFIGPROXY_AUTH_TOKEN   read by ConfigurableHTTPProxy itself: hub <-> proxy token
+#   /var/lib/ec2hub/oauth_client_secret  only with an OAuth authenticator   (0600)
 #   /var/lib/ec2hub/admin_password     the first admin's password, from Secrets Manager (0600)
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,10 +54,14 @@ if host.get("admin_user"):
     # created at start with the stack's generated password; nobody can sign up under this name).
     c.Authenticator.admin_users = set(c.Authenticator.admin_users) | {host["admin_user"]}
 
-# State kept across restarts of the hub (and its host), never in the working directory.
-c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
-c.ConfigurableHTTPProxy.auth_token = (STATE / "proxy_auth_token").read_text(encoding="utf-8").strip()
+# State kept across restarts and replacements of the hub host: none of it on this host.
+missing = [v for v in ("EC2HUB_DB_URL", "JPY_COOKIE_SECRET", "CONFIGPROXY_AUTH_TOKEN") if not os.environ.get(v)]
+if missing:
+    sys.exit(f"ec2hub: {', '.join(missing)} not set: the hub's every-start step writes them "
+             "(ExecStartPre=, /run/ec2hub/hub.env); see its log lines 'ec2hub-hub: secrets:'")
+c.JupyterHub.db_url = os.environ["EC2HUB_DB_URL"]
+# A new ec2hub with a newer JupyterHub migrates the schema at start (an empty database is created).
+c.JupyterHub.upgrade_db = True
 c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 # Notebooks run on their own instances: a hub restart must not stop them (also set by apply_settings;
 # restated here because losing it would stop every user's server on each hub restart).

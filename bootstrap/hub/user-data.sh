@@ -6,7 +6,7 @@
 # templated in. cloud-init runs it once per instance, as root; everything that must happen on every
 # start of the hub (settings, spawner package, config) is in its unit (ec2hub-hub.service,
 # ExecStartPre=), see docs/ARCHITECTURE.md §10. Safe to run again: every step is an idempotent
-# ensure_* that says what it found or did, and secrets made once (cookie secret, proxy token) are kept.
+# ensure_* that says what it found or did.
 #
 # Inputs (nothing else):
 #   IMDSv2 http://169.254.169.254     instance id, region, private IP, and the instance's tags
@@ -16,18 +16,23 @@
 #     ec2hub:spawner-asset        s3://bucket/key.zip, the spawner package (a CDK asset); not
 #                                 fetched when /opt/ec2hub/venv already has ec2spawner (baked AMI)
 #     ec2hub:admin-user           optional: JupyterHub admin (with native auth: signs up, is authorized)
+#     ec2hub:database-secret      Secrets Manager: the hub database's RDS secret (host, port, dbname, ...)
+#     ec2hub:cookie-secret        Secrets Manager: JupyterHub's cookie secret (64 hex digits)
+#     ec2hub:proxy-token-secret   Secrets Manager: the proxy's API token (64 hex digits)
 #   SSM settings.auth.oauth_client_secret_parameter   only with an OAuth authenticator
 #   AWS access: the instance role (credentials via IMDS), botocore standard retries, endpoints from
 #   botocore's normal configuration.
 #
 # Outputs:
-#   /opt/ec2hub/venv              JupyterHub 6.1.1, idle culler, authenticators, boto3, ec2spawner
+#   /opt/ec2hub/venv              JupyterHub 6.1.1, idle culler, authenticators, psycopg, boto3, ec2spawner
 #   /opt/ec2hub/node/bin          node + configurable-http-proxy 5.3.0 (kept if the AMI has them)
 #   /etc/ec2hub/settings.json     the settings document (0644, nothing secret)      } rewritten on
 #   /etc/ec2hub/host.json         private IP and admin user for the config (0644)   } every start
 #   /etc/ec2hub/jupyterhub_config.py   the thin config (bootstrap/hub/jupyterhub_config.py)
 #   /var/lib/ec2hub/              hub state, owned by the system user ec2hub, 0700:
-#                                 jupyterhub_cookie_secret and proxy_auth_token (0600, kept)
+#                                 nothing it must keep: the database is RDS, the cookie
+#                                 secret and proxy token are in Secrets Manager
+#   /run/ec2hub/hub.env           the service's secrets (0600 root, tmpfs), on every start
 #   ec2hub-hub.service            hardened unit (bootstrap/hub/ec2hub-hub.service); without systemd
 #                                 as PID 1 (a container, the local sandbox) its every-start step
 #                                 runs here, then the hub in the foreground with the same user,
@@ -51,7 +56,8 @@ readonly HUB_USER=ec2hub
 # Pinned to the repository's requirements.txt.
 readonly PACKAGES=(
   jupyterhub==6.1.1 jupyterhub-idle-culler==2.0.0 jupyterhub-nativeauthenticator==1.3.0
-  oauthenticator==17.4.0 boto3==1.44.8 botocore==1.44.8 pydantic==2.14.3 PyYAML==6.0.3
+  oauthenticator==17.4.0 "psycopg[binary]==3.3.9" boto3==1.44.8 botocore==1.44.8 pydantic==2.14.3
+  PyYAML==6.0.3
 )
 readonly PROXY_VERSION=5.3.0
 
@@ -100,7 +106,7 @@ ensure_hub_user() {
 
 main() {
   log start "ec2hub hub bootstrap"
-  ensure_venv jupyterhub "boto3, jupyterhub_idle_culler"
+  ensure_venv jupyterhub "boto3, jupyterhub_idle_culler, psycopg"
   ensure_proxy
   ensure_hub_user
   run_step ec2hub_bootstrap.hub boot

@@ -196,6 +196,65 @@ def notebook_tags(user: str, *, efs: str | None = "fs-0123456789abcdef0", **extr
     return tags
 
 
+STATE_SECRETS = {
+    "ec2hub:database-secret": "ec2hub/ec2hub-test/database-0123",
+    "ec2hub:cookie-secret": "ec2hub/ec2hub-test/cookie-secret-0123",
+    "ec2hub:proxy-token-secret": "ec2hub/ec2hub-test/proxy-token-0123",
+}
+
+
+def put_state_secrets(aws: str, password: str) -> tuple[str, str]:
+    """The hub's three state secrets in the emulator (as the stack makes them; the database one as
+    RDS's attachment completes it, at ``GATEWAY:5432``). Returns (cookie secret, proxy token)."""
+    cookie_secret, proxy_token = secrets.token_hex(32), secrets.token_hex(32)
+    credentials = {"engine": "postgres", "username": "ec2hub", "password": password, "host": GATEWAY,
+                   "port": 5432, "dbname": "jupyterhub"}
+    sm = client(aws, "secretsmanager")
+    for tag, value in (("ec2hub:database-secret", json.dumps(credentials)), ("ec2hub:cookie-secret", cookie_secret),
+                       ("ec2hub:proxy-token-secret", proxy_token)):
+        try:
+            sm.create_secret(Name=STATE_SECRETS[tag], SecretString=value)
+        except sm.exceptions.ResourceExistsException:
+            sm.put_secret_value(SecretId=STATE_SECRETS[tag], SecretString=value)
+    return cookie_secret, proxy_token
+
+
+class HubState:
+    """What infra/state.py makes for a hub, played for real: a PostgreSQL server (the RDS instance)
+    on loopback, reached from the VPC at ``GATEWAY:5432`` through a relay, and the three secrets
+    (database credentials as RDS's attachment completes them, cookie secret, proxy token) in the
+    emulator's Secrets Manager, named in the tags :attr:`tags` gives the hub instance."""
+
+    def __init__(self, aws: str, network: Network):
+        from sandbox.postgres import PostgresServer
+
+        self.server = PostgresServer().start()
+        self.password = secrets.token_hex(16)
+        self.server.create_database("jupyterhub", "ec2hub", self.password)
+        network.relay(listen=(GATEWAY, 5432), listen_netns=network.vpc.netns, connect=("127.0.0.1", self.server.port))
+        self.cookie_secret, self.proxy_token = put_state_secrets(aws, self.password)
+
+    tags = STATE_SECRETS
+
+    @property
+    def values(self) -> list[str]:
+        """Every secret value: none may appear in a console, a log or a file on the host's disk."""
+        return [self.password, self.cookie_secret, self.proxy_token]
+
+    def query(self, sql: str, *args):
+        with self.server.connect("jupyterhub") as conn:
+            return conn.execute(sql, args).fetchall()
+
+
+@pytest.fixture
+def hub_state(aws, network, request):
+    state = HubState(aws, network)
+    yield state
+    if failed(request):
+        sys.stderr.write(f"--- postgres log ---\n{state.server.log[-4000:]}\n")
+    state.server.stop()
+
+
 class Hub:
     """A real JupyterHub + configurable-http-proxy on loopback, spawning with SecretSpawner."""
 

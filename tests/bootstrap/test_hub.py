@@ -7,13 +7,24 @@ import json
 import re
 import stat
 import subprocess
+import urllib.request
 
 import pytest
 
 from infra.userdata import role_files
 from sandbox.netns import http_get
+from sandbox.runner import DEMO_USER, _Browser, create_demo_accounts, login
 
-from .conftest import HUB_USER_DATA, REPO, client, needs_root, wait_until
+from .conftest import (
+    GATEWAY,
+    HUB_USER_DATA,
+    REPO,
+    STATE_SECRETS,
+    client,
+    needs_root,
+    put_state_secrets,
+    wait_until,
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 
@@ -64,7 +75,10 @@ def hub_tags(**extra) -> dict[str, str]:
 
 
 LOAD_CONFIG = """
-import json
+import json, os, sys
+sys.path.insert(0, "/opt/ec2hub/bootstrap")
+from ec2hub_bootstrap.hub import ENV_FILE, read_environment_file
+os.environ.update(read_environment_file(open(ENV_FILE).read()))  # as systemd's EnvironmentFile=
 from traitlets.config.loader import PyFileConfigLoader
 c = PyFileConfigLoader("jupyterhub_config.py", path="/etc/ec2hub").load_config()
 print(json.dumps({
@@ -75,19 +89,13 @@ print(json.dumps({
     "services": [s["name"] for s in c.JupyterHub.services],
     "spawner_class": c.JupyterHub.spawner_class,
     "db_url": c.JupyterHub.db_url,
+    "upgrade_db": c.JupyterHub.upgrade_db,
 }))
 """
 
 
 ADMIN_SECRET = "ec2hub/ec2hub-test/admin-password-0123"
 ADMIN_PASSWORD = "correct-horse-battery-staple-42"
-# The account the hub made at start from the secret, as NativeAuthenticator keeps it.
-CHECK_ADMIN = """
-import sqlite3, sys, bcrypt
-row = sqlite3.connect("/var/lib/ec2hub/jupyterhub.sqlite").execute(
-    "select password, is_authorized from users_info where username = 'admin'").fetchone()
-print(bool(row) and row[1] == 1 and bcrypt.checkpw(sys.argv[1].encode(), row[0]))
-"""
 
 
 def put_admin_secret(aws) -> None:
@@ -106,11 +114,34 @@ def _hub_api(network):
     return json.loads(body) if status == 200 else None
 
 
-def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, network, make_host):
+def admin_account_has(hub_state, password: str) -> bool:
+    """The account the hub made at start from the secret, as NativeAuthenticator keeps it (in the
+    hub database: PostgreSQL)."""
+    import bcrypt
+
+    rows = hub_state.query("select password, is_authorized from users_info where username = 'admin'")
+    return len(rows) == 1 and rows[0][1] and bcrypt.checkpw(password.encode(), bytes(rows[0][0]))
+
+
+def files_holding(root, values: list[str]) -> list[str]:
+    """Files under ``root`` (a host's disk: its overlay's upper layer) that contain any of ``values``."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 5_000_000:
+            data = path.read_bytes()
+            if any(v.encode() in data for v in values):
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_disk(aws, network, make_host,
+                                                                                   hub_state):
+    from ec2hub_bootstrap.hub import read_environment_file
+
     document = settings_document()
     client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=document, Type="String", Overwrite=True)
     put_admin_secret(aws)
-    tags = hub_tags(**{"ec2hub:admin-password-secret": ADMIN_SECRET})
+    tags = hub_tags(**{"ec2hub:admin-password-secret": ADMIN_SECRET}, **hub_state.tags)
     host = make_host("i-0fedcba9876543210", HUB_IP, tags, efs=False, role="ec2hub-hub")
     host.start(HUB_USER_DATA)  # as EC2 gets it from infra: assembled from bootstrap/, gzip-compressed
 
@@ -121,19 +152,31 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
     assert (etc / "settings.json").read_text() == document
     assert (etc / "jupyterhub_config.py").read_bytes() == (HUB_DIR / "jupyterhub_config.py").read_bytes()
     assert json.loads((etc / "host.json").read_text()) == {"private_ip": HUB_IP, "admin_user": "admin"}
-    hub_uid = int(host.exec(["id", "-u", "ec2hub"]).stdout)
-    secrets = {}
-    for name in ("jupyterhub_cookie_secret", "proxy_auth_token", "admin_password"):
-        st = (state / name).stat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, hub_uid), name
-        secrets[name] = (state / name).read_bytes()
-        assert secrets[name].strip().decode() not in host.console_output
-    # The admin account exists from the stack's secret (nobody had to sign up under its name).
-    assert (state / "admin_password").read_text() == ADMIN_PASSWORD + "\n"
-    check = host.exec(["/opt/ec2hub/venv/bin/python", "-c", CHECK_ADMIN, ADMIN_PASSWORD], check=True)
-    assert check.stdout.strip() == "True", check
+    # The state secrets reach the service's environment through a root-only file on /run (tmpfs).
+    assert host.exec(["stat", "-c", "%a %U %T", "/run/ec2hub/hub.env"]).stdout.split() == ["600", "root", "tmpfs"] or \
+        host.exec(["stat", "-c", "%a %U", "/run/ec2hub/hub.env"]).stdout.split() == ["600", "root"]
+    env = read_environment_file(host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout)
+    database_url = f"postgresql+psycopg://ec2hub:{hub_state.password}@{GATEWAY}:5432/jupyterhub?sslmode=require"
+    assert env == {"EC2HUB_DB_URL": database_url, "JPY_COOKIE_SECRET": hub_state.cookie_secret,
+                   "CONFIGPROXY_AUTH_TOKEN": hub_state.proxy_token}
+    hub_pid = host.exec(["systemctl", "show", "--property=MainPID", "--value", "ec2hub-hub.service"]).stdout.strip()
+    environ = host.exec(["cat", f"/proc/{hub_pid}/environ"]).stdout.split("\0")
+    assert f"JPY_COOKIE_SECRET={hub_state.cookie_secret}" in environ
+    # Nothing the hub keeps is on its disk: no database file, no secret in any file, console or log.
+    assert not (state / "jupyterhub.sqlite").exists()
+    assert not (state / "jupyterhub_cookie_secret").exists() and not (state / "proxy_auth_token").exists()
+    assert files_holding(host.upper, hub_state.values) == []
+    journal = host.journal()
+    assert [v for v in hub_state.values if v in host.console_output or v in journal] == []
+    # The admin account exists from the stack's secret, in the database.
+    st = (state / "admin_password").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, int(host.exec(["id", "-u", "ec2hub"]).stdout))
+    assert ADMIN_PASSWORD not in host.console_output
+    assert admin_account_has(hub_state, ADMIN_PASSWORD)
+    # JupyterHub made the schema and stamped it (upgrade_db): the next version migrates it.
+    assert hub_state.query("select count(*) from alembic_version") == [(1,)]
     # The config the hub loaded: what apply_settings made of the settings, plus this host's facts.
-    loaded = json.loads(host.exec(["/opt/ec2hub/venv/bin/python", "-c", LOAD_CONFIG], check=True).stdout)
+    loaded = json.loads(host.exec(["/opt/ec2hub/venv/bin/python", "-c", LOAD_CONFIG], check=True, timeout=120).stdout)
     assert loaded == {
         "cleanup_servers": False,
         "hub_connect_ip": HUB_IP,
@@ -141,7 +184,8 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
         "admin_users": ["admin"],
         "services": ["idle-culler"],
         "spawner_class": "ec2",
-        "db_url": "sqlite:////var/lib/ec2hub/jupyterhub.sqlite",
+        "db_url": database_url,
+        "upgrade_db": True,
     }
     # The hub runs unprivileged, with its culler as a hub-managed service.
     ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
@@ -149,15 +193,15 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
     wait_until(lambda: "jupyterhub_idle_culler" in host.exec(["ps", "-eo", "args="]).stdout, 30, "the idle culler")
 
     # Stopped and started: cloud-init does not run the user data again (same instance id); the
-    # enabled unit's every-start step keeps the same secrets and files, and the hub comes back.
+    # enabled unit's every-start step fetches the same secrets again, and the hub comes back.
     before = {p: (etc / p).read_bytes() for p in ("settings.json", "host.json", "jupyterhub_config.py")}
     host.restart()
     host.wait_for_boot()
     wait_until(lambda: _hub_api(network), 90, "the hub after a stop and start")
     second = host.journal("ec2hub-hub.service", this_boot=True)
     assert {p: (etc / p).read_bytes() for p in before} == before
-    assert {n: (state / n).read_bytes() for n in secrets} == secrets
-    assert "jupyterhub_cookie_secret kept" in second and "proxy_auth_token kept" in second, second
+    assert read_environment_file(host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout) == env
+    assert "/run/ec2hub/hub.env written (0600, root)" in second, second
     assert "ERROR" not in second
     assert host.console_output.count("ec2hub-hub: start:") == 1
     # The instance runs the repository's files, byte for byte.
@@ -165,11 +209,57 @@ def test_hub_user_data_starts_a_hub_that_answers_and_keeps_its_secrets(aws, netw
         assert (host.upper / "opt/ec2hub/bootstrap" / path).read_bytes() == (REPO / "bootstrap" / path).read_bytes()
 
 
+def test_a_new_hub_host_with_a_fresh_disk_finds_every_account_server_and_session(aws, network, make_host,
+                                                                                 hub_state):
+    """The hub host is lost and another (a new instance: a new, empty root disk) takes its place."""
+    client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document(), Type="String",
+                                     Overwrite=True)
+    put_admin_secret(aws)
+    tags = hub_tags(**{"ec2hub:admin-password-secret": ADMIN_SECRET}, **hub_state.tags)
+    first = make_host("i-0fedcba98765432a0", HUB_IP, tags, efs=False, role="ec2hub-hub")
+    first.start(HUB_USER_DATA)
+    wait_until(lambda: _hub_api(network), 90, "the first hub")
+    forward = network.relay(listen=("127.0.0.1", 0), connect=(HUB_IP, 8000), connect_netns=network.vpc.netns)
+    url = f"http://127.0.0.1:{forward.port}"
+    accounts = create_demo_accounts(url, ADMIN_PASSWORD)  # signed up, approved by the admin
+    session = _Browser(url)
+    login(session, DEMO_USER, accounts[DEMO_USER])
+    assert json.loads(session.get("/hub/api/user"))["name"] == DEMO_USER
+    # A stopped server kept for resume: its state as the spawner saves it (orm.Spawner.state).
+    kept = {"kept_instance_id": "i-0aaaabbbbccccdddd", "instance_class": "small"}
+    hub_state.query("insert into spawners (user_id, name, state) select id, 'kept', %s from users where name = %s "
+                    "returning id", json.dumps(kept), DEMO_USER)
+
+    first.terminate()
+    second = make_host("i-0fedcba98765432a1", HUB_IP, tags, efs=False, role="ec2hub-hub")
+    second.start(HUB_USER_DATA)
+    wait_until(lambda: _hub_api(network), 90, "the hub on the new host")
+
+    # The session cookie the first host set still signs the user in (the same cookie secret).
+    assert json.loads(session.get("/hub/api/user"))["name"] == DEMO_USER
+    # Both accounts sign in with the same passwords.
+    admin = _Browser(url)
+    login(admin, "admin", ADMIN_PASSWORD)
+    login(_Browser(url), DEMO_USER, accounts[DEMO_USER])
+    token = admin.post_json("/hub/api/users/admin/tokens", {
+        "note": "test", "scopes": ["list:users", "read:users", "read:servers", "admin:server_state"]})["token"]
+    request = urllib.request.Request(f"{url}/hub/api/users/{DEMO_USER}?include_stopped_servers=1",
+                                     headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        user = json.loads(response.read())
+    # The server and its state, as the first hub left them.
+    assert user["servers"]["kept"]["state"] == kept
+    assert user["servers"]["kept"]["stopped"] is True
+    assert "created system user ec2hub" in second.console_output  # a fresh disk indeed
+    assert not (second.upper / "var/lib/ec2hub/jupyterhub.sqlite").exists()
+
+
 def test_hub_refuses_dummy_authenticator_outside_the_sandbox_image(aws, network, make_host):
     client(aws, "ssm").put_parameter(
         Name=SETTINGS_PARAMETER, Value=settings_document("dummy"), Type="String", Overwrite=True
     )
-    host = make_host("i-0fedcba9876543211", HUB_IP, hub_tags(), efs=False, role="ec2hub-hub")
+    put_state_secrets(aws, "not-reached-in-this-test")  # the every-start step needs them first
+    host = make_host("i-0fedcba9876543211", HUB_IP, hub_tags(**STATE_SECRETS), efs=False, role="ec2hub-hub")
     host.start(HUB_USER_DATA)
     # The config refuses at the hub's start: the unit fails (and systemd keeps retrying it).
     wait_until(lambda: "dummy authenticator, which is for the local sandbox only"

@@ -21,9 +21,11 @@ from .conftest import (
     HUB_USER_DATA,
     NOTEBOOK_USER_DATA,
     REPO,
+    STATE_SECRETS,
     client,
     needs_root,
     notebook_tags,
+    put_state_secrets,
 )
 
 pytestmark = [needs_root, pytest.mark.slow]
@@ -140,7 +142,8 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
 
     ssm = client(aws, "ssm")
     ssm.put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document(), Type="String", Overwrite=True)
-    host = make_host("i-0d00000000000000b", "10.0.1.41", hub_tags(), efs=False, role="ec2hub-hub")
+    cookie_secret, _ = put_state_secrets(aws, "not-connected-in-this-test")
+    host = make_host("i-0d00000000000000b", "10.0.1.41", hub_tags(**STATE_SECRETS), efs=False, role="ec2hub-hub")
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, HUB_USER_DATA)
     assert calls == ["daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service"]
@@ -155,7 +158,8 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     run_exec_start_pre(host, "ec2hub-hub.service")
     assert (etc / "settings.json").read_text() == settings_document()
     assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
-    cookie = (host.upper / "var/lib/ec2hub/jupyterhub_cookie_secret").read_bytes()
+    environment = host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout
+    assert f'JPY_COOKIE_SECRET="{cookie_secret}"' in environment
 
     # Day two: new settings, a config file edited on the host; the next start re-applies both.
     ssm.put_parameter(Name=SETTINGS_PARAMETER, Value=settings_document("dummy"), Type="String", Overwrite=True)
@@ -164,7 +168,7 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     assert (etc / "settings.json").read_text() == settings_document("dummy")
     assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
     assert "settings.json from /ec2hub/ec2hub-test/settings written" in output
-    assert (host.upper / "var/lib/ec2hub/jupyterhub_cookie_secret").read_bytes() == cookie
+    assert host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout == environment
 
 
 FAKE_AGENT_CTL = "#!/bin/sh\necho \"agent-ctl $*\" >>/var/log/fake-systemctl.log\n"

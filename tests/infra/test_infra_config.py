@@ -283,8 +283,9 @@ BAD_CLASS = {"slug": "tiny", "display_name": "Tiny", "instance_types": ["t9.huge
 # name -> (file content, its one-line message)
 BAD_FILES = {
     "unknown-section": (
-        {**GOOD_FILE, "database": {"url": "x"}},
-        "ec2hub.yaml: unknown section 'database' (allowed: hub, network, tls, identity, limits, culling, spend, observability, catalog)",
+        {**GOOD_FILE, "cluster": {"url": "x"}},
+        "ec2hub.yaml: unknown section 'cluster' (allowed: hub, network, tls, identity, limits, culling, spend, "
+        "observability, database, catalog)",
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},

@@ -189,7 +189,8 @@ def test_load_balancer_gives_up_on_idle_connections_before_the_proxy(any_synth):
 
 def test_admin_password_is_generated_and_named_to_the_hub(any_synth):
     """A generated password in Secrets Manager, its name in a hub tag and the command in an output."""
-    (secret_id,) = any_synth.resources("AWS::SecretsManager::Secret")
+    (secret_id,) = [k for k, v in any_synth.resources("AWS::SecretsManager::Secret").items()
+                    if "admin-password-" in json.dumps(v["Properties"]["Name"])]
     any_synth.assertions.has_resource_properties(
         "AWS::SecretsManager::Secret",
         {"GenerateSecretString": {"PasswordLength": 32, "ExcludePunctuation": True}},

@@ -366,20 +366,16 @@ def test_session_manager_is_the_only_unscoped_notebook_permission(any_synth):
     assert sorted(unscoped[0]["Action"]) == sorted(SESSION_MANAGER_ACTIONS)
 
 
-def test_hub_reads_only_the_admin_password_secret(hub):
+def test_hub_reads_the_admin_password_secret_by_its_exact_name(hub):
+    # The three secrets of the hub's state, and the policy they share: tests/infra/test_infra_state.py.
     synth, statements, hub_id = hub
-    (secret,) = synth.resources("AWS::SecretsManager::Secret").values()
     name = f"ec2hub/{hub_id}/admin-password-{{stack-uuid}}"
-    assert join_text(secret["Properties"]["Name"]) == name
-    reads = [
-        s
-        for s in statements.values()
-        if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))
-    ]
-    assert [(s["Sid"], s["Effect"], s["Action"]) for s in reads] == [
-        ("ReadAdminPassword", "Allow", "secretsmanager:GetSecretValue")
-    ]
+    assert name in [join_text(s["Properties"]["Name"]) for s in synth.resources("AWS::SecretsManager::Secret").values()]
+    assert [s for s in statements.values() if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))] == []
+    (managed,) = synth.resources("AWS::IAM::ManagedPolicy").values()
+    (read,) = managed["Properties"]["PolicyDocument"]["Statement"]
+    assert (read["Sid"], read["Effect"], read["Action"]) == ("ReadHubSecrets", "Allow", "secretsmanager:GetSecretValue")
     # The secret's ARN is its name, a hyphen and 6 random characters: exactly that one secret.
-    assert join_text(reads[0]["Resource"]) == (
+    assert join_text(read["Resource"][0]) == (
         f"arn:aws:secretsmanager:us-east-1:111111111111:secret:{name}-??????"
     )

@@ -50,3 +50,43 @@ def test_gateway_address_survives_instances_coming_and_going(vpc):
             connect_in_netns(hosts[2], target, listener.getsockname()[1], timeout=3).close()
     finally:
         listener.close()
+
+
+def dns_a_query(netns: str, server: str, name: str) -> tuple[int, list[str]]:
+    """One DNS A query over UDP from inside ``netns``: (RCODE, the answer's addresses)."""
+    import socket
+    import struct
+
+    from sandbox.netns import socket_in_netns
+
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(2)
+        sock.sendto(struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question, (server, 53))
+        reply, _ = sock.recvfrom(512)
+    rcode, answers = reply[3] & 0x0F, struct.unpack(">H", reply[6:8])[0]
+    addresses, offset = [], 12 + len(question)
+    for _ in range(answers):  # each answer: a compressed name pointer (2), type, class, ttl, length
+        rtype, _, _, length = struct.unpack(">HHIH", reply[offset + 2:offset + 12])
+        if rtype == 1:
+            addresses.append(socket.inet_ntoa(reply[offset + 12:offset + 12 + length]))
+        offset += 12 + length
+    return rcode, addresses
+
+
+def test_vpc_dns_answers_its_host_records_and_nothing_else():
+    """The sandbox names the RDS endpoint this way: the hub resolves it to the database's relay."""
+    endpoint = "ec2hub-db.aaaaaaaaaa.us-east-1.rds.amazonaws.com"
+    from waiting import wait_until
+
+    def answered(name):
+        try:
+            return dns_a_query(made.netns, "10.9.1.1", name)
+        except TimeoutError:  # dnsmasq not listening yet
+            return None
+
+    with Vpc(VPC + "d", gateways=["10.9.1.1/24"], host_records={endpoint: "10.9.1.1"}) as made:
+        rcode, addresses = wait_until(lambda: answered(endpoint), 30, "the VPC's DNS")
+        assert (rcode, addresses) == (0, ["10.9.1.1"])
+        assert dns_a_query(made.netns, "10.9.1.1", "example.invalid")[0] == 3  # NXDOMAIN
