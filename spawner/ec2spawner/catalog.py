@@ -33,6 +33,8 @@ AMI_PATTERN = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|ssm:/[A-Za-z0-9_./-]+)$"
 # A root volume must hold the AMI (Deep Learning AMIs need about 75 GB); gp3 allows up to 16 TiB.
 MIN_VOLUME_GB = 8
 MAX_VOLUME_GB = 16384
+# idle_timeout and max_age: at most 30 days (a larger number is more likely a typo for "forever").
+MAX_LIMIT_S = 30 * 24 * 3600
 
 
 class CatalogError(ValueError):
@@ -63,6 +65,11 @@ class InstanceClass(BaseModel):
     allowed_groups: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
     default: bool = False
     hourly_cost_usd: Annotated[float, Field(ge=0, le=1000)] | None = None
+    # Seconds a server of this class may be idle (no busy kernel, CPU, GPU, terminal or browser
+    # traffic: docs/ARCHITECTURE.md §15) before the hub stops it; None: the hub's idle_timeout_s.
+    idle_timeout: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
+    # Most seconds a server of this class runs, busy or not, before the hub stops it; None: no limit.
+    max_age: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
 
     @field_validator("instance_types")
     @classmethod
