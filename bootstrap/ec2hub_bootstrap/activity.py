@@ -241,8 +241,9 @@ class Agent:
         return reason
 
     def interval(self) -> int:
-        env = self.read_env() or {}
-        return Limits.from_env(env).interval
+        env = self.read_env()
+        # No env file yet: the server's first start is waiting for its secret; look again soon.
+        return Limits.from_env(env).interval if env else 5
 
     def run(self) -> None:
         log("start", f"watching {self.env_file}")
