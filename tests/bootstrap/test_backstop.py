@@ -34,7 +34,9 @@ from .conftest import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
-from chaos_lab import EmulatorProcess  # the emulator in a process of its own, as the chaos lab runs it
+from chaos_lab import (
+    EmulatorProcess,  # the emulator in a process of its own, as the chaos lab runs it
+)
 
 pytestmark = [needs_root, pytest.mark.slow]
 
