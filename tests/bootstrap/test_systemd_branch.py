@@ -108,7 +108,8 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     again = host.exec(["/bin/bash", "/var/lib/ec2hub-test/user-data.sh"], timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     calls = (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
-    assert calls[3:] == ["enable ec2hub-singleuser.service", "start ec2hub-singleuser.service"]
+    assert calls[3:] == ["enable ec2hub-singleuser.service ec2hub-activity.service",
+                         "start ec2hub-singleuser.service ec2hub-activity.service"]
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
 
 
