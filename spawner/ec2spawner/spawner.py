@@ -942,10 +942,11 @@ class EC2Spawner(Spawner):
     def server_limits(self) -> tuple[int, int]:
         """This server's (idle timeout, max age) in seconds: its class's, else the hub-wide
         ``idle_timeout`` and ``max_age``; 0 means no limit."""
-        cls = next((c for c in self.class_settings if c.slug == self.instance_class), None)
-        idle = cls.idle_timeout if cls is not None and cls.idle_timeout is not None else self.idle_timeout
-        age = cls.max_age if cls is not None and cls.max_age is not None else self.max_age
-        return idle, age
+        # The raw class mappings (validated when the hub loaded them): the culler asks this of
+        # every server each round, cheaper than validating every class again.
+        cls = next((c for c in self.classes if c.get("slug") == self.instance_class), {})
+        idle, age = cls.get("idle_timeout"), cls.get("max_age")
+        return (self.idle_timeout if idle is None else idle), (self.max_age if age is None else age)
 
     def get_env(self) -> dict[str, str]:
         """JupyterHub's env for the server plus the limits the instance's activity agent enforces

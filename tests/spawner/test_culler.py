@@ -83,3 +83,16 @@ def test_activity_body_and_local_url():
                                        "last_activity": "2026-12-01T12:00:00Z"}
     assert local_server_url("http://0.0.0.0:8888/user/alice/") == "http://127.0.0.1:8888/user/alice/"
     assert local_server_url("http://127.0.1.5:4000/user/a/gpu") == "http://127.0.1.5:4000/user/a/gpu/"
+
+
+def test_server_limits_are_the_classes_else_the_hubs(new_spawner, platform):
+    classes = [dict(platform.classes[0], idle_timeout=600, max_age=7200), platform.classes[1]]
+    spawner = new_spawner(classes=classes, idle_timeout=1800, max_age=0)
+    spawner.instance_class = "small"
+    assert spawner.server_limits() == (600, 7200)
+    spawner.instance_class = "gpu"  # sets neither: the hub-wide limits
+    assert spawner.server_limits() == (1800, 0)
+    env = spawner.get_env()
+    assert {k: v for k, v in env.items() if k.startswith("EC2HUB_")} == {
+        "EC2HUB_IDLE_TIMEOUT_S": "1800", "EC2HUB_MAX_AGE_S": "0", "EC2HUB_ACTIVITY_INTERVAL_S": "60",
+        "EC2HUB_BACKSTOP_GRACE_S": "1800"}
