@@ -94,6 +94,11 @@ def launch_template_data(
             }
         ],
         "UserData": user_data,
+        # What a shutdown from inside the instance does (the notebook's idle backstop powers off,
+        # docs/ARCHITECTURE.md §15): stop, keeping the root volume, so that a returning hub finds
+        # the instance stopped and ends it or keeps it by its stop_mode (poll, the sweeper);
+        # terminate for one-time spot, which EC2 cannot stop.
+        "InstanceInitiatedShutdownBehavior": "terminate" if cls.is_spot else "stop",
         "TagSpecifications": [
             {"ResourceType": "instance", "Tags": tags},
             {"ResourceType": "volume", "Tags": tags},

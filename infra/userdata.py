@@ -95,11 +95,16 @@ def load_user_data(path: Path) -> BootstrapUserData:
     return user_data_from_script(_display(path), script)
 
 
+# Modules of the package that only one role runs besides its launcher (the hub has no activity agent).
+ROLE_MODULES = {"notebook": ("activity",)}
+
+
 def role_files(role: str, root: Path = BOOTSTRAP) -> list[Path]:
     """The files of ``role``'s user data, relative to ``root`` (bootstrap/), sorted."""
     if role not in ROLES:
         raise ConfigError(f"bootstrap role {role!r}: one of {', '.join(ROLES)}")
-    others = {Path(PACKAGE) / f"{other}.py" for other in ROLES if other != role}
+    others = {Path(PACKAGE) / f"{module}.py" for other in ROLES if other != role
+              for module in (other, *ROLE_MODULES.get(other, ()))}
     files = [
         path.relative_to(root)
         for directory in (PACKAGE, "common", role)

@@ -14,7 +14,10 @@ keeps state and emits an event on each state change. This module is the data pla
 - ``running`` again after a stop: it boots from the same root volume. cloud-init does not run the
   user data again (same instance id): what it installed, enabled units and fstab entries, brings
   the services back, as on EC2;
-- ``terminated``: its processes and its root volume are gone.
+- ``terminated``: its processes and its root volume are gone;
+- **a host that powers itself off** (``systemctl poweroff`` inside, e.g. the notebook's idle
+  backstop) is stopped or terminated in EC2, as its ``InstanceInitiatedShutdownBehavior`` says
+  (DescribeInstanceAttribute; EC2's default is ``stop``), as EC2 does when an instance's OS halts.
 
 Boots run on one worker thread per instance so the emulator's threads never wait on a host.
 """
@@ -118,6 +121,9 @@ class DataPlane:
         # Events for one instance are handled in order; different instances in parallel.
         self._queues: dict[str, list[dict]] = {}
         self._busy: set[str] = set()
+        # Instances the data plane itself is stopping or terminating (an EC2 call did it): their
+        # hosts powering off is no instance-initiated shutdown.
+        self._ending: set[str] = set()
         self._closed = False
 
     # -- events -----------------------------------------------------------------------------------
@@ -159,15 +165,23 @@ class DataPlane:
                 if not host.running:
                     log.info("data plane: %s starts again from its root volume", iid)
                     host.start()
+                    # After the start: the last boot's watcher, waking late, sees it running again.
+                    with self._lock:
+                        self._ending.discard(iid)
+                    self._watch_power(iid, host)
                 return
-            self.boot(iid)
+            self._watch_power(iid, self.boot(iid))
         elif state == "rebooting" and host is not None and host.running:
             log.info("data plane: %s reboots", iid)
             host.reboot()
         elif state == "stopped" and host is not None:
             log.info("data plane: %s stopped", iid)
+            with self._lock:
+                self._ending.add(iid)
             host.stop()
         elif state == "terminated":
+            with self._lock:
+                self._ending.add(iid)
             host = self.hosts.pop(iid, None)
             if host is not None:
                 log.info("data plane: %s terminated", iid)
@@ -205,6 +219,31 @@ class DataPlane:
         log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
         host.start(user_data=facts.user_data or None)  # none: IMDS answers 404, cloud-init runs nothing
         return host
+
+    def _watch_power(self, iid: str, host: IsolatedHost) -> None:
+        """When this boot of ``host`` powers off by itself, tell EC2, as its OS halting would."""
+
+        def watch() -> None:
+            status = host.wait_for_power_off()
+            with self._lock:
+                if self._closed or iid in self._ending or host.running:  # running: booted again since
+                    return
+                self._ending.add(iid)
+            try:
+                answer = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
+                behaviour = answer.get("InstanceInitiatedShutdownBehavior", {}).get("Value") or "stop"
+                log.info("data plane: %s powered itself off (status %s): %s, its shutdown behaviour", iid, status,
+                         behaviour)
+                host.stop()  # its network and IMDS go now, as the machine is off
+                if behaviour == "terminate":
+                    self.ec2.terminate_instances(InstanceIds=[iid])
+                else:
+                    self.ec2.stop_instances(InstanceIds=[iid])
+            except Exception as error:  # a failed report must not kill the data plane
+                log.exception("data plane: reporting %s's shutdown failed", iid)
+                self.errors[iid] = f"instance-initiated shutdown: {error}"
+
+        threading.Thread(target=watch, name=f"dataplane-power-{iid}", daemon=True).start()
 
     def boot_running(self) -> None:
         """Boot every instance that was already running before the data plane subscribed."""

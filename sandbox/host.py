@@ -545,6 +545,12 @@ class IsolatedHost:
                 raise RuntimeError(f"{self.name}: did not reboot:\n{self.console_output[-3000:]}")
             time.sleep(0.1)
 
+    def wait_for_power_off(self) -> int | None:
+        """Block until this boot's machine has powered off (a reboot does not end it: the
+        supervisor boots it again); its exit status, or None when it was not running."""
+        proc = self._proc
+        return None if proc is None else proc.wait()
+
     @property
     def boots(self) -> int:
         """How many times this host booted since its disk was made (from its console output)."""

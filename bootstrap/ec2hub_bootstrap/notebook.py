@@ -38,6 +38,7 @@ ENV_FILE = ETC + "/singleuser.env"
 EFS_MOUNT = "/mnt/efs"
 UNIT_NAME = "ec2hub-singleuser.service"
 GPU_UNIT_NAME = "ec2hub-nvidia.service"
+ACTIVITY_UNIT_NAME = "ec2hub-activity.service"  # the activity agent and backstop (activity.py)
 UNIT_DIR = "/etc/systemd/system"
 DROPIN = f"{UNIT_DIR}/{UNIT_NAME}.d/10-user.conf"
 # The unit files, as the user data wrote them next to this module.
@@ -219,10 +220,10 @@ ReadWritePaths={home}
 
 
 def ensure_units(user: pwd.struct_passwd, home: str) -> bool:
-    """Install the server's unit, its drop-in and the GPU oneshot; True if any changed."""
+    """Install the server's unit, its drop-in, the GPU oneshot and the activity agent; True if any changed."""
     os.makedirs(os.path.dirname(DROPIN), mode=0o755, exist_ok=True)
     changed = False
-    for name in (UNIT_NAME, GPU_UNIT_NAME):
+    for name in (UNIT_NAME, GPU_UNIT_NAME, ACTIVITY_UNIT_NAME):
         text = (SOURCES / name).read_text(encoding="utf-8")
         changed |= write_if_changed(f"{UNIT_DIR}/{name}", text, 0o644)
     changed |= write_if_changed(DROPIN, dropin_text(user, home), 0o644)
@@ -234,9 +235,9 @@ def start_service(user: pwd.struct_passwd, home: str) -> None:
     changed = ensure_units(user, home)
     if changed:
         run("service", ["systemctl", "daemon-reload"])
-    run("service", ["systemctl", "enable", UNIT_NAME])
+    run("service", ["systemctl", "enable", UNIT_NAME, ACTIVITY_UNIT_NAME])
     # restart also when unchanged: a second run of the user data means "apply it again".
-    run("service", ["systemctl", "restart" if changed else "start", UNIT_NAME])
+    run("service", ["systemctl", "restart" if changed else "start", UNIT_NAME, ACTIVITY_UNIT_NAME])
     log("service", f"{UNIT_NAME} {'(re)started' if changed else 'running, unchanged'}")
 
 

@@ -34,6 +34,8 @@ AMI_PATTERN = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|ssm:/[A-Za-z0-9_./-]+)$"
 # A root volume must hold the AMI (Deep Learning AMIs need about 75 GB); gp3 allows up to 16 TiB.
 MIN_VOLUME_GB = 8
 MAX_VOLUME_GB = 16384
+# idle_timeout and max_age: at most 30 days (a larger number is more likely a typo for "forever").
+MAX_LIMIT_S = 30 * 24 * 3600
 
 # A server's extra environment: shell-style names; the hub's own variables cannot be replaced.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -76,6 +78,11 @@ class InstanceClass(BaseModel):
     start_timeout: Annotated[int, Field(ge=10, le=3600)] | None = None
     stop_mode: Literal["terminate", "stop"] | None = None
     max_per_user: Annotated[int, Field(ge=1, le=100)] | None = None
+    # Seconds a server of this class may be idle (no busy kernel, CPU, GPU, terminal or browser
+    # traffic: docs/ARCHITECTURE.md §17) before the hub stops it; None: the hub's idle_timeout_s.
+    idle_timeout: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
+    # Most seconds a server of this class runs, busy or not, before the hub stops it; None: no limit.
+    max_age: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
 
     @field_validator("instance_types")
     @classmethod

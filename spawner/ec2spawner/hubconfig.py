@@ -25,8 +25,6 @@ from .spawner import start_sweeper_with_hub
 # The load balancer's health check (infra/hub.py): 200 only from the hub that holds the lease.
 HEALTH_PATH = "/ec2hub/health"  # under the hub prefix: /hub/ec2hub/health
 
-IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
-
 # Native sign-in on a public hub: passwords of at least 12 characters and not on NativeAuthenticator's
 # list of 10,000 common ones; after 5 failed logins a name waits 60 s, doubling with each further
 # failure up to an hour (ec2spawner.nativeauth).
@@ -55,13 +53,14 @@ def apply_settings(
     python: str = sys.executable,
     proxy_command: str = "configurable-http-proxy",
 ) -> Config:
-    """Set the hub, spawner, authenticator and idle-culler config from ``settings``; return ``c``.
+    """Set the hub, spawner and authenticator config from ``settings``; return ``c``.
 
     ``hub_connect_ip`` is the hub host's private IP (notebooks call the hub API there).
     ``oauth_client_secret`` is read by the caller (the hub bootstrap fetches the Secrets Manager
     secret ``settings.auth.oauth_client_secret_name`` at every start), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
-    sign up under an admin's name. ``python`` runs the idle culler; ``proxy_command`` is the
+    sign up under an admin's name. ``python`` is unused (it ran jupyterhub-idle-culler, which the
+    spawner's own culler replaced); ``proxy_command`` is the
     configurable-http-proxy executable (found on PATH by default).
     """
     c.JupyterHub.spawner_class = "ec2"
@@ -98,26 +97,10 @@ def apply_settings(
 
     _apply_auth(c, settings.auth, oauth_client_secret, admin_password_file)
 
-    c.JupyterHub.services = [
-        {
-            "name": "idle-culler",
-            "command": [
-                python,
-                "-m",
-                "jupyterhub_idle_culler",
-                f"--timeout={settings.idle_timeout_s}",
-            ],
-        }
-    ]
-    c.JupyterHub.load_roles = [
-        {
-            "name": "idle-culler",
-            "description": "Stop servers idle for longer than the hub's idle timeout",
-            "scopes": list(IDLE_CULLER_SCOPES),
-            "services": ["idle-culler"],
-        }
-    ]
-    # The orphan sweeper starts with the hub, not at the first spawn (a no-op outside a hub).
+    # Idle and age limits per class: the spawner's own culler in the hub process
+    # (ec2spawner.culler), started with the sweeper; this is the default of classes that set none.
+    c.EC2Spawner.idle_timeout = settings.idle_timeout_s
+    # The orphan sweeper and the culler start with the hub, not at the first spawn (a no-op outside a hub).
     start_sweeper_with_hub()
     return c
 

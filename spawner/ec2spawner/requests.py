@@ -247,3 +247,13 @@ def lease_release_params(*, table: str, hub_id: str, holder: str) -> dict:
 def lease_read_params(*, table: str, hub_id: str) -> dict:
     """GetItem of the lease item (strongly consistent: the answer after the last write)."""
     return {"TableName": table, "Key": {LEASE_KEY: {"S": hub_id}}, "ConsistentRead": True}
+
+
+def activity_env(*, idle_timeout: int, max_age: int, interval: int, backstop_grace: int) -> dict[str, str]:
+    """What the instance's activity agent reads from the server's secret (seconds; 0: none)."""
+    return {
+        "EC2HUB_IDLE_TIMEOUT_S": str(idle_timeout),
+        "EC2HUB_MAX_AGE_S": str(max_age),
+        "EC2HUB_ACTIVITY_INTERVAL_S": str(interval),
+        "EC2HUB_BACKSTOP_GRACE_S": str(backstop_grace),
+    }

@@ -41,6 +41,7 @@ from . import options as opts
 from . import requests as req
 from . import spend as spend_
 from .aws import Aws, AwsError, ErrorKind, InstanceView
+from .culler import ServerCuller
 from .lease import HubLease, LeaseError, default_holder_id
 from .settings import ClassSettings
 from .sweeper import OrphanSweeper, Ownership
@@ -357,6 +358,48 @@ class EC2Spawner(Spawner):
         help="""The wall clock spend is billed by (epoch seconds); tests move it instead of waiting.""",
     ).tag(config=True)
 
+    idle_timeout = Integer(
+        3600,
+        help="""Seconds a server may be idle before the hub stops it, for classes that set no ``idle_timeout``.
+
+        Idle: no activity reached the hub for that long. Activity is what JupyterHub records
+        (browser traffic through the proxy, the server's own reports) plus what the instance's
+        activity agent reports while a kernel is busy, the CPU or a GPU works or a terminal is in
+        use (docs/ARCHITECTURE.md §17). ``hubconfig.apply_settings`` sets it from the settings'
+        ``idle_timeout_s``. 0: no idle limit.
+        """,
+    ).tag(config=True)
+
+    max_age = Integer(
+        0,
+        help="""Most seconds a server runs, busy or not, for classes that set no ``max_age``; 0: no limit.""",
+    ).tag(config=True)
+
+    cull_interval = Float(
+        60.0,
+        help="""Seconds between two checks of every running server against its class's idle_timeout and max_age.""",
+    ).tag(config=True)
+
+    activity_interval = Integer(
+        60,
+        help="""Seconds between two samples of the instance's activity agent (passed in the server's secret).
+
+        While the server is busy the agent posts its activity to the hub at this period; while it
+        is idle it only checks that the hub answers.
+        """,
+    ).tag(config=True)
+
+    backstop_grace = Integer(
+        1800,
+        help="""Seconds without an answer from the hub after which an idle instance shuts itself down.
+
+        The backstop of a dead hub (docs/ARCHITECTURE.md §17): the instance powers off (its launch
+        template's shutdown behaviour makes that a stop or a termination) once its server has been
+        idle past its idle timeout, or has run past its max_age, and the hub has not answered for
+        this long. Longer than a hub restart or replacement. 0: no backstop.
+        """,
+    ).tag(config=True)
+
     # -- per-server state (get_state/load_state) ---------------------------------------------
     instance_id = Unicode(None, allow_none=True)
     instance_class = Unicode(None, allow_none=True)
@@ -464,8 +507,10 @@ class EC2Spawner(Spawner):
                 status_code=403,
             )
 
-    def get_env(self):
-        """JupyterHub's environment of the server plus its class's ``environment``.
+    def get_env(self) -> dict[str, str]:
+        """JupyterHub's environment of the server plus its class's ``environment``, then the limits
+        the instance's activity agent enforces when the hub is silent (the backstop;
+        docs/ARCHITECTURE.md §4, §17).
 
         The result is what the server's secret holds. The catalog refuses class variables named
         ``JUPYTERHUB_*``/``JPY_*``, so a class cannot replace the hub's own.
@@ -474,6 +519,9 @@ class EC2Spawner(Spawner):
         cls = self._class()
         if cls is not None:
             env.update(cls.environment)
+        idle, age = self.server_limits()
+        env.update(req.activity_env(idle_timeout=idle, max_age=age, interval=self.activity_interval,
+                                    backstop_grace=self.backstop_grace))
         return env
 
     def _groups(self) -> set[str]:
@@ -1130,6 +1178,15 @@ class EC2Spawner(Spawner):
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, 16)
 
+    def server_limits(self) -> tuple[int, int]:
+        """This server's (idle timeout, max age) in seconds: its class's, else the hub-wide
+        ``idle_timeout`` and ``max_age``; 0 means no limit."""
+        # The raw class mappings (validated when the hub loaded them): the culler asks this of
+        # every server each round, cheaper than validating every class again.
+        cls = next((c for c in self.classes if c.get("slug") == self.instance_class), {})
+        idle, age = cls.get("idle_timeout"), cls.get("max_age")
+        return (self.idle_timeout if idle is None else idle), (self.max_age if age is None else age)
+
     async def _write_secret(self, view: InstanceView) -> bool:
         """The server's env (with its API token) as SecureString ``<prefix><instance-id>``.
 
@@ -1459,7 +1516,7 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
     end of ``JupyterHub.start()``, once the database, init_spawners' checks and the proxy are up.
     Called from the config (``hubconfig.apply_settings``), this schedules a task that waits for
     that future and then starts the hub lease's renewal (if ``lease_table`` is set) and the
-    sweeper with the hub's database session. Outside a running
+    sweeper with the hub's database session, and the server culler. Outside a running
     hub (tests of the config, ``--generate-config``) it does nothing and returns None.
     """
     from jupyterhub.app import JupyterHub
@@ -1486,6 +1543,8 @@ def start_sweeper_with_hub() -> asyncio.Task | None:
         probe.lease()
         probe._spend_recorder()  # bills the servers init_spawners re-attached
         spawner_class.start_sweeper(config=app.config, db=app.db, log=app.log)
+        # Per-class idle_timeout and max_age (ec2spawner.culler), in place of jupyterhub-idle-culler.
+        ServerCuller.start_with(app, interval=probe.cull_interval, log=app.log)
 
     return loop.create_task(sweep_once_started(), name="ec2hub-start-sweeper")
 

@@ -86,7 +86,7 @@ print(json.dumps({
     "hub_connect_ip": c.JupyterHub.hub_connect_ip,
     "authenticator_class": c.JupyterHub.authenticator_class,
     "admin_users": sorted(c.Authenticator.admin_users),
-    "services": [s["name"] for s in c.JupyterHub.services],
+    "idle_timeout": c.EC2Spawner.idle_timeout,
     "spawner_class": c.JupyterHub.spawner_class,
     "db_url": c.JupyterHub.db_url,
     "upgrade_db": c.JupyterHub.upgrade_db,
@@ -182,15 +182,15 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
         "hub_connect_ip": HUB_IP,
         "authenticator_class": "ec2spawner.nativeauth.NativeAuthenticator",
         "admin_users": ["admin"],
-        "services": ["idle-culler"],
+        "idle_timeout": 3600,  # the settings' idle_timeout_s: the default of classes that set none
         "spawner_class": "ec2",
         "db_url": database_url,
         "upgrade_db": True,
     }
-    # The hub runs unprivileged, with its culler as a hub-managed service.
+    # The hub runs unprivileged, its culler (per-class idle_timeout and max_age) in its own process.
     ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
     assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.MULTILINE), ps
-    wait_until(lambda: "jupyterhub_idle_culler" in host.exec(["ps", "-eo", "args="]).stdout, 30, "the idle culler")
+    wait_until(lambda: "ec2hub culler: checking servers" in host.journal("ec2hub-hub.service"), 60, "the culler")
 
     # Stopped and started: cloud-init does not run the user data again (same instance id); the
     # enabled unit's every-start step fetches the same secrets again, and the hub comes back.

@@ -87,9 +87,10 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     host = make_host(iid, "10.0.1.40", notebook_tags("carol"))
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, NOTEBOOK_USER_DATA)
-    assert calls == ["daemon-reload", "enable ec2hub-singleuser.service", "restart ec2hub-singleuser.service"]
+    assert calls == ["daemon-reload", "enable ec2hub-singleuser.service ec2hub-activity.service",
+                     "restart ec2hub-singleuser.service ec2hub-activity.service"]
     units = host.upper / "etc/systemd/system"
-    for name in ("ec2hub-singleuser.service", "ec2hub-nvidia.service"):
+    for name in ("ec2hub-singleuser.service", "ec2hub-nvidia.service", "ec2hub-activity.service"):
         assert (units / name).read_bytes() == (REPO / "bootstrap/notebook" / name).read_bytes()
     dropin = (units / "ec2hub-singleuser.service.d/10-user.conf").read_text().splitlines()
     for line in ("User=jupyter-carol", "ReadWritePaths=/home/jupyter-carol", "RequiresMountsFor=/home/jupyter-carol",
@@ -97,6 +98,7 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
         assert line in dropin
     assert_unit_verifies(host, "ec2hub-singleuser.service", max_exposure=2.6)  # PrivateDevices=yes, no filter: 3.7
     assert_unit_verifies(host, "ec2hub-nvidia.service", max_exposure=10)
+    assert_unit_verifies(host, "ec2hub-activity.service", max_exposure=10)
     bind = "/mnt/efs/home/jupyter-carol /home/jupyter-carol none bind,x-systemd.requires-mounts-for=/mnt/efs 0 0"
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
     # The secret is the unit's business, on each start, not the user data's.
@@ -108,7 +110,8 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     again = host.exec(["/bin/bash", "/var/lib/ec2hub-test/user-data.sh"], timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     calls = (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
-    assert calls[3:] == ["enable ec2hub-singleuser.service", "start ec2hub-singleuser.service"]
+    assert calls[3:] == ["enable ec2hub-singleuser.service ec2hub-activity.service",
+                         "start ec2hub-singleuser.service ec2hub-activity.service"]
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
 
 

@@ -284,8 +284,8 @@ BAD_CLASS = {"slug": "tiny", "display_name": "Tiny", "instance_types": ["t9.huge
 BAD_FILES = {
     "unknown-section": (
         {**GOOD_FILE, "cluster": {"url": "x"}},
-        "ec2hub.yaml: unknown section 'cluster' (allowed: hub, network, tls, identity, limits, culling, spend, "
-        "observability, database, catalog)",
+        ("ec2hub.yaml: unknown section 'cluster' (allowed: hub, network, tls, identity, limits, culling, spend, "
+         "observability, database, catalog)"),
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},

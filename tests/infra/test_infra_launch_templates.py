@@ -128,6 +128,7 @@ def test_templates_carry_class_image_type_profile_and_tags(full_synth):
                     "ImageId": "ami-0123456789abcdef0",
                     "InstanceType": "g5.xlarge",
                     "IamInstanceProfile": {"Arn": profile},
+                    "InstanceInitiatedShutdownBehavior": "terminate",
                     "InstanceMarketOptions": {
                         "MarketType": "spot",
                         "SpotOptions": {
@@ -167,6 +168,7 @@ def test_ssm_amis_resolve_at_deploy_time_and_on_demand_has_no_market_options(
     ]
     data = template["Properties"]["LaunchTemplateData"]
     assert "InstanceMarketOptions" not in data
+    assert data["InstanceInitiatedShutdownBehavior"] == "stop"  # the idle backstop's poweroff keeps the disk
     parameter = full_synth.template["Parameters"][data["ImageId"]["Ref"]]
     assert parameter["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
     assert (

@@ -40,14 +40,8 @@ def expected_common() -> Config:
     c.EC2Spawner.efs_id = "fs-1"
     c.EC2Spawner.notebook_port = 8888
     c.JupyterHub.extra_handlers = [("/ec2hub/health", LeaseHealthHandler, {"hub_id": "hub1", "lease_table": None})]
-    c.JupyterHub.services = [{"name": "idle-culler",
-                              "command": ["/py", "-m", "jupyterhub_idle_culler", "--timeout=1800"]}]
-    c.JupyterHub.load_roles = [{
-        "name": "idle-culler",
-        "description": "Stop servers idle for longer than the hub's idle timeout",
-        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-        "services": ["idle-culler"],
-    }]
+    # No jupyterhub-idle-culler service: the spawner's culler applies this to classes that set none.
+    c.EC2Spawner.idle_timeout = 1800
     return c
 
 
