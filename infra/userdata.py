@@ -1,8 +1,12 @@
 """User data for the launch templates and the hub, assembled from the files of bootstrap/.
 
 An instance's user data is one shell script: it writes the role's files of bootstrap/ (the Python
-package ec2hub_bootstrap without the other role's launcher, common/ and <role>/) byte for byte under
-/opt/ec2hub/bootstrap, then runs <role>/user-data.sh from there. The same files always give the same bytes (sorted, no
+package ec2hub_bootstrap without the other role's launcher, common/ and <role>/) under
+/opt/ec2hub/bootstrap, then runs <role>/user-data.sh from there. Shell scripts, units and config
+files go byte for byte; the package's modules go without their docstrings and comments (an ast
+round trip, :func:`shipped_text`): the same code, about a fifth less compressed, which keeps the
+notebook's user data under EC2's limit (tracebacks on an instance then number the lines of the
+shipped module, not of the repository's file). The same files always give the same bytes (sorted, no
 timestamps), so an unchanged bootstrap never makes a new launch template version. cloud-init runs
 a shell script user data once per instance ("scripts-user", frequency once-per-instance); what must
 happen on every start is in the units those files install (docs/ARCHITECTURE.md §10).
@@ -16,6 +20,7 @@ error at synth, not a failed launch at spawn time. Compression is deterministic 
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import shlex
@@ -114,6 +119,24 @@ def role_files(role: str, root: Path = BOOTSTRAP) -> list[Path]:
     return sorted(set(files) - others)
 
 
+def minified_python(source: str) -> str:
+    """``source`` without docstrings and comments: ``ast.unparse`` of its tree minus each module's,
+    class's and function's leading string. The code is unchanged (nothing here reads ``__doc__``)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
+def shipped_text(path: Path, root: Path = BOOTSTRAP) -> str:
+    """The file ``path`` (relative to ``root``) as the user data writes it on the instance."""
+    text = (root / path).read_text(encoding="utf-8")
+    return minified_python(text) if path.parts[0] == PACKAGE and path.suffix == ".py" else text
+
+
 def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
     """The user-data script of ``role``: writes its files under INSTANCE_DIR, runs its user-data.sh.
 
@@ -127,7 +150,7 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
     lines = [
         "#!/bin/bash",
         f"# ec2hub {role} user data, assembled by infra/userdata.py from these files of the",
-        f"# repository's bootstrap/, written byte for byte under {INSTANCE_DIR}; then it runs",
+        f"# repository's bootstrap/ (modules without docstrings), written under {INSTANCE_DIR}; then it runs",
         f"# {entry} from there:",
         *(f"#   {path}" for path in files),
         "set -euo pipefail",
@@ -137,7 +160,7 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
         *(f'mkdir -p "$dir.new/{d}"' for d in sorted({str(p.parent) for p in files})),
     ]
     for path in files:
-        text = (root / path).read_text(encoding="utf-8")
+        text = shipped_text(path, root)
         if not text.endswith("\n") or END_OF_FILE in text.splitlines():
             raise ConfigError(
                 f"{_display(root / path)}: must end with a newline and have no line {END_OF_FILE}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from infra.userdata import (
     assemble_script,
     assemble_user_data,
     role_files,
+    shipped_text,
 )
 
 from .conftest import REPO
@@ -52,7 +54,7 @@ def test_each_role_gets_its_own_files_and_the_shared_ones():
 def test_assembled_script_holds_each_file_once_and_is_shellcheck_clean(role, tmp_path):
     script = assemble_script(role).decode()
     for path in role_files(role):
-        text = (BOOTSTRAP / path).read_text()
+        text = shipped_text(path)
         assert script.count(f"<<'EC2HUB_END_OF_FILE'\n{text}EC2HUB_END_OF_FILE\n") == 1, path
     assert script.rstrip().endswith(f'exec /bin/bash "$dir/{role}/user-data.sh"')
     (tmp_path / "user-data").write_text(script)
@@ -66,3 +68,24 @@ def test_a_file_that_would_end_the_heredoc_is_refused(tmp_path):
         f.write("EC2HUB_END_OF_FILE\n")
     with pytest.raises(ConfigError, match=r"ec2hub-nvidia.service: must end with a newline and have no line"):
         assemble_script("notebook", copy)
+
+
+def _without_docstrings(tree: ast.AST) -> str:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("role", ["notebook", "hub"])
+def test_shipped_modules_are_the_repositorys_code_without_docstrings_and_other_files_are_byte_for_byte(role):
+    for path in role_files(role):
+        original, shipped = (BOOTSTRAP / path).read_text(), shipped_text(path)
+        if path.parts[0] == "ec2hub_bootstrap":
+            # The same program: the shipped module's syntax tree is the original's minus its docstrings.
+            assert ast.dump(ast.parse(shipped)) == _without_docstrings(ast.parse(original)), path
+            assert len(shipped) < len(original) or not original.strip(), path
+        else:
+            assert shipped == original, path
