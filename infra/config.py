@@ -37,6 +37,8 @@ CONTEXT_KEYS = (
     "hub_instance_type",
     "hub_ami",
     "allowed_ingress_cidr",
+    "image_versions_kept",
+    "image_build_schedule",
 )
 
 # hub_id is the stack name and appears in SSM paths, tags and resource names.
@@ -51,6 +53,8 @@ _DOMAIN = re.compile(
 )
 # JupyterHub user names are free-form, but this one lands in an EC2 tag read through IMDS.
 _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+# Image Builder schedules are cron expressions (Image Builder user guide, "Use cron expressions").
+_CRON = re.compile(r"^cron\([0-9A-Za-z*?/,#\- ]{9,200}\)$")
 _ADMIN_USER = re.compile(r"^[A-Za-z0-9._@+=,-]{1,128}$")
 
 
@@ -74,6 +78,11 @@ class HubConfig:
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: str | None = None
     allowed_ingress_cidr: str = "0.0.0.0/0"
+    # Baked classes (infra/images.py): images kept per class by the lifecycle policy (the newest
+    # is the one in use; the others are for rollback), and when to rebuild (only if the base
+    # image changed). None: built when the stack creates or changes the recipe, and by hand.
+    image_versions_kept: int = 3
+    image_build_schedule: str | None = None
 
     @property
     def https(self) -> bool:
@@ -186,6 +195,10 @@ def config_from_context(context: dict[str, Any]) -> HubConfig:
         hub_ami=_checked(context, "hub_ami", _AMI, "an AMI id (ami-...)"),
         allowed_ingress_cidr=cidr,
         allow_http=_bool(context, "allow_http", False),
+        image_versions_kept=_int(context, "image_versions_kept", 3, 1, 100),
+        image_build_schedule=_checked(
+            context, "image_build_schedule", _CRON, "an Image Builder cron expression (cron(...))"
+        ),
     )
     # Checked after every value parsed, so a malformed value is reported as such first.
     if config.admin_user is None:

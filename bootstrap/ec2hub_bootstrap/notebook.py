@@ -149,14 +149,9 @@ def ensure_efs(efs_id: str | None, region: str) -> bool:
 
 
 def install_efs_client() -> None:
-    if shutil.which("dnf"):
-        argv = ["dnf", "install", "-y", "-q", "amazon-efs-utils"]
-    elif shutil.which("apt-get"):
-        argv = ["apt-get", "install", "-y", "-q", "nfs-common"]
-    else:
-        die("efs", "no mount.efs or mount.nfs4 and no package manager: bake amazon-efs-utils into the AMI")
-    log("efs", f"installing the EFS client: {' '.join(argv)}")
-    run("efs", argv)
+    """The EFS client, by the image steps' own script (notebook/install.sh: one list of packages)."""
+    log("efs", "no mount.efs or mount.nfs4 on this AMI: installing the EFS client")
+    run("efs", ["/bin/bash", str(SOURCES / "install.sh"), "efs-client"])
 
 
 def ensure_fstab_line(line: str) -> None:

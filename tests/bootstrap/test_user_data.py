@@ -38,7 +38,7 @@ def test_each_role_gets_its_own_files_and_the_shared_ones():
     shared = ["common/venv.sh", "ec2hub_bootstrap/__init__.py", "ec2hub_bootstrap/host.py",
               "ec2hub_bootstrap/imds.py"]
     assert [str(p) for p in role_files("notebook")] == sorted([
-        *shared, "ec2hub_bootstrap/notebook.py", "notebook/ec2hub-nvidia.service",
+        *shared, "ec2hub_bootstrap/notebook.py", "notebook/ec2hub-nvidia.service", "notebook/install.sh",
         "notebook/ec2hub-singleuser.service", "notebook/user-data.sh",
     ])
     assert [str(p) for p in role_files("hub")] == sorted([
