@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 
 import pytest
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from .conftest import client, needs_root, notebook_tags, wait_until
@@ -46,8 +47,8 @@ class Kernels:
             self._request("DELETE", f"kernels/{kernel}")
 
     async def _execute(self, kernel: str, code: str) -> str:
-        url = self.base.replace("http://", "ws://") + f"/api/kernels/{kernel}/channels?token={self.token}"
-        socket = await websocket_connect(url)
+        url = self.base.replace("http://", "ws://") + f"/api/kernels/{kernel}/channels"
+        socket = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"}))
         msg_id = uuid.uuid4().hex
         socket.write_message(json.dumps({
             "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
@@ -100,7 +101,7 @@ def test_a_users_pip_install_outlives_a_server_restart_and_the_instance(aws, net
     kernels = Kernels(f"http://127.0.0.1:{to_notebook.port}/user/alice", json.loads(token)["JUPYTERHUB_API_TOKEN"])
 
     installed = kernels.run(f"%pip install --no-index --no-cache-dir /home/jupyter-alice/{wheel.name}")
-    assert "Successfully installed ec2hub_probe-1.0" in installed, installed
+    assert "Successfully installed ec2hub-probe-1.0" in installed, installed
     # Into the home, never the image's venv (read-only for the server; root's).
     (module,) = list(home.glob(".local/lib/python3*/site-packages/ec2hub_probe.py"))
     assert module.stat().st_uid == owner.st_uid
