@@ -56,7 +56,7 @@ DEFAULT_HUB_INSTANCE_TYPE = "t3.medium"
 # team's JupyterHub (docs/DEPLOY.md, "What the database costs").
 DEFAULT_DATABASE_INSTANCE_TYPE = "t4g.micro"
 
-SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "observability", "database", "catalog")
+SECTIONS = ("hub", "network", "tls", "identity", "limits", "culling", "spend", "observability", "database", "images", "catalog")
 
 AUTH_TYPES = ("native", "github", "google", "oidc", "cognito")
 
@@ -83,6 +83,8 @@ _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
                       2557, 2922, 3288, 3653)
 _DB_TYPE = r"^(t4g|t3|m6g|m7g|r6g|r7g|m6i|r6i)\.(micro|small|medium|large|[0-9]*xlarge)$"
+# Image Builder schedules are cron expressions (Image Builder user guide, "Use cron expressions").
+_CRON = r"^cron\([0-9A-Za-z*?/,#\- ]{9,200}\)$"
 
 
 class ConfigError(ValueError):
@@ -171,6 +173,14 @@ class HubConfig(BaseModel):
     database_instance_type: Annotated[str, matches(_DB_TYPE, "an RDS class without db. (t4g.micro)")] = knob(
         "database", DEFAULT_DATABASE_INSTANCE_TYPE, key="instance_type"
     )
+    # -- images (infra/images.py) -------------------------------------------------------------------
+    # Baked classes: images kept per class by the lifecycle policy (the newest is the one in use;
+    # the others are for rollback).
+    image_versions_kept: int = knob("images", 3, key="versions_kept", ge=1, le=100)
+    # When to rebuild (only if the base image changed); None: built when the stack creates or
+    # changes the recipe, and by hand.
+    image_build_schedule: Annotated[str | None, matches(
+        _CRON, "an Image Builder cron expression (cron(...))")] = knob("images", None, key="build_schedule")
     # -- catalog (special: a path, or the classes inline) -------------------------------------------
     catalog_path: Path = DEFAULT_CATALOG_FILE
     catalog: Catalog | None = None

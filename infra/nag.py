@@ -149,7 +149,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         arn(
             "ec2", "image/*", with_account=False
         ): "The AMI is resolved from a public SSM parameter at "
-        "deploy time; it must be the one in the launch template (ec2:IsLaunchTemplateResource = true).",
+        "deploy time (a baked class's from its image parameter at launch); it must be the one in "
+        "the launch template (ec2:IsLaunchTemplateResource = true).",
         arn(
             "ec2", "security-group/*"
         ): "The security group must be the one in the launch template "
@@ -198,7 +199,9 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             provider.node.find_child("ServiceRole"),
             f"IAM4[{LAMBDA_BASIC_POLICY}]",
             "The CDK AwsCustomResource Lambda that sets each launch template's default version "
-            "writes its own CloudWatch logs; its EC2 permission is ModifyLaunchTemplate on this stack's templates only.",
+            "(and starts a baked class's image build) writes its own CloudWatch logs; its other "
+            "permissions are ModifyLaunchTemplate on this stack's templates and "
+            "StartImagePipelineExecution on its pipelines only.",
         )
         lambda_function = provider.node.find_child("Resource")
         for check, reason in {
@@ -207,7 +210,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "CKV_AWS_116": "CloudFormation invokes the AwsCustomResource Lambda synchronously and "
             "reports a failure on the stack itself; a dead-letter queue would never receive anything.",
             "CKV_AWS_117": "The AwsCustomResource Lambda calls only the EC2 API "
-            "(ModifyLaunchTemplate); in the VPC it would need a NAT or an endpoint for nothing.",
+            "(ModifyLaunchTemplate) and Image Builder (StartImagePipelineExecution); in the VPC it "
+            "would need a NAT or endpoints for nothing.",
         }.items():
             acknowledge_checkov(lambda_function, check, reason)
 
@@ -339,3 +343,36 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
                 "Plain HTTP only because the deployment set allow_http (synth refuses it "
                 "otherwise); with certificate_arn the listener is HTTPS with a TLS 1.2+ policy.",
             )
+    acknowledge_image_findings(stack)
+
+
+def acknowledge_image_findings(stack: Ec2HubStack) -> None:
+    """The baked classes' Image Builder parts (infra/images.py), when the catalog has any."""
+    images = stack.images
+    if images.security_group is None:
+        return
+    region, account = stack.region, stack.account
+    build_policy = images.role.node.find_child("DefaultPolicy")
+    for resource, reason in {
+        "Resource::*": "The SSM agent's Run Command (ec2messages:*) and Session Manager "
+        "(ssmmessages:*, ssm:UpdateInstanceInformation) calls, through which Image Builder drives the "
+        "build instance, support no resource-level permissions; nothing else in this policy is *.",
+        "Resource::arn:<AWS::Partition>:s3:::ec2imagebuilder-toe-*/*": "Read-only GetObject on "
+        "Image Builder's own AWSTOE buckets (one per region, named by AWS), from which the build "
+        "instance downloads the component runner; the same grant as EC2InstanceProfileForImageBuilder.",
+        f"Resource::arn:<AWS::Partition>:logs:{region}:{account}:log-group:/aws/imagebuilder/"
+        f"ec2hub-{stack.config.hub_id}-*": "Image Builder names each build's log group after the "
+        "image (/aws/imagebuilder/<recipe name>); the builds may write only to this hub's classes' groups.",
+    }.items():
+        acknowledge(build_policy, f"IAM5[{resource}]", reason)
+    acknowledge_checkov(build_policy, "CKV_AWS_111", (
+        "The SSM agent's Run Command and Session Manager calls support no resource-level "
+        "permissions; the log writes are limited to this hub's image build log groups."
+    ))
+    acknowledge(
+        images.lifecycle_role,
+        "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/EC2ImageBuilderLifecycleExecutionPolicy]",
+        "The policy AWS maintains for Image Builder lifecycle execution: it deletes and deprecates "
+        "only images, AMIs and snapshots that Image Builder created (the CreatedBy tag condition), "
+        "and lifecycle actions change as the service adds resource kinds.",
+    )

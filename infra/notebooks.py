@@ -127,9 +127,13 @@ class Notebooks(Construct):
         catalog: Catalog,
         hub_id: str,
         secret_prefix: str,
+        images: dict[str, str] | None = None,
     ) -> None:
+        """``images``: the ImageId of the classes that do not launch their catalog ``ami`` as is
+        (baked classes: ``resolve:ssm:<their image parameter>``), by slug."""
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        images = images or {}
 
         self.security_group = ec2.SecurityGroup(
             self,
@@ -223,7 +227,8 @@ class Notebooks(Construct):
                 launch_template_data(
                     cls,
                     hub_id=hub_id,
-                    image=image_id(self, cls.ami),
+                    # A baked class launches its newest image (infra/images.py), resolved by EC2.
+                    image=images.get(cls.slug) or image_id(self, cls.ami),
                     security_group_id=self.security_group.security_group_id,
                     instance_profile_arn=self.instance_profile.instance_profile_arn,
                     user_data=user_data.base64,

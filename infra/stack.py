@@ -16,6 +16,7 @@ from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statements
 from .identity import IdentityProvider, auth_settings, callback_url
+from .images import ClassImages, image_parameter_name, launch_image
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .observability import Observability
@@ -55,6 +56,7 @@ class Ec2HubStack(Stack):
             catalog=catalog,
             hub_id=config.hub_id,
             secret_prefix=config.secret_prefix,
+            images={c.slug: launch_image(config.hub_id, c) for c in catalog.classes if c.baked},
         )
         self.storage = Storage(self, "Storage", vpc=vpc, subnets=private)
         self.hub = Hub(
@@ -83,6 +85,21 @@ class Ec2HubStack(Stack):
             instance_type=config.database_instance_type,
         )
 
+        # --- baked classes: Image Builder pipelines and the parameters their templates read -----
+        self.images = ClassImages(
+            self,
+            "Images",
+            vpc=vpc,
+            build_subnet=vpc.select_subnets(subnet_group_name=PRIVATE_SUBNETS).subnets[0],
+            catalog=catalog,
+            hub_id=config.hub_id,
+            versions_kept=config.image_versions_kept,
+            build_schedule=config.image_build_schedule,
+        )
+        for slug, parameter in self.images.parameters.items():
+            # EC2 checks that a resolve:ssm: image parameter exists when it stores the version.
+            self.notebooks.launch_templates[slug].node.add_dependency(parameter)
+
         # --- network paths: each one named, nothing else open ----------------------------------
         notebook_sg = self.notebooks.security_group
         hub_sg = self.hub.security_group
@@ -102,6 +119,11 @@ class Ec2HubStack(Stack):
             hub_sg, ec2.Port.tcp(DATABASE_PORT), "the hub to its database"
         )
         endpoint_sg = self.network.endpoint_security_group
+        if endpoint_sg is not None and self.images.security_group is not None:
+            # Image Builder drives the build instance through Systems Manager.
+            endpoint_sg.add_ingress_rule(
+                self.images.security_group, ec2.Port.tcp(443), "AWS APIs from image builds"
+            )
         for peer, who in ((notebook_sg, "notebooks"), (hub_sg, "hub")):
             if endpoint_sg is not None:
                 endpoint_sg.add_ingress_rule(
@@ -130,6 +152,24 @@ class Ec2HubStack(Stack):
             spawner_asset=self.hub.spawner_asset,
         ):
             self.hub.role.add_to_principal_policy(statement)
+
+        # --- baked images: EC2 resolves resolve:ssm: with the launching principal's permissions
+        baked = sorted(self.images.parameters)
+        if baked:
+            self.hub.role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="ResolveClassImages",
+                    actions=["ssm:GetParameters"],
+                    resources=[
+                        self.format_arn(
+                            service="ssm",
+                            resource="parameter",
+                            resource_name=image_parameter_name(config.hub_id, slug).lstrip("/"),
+                        )
+                        for slug in baked
+                    ],
+                )
+            )
 
         # --- the hub lease: its own item only ----------------------------------------------------
         self.hub.role.add_to_principal_policy(

@@ -144,12 +144,32 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
     newline with no line equal to the heredoc's end marker.
     """
     files = role_files(role, root)
-    entry = Path(role) / "user-data.sh"
+    return files_script(f"ec2hub {role} user data", files, Path(role) / "user-data.sh", root=root)
+
+
+# The image steps of a notebook image (infra/images.py): the venv helpers and the install script.
+IMAGE_FILES = (Path("common/venv.sh"), Path("notebook/install.sh"))
+
+
+def image_script(requirements: list[str], root: Path = BOOTSTRAP) -> bytes:
+    """The build script of a notebook image: the same install.sh the user data sources, run as
+    ``install.sh image <requirement>...`` (each requirement one shell word, quoted)."""
+    return files_script(
+        "ec2hub notebook image build", list(IMAGE_FILES), Path("notebook/install.sh"),
+        args=["image", *requirements], root=root,
+    )
+
+
+def files_script(
+    title: str, files: list[Path], entry: Path, *, args: list[str] = (), root: Path = BOOTSTRAP
+) -> bytes:
+    """A bash script that writes ``files`` (relative to ``root``) under INSTANCE_DIR and runs
+    ``entry`` from there with ``args``; the same files give the same bytes."""
     if entry not in files:
-        raise ConfigError(f"{_display(root / entry)}: missing (the {role} user data runs it)")
+        raise ConfigError(f"{_display(root / entry)}: missing (the {title} runs it)")
     lines = [
         "#!/bin/bash",
-        f"# ec2hub {role} user data, assembled by infra/userdata.py from these files of the",
+        f"# {title}, assembled by infra/userdata.py from these files of the",
         f"# repository's bootstrap/ (modules without docstrings), written under {INSTANCE_DIR}; then it runs",
         f"# {entry} from there:",
         *(f"#   {path}" for path in files),
@@ -169,7 +189,7 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
     lines += [
         'rm -rf "$dir"',
         'mv "$dir.new" "$dir"',
-        f'exec /bin/bash "$dir/{entry}"',
+        " ".join(["exec /bin/bash", f'"$dir/{entry}"', *(shlex.quote(a) for a in args)]),
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
 

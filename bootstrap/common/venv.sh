@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by bootstrap/notebook/user-data.sh and bootstrap/hub/user-data.sh: console lines and the
-# Python venv the steps run in. The caller sets LOG_PREFIX, VENV and PACKAGES first.
+# Python venv the steps run in. The caller sets LOG_PREFIX, VENV and PACKAGES first. The notebook's
+# image steps are in notebook/install.sh, which uses these.
 
 log() { printf '%s: %s: %s\n' "$LOG_PREFIX" "$1" "$2"; }
 die() { log "$1" "ERROR: $2" >&2; exit 1; }
@@ -33,21 +34,32 @@ ensure_python() {
   PYTHON=$(find_python) || die python "no Python >= 3.10 and none could be installed: use an AMI with python3.11"
 }
 
-# ensure_venv PROGRAM MODULES: keep $VENV when it has bin/PROGRAM and imports MODULES (a baked
-# AMI), else create it with PACKAGES.
+# venv_serves PROGRAM MODULES: whether $VENV has bin/PROGRAM and imports MODULES (a baked image).
+venv_serves() {
+  [[ -x $VENV/bin/$1 ]] && "$VENV/bin/python" -c "import $2" 2>/dev/null
+}
+
+# install_venv [REQUIREMENT...]: $VENV (created if absent) with PACKAGES and the extra requirements.
+# shellcheck disable=SC2120 # the extras come from notebook/install.sh; the hub passes none
+install_venv() {
+  ensure_python
+  log venv "installing into $VENV: ${PACKAGES[*]}${*:+ $*}"
+  mkdir -p "$(dirname "$VENV")"
+  [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check "${PACKAGES[@]}" "$@" ||
+    die venv "pip install failed: the instance needs a route to PyPI (NAT or a mirror) or a baked AMI with $VENV"
+  log venv "installed"
+}
+
+# ensure_venv PROGRAM MODULES: keep $VENV when it serves (venv_serves), else install_venv.
 ensure_venv() {
   local program=$1 modules=$2
-  if [[ -x $VENV/bin/$program ]] && "$VENV/bin/python" -c "import $modules" 2>/dev/null; then
+  shift 2
+  if venv_serves "$program" "$modules"; then
     log venv "$VENV has $program and $modules"
     return
   fi
-  ensure_python
-  log venv "creating $VENV with ${PACKAGES[*]}"
-  mkdir -p "$(dirname "$VENV")"
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check "${PACKAGES[@]}" ||
-    die venv "pip install failed: the instance needs a route to PyPI (NAT or a mirror) or a baked AMI with $VENV"
-  log venv "installed"
+  install_venv "$@"
 }
 
 # run_step MODULE COMMAND: a Python step as root, with the same clean environment as in the units.

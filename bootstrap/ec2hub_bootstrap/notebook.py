@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -151,14 +152,9 @@ def ensure_efs(efs_id: str | None, region: str) -> bool:
 
 
 def install_efs_client() -> None:
-    if shutil.which("dnf"):
-        argv = ["dnf", "install", "-y", "-q", "amazon-efs-utils"]
-    elif shutil.which("apt-get"):
-        argv = ["apt-get", "install", "-y", "-q", "nfs-common"]
-    else:
-        die("efs", "no mount.efs or mount.nfs4 and no package manager: bake amazon-efs-utils into the AMI")
-    log("efs", f"installing the EFS client: {' '.join(argv)}")
-    run("efs", argv)
+    """The EFS client, by the image steps' own script (notebook/install.sh: one list of packages)."""
+    log("efs", "no mount.efs or mount.nfs4 on this AMI: installing the EFS client")
+    run("efs", ["/bin/bash", str(SOURCES / "install.sh"), "efs-client"])
 
 
 def ensure_fstab_line(line: str) -> None:
@@ -202,8 +198,30 @@ def ensure_dir(path: str, owner: pwd.struct_passwd | None) -> bool:
     return created
 
 
+def user_environment(home: str) -> dict[str, str]:
+    """Where the user's own packages go and how the server, its kernels and terminals see them.
+
+    The image's venv is root's and read-only (ProtectSystem=strict), and pip refuses ``--user``
+    in a venv that does not see the system site-packages. So pip installs with the prefix
+    ``<home>/.local`` (PIP_PREFIX: every ``pip install``, ``%pip install`` in a kernel, a terminal's
+    pip), and PYTHONPATH puts that prefix's site-packages (pure and platform, the venv Python's
+    own scheme; this step runs with that Python) before the image's, so the user's packages are
+    importable and may shadow the image's. The home is on EFS: they outlive restarts and instances.
+    """
+    prefix = f"{home}/.local"
+    paths = [sysconfig.get_path(kind, "posix_prefix", vars={"base": prefix, "platbase": prefix})
+             for kind in ("purelib", "platlib")]
+    _, unit_env = unit_command((SOURCES / UNIT_NAME).read_text(encoding="utf-8"))
+    return {
+        "PIP_PREFIX": prefix,
+        "PYTHONPATH": ":".join(dict.fromkeys(paths)),
+        "PATH": f"{prefix}/bin:{unit_env['PATH']}",
+    }
+
+
 def dropin_text(user: pwd.struct_passwd, home: str) -> str:
     """This instance's part of the server's unit: who it runs as and where (the rest is static)."""
+    environment = "".join(f"Environment={k}={v}\n" for k, v in user_environment(home).items())
     return f"""\
 # ec2hub: this instance's user and home, written at first boot by bootstrap/ec2hub_bootstrap/notebook.py.
 [Unit]
@@ -216,7 +234,8 @@ User={user.pw_name}
 Group={user.pw_gid}
 WorkingDirectory={home}
 ReadWritePaths={home}
-"""
+# The user's own packages, in the home over the image's (user_environment()).
+{environment}"""
 
 
 def ensure_units(user: pwd.struct_passwd, home: str) -> bool:
@@ -247,6 +266,7 @@ def exec_foreground(user: pwd.struct_passwd, home: str) -> None:
     command, unit_env = unit_command((SOURCES / UNIT_NAME).read_text(encoding="utf-8"))
     with open(ENV_FILE, encoding="utf-8") as f:
         env = {"LANG": os.environ.get("LANG", "C.UTF-8"), **unit_env, **parse_env_file(f.read())}
+    env.update(user_environment(home))
     env.update(HOME=home, USER=user.pw_name, LOGNAME=user.pw_name, SHELL=user.pw_shell or "/bin/bash")
     argv = [
         "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",

@@ -28,7 +28,8 @@
 #   unix user jupyter-<slug>          derived from ec2hub:user (bootstrap/ec2hub_bootstrap/notebook.py unix_name)
 #   /mnt/efs, /home/<unix-name>       EFS mounted, home = /mnt/efs/home/<unix-name> bound on it
 #                                     (with systemd also in /etc/fstab, for reboots)
-#   /opt/ec2hub/venv                  jupyterhub-singleuser and boto3 (kept if the AMI has them)
+#   /opt/ec2hub/venv, EFS client      install.sh, the image steps: kept when the AMI has them (a
+#                                     baked class), installed otherwise
 #   /etc/ec2hub/singleuser.env        the server's env, root 0600 (rewritten on every start)
 #   ec2hub-singleuser.service         hardened unit (+ drop-in with the user and home) and
 #   ec2hub-nvidia.service             the GPU device nodes before it; without systemd as PID 1 (a
@@ -45,17 +46,16 @@
 set -euo pipefail
 umask 022
 
-readonly LOG_PREFIX=ec2hub-notebook
-readonly VENV=/opt/ec2hub/venv
-# Pinned to match the hub (requirements.txt of the repository).
-readonly PACKAGES=(jupyterhub==6.1.1 jupyterlab==4.6.6 jupyter_server==2.21.1 boto3==1.44.8)
+LOG_PREFIX=ec2hub-notebook
+VENV=/opt/ec2hub/venv
 
-# shellcheck source-path=SCRIPTDIR source=../common/venv.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../common/venv.sh"
+# The image steps (venv, EFS client): the same file the Image Builder component runs.
+# shellcheck source-path=SCRIPTDIR source=install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 
 main() {
   log start "ec2hub notebook bootstrap"
-  ensure_venv jupyterhub-singleuser boto3
+  ensure_notebook_environment
   run_step ec2hub_bootstrap.notebook boot
 }
 

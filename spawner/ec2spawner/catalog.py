@@ -31,6 +31,11 @@ from pydantic import (
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 AMI_PATTERN = r"^(ami-[0-9a-f]{8}([0-9a-f]{9})?|ssm:/[A-Za-z0-9_./-]+)$"
 
+# A class's `packages:` are pip requirements for its image (PEP 508), one shell word each in the
+# image build: no options ("--index-url ..."), no whitespace, bounded.
+MAX_PACKAGES = 50
+MAX_REQUIREMENT_CHARS = 200
+
 # A root volume must hold the AMI (Deep Learning AMIs need about 75 GB); gp3 allows up to 16 TiB.
 MIN_VOLUME_GB = 8
 MAX_VOLUME_GB = 16384
@@ -83,6 +88,11 @@ class InstanceClass(BaseModel):
     idle_timeout: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
     # Most seconds a server of this class runs, busy or not, before the hub stops it; None: no limit.
     max_age: Annotated[int, Field(ge=1, le=MAX_LIMIT_S)] | None = None
+    # "baked": EC2 Image Builder bakes the notebook environment (and `packages`) into an image on
+    # `ami`, and the class launches the newest one (infra/images.py); "stock": `ami` as it is, and
+    # the first boot installs the environment.
+    image: Literal["stock", "baked"] = "stock"
+    packages: Annotated[list[str], Field(max_length=MAX_PACKAGES)] = []
 
     @field_validator("instance_types")
     @classmethod
@@ -105,6 +115,38 @@ class InstanceClass(BaseModel):
             if name.startswith(RESERVED_ENV_PREFIXES):
                 raise ValueError(f"{name!r}: the hub sets the {name.split('_')[0]}_* variables itself")
         return environment
+
+    @field_validator("packages")
+    @classmethod
+    def _pip_requirements(cls, packages: list[str]) -> list[str]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for requirement in packages:
+            if requirement.startswith("-") or not requirement.strip():
+                raise ValueError(f"{requirement!r} is not a requirement (pip options are not allowed)")
+            if len(requirement) > MAX_REQUIREMENT_CHARS or any(c.isspace() or c in "'\"\\" for c in requirement):
+                raise ValueError(
+                    f"{requirement!r}: a requirement is one word of at most {MAX_REQUIREMENT_CHARS} "
+                    "characters, without spaces or quotes (e.g. 'pandas==2.3.3')"
+                )
+            try:
+                Requirement(requirement)
+            except InvalidRequirement as error:
+                raise ValueError(f"{requirement!r} is not a pip requirement: {str(error).splitlines()[0]}") from None
+        duplicates = sorted({p for p in packages if packages.count(p) > 1})
+        if duplicates:
+            raise ValueError(f"{duplicates[0]!r} is listed twice")
+        return packages
+
+    @model_validator(mode="after")
+    def _packages_need_a_baked_image(self) -> InstanceClass:
+        if self.packages and self.image != "baked":
+            raise ValueError("packages: needs image: baked (they are installed when the image is built)")
+        return self
+
+    @property
+    def baked(self) -> bool:
+        return self.image == "baked"
 
     @property
     def is_spot(self) -> bool:

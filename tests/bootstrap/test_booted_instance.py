@@ -50,7 +50,10 @@ def test_notebook_runs_once_per_instance_and_systemd_brings_the_server_back(aws,
     host.start(user_data())
     to_notebook = network.relay(listen=("127.0.0.1", 0), connect=(ip, 8888), connect_netns=host.netns)
     hub = start_hub(iid, f"http://127.0.0.1:{to_notebook.port}", SECRET_PREFIX)
-    hub.api("POST", "/users/alice/server")
+    try:
+        hub.api("POST", "/users/alice/server")
+    except TimeoutError:  # the hub answers once the spawn is under way (10 s); a loaded machine may not
+        pass
     wait_until(lambda: hub.api("GET", "/users/alice")["servers"].get("", {}).get("ready"), 120, "hub sees alice ready")
     assert host.wait_for_user_data() == 0, host.logs
 

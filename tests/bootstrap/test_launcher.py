@@ -5,6 +5,7 @@ from __future__ import annotations
 import pwd
 import re
 import shutil
+import sys
 
 import pytest
 from ec2hub_bootstrap import notebook as launch
@@ -133,6 +134,16 @@ def test_dropin_names_the_user_and_home():
         "RequiresMountsFor=/home/jupyter-alice",
     ]:
         assert line in lines
+
+
+def test_dropin_puts_the_users_own_packages_in_the_home_over_the_image():
+    lines = launch.dropin_text(ALICE, "/home/jupyter-alice").splitlines()
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert [line for line in lines if line.startswith("Environment=")] == [
+        "Environment=PIP_PREFIX=/home/jupyter-alice/.local",
+        f"Environment=PYTHONPATH=/home/jupyter-alice/.local/lib/{version}/site-packages",
+        "Environment=PATH=/home/jupyter-alice/.local/bin:/opt/ec2hub/venv/bin:/usr/local/bin:/usr/bin:/bin",
+    ]
 
 
 def test_gpu_step_without_driver_tools_does_nothing_and_succeeds(monkeypatch, capsys):

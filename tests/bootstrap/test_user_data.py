@@ -41,7 +41,7 @@ def test_each_role_gets_its_own_files_and_the_shared_ones():
               "ec2hub_bootstrap/imds.py", "ec2hub_bootstrap/logship.py"]
     assert [str(p) for p in role_files("notebook")] == sorted([
         *shared, "ec2hub_bootstrap/activity.py", "ec2hub_bootstrap/notebook.py",
-        "notebook/ec2hub-activity.service", "notebook/ec2hub-nvidia.service",
+        "notebook/ec2hub-activity.service", "notebook/ec2hub-nvidia.service", "notebook/install.sh",
         "notebook/ec2hub-singleuser.service", "notebook/user-data.sh",
     ])
     assert [str(p) for p in role_files("hub")] == sorted([

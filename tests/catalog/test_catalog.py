@@ -120,3 +120,36 @@ def test_per_class_policies_and_their_defaults():
     assert (big.environment, big.start_timeout, big.max_per_user, big.stop_mode) == (
         {"OMP_NUM_THREADS": "16"}, 900, 1, "stop",
     )
+
+
+BAKED = {**BIG, "image": "baked", "packages": ["pandas==2.3.3", "scikit-learn>=1.7", "torch[opt]~=2.9"]}
+
+
+def test_a_baked_class_keeps_its_packages_and_stock_is_the_default():
+    parsed = parse_catalog(catalog(SMALL, BAKED))
+    assert (parsed.get("small").image, parsed.get("small").baked, parsed.get("small").packages) == ("stock", False, [])
+    assert parsed.get("big").baked and parsed.get("big").packages == BAKED["packages"]
+
+
+@pytest.mark.parametrize(
+    ("big", "message"),
+    [
+        ({**BIG, "packages": ["pandas"]},
+         "class 'big': packages: needs image: baked (they are installed when the image is built)"),
+        ({**BAKED, "image": "fancy"}, "class 'big': image: Input should be 'stock' or 'baked'"),
+        ({**BAKED, "packages": ["--index-url=https://mirror.example/simple"]},
+         ("class 'big': packages: '--index-url=https://mirror.example/simple' is not a requirement "
+         "(pip options are not allowed)")),
+        ({**BAKED, "packages": ["pandas>="]}, "class 'big': packages: 'pandas>=' is not a pip requirement: "),
+        ({**BAKED, "packages": ["pandas;rm -rf /"]},
+         "class 'big': packages: 'pandas;rm -rf /': a requirement is one word of at most 200 characters"),
+        ({**BAKED, "packages": ["numpy", "numpy"]}, "class 'big': packages: 'numpy' is listed twice"),
+        ({**BAKED, "packages": ["x"] * 51}, "class 'big': packages: List should have at most 50 items"),
+    ],
+)
+def test_bad_image_fields_name_class_and_field(big, message):
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(catalog(SMALL, big), source="instance-classes.yaml")
+    text = str(caught.value)
+    assert text.startswith("instance-classes.yaml: " + message), text
+    assert "\n" not in text
