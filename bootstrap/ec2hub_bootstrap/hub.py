@@ -225,7 +225,7 @@ def ensure_state_secrets(tags: dict[str, str], region: str) -> None:
 def ensure_oauth_secret(settings, region: str) -> None:
     """The identity provider's client secret from Secrets Manager (the stack made the secret, the
     operator put the value), fetched at every start into a 0600 file only the hub config reads.
-    Not an environment variable: the hub's children (the proxy, the idle culler) would inherit it.
+    Not an environment variable: the hub's children (the proxy) would inherit it.
     While the secret still holds the stack's placeholder the hub does not start, with a line that
     says what to run; systemd retries, so the hub starts once the value is there. Never printed."""
     from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY

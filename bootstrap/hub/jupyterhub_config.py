@@ -47,7 +47,6 @@ apply_settings(
     oauth_client_secret=(
         client_secret_file.read_text(encoding="utf-8").strip() if client_secret_file.exists() else None
     ),
-    python=sys.executable,
 )
 if host.get("admin_user"):
     # The admin named by the hub instance's ec2hub:admin-user tag (with native auth: the account is

@@ -24,7 +24,7 @@
 #   botocore's normal configuration.
 #
 # Outputs:
-#   /opt/ec2hub/venv              JupyterHub 6.1.1, idle culler, authenticators, psycopg, boto3, ec2spawner
+#   /opt/ec2hub/venv              JupyterHub 6.1.1, authenticators, psycopg, boto3, ec2spawner
 #   /opt/ec2hub/node/bin          node + configurable-http-proxy 5.3.0 (kept if the AMI has them)
 #   /etc/ec2hub/settings.json     the settings document (0644, nothing secret)      } rewritten on
 #   /etc/ec2hub/host.json         private IP and admin user for the config (0644)   } every start
@@ -55,7 +55,7 @@ readonly STATE=/var/lib/ec2hub
 readonly HUB_USER=ec2hub
 # Pinned to the repository's requirements.txt.
 readonly PACKAGES=(
-  jupyterhub==6.1.1 jupyterhub-idle-culler==2.0.0 jupyterhub-nativeauthenticator==1.3.0
+  jupyterhub==6.1.1 jupyterhub-nativeauthenticator==1.3.0
   oauthenticator==17.4.0 "psycopg[binary]==3.3.9" boto3==1.44.8 botocore==1.44.8 pydantic==2.14.3
   PyYAML==6.0.3
 )
@@ -106,7 +106,7 @@ ensure_hub_user() {
 
 main() {
   log start "ec2hub hub bootstrap"
-  ensure_venv jupyterhub "boto3, jupyterhub_idle_culler, psycopg"
+  ensure_venv jupyterhub "boto3, psycopg"
   ensure_proxy
   ensure_hub_user
   run_step ec2hub_bootstrap.hub boot

@@ -12,8 +12,6 @@ to a literal Config.
 
 from __future__ import annotations
 
-import sys
-
 from traitlets.config import Config
 
 from . import health
@@ -50,7 +48,6 @@ def apply_settings(
     hub_ip: str = "0.0.0.0",
     oauth_client_secret: str | None = None,
     admin_password_file: str | None = None,
-    python: str = sys.executable,
     proxy_command: str = "configurable-http-proxy",
 ) -> Config:
     """Set the hub, spawner and authenticator config from ``settings``; return ``c``.
@@ -59,8 +56,7 @@ def apply_settings(
     ``oauth_client_secret`` is read by the caller (the hub bootstrap fetches the Secrets Manager
     secret ``settings.auth.oauth_client_secret_name`` at every start), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
-    sign up under an admin's name. ``python`` is unused (it ran jupyterhub-idle-culler, which the
-    spawner's own culler replaced); ``proxy_command`` is the
+    sign up under an admin's name. ``proxy_command`` is the
     configurable-http-proxy executable (found on PATH by default).
     """
     c.JupyterHub.spawner_class = "ec2"

@@ -46,7 +46,7 @@ def expected_common() -> Config:
 
 
 def test_native_auth_with_admin_approval():
-    c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5")
     expected = expected_common()
     expected.Authenticator.admin_users = {"root"}
     expected.JupyterHub.authenticator_class = "ec2spawner.nativeauth.NativeAuthenticator"
@@ -62,7 +62,7 @@ def test_native_auth_with_admin_approval():
 
 
 def test_native_auth_creates_the_admin_from_a_password_file():
-    c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py",
+    c = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5",
                        admin_password_file="/var/lib/ec2hub/admin_password")
     assert c.NativeAuthenticator.admin_password_file == "/var/lib/ec2hub/admin_password"
 
@@ -71,7 +71,7 @@ def test_github_oauth_with_teams_as_groups():
     s = settings(type="github", admin_users=["octo"], oauth_client_id="cid",
                  oauth_callback_url="https://hub/hub/oauth_callback", allowed_organizations=["org"],
                  oauth_client_secret_name="ec2hub/hub1/oauth-client-secret-x", admin_groups=["org:ops"])
-    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", oauth_client_secret="sec", python="/py")
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", oauth_client_secret="sec")
     expected = expected_common()
     expected.Authenticator.admin_users = {"octo"}
     expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GitHubOAuthenticator"
@@ -98,7 +98,7 @@ def test_github_teams_are_org_colon_slug_groups():
 
 def test_google_oauth_by_domain_without_groups():
     s = settings(type="google", oauth_client_id="cid", oauth_callback_url="cb", hosted_domains=["example.org"])
-    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5")
     expected = expected_common()
     expected.Authenticator.admin_users = set()
     expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GoogleOAuthenticator"
@@ -113,7 +113,7 @@ def test_openid_connect_with_groups_from_a_claim():
                  oauth_authorize_url="https://idp/auth", oauth_token_url="https://idp/token",
                  oauth_userdata_url="https://idp/me", groups_claim="https://idp/groups",
                  scopes=["openid", "groups"], allowed_groups=["staff"], admin_groups=["hub-admins"])
-    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5")
     expected = expected_common()
     expected.Authenticator.admin_users = {"root"}
     expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GenericOAuthenticator"
@@ -135,7 +135,7 @@ def test_cognito_reads_groups_from_the_id_token():
                  oauth_authorize_url="https://d.auth.eu-west-1.amazoncognito.com/oauth2/authorize",
                  oauth_token_url="https://d.auth.eu-west-1.amazoncognito.com/oauth2/token",
                  username_claim="cognito:username", groups_claim="cognito:groups", scopes=["openid", "email"])
-    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5")
     g = c.GenericOAuthenticator
     assert c.JupyterHub.authenticator_class == "ec2spawner.oauth.GenericOAuthenticator"
     assert g.userdata_from_id_token is True and "userdata_url" not in g
@@ -167,7 +167,7 @@ def test_the_oauth_config_loads_into_the_authenticators():
 
 
 def test_dummy_only_when_asked():
-    c = apply_settings(Config(), settings(type="dummy"), hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), settings(type="dummy"), hub_connect_ip="10.0.0.5")
     assert c.JupyterHub.authenticator_class == "dummy" and c.Authenticator.allow_all is True
     assert apply_settings(Config(), settings(), hub_connect_ip="x").JupyterHub.authenticator_class != "dummy"
 
@@ -184,9 +184,9 @@ def test_spawner_accepts_the_config(trait):
 def test_spend_ledger_and_budgets_reach_the_spawner():
     document = {**settings().model_dump(), "spend_table": "hub1-SpendTable-X",
                 "group_budgets_usd": {"gpu": 500}, "budget_exempt_admins": True}
-    c = apply_settings(Config(), HubSettings.model_validate(document), hub_connect_ip="10.0.0.5", python="/py")
+    c = apply_settings(Config(), HubSettings.model_validate(document), hub_connect_ip="10.0.0.5")
     assert (c.EC2Spawner.spend_table, c.EC2Spawner.group_budgets_usd, c.EC2Spawner.budget_exempt_admins) == (
         "hub1-SpendTable-X", {"gpu": 500.0}, True)
     # Without a ledger nothing about spend is set: no budgets can be enforced.
-    plain = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5", python="/py")
+    plain = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5")
     assert {"spend_table", "group_budgets_usd", "budget_exempt_admins"}.isdisjoint(plain.EC2Spawner)
