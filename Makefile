@@ -52,8 +52,9 @@ test: deps
 lint: deps
 	$(PY) -m ruff check .
 
-# ec2hub.yaml has everything synth needs; SYNTH_CONTEXT="-c key=value ..." overrides its values.
-SYNTH_CONTEXT ?=
+# An offline look at the template: ec2hub.yaml with plain HTTP allowed (the file has no
+# certificate, and refuses plain HTTP unless asked); SYNTH_CONTEXT="-c key=value ..." overrides.
+SYNTH_CONTEXT ?= -c allow_http=true
 
 synth: deps
 	cdk synth --quiet $(SYNTH_CONTEXT)

@@ -131,8 +131,9 @@ def minified_python(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
-def shipped_text(path: Path, root: Path = BOOTSTRAP) -> str:
+def shipped_text(path: Path | str, root: Path = BOOTSTRAP) -> str:
     """The file ``path`` (relative to ``root``) as the user data writes it on the instance."""
+    path = Path(path)
     text = (root / path).read_text(encoding="utf-8")
     return minified_python(text) if path.parts[0] == PACKAGE and path.suffix == ".py" else text
 

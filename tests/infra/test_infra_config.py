@@ -212,7 +212,13 @@ def write_config(directory, data, name="ec2hub.yaml"):
 
 
 def test_repo_config_file_is_valid_and_documents_every_knob():
-    config = load_config({})
+    # As shipped it has no certificate and refuses plain HTTP: a deploy must name one or the other.
+    with pytest.raises(ConfigError) as refused:
+        load_config({})
+    assert str(refused.value) == (
+        "ec2hub.yaml: tls.certificate_arn: required: an ACM certificate ARN for HTTPS, or allow_http: true "
+        "to serve plain HTTP")
+    config = load_config({"allow_http": "true"})
     assert (config.hub_id, config.admin_user, config.catalog_path) == (
         "ec2hub",
         "admin",
@@ -285,7 +291,7 @@ BAD_FILES = {
     "unknown-section": (
         {**GOOD_FILE, "cluster": {"url": "x"}},
         ("ec2hub.yaml: unknown section 'cluster' (allowed: hub, network, tls, identity, limits, culling, spend, "
-         "observability, database, catalog)"),
+         "observability, database, images, catalog)"),
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},

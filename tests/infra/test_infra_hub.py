@@ -10,9 +10,9 @@ from ec2spawner.hubconfig import (
     LOAD_BALANCER_IDLE_TIMEOUT_S,
     PROXY_KEEP_ALIVE_TIMEOUT_S,
 )
-from infra_testing import CERT, REPO, join_text, user_data_script
+from infra_testing import CERT, join_text, user_data_script
 
-from infra.userdata import assemble_user_data
+from infra.userdata import assemble_user_data, shipped_text
 
 INSTANCE = "AWS::EC2::Instance"
 
@@ -62,7 +62,7 @@ def test_hub_user_data_is_the_hub_bootstrap_assembled_from_its_files(any_synth):
     assert base64.b64decode(encoded) == assemble_user_data("hub").payload
     script = user_data_script(encoded).decode()
     for path in ("hub/user-data.sh", "hub/ec2hub-hub.service", "hub/jupyterhub_config.py", "ec2hub_bootstrap/hub.py"):
-        assert (REPO / "bootstrap" / path).read_text() in script, path
+        assert shipped_text(path) in script, path
     assert "ec2hub_bootstrap/notebook.py" not in script
 
 

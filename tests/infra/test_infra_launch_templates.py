@@ -14,7 +14,7 @@ from infra_testing import (
     user_data_script,
 )
 
-from infra.userdata import assemble_user_data
+from infra.userdata import assemble_user_data, shipped_text
 
 LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 
@@ -108,7 +108,7 @@ def test_user_data_is_the_notebook_bootstrap_assembled_from_its_files(any_synth)
         assert base64.b64decode(encoded) == expected.payload
         script = user_data_script(encoded).decode()
         for path in ("notebook/user-data.sh", "notebook/ec2hub-singleuser.service", "ec2hub_bootstrap/notebook.py"):
-            assert (REPO / "bootstrap" / path).read_text() in script, path
+            assert shipped_text(path) in script, path
         assert "ec2hub_bootstrap/hub.py" not in script
 
 
