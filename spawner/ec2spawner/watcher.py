@@ -126,7 +126,7 @@ class InstanceWatcher:
         return self.snapshot
 
     async def _describe(self, started: float) -> dict[str, InstanceView]:
-        snapshot = await self.aws.describe_instances(hub_filters(self.hub_id))
+        snapshot = await self.aws.describe_instances(hub_filters(self.hub_id), self.snapshot)
         self.snapshot = snapshot
         self.snapshot_started = started
         self.refreshes += 1
