@@ -469,20 +469,22 @@ class Aws:
                 params["NextToken"] = token
             with _parsing_views_only():
                 page = self._invoke_mapped("ec2", "DescribeInstances", params)
-            for reservation in page.get("Reservations", []):
-                owner = reservation.get("OwnerId", "")
-                for instance in reservation.get("Instances", []):
-                    view = InstanceView.from_api(instance, owner)
-                    views[view.instance_id] = view
+            with _cyclic_gc_paused():  # as for the parse: thousands of acyclic objects in a row
+                for reservation in page.get("Reservations", []):
+                    owner = reservation.get("OwnerId", "")
+                    for instance in reservation.get("Instances", []):
+                        view = InstanceView.from_api(instance, owner)
+                        views[view.instance_id] = view
             token = page.get("NextToken")
             if not token:
                 return views
 
     def _describe_views_sync(self, filters: list[dict], previous: dict[str, InstanceView]) -> dict[str, InstanceView]:
         views = self._describe_all_sync(filters)
-        for iid, view in views.items():
-            if previous.get(iid) == view:
-                views[iid] = previous[iid]
+        with _cyclic_gc_paused():
+            for iid, view in views.items():
+                if previous.get(iid) == view:
+                    views[iid] = previous[iid]
         return views
 
     async def describe_instances(

@@ -9,6 +9,7 @@ import math
 from ec2spawner.aws import Aws, InstanceView
 from ec2spawner.watcher import InstanceWatcher
 from spawner_testing import REGION
+from waiting import wait_until
 
 
 def launch(ec2, platform, hub_id: str, count: int) -> list[str]:
@@ -19,6 +20,12 @@ def launch(ec2, platform, hub_id: str, count: int) -> list[str]:
     return [i["InstanceId"] for i in answer["Instances"]]
 
 
+def running(ec2, ids: list[str]) -> None:
+    """Wait out the emulator's pending period, after which nothing changes unless a test says so."""
+    wait_until(lambda: all(i["State"]["Name"] == "running" for r in ec2.describe_instances(InstanceIds=ids)
+                           ["Reservations"] for i in r["Instances"]), 10, "the instances running")
+
+
 def paged_watcher(hub_id: str, page: int) -> InstanceWatcher:
     aws = Aws(REGION)
     aws.describe_page_size = page
@@ -27,6 +34,7 @@ def paged_watcher(hub_id: str, page: int) -> InstanceWatcher:
 
 async def test_watcher_over_several_pages_sees_every_instance_in_ceil_n_over_page_calls(ec2, platform, hub_id):
     ids = launch(ec2, platform, hub_id, 7) + launch(ec2, platform, hub_id, 5)  # 12, two reservations
+    running(ec2, ids)  # so the watcher's answer and the full one below describe the same states
     watcher = paged_watcher(hub_id, page=5)
     for _ in range(2):
         before = watcher.aws.calls.get("DescribeInstances", 0)
@@ -44,6 +52,7 @@ async def test_watcher_over_several_pages_sees_every_instance_in_ceil_n_over_pag
 
 async def test_a_refresh_keeps_the_view_of_every_instance_that_did_not_change(ec2, platform, hub_id):
     ids = launch(ec2, platform, hub_id, 6)
+    running(ec2, ids)
     watcher = paged_watcher(hub_id, page=5)
     first = dict(await watcher.refresh())
     ec2.stop_instances(InstanceIds=[ids[0]])
