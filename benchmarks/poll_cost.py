@@ -15,7 +15,11 @@ N instances tagged for one hub, then polls every server for several cycles:
   watcher's DescribeInstances is left out (``mode=watcher`` measures it). ``cpu_ms_per_probe`` is the process's whole CPU time
   (polls and the 5 ms ticker included) divided by the probes: an upper bound.
 
-loop_block_max_ms is the longest stall of the event loop, seen by a 5 ms ticker task.
+loop_block_max_ms is the longest stall of the event loop, seen by a 5 ms ticker task (wall time:
+on a loaded machine it includes the time the OS gave the CPU to other processes);
+loop_cpu_max_ms is the longest single callback of the loop in CPU time of the loop's thread
+(the longest synchronous stretch, whatever the machine's load). rss_mb is the process's resident
+memory at the end, with N spawners loaded and the watcher's snapshot of N instances.
 
     .venv/bin/python benchmarks/poll_cost.py --servers 1000 --cycles 3
     .venv/bin/python benchmarks/poll_cost.py --servers 1000 --modes health --health-interval 10
@@ -60,11 +64,14 @@ def launch(ec2, n: int) -> list[str]:
 
 
 class Ticker:
-    """Measures the longest gap between 5 ms ticks: how long the loop was blocked."""
+    """Measures the longest gap between 5 ms ticks (how long the loop was blocked, wall time) and
+    the longest callback of the loop in its thread's CPU time."""
 
     def __init__(self):
         self.max_ms = 0.0
+        self.cpu_max_ms = 0.0
         self._task = None
+        self._run_handle = None
 
     async def _run(self):
         last = time.perf_counter()
@@ -76,10 +83,33 @@ class Ticker:
 
     def __enter__(self):
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._run_handle = run = asyncio.events.Handle._run
+        ticker = self
+
+        def timed(handle):
+            started = time.thread_time()
+            try:
+                return run(handle)
+            finally:
+                ticker.cpu_max_ms = max(ticker.cpu_max_ms, (time.thread_time() - started) * 1000)
+
+        asyncio.events.Handle._run = timed
         return self
 
     def __exit__(self, *exc):
+        asyncio.events.Handle._run = self._run_handle
         self._task.cancel()
+
+
+def rss_mb() -> float:
+    """The process's resident memory now (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+POLL_SLICE = 100  # servers polled per loop iteration (JupyterHub polls each on its own timer)
 
 
 def make_spawners(ids: list[str], ports: list[int] | None = None, interval: float = 30.0):
@@ -158,16 +188,21 @@ async def run_watcher(ids, cycles):
     aws = Aws.for_region(REGION)
     watcher = spawners[0]._watcher()
     await watcher.refresh()  # warm up: clients, connection
+    assert len(watcher.snapshot) == len(ids), "the watcher should list every instance"
     calls0, cpu0 = aws.calls.get("DescribeInstances", 0), time.process_time()
     with Ticker() as ticker:
         for _ in range(cycles):
             await watcher.refresh()
-            statuses = await asyncio.gather(*(s.poll() for s in spawners))
-            assert statuses == [None] * len(spawners), "every server should be running"
+            # JupyterHub polls each server on its own timer, not all in one loop iteration.
+            for start in range(0, len(spawners), POLL_SLICE):
+                part = spawners[start:start + POLL_SLICE]
+                statuses = await asyncio.gather(*(s.poll() for s in part))
+                assert statuses == [None] * len(part), "every server should be running"
         await asyncio.sleep(0.02)
     calls = aws.calls.get("DescribeInstances", 0) - calls0
+    assert len(watcher.snapshot) == len(ids)
     await watcher.stop()
-    return calls / cycles, (time.process_time() - cpu0) * 1000 / cycles, ticker.max_ms
+    return calls / cycles, (time.process_time() - cpu0) * 1000 / cycles, ticker.max_ms, ticker.cpu_max_ms
 
 
 async def run_per_server(ids, cycles):
@@ -188,7 +223,7 @@ async def run_per_server(ids, cycles):
             calls += len(ids)
             assert statuses == [None] * len(ids)
         await asyncio.sleep(0.02)
-    return calls / cycles, (time.process_time() - cpu0) * 1000 / cycles, ticker.max_ms
+    return calls / cycles, (time.process_time() - cpu0) * 1000 / cycles, ticker.max_ms, ticker.cpu_max_ms
 
 
 def main():
@@ -218,9 +253,11 @@ def main():
                       f"failed_probes={failed} loop_block_max_ms={block_ms:.0f}", flush=True)
                 continue
             runner = run_watcher if mode == "watcher" else run_per_server
-            calls, cpu_ms, block_ms = asyncio.run(runner(ids, args.cycles))
+            calls, cpu_ms, block_ms, stretch_ms = asyncio.run(runner(ids, args.cycles))
             print(f"mode={mode} servers={args.servers} describe_calls_per_cycle={calls:g} "
-                  f"cpu_ms_per_cycle={cpu_ms:.0f} loop_block_max_ms={block_ms:.0f}", flush=True)
+                  f"cpu_ms_per_cycle={cpu_ms:.0f} loop_block_max_ms={block_ms:.0f} "
+                  f"loop_cpu_max_ms={stretch_ms:.0f} rss_mb={rss_mb():.0f} load1={os.getloadavg()[0]:.1f}",
+                  flush=True)
     finally:
         for child in (proc, *_listeners):
             child.terminate()

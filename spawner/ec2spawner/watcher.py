@@ -3,8 +3,9 @@
 JupyterHub polls every server every ``poll_interval`` seconds; a spawner that asked EC2 about its
 own instance each time would make N calls per interval and hit EC2's DescribeInstances rate limit
 at a few hundred servers. Instead one :class:`InstanceWatcher` per (hub, region, event loop) lists
-every instance tagged ``ec2hub:hub=<hub_id>`` (all pages, parsed in a worker thread) and keeps the
-result as a dictionary; ``poll()`` is a lookup in it. The loop runs every ``fast_interval`` seconds
+every instance tagged ``ec2hub:hub=<hub_id>`` (all pages of 1,000, only the fields an InstanceView
+holds parsed, in a worker thread; unchanged instances keep their view) and keeps the result as a
+dictionary; ``poll()`` is a lookup in it. The loop runs every ``fast_interval`` seconds
 while any spawn is in progress and every ``slow_interval`` seconds otherwise.
 
 EC2's API is eventually consistent: an instance RunInstances just returned may be missing from
@@ -128,7 +129,7 @@ class InstanceWatcher:
         return self.snapshot
 
     async def _describe(self, started: float) -> dict[str, InstanceView]:
-        snapshot = await self.aws.describe_instances(hub_filters(self.hub_id))
+        snapshot = await self.aws.describe_instances(hub_filters(self.hub_id), self.snapshot)
         self.snapshot = snapshot
         self.snapshot_started = started
         self.refreshes += 1
