@@ -20,7 +20,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 from ec2spawner.hubconfig import HEALTH_PATH, LOAD_BALANCER_IDLE_TIMEOUT_S
-from ec2spawner.requests import LEASE_KEY, TAG_CLASS, TAG_HUB
+from ec2spawner.payloads import LEASE_KEY, TAG_CLASS, TAG_HUB
 from ec2spawner.spend import SPEND_KEY, SPEND_SORT
 
 from .config import REPO_ROOT
@@ -35,7 +35,7 @@ HUB_API_PORT = 8081  # notebooks register back to the hub API here
 HEALTH_CHECK_PATH = "/hub" + HEALTH_PATH
 
 # Tags the hub bootstrap reads through IMDS (ARCHITECTURE.md §5); the hub tag and the class tag
-# are the spawner's (ec2spawner.requests), which the IAM conditions below must match.
+# are the spawner's (ec2spawner.payloads), which the IAM conditions below must match.
 TAG_SETTINGS_PARAMETER = "ec2hub:settings-parameter"
 TAG_SPAWNER_ASSET = "ec2hub:spawner-asset"
 TAG_ADMIN_USER = "ec2hub:admin-user"

@@ -43,7 +43,7 @@ from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
-from ec2spawner.requests import TAG_CLASS, TAG_HUB
+from ec2spawner.payloads import TAG_CLASS, TAG_HUB
 
 from .config import ConfigError
 from .notebooks import ROOT_DEVICE, class_construct_id

@@ -15,7 +15,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 from ec2spawner.catalog import Catalog, InstanceClass
-from ec2spawner.requests import TAG_CLASS, TAG_HUB, TAG_INSTANCE_ARN
+from ec2spawner.payloads import TAG_CLASS, TAG_HUB, TAG_INSTANCE_ARN
 
 from .session import session_manager_statement
 from .userdata import assemble_user_data

@@ -36,7 +36,7 @@ from typing import ClassVar
 from tornado import web
 
 from . import metrics
-from . import requests as req
+from . import payloads as req
 from .aws import Aws, AwsError
 from .loops import PerLoop
 

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from . import health
 from .aws import InstanceView
-from .requests import TAG_CLASS
+from .payloads import TAG_CLASS
 
 # The start of the hub log lines the stack's metric filters count (infra/observability.py).
 SPAWN_FAILED_MARK = "ec2hub spawn failed:"

@@ -1,7 +1,7 @@
 """EC2Spawner: each JupyterHub server on its own EC2 instance, launched from its class's template.
 
 The spawner maps JupyterHub's Spawner contract onto AWS calls; the calls themselves live in
-:mod:`ec2spawner.aws`, the payloads in :mod:`ec2spawner.requests`, the shared instance view in
+:mod:`ec2spawner.aws`, the payloads in :mod:`ec2spawner.payloads`, the shared instance view in
 :mod:`ec2spawner.watcher`, orphan cleanup in :mod:`ec2spawner.sweeper` and the options in
 :mod:`ec2spawner.options`. ``ec2spawner.hubconfig.apply_settings`` sets every trait below from the
 hub settings document.
@@ -38,7 +38,7 @@ from traitlets import (
 
 from . import health, metrics
 from . import options as opts
-from . import requests as req
+from . import payloads as req
 from . import spend as spend_
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .culler import ServerCuller

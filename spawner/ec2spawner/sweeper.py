@@ -35,7 +35,7 @@ from . import metrics
 from .aws import Aws, AwsError, ErrorKind, InstanceView
 from .lease import HubLease
 from .loops import PerLoop
-from .requests import (
+from .payloads import (
     GONE_STATES,
     RESUMABLE_STATES,
     TAG_NOTEBOOK_MARKER,

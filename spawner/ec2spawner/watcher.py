@@ -26,7 +26,7 @@ from typing import ClassVar
 from . import metrics
 from .aws import Aws, InstanceView
 from .loops import PerLoop
-from .requests import GONE_STATES, LIVE_STATES, hub_filters
+from .payloads import GONE_STATES, LIVE_STATES, hub_filters
 
 log = logging.getLogger(__name__)
 

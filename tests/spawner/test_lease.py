@@ -16,7 +16,7 @@ import botocore.exceptions
 import pytest
 from ec2spawner.aws import Aws
 from ec2spawner.lease import HubLease, LeaseError, LeaseHealthHandler
-from ec2spawner.requests import (
+from ec2spawner.payloads import (
     lease_acquire_params,
     lease_read_params,
     lease_release_params,

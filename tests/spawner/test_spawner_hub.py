@@ -207,7 +207,7 @@ def _launch(tags) -> str:
 
 def _left_by_a_crash(hub_id: str) -> dict:
     """An orphan of a crashed hub, and the hub host: tagged ec2hub:hub too (infra/hub.py), no ec2hub:user."""
-    from ec2spawner.requests import instance_tags
+    from ec2spawner.payloads import instance_tags
 
     return {
         "orphan": _launch(instance_tags(hub_id=hub_id, user="ghost", server="", class_slug="small",

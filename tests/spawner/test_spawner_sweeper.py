@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from ec2spawner.aws import Aws, InstanceView
-from ec2spawner.requests import instance_tags
+from ec2spawner.payloads import instance_tags
 from ec2spawner.spawner import EC2Spawner
 from ec2spawner.sweeper import (
     Decision,

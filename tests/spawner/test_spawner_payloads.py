@@ -1,6 +1,6 @@
 """Request payloads are pure functions: compared to literals."""
 
-from ec2spawner import requests as req
+from ec2spawner import payloads as req
 
 TAGS = [
     {"Key": "ec2hub:hub", "Value": "hub1"},
