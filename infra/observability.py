@@ -78,26 +78,22 @@ class Observability(Construct):
         }
         namespace = metric_namespace(hub_id)
         hub_logs = self.log_groups["hub"]
-        spawn_failures = logs.MetricFilter(
-            self,
-            "SpawnFailures",
-            log_group=hub_logs,
-            filter_pattern=logs.FilterPattern.literal(f'"{SPAWN_FAILED_MARK}"'),
-            metric_namespace=namespace,
-            metric_name="SpawnFailures",
-            metric_value="1",
-            default_value=0,
-        ).metric(statistic="Sum", period=SPAWN_FAILURE_PERIOD)
-        orphans = logs.MetricFilter(
-            self,
-            "OrphansFound",
-            log_group=hub_logs,
-            filter_pattern=logs.FilterPattern.literal(f'"{ORPHAN_MARK}"'),
-            metric_namespace=namespace,
-            metric_name="OrphansTerminated",
-            metric_value="1",
-            default_value=0,
-        ).metric(statistic="Sum", period=ORPHAN_PERIOD)
+
+        def count_of(filter_id: str, mark: str, metric_name: str, period: Duration) -> cloudwatch.Metric:
+            """The number of hub log lines containing ``mark`` per ``period`` (0 when none)."""
+            return logs.MetricFilter(
+                self,
+                filter_id,
+                log_group=hub_logs,
+                filter_pattern=logs.FilterPattern.literal(f'"{mark}"'),
+                metric_namespace=namespace,
+                metric_name=metric_name,
+                metric_value="1",
+                default_value=0,
+            ).metric(statistic="Sum", period=period)
+
+        spawn_failures = count_of("SpawnFailures", SPAWN_FAILED_MARK, "SpawnFailures", SPAWN_FAILURE_PERIOD)
+        orphans = count_of("OrphansFound", ORPHAN_MARK, "OrphansTerminated", ORPHAN_PERIOD)
         self.alarms = {
             "spawn_failures": spawn_failures.create_alarm(
                 self,
