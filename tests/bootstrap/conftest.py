@@ -174,6 +174,7 @@ def make_host(network, tmp_path, request):
         hosts.append(host)
         return host
 
+    make.hosts = hosts  # for hub_state: its database outlives every host
     yield make
     for host in hosts:
         if failed(request):
@@ -247,9 +248,13 @@ class HubState:
 
 
 @pytest.fixture
-def hub_state(aws, network, request):
+def hub_state(aws, network, make_host, request):
     state = HubState(aws, network)
     yield state
+    # The hosts shut down first, as a hub host does before its database goes: a hub whose
+    # database is gone hangs in its shutdown until it is killed (30 s of nothing per test).
+    for host in make_host.hosts:
+        host.stop()
     if failed(request):
         sys.stderr.write(f"--- postgres log ---\n{state.server.log[-4000:]}\n")
     state.server.stop()

@@ -962,6 +962,11 @@ def run(workdir: Path, log: Callable[[str], None] = lambda m: None,
                 row.notes.append("no sweep after the grace")
         if not all(r.ok for r in rows):
             rows[0].notes.append("hub log tail:\n" + lab.hub.log_tail(6000))
+            log_lines = lab.hub.log_tail(10**9).splitlines()
+            for s, row in zip(plan, rows, strict=True):
+                if not row.ok:  # what the hub said of this row's users, for the failure's reader
+                    said = [line for line in log_lines if any(user in line for user in s.users)]
+                    row.notes.append("the hub's log of " + ", ".join(s.users) + ":\n" + "\n".join(said[-80:]))
         if inspect is not None:
             inspect(lab)
     return rows, time.monotonic() - started

@@ -94,6 +94,17 @@ def run_forever_in_a_kernel(lab: Lab, user: str, iid: str) -> tuple[str, Blockin
     client = BlockingKernelClient(connection_file=str(connection))
     client.load_connection_file()
     client.start_channels()
+
+    # The server learns the kernel's state from IOPub, a publish/subscribe socket: what the kernel
+    # publishes before the server's subscription is through is lost. Sent too early, the cell's
+    # "busy" can be, and the server then says "starting" for the whole cell. So first make the
+    # kernel publish statuses (each kernel_info request: busy, then idle) until the server has
+    # heard one and calls the kernel idle; from then on it hears the cell's "busy".
+    def server_hears_the_kernel():
+        client.kernel_info()
+        return in_state("idle")
+
+    wait_until(server_hears_the_kernel, 60, "the server to hear the kernel's status", interval=1)
     client.execute("import time; time.sleep(600)")
     wait_until(lambda: in_state("busy"), 60, "the kernel to be busy")
     return kernel_id, client
