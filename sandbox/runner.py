@@ -324,11 +324,13 @@ class Sandbox:
     def stop(self) -> None:
         if self.hub_keeper is not None:
             self.hub_keeper.stop()
+        # The hosts first, while their relays (the database's among them) still carry: a hub that
+        # loses its database hangs in its shutdown until the host's grace kills it.
+        if self.dataplane is not None:
+            self.dataplane.close()
         for relay in reversed(self.relays):
             relay.stop()
         self.relays.clear()
-        if self.dataplane is not None:
-            self.dataplane.close()
         if self.vpc is not None:
             self.vpc.destroy()
         if self.emulator is not None:

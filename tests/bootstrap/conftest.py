@@ -283,8 +283,9 @@ c.JupyterHub.services = [{{"name": "test-admin", "api_token": "{self.token}"}}]
 c.JupyterHub.load_roles = [{{"name": "admin", "services": ["test-admin"]}}]
 c.Authenticator.allowed_users = {{"alice"}}
 c.Spawner.env_keep = []
-c.Spawner.http_timeout = 120
-c.Spawner.start_timeout = 120
+# A booting instance may take minutes on a loaded 2-core machine: the tests wait on the state.
+c.Spawner.http_timeout = 240
+c.Spawner.start_timeout = 240
 c.SecretSpawner.instance_id = "{instance_id}"
 c.SecretSpawner.secret_prefix = "{secret_prefix}"
 c.SecretSpawner.region = "{REGION}"
@@ -315,6 +316,20 @@ c.SecretSpawner.server_url = "{server_url}"
             return self.api("GET", "/")
         except OSError:
             return None
+
+    def wait_ready(self, host, user: str = "alice", timeout: float = 250):
+        """Until ``user``'s server is ready. A spawn the hub gave up on fails at once with the hub's
+        log; a timeout says what the instance's units logged, so a failure names its cause."""
+        def ready():
+            server = self.api("GET", f"/users/{user}")["servers"].get("")
+            if server is None:
+                raise AssertionError(f"the hub ended {user}'s spawn:\n{self.log_path.read_text()[-4000:]}")
+            return server.get("ready")
+        try:
+            return wait_until(ready, timeout, f"{user}'s server ready")
+        except TimeoutError as error:
+            units = host.journal()[-4000:] if host.running else "(the instance is not running)"
+            raise TimeoutError(f"{error}; the instance's journal (tail):\n{units}") from None
 
     def api(self, method: str, path: str, body=None):
         request = urllib.request.Request(

@@ -10,7 +10,7 @@ from sandbox.netns import http_get
 
 from .conftest import NOTEBOOK_USER_DATA, client, needs_root, notebook_tags, wait_until
 
-pytestmark = [needs_root, pytest.mark.slow]
+pytestmark = [needs_root, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SECRET_PREFIX = "/ec2hub/ec2hub-test/servers/"
 UNIT = "ec2hub-singleuser.service"
@@ -54,7 +54,7 @@ def test_notebook_runs_once_per_instance_and_systemd_brings_the_server_back(aws,
         hub.api("POST", "/users/alice/server")
     except TimeoutError:  # the hub answers once the spawn is under way (10 s); a loaded machine may not
         pass
-    wait_until(lambda: hub.api("GET", "/users/alice")["servers"].get("", {}).get("ready"), 120, "hub sees alice ready")
+    hub.wait_ready(host)
     assert host.wait_for_user_data() == 0, host.logs
 
     # The hardened unit runs for real, as the user, with its sandboxing in force.

@@ -23,7 +23,7 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = [needs_root, pytest.mark.slow]
+pytestmark = [needs_root, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SECRET_PREFIX = "/ec2hub/ec2hub-test/servers/"
 
@@ -55,7 +55,7 @@ def test_notebook_registers_with_hub_and_rerun_changes_nothing(aws, network, mak
     hub = start_hub(iid, f"http://127.0.0.1:{to_notebook.port}", SECRET_PREFIX)
     request_spawn(hub)
 
-    wait_until(lambda: hub.api("GET", "/users/alice")["servers"].get("", {}).get("ready"), 120, "hub sees alice ready")
+    hub.wait_ready(host)
 
     # The server answers on :8888 from the VPC bridge, under the user's prefix.
     status, body = http_get(network.vpc.netns, "http://10.0.1.10:8888/user/alice/api")
@@ -117,7 +117,7 @@ def test_a_resumed_server_uses_the_secret_written_before_its_start(aws, network,
     to_notebook = network.relay(listen=("127.0.0.1", 0), connect=("10.0.1.12", 8888), connect_netns=host.netns)
     hub = start_hub(iid, f"http://127.0.0.1:{to_notebook.port}", SECRET_PREFIX)
     request_spawn(hub)
-    wait_until(lambda: hub.api("GET", "/users/alice")["servers"].get("", {}).get("ready"), 120, "alice ready")
+    hub.wait_ready(host)
     ssm = client(aws, "ssm")
 
     def secret_token():
@@ -135,7 +135,7 @@ def test_a_resumed_server_uses_the_secret_written_before_its_start(aws, network,
     wait_until(lambda: secret_token() != first, 30, "the spawner's new secret")
     second = secret_token()
     host.start()
-    wait_until(lambda: hub.api("GET", "/users/alice")["servers"].get("", {}).get("ready"), 120, "alice ready again")
+    hub.wait_ready(host)
     assert server_env(host)["JUPYTERHUB_API_TOKEN"] == second
     assert f'JUPYTERHUB_API_TOKEN="{second}"' in (host.upper / "etc/ec2hub/singleuser.env").read_text()
     boot = host.journal("ec2hub-singleuser.service", this_boot=True)

@@ -441,7 +441,8 @@ c.EC2Spawner.fast_poll_interval = 0.2
 c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.launch_visibility_grace = 5
 c.EC2Spawner.start_timeout = 60
-c.EC2Spawner.http_timeout = 60
+# Eight servers boot at once after scenario 3's restart: about 50 s on this machine when idle.
+c.EC2Spawner.http_timeout = 180
 c.EC2Spawner.stop_timeout = 30
 c.EC2Spawner.sweep_orphans = True
 c.EC2Spawner.orphan_grace = {ORPHAN_GRACE_S}
@@ -483,7 +484,7 @@ c.EC2Spawner.sweep_interval = {SWEEP_INTERVAL_S}
                 return reply.status_code
             time.sleep(0.2)
 
-    def settle(self, name: str, timeout: float = 90) -> bool:
+    def settle(self, name: str, timeout: float = 200) -> bool:
         """Wait until the server is ready (True) or the hub has no active server for it (False)."""
         def done():
             model = self.server(name)
