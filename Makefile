@@ -47,7 +47,7 @@ $(STAMP)/node: package.json package-lock.json
 deps: $(STAMP)/system $(STAMP)/python $(STAMP)/checkov $(STAMP)/node
 
 test: deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 lint: deps
 	$(PY) -m ruff check .
