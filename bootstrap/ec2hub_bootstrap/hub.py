@@ -10,8 +10,9 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.hub <command>
               settings parameter, the spawner package (when its tag names a new one) and the
               config, idempotently, and fetch the hub's state secrets (its database's URL, the
               cookie secret, the proxy token) from Secrets Manager into the service's environment
-              file (:data:`ENV_FILE`, on /run: never on disk, never logged). Nothing the hub must
-              keep is on this host: the database is RDS (docs/ARCHITECTURE.md §10).
+              file (:data:`ENV_FILE`, on /run: never on disk, never logged); last, point the hub
+              API's stable name (Route 53, settings ``hub_dns_name``) at this host. Nothing the
+              hub must keep is on this host: the database is RDS (docs/ARCHITECTURE.md §10).
 
 Tag values are checked here and written as JSON or passed as argv; none reaches a shell.
 """
@@ -57,6 +58,9 @@ RETIRED_FILES = ("jupyterhub_cookie_secret", "proxy_auth_token")
 DATABASE_SSLMODE = "require"
 # The spawner asset (s3://...) installed last, so a new one is installed on the next start.
 SPAWNER_RECORD = "/opt/ec2hub/spawner-asset.installed"
+# The hub API's A record (settings hub_dns_name): short, so that a server which looked up a lost
+# host's address asks again within seconds of the new host's start.
+HUB_RECORD_TTL_S = 10
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 
@@ -265,6 +269,45 @@ def ensure_admin_password(secret_name: str | None, region: str) -> None:
     log("secrets", f"{path} from {shown(secret_name)} {'written' if changed else 'unchanged'} (0600)")
 
 
+def hub_record_change(name: str, private_ip: str) -> dict:
+    """The ChangeBatch that points ``name`` at ``private_ip``: one UPSERT of an A record, the only
+    change the hub role may make (infra/dns.py)."""
+    return {
+        "Comment": "ec2hub: the hub API is on this host",
+        "Changes": [{
+            "Action": "UPSERT",
+            "ResourceRecordSet": {
+                "Name": name, "Type": "A", "TTL": HUB_RECORD_TTL_S, "ResourceRecords": [{"Value": private_ip}],
+            },
+        }],
+    }
+
+
+def ensure_hub_record(settings, private_ip: str, region: str) -> None:
+    """The hub API's stable name (``hub_dns_name`` in the private zone ``hub_dns_zone_id``) points
+    at this host, on every start, before the hub starts: notebook servers call the hub at that name.
+
+    botocore retries throttling (Route 53's PriorRequestNotComplete included) and unreachable
+    endpoints (standard mode, 8 attempts). A failure after that fails this start: systemd starts
+    the unit again 5 s later (Restart=always). A hub that runs while its name points elsewhere
+    would be unreachable for every server, with nothing in its own log; a failed unit is seen.
+    The change is not waited for (INSYNC, usually within a minute): nothing on this host resolves
+    the name (the proxy reaches the hub at its IP), and servers find the new address once it is."""
+    name, zone = settings.hub_dns_name, settings.hub_dns_zone_id
+    if not name:
+        log("dns", "the settings name no hub_dns_name: servers are told this host's private ip, "
+            "which a replacement host does not keep")
+        return
+    try:
+        answer = aws_client("route53", region).change_resource_record_sets(
+            HostedZoneId=zone, ChangeBatch=hub_record_change(name, private_ip))
+    except aws_errors() as exc:
+        die("dns", f"UPSERT {name} A {private_ip} in hosted zone {zone} failed: {exc}; the hub starts once "
+            "it succeeds (systemd tries again; infra/dns.py makes the zone and allows the hub role this change)")
+    log("dns", f"{name} A {private_ip} (ttl {HUB_RECORD_TTL_S} s) upserted in hosted zone {zone}: "
+        f"{answer['ChangeInfo']['Status']}")
+
+
 def prestart() -> None:
     """Every start of the hub (ExecStartPre=+ of ec2hub-hub.service)."""
     imds = Imds(console).wait()
@@ -284,6 +327,7 @@ def prestart() -> None:
     ensure_state_secrets(tags, region)
     ensure_oauth_secret(settings, region)
     ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
+    ensure_hub_record(settings, private_ip, region)
 
 
 def exec_foreground() -> None:
