@@ -186,7 +186,9 @@ class Ec2HubStack(Stack):
 
         # --- the hub API's stable name: the hub host UPSERTs its one record -----------------------
         # A managed policy of its own, as the secrets' below: the inline one is near IAM's limit.
-        self.dns = HubDns(self, "Dns", vpc=vpc, zone_name=config.hub_dns_zone)
+        self.dns = HubDns(
+            self, "Dns", vpc=vpc, zone_name=config.hub_dns_zone, hub_address=self.hub.instance.instance_private_ip
+        )
         self.hub_dns_policy = iam.ManagedPolicy(
             self,
             "HubDnsPolicy",

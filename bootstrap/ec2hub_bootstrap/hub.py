@@ -58,9 +58,6 @@ RETIRED_FILES = ("jupyterhub_cookie_secret", "proxy_auth_token")
 DATABASE_SSLMODE = "require"
 # The spawner asset (s3://...) installed last, so a new one is installed on the next start.
 SPAWNER_RECORD = "/opt/ec2hub/spawner-asset.installed"
-# The hub API's A record (settings hub_dns_name): short, so that a server which looked up a lost
-# host's address asks again within seconds of the new host's start.
-HUB_RECORD_TTL_S = 10
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 
@@ -271,13 +268,15 @@ def ensure_admin_password(secret_name: str | None, region: str) -> None:
 
 def hub_record_change(name: str, private_ip: str) -> dict:
     """The ChangeBatch that points ``name`` at ``private_ip``: one UPSERT of an A record, the only
-    change the hub role may make (infra/dns.py)."""
+    change the hub role may make (infra/dns.py), with the TTL the stack made it with."""
+    from ec2spawner.settings import HUB_DNS_TTL_S
+
     return {
         "Comment": "ec2hub: the hub API is on this host",
         "Changes": [{
             "Action": "UPSERT",
             "ResourceRecordSet": {
-                "Name": name, "Type": "A", "TTL": HUB_RECORD_TTL_S, "ResourceRecords": [{"Value": private_ip}],
+                "Name": name, "Type": "A", "TTL": HUB_DNS_TTL_S, "ResourceRecords": [{"Value": private_ip}],
             },
         }],
     }
@@ -298,13 +297,13 @@ def ensure_hub_record(settings, private_ip: str, region: str) -> None:
         log("dns", "the settings name no hub_dns_name: servers are told this host's private ip, "
             "which a replacement host does not keep")
         return
+    change = hub_record_change(name, private_ip)
     try:
-        answer = aws_client("route53", region).change_resource_record_sets(
-            HostedZoneId=zone, ChangeBatch=hub_record_change(name, private_ip))
+        answer = aws_client("route53", region).change_resource_record_sets(HostedZoneId=zone, ChangeBatch=change)
     except aws_errors() as exc:
         die("dns", f"UPSERT {name} A {private_ip} in hosted zone {zone} failed: {exc}; the hub starts once "
             "it succeeds (systemd tries again; infra/dns.py makes the zone and allows the hub role this change)")
-    log("dns", f"{name} A {private_ip} (ttl {HUB_RECORD_TTL_S} s) upserted in hosted zone {zone}: "
+    log("dns", f"{name} A {private_ip} (ttl {change['Changes'][0]['ResourceRecordSet']['TTL']} s) upserted in hosted zone {zone}: "
         f"{answer['ChangeInfo']['Status']}")
 
 

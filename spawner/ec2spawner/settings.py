@@ -21,6 +21,10 @@ SETTINGS_VERSION = 1
 # the operator puts the provider's secret there; the hub bootstrap refuses to start on it.
 OAUTH_SECRET_PLACEHOLDER_KEY = "ec2hub-placeholder"
 EXTRA_CONFIG_NAME_PATTERN = r"^[A-Za-z0-9_.-]+\.py$"
+# The TTL of the hub API's A record (settings hub_dns_name): short, so that a server which looked up
+# a lost hub host's address asks again within seconds of the new host's start. infra/dns.py makes
+# the record with it, and the hub bootstrap UPSERTs it with it at every start of the hub.
+HUB_DNS_TTL_S = 10
 # A DNS name as Route 53 normalizes a record's (lower case, no final dot).
 DNS_NAME_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 

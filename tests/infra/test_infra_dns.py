@@ -22,7 +22,7 @@ def only_zone(s) -> str:
     return zone
 
 
-def test_the_zone_is_private_to_the_stacks_vpc_and_holds_no_record_of_the_template(synth_and_zone):
+def test_the_zone_is_private_to_the_stacks_vpc_and_its_record_names_the_hub_instance(synth_and_zone):
     s, zone_name = synth_and_zone
     (vpc,) = s.resources("AWS::EC2::VPC")
     zone = s.template["Resources"][only_zone(s)]["Properties"]
@@ -32,8 +32,17 @@ def test_the_zone_is_private_to_the_stacks_vpc_and_holds_no_record_of_the_templa
     # when working with a private hosted zone": enableDnsHostnames and enableDnsSupport).
     assert s.template["Resources"][vpc]["Properties"]["EnableDnsSupport"] is True
     assert s.template["Resources"][vpc]["Properties"]["EnableDnsHostnames"] is True
-    # The hub owns the record's value: a record in the template would be put back by every deploy.
-    assert s.resources("AWS::Route53::RecordSet") == {} and s.resources("AWS::Route53::RecordSetGroup") == {}
+    # The record the hub UPSERTs at every start, as the stack makes it: at the hub instance's private
+    # IP, what the hub writes while that instance is the hub host (and deleted with the stack).
+    (instance,) = s.resources("AWS::EC2::Instance")
+    (record,) = s.resources("AWS::Route53::RecordSet").values()
+    assert {k: v for k, v in record["Properties"].items() if k != "Comment"} == {
+        "Name": f"hub.{zone_name}.",
+        "Type": "A",
+        "TTL": "10",
+        "ResourceRecords": [{"Fn::GetAtt": [instance, "PrivateIp"]}],
+        "HostedZoneId": {"Ref": only_zone(s)},
+    }
 
 
 def test_hub_role_may_only_upsert_the_one_a_record(synth_and_zone):
