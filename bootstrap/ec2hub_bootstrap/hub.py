@@ -303,8 +303,8 @@ def ensure_hub_record(settings, private_ip: str, region: str) -> None:
     except aws_errors() as exc:
         die("dns", f"UPSERT {name} A {private_ip} in hosted zone {zone} failed: {exc}; the hub starts once "
             "it succeeds (systemd tries again; infra/dns.py makes the zone and allows the hub role this change)")
-    log("dns", f"{name} A {private_ip} (ttl {change['Changes'][0]['ResourceRecordSet']['TTL']} s) upserted in hosted zone {zone}: "
-        f"{answer['ChangeInfo']['Status']}")
+    ttl = change["Changes"][0]["ResourceRecordSet"]["TTL"]
+    log("dns", f"{name} A {private_ip} (ttl {ttl} s) upserted in hosted zone {zone}: {answer['ChangeInfo']['Status']}")
 
 
 def prestart() -> None:
