@@ -128,6 +128,10 @@ class HubConfig(BaseModel):
     nat_gateways: int = knob("network", 1, ge=1, le=2)  # one per AZ at most
     vpc_endpoints: bool = knob("network", False)
     allowed_ingress_cidr: str = knob("network", "0.0.0.0/0")
+    # The Route 53 private hosted zone of the VPC; the hub API is hub.<zone> (infra/dns.py).
+    hub_dns_zone: Annotated[str, matches(_DOMAIN, "a DNS name in lower case (ec2hub.internal)")] = knob(
+        "network", "ec2hub.internal", key="private_zone"
+    )
     # -- tls ----------------------------------------------------------------------------------------
     certificate_arn: Annotated[str | None, matches(_CERT_ARN, "an ACM certificate ARN")] = knob("tls", None)
     allow_http: bool = knob("tls", False)

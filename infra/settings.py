@@ -65,12 +65,15 @@ def settings_document(
     group_budgets_usd: dict[str, float] | None = None,
     budget_exempt_admins: bool = False,
     auth: dict[str, Any] | None = None,
+    hub_dns_zone_id: str | None = None,
+    hub_dns_name: str | None = None,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id;
     ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`).
 
     ``auth`` is the sign-in mapping (infra.identity.auth_settings); None: native sign-in with
-    ``admin_users``.
+    ``admin_users``. ``hub_dns_zone_id`` and ``hub_dns_name`` (infra.dns): the private hosted zone
+    and the record the hub points at itself at every start, the name notebooks call the hub API at.
     """
     classes = [
         {
@@ -100,6 +103,9 @@ def settings_document(
         document["efs_id"] = efs_id
     if lease_table is not None:
         document["lease_table"] = lease_table
+    if hub_dns_name is not None:
+        document["hub_dns_zone_id"] = hub_dns_zone_id
+        document["hub_dns_name"] = hub_dns_name
     if spend_table is not None:
         document["spend_table"] = spend_table
         document["group_budgets_usd"] = dict(group_budgets_usd or {})
@@ -142,6 +148,8 @@ def estimated_size(document: dict[str, Any]) -> int:
     }
     if "efs_id" in document:
         sample["efs_id"] = f"fs-{sample_id}"
+    if "hub_dns_zone_id" in document:
+        sample["hub_dns_zone_id"] = "Z0123456789ABCDEFGHIJ"  # Route 53 zone ids: Z + up to 31 characters
     if "spend_table" in document:
         # CloudFormation names the table <stack>-<logical id>-<13 characters>.
         sample["spend_table"] = f"{document['hub_id']}-HubSpendTable0123ABCD-ABCDEFGHIJ123"

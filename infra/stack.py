@@ -14,6 +14,7 @@ from ec2spawner.catalog import Catalog
 
 from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
+from .dns import HubDns, record_statement
 from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statements
 from .identity import IdentityProvider, auth_settings, callback_url
 from .images import ClassImages, image_parameter_name, launch_image
@@ -183,6 +184,19 @@ class Ec2HubStack(Stack):
             )
         )
 
+        # --- the hub API's stable name: the hub host UPSERTs its one record -----------------------
+        # A managed policy of its own, as the secrets' below: the inline one is near IAM's limit.
+        self.dns = HubDns(
+            self, "Dns", vpc=vpc, zone_name=config.hub_dns_zone, hub_address=self.hub.instance.instance_private_ip
+        )
+        self.hub_dns_policy = iam.ManagedPolicy(
+            self,
+            "HubDnsPolicy",
+            description="ec2hub hub host: point the hub API's DNS name at itself",
+            roles=[self.hub.role],
+            statements=[record_statement(zone=self.dns.zone, record_name=self.dns.record_name)],
+        )
+
         # --- the spend ledger and the prices ------------------------------------------------------
         for statement in spend_statements(spend_table_arn=self.hub.spend_table.table_arn):
             self.hub.role.add_to_principal_policy(statement)
@@ -297,6 +311,8 @@ class Ec2HubStack(Stack):
             group_budgets_usd=config.group_budgets_usd,
             budget_exempt_admins=config.budget_exempt_admins,
             auth=auth,
+            hub_dns_zone_id=self.dns.zone.hosted_zone_id,
+            hub_dns_name=self.dns.record_name,
         )
         self.settings = SettingsParameter(
             self,

@@ -13,8 +13,10 @@ has a route off the machine:
 - The VPC namespace also runs the VPC's DHCP and DNS (``dnsmasq``, as the VPC's "AmazonProvidedDNS"
   at each subnet's gateway address): a booted instance's cloud-init asks DHCP for its address at
   its first stage, and dnsmasq hands every instance its fixed private address (by MAC, registered
-  by :meth:`Vpc.plug`); every name query gets NXDOMAIN at once, so nothing waits on a resolver
-  timeout and no query leaves the machine.
+  by :meth:`Vpc.plug`); it answers the VPC's own names (its host records, and the records of the
+  Route 53 private zones the sandbox follows, :meth:`Vpc.set_dns_records`) and every other name
+  query with NXDOMAIN at once, so nothing waits on a resolver timeout and no query leaves the
+  machine.
 - :class:`Relay` joins a listening socket in one namespace to a connecting socket in another
   (either may be the root namespace). Sockets keep the namespace they were created in, so a thread
   enters a namespace with ``setns(2)`` only for the ``socket()`` call. This is how the AWS emulator
@@ -33,6 +35,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -391,14 +394,15 @@ class Vpc:
         return self
 
     def _start_dnsmasq(self) -> None:
-        """DHCP (fixed addresses only, by MAC) and DNS (the host records; NXDOMAIN for every other
-        name) on the bridge."""
+        """DHCP (fixed addresses only, by MAC) and DNS (the host records and the files of its
+        ``dns`` directory; NXDOMAIN for every other name) on the bridge."""
         if shutil.which("dnsmasq") is None:
             raise RuntimeError("dnsmasq is missing: install dnsmasq-base (scripts/install-system-deps.sh does)")
         self._dnsmasq_dir = dnsmasq_dir(self.name)
         shutil.rmtree(self._dnsmasq_dir, ignore_errors=True)
         hosts = self._dnsmasq_dir / "hosts"
         hosts.mkdir(parents=True)
+        (self._dnsmasq_dir / "dns").mkdir()
         os.chmod(self._dnsmasq_dir, 0o755)
         argv = [
             "ip", "netns", "exec", self.name, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
@@ -408,6 +412,9 @@ class Vpc:
             # once, without dnsmasq's ping probe first, is what a VPC's DHCP does too.
             "--no-ping", f"--dhcp-hostsdir={hosts}", f"--dhcp-leasefile={self._dnsmasq_dir / 'leases'}",
             "--log-facility=-", "--quiet-dhcp",
+            # Hosts files dnsmasq reads again whenever one is added, changed or removed (inotify),
+            # served with TTL 0 (--local-ttl's default): a changed record is answered at once.
+            f"--hostsdir={self._dnsmasq_dir / 'dns'}",
         ]
         for gw in self.gateways:
             argv.append(f"--dhcp-range={gw.network.network_address},static,{gw.network.netmask},12h")
@@ -438,6 +445,30 @@ class Vpc:
 
     def __exit__(self, *exc) -> None:
         self.destroy()
+
+    def set_dns_records(self, source: str, records: dict[str, str]) -> None:
+        """Have the VPC's DNS answer ``records`` (name -> IPv4 address), replacing what ``source``
+        gave before (an empty mapping removes them). A hosts file per source in dnsmasq's
+        ``--hostsdir``, written under a dot name (which dnsmasq skips) and renamed into place, so
+        dnsmasq never reads half a file."""
+        if self._dnsmasq_dir is None:
+            raise RuntimeError(f"{self.name} runs no DNS (dhcp=False)")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", source):
+            raise ValueError(f"{source!r} is not a plain file name")
+        directory = self._dnsmasq_dir / "dns"
+        path = directory / source
+        if not records:
+            path.unlink(missing_ok=True)
+            return
+        for name, address in records.items():
+            ipaddress.IPv4Address(address)
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", name):
+                raise ValueError(f"{name!r} is not a DNS name")
+        partial = directory / f".{source}.new"
+        partial.write_text("".join(f"{address} {name}\n" for name, address in sorted(records.items())),
+                           encoding="utf-8")
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
 
     def plug(self, host_netns: str, address: str, prefix_len: int, gateway: str, mac: str | None = None) -> str:
         """Connect a namespace to the bridge as ``eth0`` with ``address``; return the bridge port name.

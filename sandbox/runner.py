@@ -12,7 +12,8 @@ Start-up, in order (each step prints one status line):
    the credentials, cookie secret and proxy token put in the emulator's Secrets Manager under the
    names the stack gives them (its CloudFormation cannot create secrets);
    the VPC: a bridge in a namespace of the sandbox's own, with the subnets' gateway addresses and
-   the emulator reachable inside it as a VPC endpoint (a relay);
+   the emulator reachable inside it as a VPC endpoint (a relay), and its DNS following the
+   stack's Route 53 private zone (:mod:`sandbox.route53`: the hub API's stable name);
 5. the data plane (:mod:`sandbox.dataplane`): the hub instance the stack created boots from its
    real user data, and so will every notebook instance the spawner launches;
 6. a relay from 127.0.0.1:8000 to the hub's proxy (the load balancer's job in AWS), the demo
@@ -44,6 +45,8 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .route53 import PrivateZoneFollower
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".sandbox"
@@ -115,6 +118,7 @@ class Sandbox:
     admin_password: str = ""
     database: object = None
     hub_keeper: object = None
+    zone_follower: object = None
     env: dict = field(default_factory=dict)
 
     # -- start ------------------------------------------------------------------------------------
@@ -168,6 +172,9 @@ class Sandbox:
         ).start()
         self.relays.append(endpoint)
         say(f"VPC bridge up in namespace {self.vpc.netns} ({len(self.vpc.gateways)} subnets); AWS endpoint on port {ENDPOINT_PORT}")
+        zones = self.deployment.physical_ids("AWS::Route53::HostedZone")
+        self.zone_follower = PrivateZoneFollower(self.client("route53"), self.vpc, zones).start()
+        say(f"VPC DNS follows the stack's Route 53 hosted zone{'s' if len(zones) != 1 else ''} {', '.join(zones) or '(none)'}")
 
         self.dataplane = DataPlane(
             ec2=ec2, vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
@@ -331,6 +338,8 @@ class Sandbox:
         for relay in reversed(self.relays):
             relay.stop()
         self.relays.clear()
+        if self.zone_follower is not None:
+            self.zone_follower.stop()
         if self.vpc is not None:
             self.vpc.destroy()
         if self.emulator is not None:

@@ -10,8 +10,9 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.hub <command>
               settings parameter, the spawner package (when its tag names a new one) and the
               config, idempotently, and fetch the hub's state secrets (its database's URL, the
               cookie secret, the proxy token) from Secrets Manager into the service's environment
-              file (:data:`ENV_FILE`, on /run: never on disk, never logged). Nothing the hub must
-              keep is on this host: the database is RDS (docs/ARCHITECTURE.md §10).
+              file (:data:`ENV_FILE`, on /run: never on disk, never logged); last, point the hub
+              API's stable name (Route 53, settings ``hub_dns_name``) at this host. Nothing the
+              hub must keep is on this host: the database is RDS (docs/ARCHITECTURE.md §10).
 
 Tag values are checked here and written as JSON or passed as argv; none reaches a shell.
 """
@@ -265,6 +266,47 @@ def ensure_admin_password(secret_name: str | None, region: str) -> None:
     log("secrets", f"{path} from {shown(secret_name)} {'written' if changed else 'unchanged'} (0600)")
 
 
+def hub_record_change(name: str, private_ip: str) -> dict:
+    """The ChangeBatch that points ``name`` at ``private_ip``: one UPSERT of an A record, the only
+    change the hub role may make (infra/dns.py), with the TTL the stack made it with."""
+    from ec2spawner.settings import HUB_DNS_TTL_S
+
+    return {
+        "Comment": "ec2hub: the hub API is on this host",
+        "Changes": [{
+            "Action": "UPSERT",
+            "ResourceRecordSet": {
+                "Name": name, "Type": "A", "TTL": HUB_DNS_TTL_S, "ResourceRecords": [{"Value": private_ip}],
+            },
+        }],
+    }
+
+
+def ensure_hub_record(settings, private_ip: str, region: str) -> None:
+    """The hub API's stable name (``hub_dns_name`` in the private zone ``hub_dns_zone_id``) points
+    at this host, on every start, before the hub starts: notebook servers call the hub at that name.
+
+    botocore retries throttling (Route 53's PriorRequestNotComplete included) and unreachable
+    endpoints (standard mode, 8 attempts). A failure after that fails this start: systemd starts
+    the unit again 5 s later (Restart=always). A hub that runs while its name points elsewhere
+    would be unreachable for every server, with nothing in its own log; a failed unit is seen.
+    The change is not waited for (INSYNC, usually within a minute): nothing on this host resolves
+    the name (the proxy reaches the hub at its IP), and servers find the new address once it is."""
+    name, zone = settings.hub_dns_name, settings.hub_dns_zone_id
+    if not name:
+        log("dns", "the settings name no hub_dns_name: servers are told this host's private ip, "
+            "which a replacement host does not keep")
+        return
+    change = hub_record_change(name, private_ip)
+    try:
+        answer = aws_client("route53", region).change_resource_record_sets(HostedZoneId=zone, ChangeBatch=change)
+    except aws_errors() as exc:
+        die("dns", f"UPSERT {name} A {private_ip} in hosted zone {zone} failed: {exc}; the hub starts once "
+            "it succeeds (systemd tries again; infra/dns.py makes the zone and allows the hub role this change)")
+    ttl = change["Changes"][0]["ResourceRecordSet"]["TTL"]
+    log("dns", f"{name} A {private_ip} (ttl {ttl} s) upserted in hosted zone {zone}: {answer['ChangeInfo']['Status']}")
+
+
 def prestart() -> None:
     """Every start of the hub (ExecStartPre=+ of ec2hub-hub.service)."""
     imds = Imds(console).wait()
@@ -284,6 +326,7 @@ def prestart() -> None:
     ensure_state_secrets(tags, region)
     ensure_oauth_secret(settings, region)
     ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
+    ensure_hub_record(settings, private_ip, region)
 
 
 def exec_foreground() -> None:

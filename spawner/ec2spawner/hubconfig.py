@@ -52,7 +52,11 @@ def apply_settings(
 ) -> Config:
     """Set the hub, spawner and authenticator config from ``settings``; return ``c``.
 
-    ``hub_connect_ip`` is the hub host's private IP (notebooks call the hub API there).
+    ``hub_connect_ip`` is the hub host's private IP: the proxy on the same host reaches the hub
+    there. Notebook servers are told the hub API's stable name instead when the settings have one
+    (``hub_dns_name``, the record the hub bootstrap points at this host at every start), as
+    ``EC2Spawner.hub_connect_url``, which JupyterHub puts in a server's ``JUPYTERHUB_API_URL`` and
+    ``JUPYTERHUB_ACTIVITY_URL`` only: a replaced hub host keeps the name, not the IP.
     ``oauth_client_secret`` is read by the caller (the hub bootstrap fetches the Secrets Manager
     secret ``settings.auth.oauth_client_secret_name`` at every start), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
@@ -79,6 +83,10 @@ def apply_settings(
     c.EC2Spawner.secret_prefix = settings.secret_prefix
     c.EC2Spawner.efs_id = settings.efs_id
     c.EC2Spawner.notebook_port = settings.notebook_port
+    if settings.hub_dns_name:
+        # Spawner's, not JupyterHub.hub_connect_url: that one would also send the proxy's hub route
+        # through DNS, so the hub's own start would wait on its record.
+        c.EC2Spawner.hub_connect_url = f"http://{settings.hub_dns_name}:{settings.hub_api_port}"
     if settings.lease_table:
         c.EC2Spawner.lease_table = settings.lease_table
     if settings.spend_table:

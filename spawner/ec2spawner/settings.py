@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .catalog import InstanceClass
 
@@ -21,6 +21,12 @@ SETTINGS_VERSION = 1
 # the operator puts the provider's secret there; the hub bootstrap refuses to start on it.
 OAUTH_SECRET_PLACEHOLDER_KEY = "ec2hub-placeholder"
 EXTRA_CONFIG_NAME_PATTERN = r"^[A-Za-z0-9_.-]+\.py$"
+# The TTL of the hub API's A record (settings hub_dns_name): short, so that a server which looked up
+# a lost hub host's address asks again within seconds of the new host's start. infra/dns.py makes
+# the record with it, and the hub bootstrap UPSERTs it with it at every start of the hub.
+HUB_DNS_TTL_S = 10
+# A DNS name as Route 53 normalizes a record's (lower case, no final dot).
+DNS_NAME_PATTERN = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 
 
 class ClassSettings(InstanceClass):
@@ -80,6 +86,12 @@ class HubSettings(BaseModel):
     # SSM parameter name prefix for per-server secret env: <prefix><instance-id>. Starts and ends with /.
     secret_prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]+/$")]
     efs_id: str | None = None
+    # The hub API's stable name (infra/dns.py): the A record ``hub_dns_name`` in the Route 53 private
+    # hosted zone ``hub_dns_zone_id``, which the hub bootstrap points at the hub host's private IP
+    # at every start; notebook servers call the hub API at http://<hub_dns_name>:<hub_api_port>.
+    # None (both): servers are given the hub host's private IP, which a replaced host does not keep.
+    hub_dns_zone_id: Annotated[str | None, Field(pattern=r"^[A-Z0-9]{1,32}$")] = None
+    hub_dns_name: Annotated[str | None, Field(pattern=DNS_NAME_PATTERN, max_length=253)] = None
     # DynamoDB table of the hub lease (ec2spawner.lease): only its holder changes EC2. None: no lease.
     lease_table: str | None = None
     # DynamoDB table of the spend ledger (ec2spawner.spend). None: spend is not recorded.
@@ -99,6 +111,12 @@ class HubSettings(BaseModel):
     # The repository's jupyterhub_config.d/: file name -> Python source, run after the platform's
     # own config in name order (ec2spawner.hubconfig.load_extra_config). Nothing secret in them.
     extra_config: dict[Annotated[str, Field(pattern=EXTRA_CONFIG_NAME_PATTERN)], str] = {}
+
+    @model_validator(mode="after")
+    def _hub_dns_together(self) -> HubSettings:
+        if (self.hub_dns_zone_id is None) != (self.hub_dns_name is None):
+            raise ValueError("hub_dns_zone_id and hub_dns_name go together: the record and the hosted zone that holds it")
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> HubSettings:

@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import urllib.request
+import uuid
 
 import pytest
 
@@ -31,6 +32,7 @@ pytestmark = [needs_root, pytest.mark.slow]
 HUB_DIR = REPO / "bootstrap/hub"
 SETTINGS_PARAMETER = "/ec2hub/ec2hub-test/settings"
 HUB_IP = "10.0.1.5"
+HUB_DNS_NAME = "hub.ec2hub.internal"
 
 
 def test_first_boot_script_is_shellcheck_clean():
@@ -38,11 +40,12 @@ def test_first_boot_script_is_shellcheck_clean():
                    cwd=HUB_DIR, check=True)
 
 
-def settings_document(auth_type: str = "native") -> str:
+def settings_document(auth_type: str = "native", **extra) -> str:
     from ec2spawner.settings import HubSettings
 
     return HubSettings.model_validate(
         {
+            **extra,
             "region": "us-east-1",
             "hub_id": "ec2hub-test",
             "subnets": {"us-east-1a": "subnet-0123456789abcdef0"},
@@ -84,6 +87,7 @@ c = PyFileConfigLoader("jupyterhub_config.py", path="/etc/ec2hub").load_config()
 print(json.dumps({
     "cleanup_servers": c.JupyterHub.cleanup_servers,
     "hub_connect_ip": c.JupyterHub.hub_connect_ip,
+    "hub_connect_url": c.EC2Spawner.get("hub_connect_url"),
     "authenticator_class": c.JupyterHub.authenticator_class,
     "admin_users": sorted(c.Authenticator.admin_users),
     "idle_timeout": c.EC2Spawner.idle_timeout,
@@ -134,11 +138,19 @@ def files_holding(root, values: list[str]) -> list[str]:
     return found
 
 
+def hub_api_record(aws, zone_id: str) -> list[str]:
+    """The addresses of the hub API's A record (infra/dns.py) in the emulator's Route 53."""
+    records = client(aws, "route53").list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+    return [v["Value"] for r in records if (r["Name"], r["Type"]) == (HUB_DNS_NAME + ".", "A") for v in r["ResourceRecords"]]
+
+
 def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_disk(aws, network, make_host,
                                                                                    hub_state):
-    from ec2hub_bootstrap.hub import read_environment_file
+    from ec2hub_bootstrap.hub import hub_record_change, read_environment_file
 
-    document = settings_document()
+    zone = client(aws, "route53").create_hosted_zone(Name="ec2hub.internal", CallerReference=str(uuid.uuid4()))
+    zone_id = zone["HostedZone"]["Id"].rsplit("/", 1)[-1]
+    document = settings_document(hub_dns_zone_id=zone_id, hub_dns_name=HUB_DNS_NAME)
     client(aws, "ssm").put_parameter(Name=SETTINGS_PARAMETER, Value=document, Type="String", Overwrite=True)
     put_admin_secret(aws)
     tags = hub_tags(**{"ec2hub:admin-password-secret": ADMIN_SECRET}, **hub_state.tags)
@@ -179,7 +191,8 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
     loaded = json.loads(host.exec(["/opt/ec2hub/venv/bin/python", "-c", LOAD_CONFIG], check=True, timeout=120).stdout)
     assert loaded == {
         "cleanup_servers": False,
-        "hub_connect_ip": HUB_IP,
+        "hub_connect_ip": HUB_IP,  # the proxy's way to the hub, on this host
+        "hub_connect_url": f"http://{HUB_DNS_NAME}:8081",  # the servers' (their JUPYTERHUB_API_URL)
         "authenticator_class": "ec2spawner.nativeauth.NativeAuthenticator",
         "admin_users": ["admin"],
         "idle_timeout": 3600,  # the settings' idle_timeout_s: the default of classes that set none
@@ -187,6 +200,11 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
         "db_url": database_url,
         "upgrade_db": True,
     }
+    # The hub API's stable name points at this host, claimed before the hub started.
+    assert hub_api_record(aws, zone_id) == [HUB_IP]
+    journal_lines = host.journal("ec2hub-hub.service").splitlines()
+    claimed = [i for i, line in enumerate(journal_lines) if f"dns: {HUB_DNS_NAME} A {HUB_IP} (ttl 10 s) upserted" in line]
+    assert claimed and claimed[0] < min(i for i, line in enumerate(journal_lines) if "Running JupyterHub version" in line)
     # The hub runs unprivileged, its culler (per-class idle_timeout and max_age) in its own process.
     ps = host.exec(["ps", "-eo", "user:20=,args="]).stdout
     assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.MULTILINE), ps
@@ -195,6 +213,9 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
     # Stopped and started: cloud-init does not run the user data again (same instance id); the
     # enabled unit's every-start step fetches the same secrets again, and the hub comes back.
     before = {p: (etc / p).read_bytes() for p in ("settings.json", "host.json", "jupyterhub_config.py")}
+    # Meanwhile the record was pointed elsewhere (another host's start): this start claims it again.
+    client(aws, "route53").change_resource_record_sets(HostedZoneId=zone_id,
+                                                       ChangeBatch=hub_record_change(HUB_DNS_NAME, "10.0.1.99"))
     host.restart()
     host.wait_for_boot()
     wait_until(lambda: _hub_api(network), 90, "the hub after a stop and start")
@@ -202,6 +223,8 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
     assert {p: (etc / p).read_bytes() for p in before} == before
     assert read_environment_file(host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout) == env
     assert "/run/ec2hub/hub.env written (0600, root)" in second, second
+    assert hub_api_record(aws, zone_id) == [HUB_IP]
+    assert f"dns: {HUB_DNS_NAME} A {HUB_IP} (ttl 10 s) upserted in hosted zone {zone_id}" in second
     assert "ERROR" not in second
     assert host.console_output.count("ec2hub-hub: start:") == 1
     # The instance runs the repository's files (its modules without docstrings and comments).

@@ -1,5 +1,6 @@
-"""Pure parts of the hub launcher (bootstrap/ec2hub_bootstrap/hub.py): the state secrets it turns
-into the hub service's environment."""
+"""Parts of the hub launcher (bootstrap/ec2hub_bootstrap/hub.py): the state secrets it turns into
+the hub service's environment, and the hub API's record it points at its host (against the AWS
+emulator)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,70 @@ def test_the_unit_reads_the_environment_file_the_launcher_writes():
     unit = (launch.SOURCES / launch.UNIT_NAME).read_text()
     assert f"EnvironmentFile=-{launch.ENV_FILE}" in unit.splitlines()
     assert launch.ENV_FILE.startswith("/run/")  # tmpfs: never on the host's disk
+
+
+def test_the_hub_record_change_is_one_upsert_of_an_a_record_with_a_short_ttl():
+    assert launch.hub_record_change("hub.ec2hub.internal", "10.0.1.5") == {
+        "Comment": "ec2hub: the hub API is on this host",
+        "Changes": [{
+            "Action": "UPSERT",
+            "ResourceRecordSet": {"Name": "hub.ec2hub.internal", "Type": "A", "TTL": 10,
+                                  "ResourceRecords": [{"Value": "10.0.1.5"}]},
+        }],
+    }
+
+
+def hub_record(r53, zone_id: str) -> list[tuple[str, int, list[str]]]:
+    records = r53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+    return [(r["Name"], r["TTL"], [v["Value"] for v in r["ResourceRecords"]]) for r in records if r["Type"] == "A"]
+
+
+@pytest.fixture
+def route53_zone(aws, monkeypatch):
+    """A hosted zone in the AWS emulator, and the launcher's AWS clients pointed at it."""
+    import uuid
+
+    from .conftest import client
+
+    for key, value in {"AWS_ENDPOINT_URL": aws, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    r53 = client(aws, "route53")
+    zone = r53.create_hosted_zone(Name="ec2hub.internal", CallerReference=str(uuid.uuid4()))["HostedZone"]["Id"]
+    yield r53, zone.rsplit("/", 1)[-1]
+    records = r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    changes = [{"Action": "DELETE", "ResourceRecordSet": r} for r in records if r["Type"] == "A"]
+    if changes:
+        r53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": changes})
+    r53.delete_hosted_zone(Id=zone)
+
+
+def dns_settings(zone_id: str):
+    from ec2spawner.settings import HubSettings
+
+    return HubSettings.model_validate({
+        "region": "us-east-1", "hub_id": "ec2hub-test", "subnets": {"us-east-1a": "subnet-0a"},
+        "classes": [{"slug": "small", "display_name": "Small", "instance_types": ["t3.medium"],
+                     "ami": "ami-0123456789abcdef0", "launch_template_id": "lt-0a", "default": True}],
+        "secret_prefix": "/ec2hub/ec2hub-test/servers/", "hub_dns_zone_id": zone_id, "hub_dns_name": "hub.ec2hub.internal",
+    })
+
+
+def test_each_start_points_the_hub_record_at_this_host(route53_zone, capsys):
+    r53, zone_id = route53_zone
+    launch.ensure_hub_record(dns_settings(zone_id), "10.0.1.5", "us-east-1")
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.5"])]
+    # A replacement host (another address) takes the name over with the same one change.
+    launch.ensure_hub_record(dns_settings(zone_id), "10.0.1.9", "us-east-1")
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.9"])]
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"ec2hub-hub: dns: hub.ec2hub.internal A 10.0.1.9 (ttl 10 s) upserted in hosted zone {zone_id}")
+
+
+def test_a_hub_record_that_cannot_be_written_fails_the_start_saying_why(route53_zone, capsys):
+    with pytest.raises(SystemExit) as exited:
+        launch.ensure_hub_record(dns_settings("Z0NOSUCHZONE"), "10.0.1.5", "us-east-1")
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ec2hub-hub: dns: ERROR: UPSERT hub.ec2hub.internal A 10.0.1.5 in hosted zone Z0NOSUCHZONE "
+                          "failed: An error occurred (NoSuchHostedZone)"), err
+    assert "the hub starts once it succeeds (systemd tries again" in err

@@ -120,6 +120,7 @@ class Hub:
               "aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
         self.ec2 = boto3.client("ec2", **kw)
         self.ssm = boto3.client("ssm", **kw)
+        self.route53 = boto3.client("route53", **kw)
 
     def request(self, method: str, path: str, body=None, *, timeout: float = 30, raw: bool = False):
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())

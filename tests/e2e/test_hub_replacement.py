@@ -4,7 +4,9 @@ database is the sandbox's PostgreSQL playing RDS; the cookie secret and proxy to
 Manager).
 
 The new host is launched by the sandbox's hub host keeper, which stands in for the issue's Auto
-Scaling group of one (sandbox.runner.HubHostKeeper): the stack has no group yet.
+Scaling group of one (sandbox.runner.HubHostKeeper): the stack has no group yet. It has another
+private address; servers started before reach it at the hub API's stable name, which the new host
+points at itself at its start (infra/dns.py; the VPC's DNS follows the zone, sandbox.route53).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from sandbox.runner import DEMO_USER, _Browser, login
 
 pytestmark = pytest.mark.slow
 
+HUB_DNS_NAME = "hub.ec2hub.internal"  # ec2hub.yaml's network.private_zone, which the sandbox deploys
+
 
 def lease_holder_answers(hub: Hub) -> bool:
     """The new hub's health check (the load balancer's): 200 only once it holds the hub lease,
@@ -30,6 +34,29 @@ def lease_holder_answers(hub: Hub) -> bool:
     except OSError:
         return False
     return status == 200
+
+
+def settings(hub: Hub) -> dict:
+    """The hub settings document the stack wrote (infra/settings.py)."""
+    name = f"/ec2hub/{hub.env['stack_name']}/settings"
+    return json.loads(hub.ssm.get_parameter(Name=name)["Parameter"]["Value"])
+
+
+def hub_api_addresses(hub: Hub) -> list[str]:
+    """The addresses of the hub API's A record, as the emulator's Route 53 holds it."""
+    document = settings(hub)
+    records = hub.route53.list_resource_record_sets(HostedZoneId=document["hub_dns_zone_id"])["ResourceRecordSets"]
+    return [v["Value"] for r in records if (r["Name"], r["Type"]) == (document["hub_dns_name"] + ".", "A")
+            for v in r["ResourceRecords"]]
+
+
+def status_of(hub: Hub, name: str):
+    """The server's own /api/status through the proxy, which it answers only after checking the
+    caller's token with the hub API (at the address it was told when it started)."""
+    try:
+        return hub.server_api(name, "GET", "/status")
+    except OSError as error:  # TimeoutError, or the connection closed without an answer
+        return None, f"no answer: {error}"
 
 
 def test_terminate_the_hub_host_and_a_new_one_recovers_every_server_and_session(hub):
@@ -42,6 +69,9 @@ def test_terminate_the_hub_host_and_a_new_one_recovers_every_server_and_session(
     notebooks_before = {i["InstanceId"] for i in hub.all_notebook_instances()}
 
     old = hub.env["hub_instance_id"]
+    old_ip = hub.instance(old)["PrivateIpAddress"]
+    assert hub_api_addresses(hub) == [old_ip]  # the first hub claimed the name at its start
+    secret_prefix = hub.secret_prefix()
     started = time.monotonic()
     done = sandbox_cli("inject", "terminate", old)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -74,20 +104,15 @@ def test_terminate_the_hub_host_and_a_new_one_recovers_every_server_and_session(
     status, reply = hub.server_api(stopped, "GET", "/status")
     assert status == 200, reply
 
-    # Known gap, found by this test: a server started before the loss was told the old hub's
-    # private address (JUPYTERHUB_API_URL), and the new host has another one (as an Auto Scaling
-    # group's would), so the server cannot check its users' tokens with the hub: 500 "Failed to
-    # connect to Hub API". The fix is a stable hub address (a private DNS name the hub claims at
-    # start, or a fixed network interface); until then these servers need a restart.
-    # Such a server answers 500, or not at all within the client's timeout while it waits on the
-    # old address itself: both are this gap.
-    def status_of(name):
-        try:
-            return hub.server_api(name, "GET", "/status")
-        except OSError as error:  # TimeoutError, or the connection closed without an answer
-            return None, f"no answer: {error}"
-
-    answers = {name: status_of(name) for name in running}
-    failing = {name: reply for name, (status, reply) in answers.items() if status != 200}
-    if failing:
-        pytest.xfail(f"servers started before the hub host was replaced cannot reach the new hub's API: {failing}")
+    # The servers started before the loss were told the hub API's stable name (infra/dns.py), not
+    # the lost host's private address; the new host pointed that name at itself at its start, so
+    # they check their users' tokens with the new hub (issue 10's "replaceable hub host").
+    new_ip = hub.instance(new)["PrivateIpAddress"]
+    assert new_ip != old_ip
+    assert hub_api_addresses(hub) == [new_ip]
+    for name, iid in running.items():
+        env = json.loads(hub.ssm.get_parameter(Name=secret_prefix + iid, WithDecryption=True)["Parameter"]["Value"])
+        assert env["JUPYTERHUB_API_URL"] == f"http://{HUB_DNS_NAME}:8081/hub/api", env["JUPYTERHUB_API_URL"]
+        status, reply = wait_for(lambda n=name: (answer := status_of(hub, n))[0] == 200 and answer, 60,
+                                 f"{name}'s server answering with the new hub")
+        assert status == 200, reply

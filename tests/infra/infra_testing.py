@@ -59,6 +59,7 @@ FULL_CONTEXT = {
     "group_budgets_usd": "gpu-users=500,research=120.5",  # as -c gives it
     "alarm_email": "ops@example.org",
     "log_retention_days": "365",
+    "hub_dns_zone": "research.corp.internal",
 }
 
 # Sign-in through the stack's own Cognito user pool (infra/identity.py).

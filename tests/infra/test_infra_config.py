@@ -295,7 +295,7 @@ BAD_FILES = {
     ),
     "unknown-field": (
         {**GOOD_FILE, "network": {"nat_gateway": 2}},
-        "ec2hub.yaml: network.nat_gateway: unknown field (allowed: allowed_ingress_cidr, nat_gateways, vpc_endpoints)",
+        "ec2hub.yaml: network.nat_gateway: unknown field (allowed: allowed_ingress_cidr, nat_gateways, private_zone, vpc_endpoints)",
     ),
     "out-of-range": (
         {**GOOD_FILE, "network": {"nat_gateways": 5}},

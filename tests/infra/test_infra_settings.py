@@ -18,6 +18,7 @@ FAKE_IDS = {
     "AWS::EC2::Subnet": "subnet-{:017x}",
     "AWS::EFS::FileSystem": "fs-{:08x}",
     "AWS::DynamoDB::Table": "stack-SpendTable-{:013x}",
+    "AWS::Route53::HostedZone": "Z{:020X}",
 }
 
 

@@ -90,3 +90,55 @@ def test_vpc_dns_answers_its_host_records_and_nothing_else():
         rcode, addresses = wait_until(lambda: answered(endpoint), 30, "the VPC's DNS")
         assert (rcode, addresses) == (0, ["10.9.1.1"])
         assert dns_a_query(made.netns, "10.9.1.1", "example.invalid")[0] == 3  # NXDOMAIN
+
+
+def test_vpc_dns_follows_the_records_it_is_given():
+    """How the sandbox serves the emulator's Route 53 private zone (sandbox.route53): a record
+    changed or removed is answered so at once."""
+    from waiting import wait_until
+
+    def answer(name):
+        try:
+            return dns_a_query(made.netns, "10.9.1.1", name)
+        except TimeoutError:  # dnsmasq not listening yet
+            return None
+
+    with Vpc(VPC + "z", gateways=["10.9.1.1/24"]) as made:
+        wait_until(lambda: answer("hub.ec2hub.internal") == (3, []), 30, "the VPC's DNS (NXDOMAIN at first)")
+        made.set_dns_records("route53-Z1", {"hub.ec2hub.internal": "10.9.1.5"})
+        wait_until(lambda: answer("hub.ec2hub.internal") == (0, ["10.9.1.5"]), 10, "the new record")
+        made.set_dns_records("route53-Z1", {"hub.ec2hub.internal": "10.9.1.8"})
+        wait_until(lambda: answer("hub.ec2hub.internal") == (0, ["10.9.1.8"]), 10, "the changed record")
+        made.set_dns_records("route53-Z1", {})
+        wait_until(lambda: answer("hub.ec2hub.internal") == (3, []), 10, "the removed record")
+
+
+def test_vpc_dns_follows_the_emulators_private_zone():
+    """sandbox.route53: what the hub host UPSERTs into the emulator's Route 53 is what the VPC resolves."""
+    import boto3
+    from moto import mock_aws
+    from waiting import wait_until
+
+    from sandbox.route53 import PrivateZoneFollower
+
+    def answer(name):
+        try:
+            return dns_a_query(made.netns, "10.9.1.1", name)
+        except TimeoutError:  # dnsmasq not listening yet
+            return None
+
+    def upsert(address):
+        r53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": "hub.ec2hub.internal", "Type": "A", "TTL": 10, "ResourceRecords": [{"Value": address}]}}]})
+
+    with mock_aws(), Vpc(VPC + "r", gateways=["10.9.1.1/24"]) as made:
+        r53 = boto3.client("route53", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+        zone = r53.create_hosted_zone(Name="ec2hub.internal", CallerReference="vpc-test")["HostedZone"]["Id"].split("/")[-1]
+        upsert("10.9.1.5")
+        follower = PrivateZoneFollower(r53, made, [zone]).start()
+        try:
+            wait_until(lambda: answer("hub.ec2hub.internal") == (0, ["10.9.1.5"]), 30, "the zone's record")
+            upsert("10.9.1.8")  # a replacement hub host's start
+            wait_until(lambda: answer("hub.ec2hub.internal") == (0, ["10.9.1.8"]), 10, "the changed record")
+        finally:
+            follower.stop()

@@ -181,6 +181,37 @@ def test_spawner_accepts_the_config(trait):
     assert getattr(spawner, trait) == c.EC2Spawner[trait]
 
 
+def test_servers_are_told_the_hub_apis_stable_name_and_the_proxy_keeps_the_hosts_address():
+    document = {**settings().model_dump(), "hub_dns_zone_id": "Z0123ABC", "hub_dns_name": "hub.ec2hub.internal"}
+    c = apply_settings(Config(), HubSettings.model_validate(document), hub_connect_ip="10.0.0.5")
+    expected = apply_settings(Config(), settings(), hub_connect_ip="10.0.0.5")
+    expected.EC2Spawner.hub_connect_url = "http://hub.ec2hub.internal:8081"
+    assert c == expected
+    assert c.JupyterHub.hub_connect_ip == "10.0.0.5" and "hub_connect_url" not in c.JupyterHub
+
+
+def test_the_server_env_names_the_hub_api_by_its_stable_name():
+    from unittest import mock
+
+    from ec2spawner.spawner import EC2Spawner
+    from jupyterhub.objects import Hub
+
+    document = {**settings().model_dump(), "hub_dns_zone_id": "Z0123ABC", "hub_dns_name": "hub.ec2hub.internal"}
+    c = apply_settings(Config(), HubSettings.model_validate(document), hub_connect_ip="10.0.0.5")
+    spawner = EC2Spawner(config=c, hub=Hub(ip="0.0.0.0", connect_ip="10.0.0.5", port=8081, base_url="/hub/"),
+                         user=mock.Mock(name="user", escaped_name="ada", url="/user/ada/"))
+    spawner.user.name = "ada"
+    env = super(EC2Spawner, spawner).get_env()  # JupyterHub's own: what the spawner's adds to
+    assert env["JUPYTERHUB_API_URL"] == "http://hub.ec2hub.internal:8081/hub/api"
+    assert env["JUPYTERHUB_ACTIVITY_URL"] == "http://hub.ec2hub.internal:8081/hub/api/users/ada/activity"
+
+
+@pytest.mark.parametrize("dns", [{"hub_dns_zone_id": "Z0123ABC"}, {"hub_dns_name": "hub.ec2hub.internal"}])
+def test_the_hub_apis_name_and_its_zone_come_together(dns):
+    with pytest.raises(ValueError, match="hub_dns_zone_id and hub_dns_name go together"):
+        HubSettings.model_validate({**settings().model_dump(), **dns})
+
+
 def test_spend_ledger_and_budgets_reach_the_spawner():
     document = {**settings().model_dump(), "spend_table": "hub1-SpendTable-X",
                 "group_budgets_usd": {"gpu": 500}, "budget_exempt_admins": True}
