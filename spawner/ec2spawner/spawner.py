@@ -1120,10 +1120,9 @@ class EC2Spawner(Spawner):
         unix = req.unix_name(self.user.name)
         key = (self.hub_id, self.efs_id, unix)
         try:
-            cached = self._access_points.get(key)
-            if cached and await self.aws.call("efs", "DescribeAccessPoints", AccessPointId=cached,
-                                              ignore={ErrorKind.NOT_FOUND}):
-                return cached
+            # Access points are never deleted by the platform: one found stays valid.
+            if key in self._access_points:
+                return self._access_points[key]
             found = await self._find_access_point(unix)
             if found is None:
                 self._progress(f"Creating your home directory's access point on {self.efs_id}", 5)
