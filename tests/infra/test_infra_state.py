@@ -147,7 +147,8 @@ def test_hub_role_reads_exactly_its_four_secrets_and_no_other(any_synth):
     role = logical_id_by_description(any_synth, "AWS::IAM::Role", "ec2hub hub host")
     inline = policy_statements(any_synth, role)
     assert [sid for sid, s in inline.items() if any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))] == []
-    (managed,) = any_synth.resources("AWS::IAM::ManagedPolicy").values()
+    (managed,) = [p for p in any_synth.resources("AWS::IAM::ManagedPolicy").values()
+                  if "secrets" in p["Properties"]["Description"]]
     assert managed["Properties"]["Roles"] == [{"Ref": role}]
     (state,) = managed["Properties"]["PolicyDocument"]["Statement"]
     assert state["Sid"] == "ReadHubSecrets"
