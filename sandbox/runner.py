@@ -170,7 +170,7 @@ class Sandbox:
         say(f"VPC bridge up in namespace {self.vpc.netns} ({len(self.vpc.gateways)} subnets); AWS endpoint on port {ENDPOINT_PORT}")
 
         self.dataplane = DataPlane(
-            ec2=ec2, vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
+            ec2=ec2, efs=self.client("efs"), vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
             efs_root=STATE_DIR / "efs", state_root=HOSTS_ROOT,
             console_dir=STATE_DIR / "console",
             # The admin token and every host's console: the sandbox's, no instance's to read.
