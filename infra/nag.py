@@ -172,6 +172,13 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
     }
     for resource, reason in hub_findings.items():
         acknowledge(hub_policy, f"IAM5[{resource}]", reason)
+    acknowledge(
+        stack.hub_homes_policy,
+        f"IAM5[{arn('elasticfilesystem', 'access-point/*')}]",
+        "Each user's home access point gets an id EFS generates: TagResource is allowed only inside "
+        f"CreateAccessPoint (elasticfilesystem:CreateAction) with aws:RequestTag/ec2hub:hub = {hub_id}; "
+        "CreateAccessPoint itself only on the homes' file system, by its ARN.",
+    )
 
     acknowledge(
         stack.hub.instance,

@@ -23,7 +23,7 @@ from .notebooks import NOTEBOOK_PORT, Notebooks
 from .observability import Observability
 from .settings import SettingsParameter, extra_config_files, settings_document
 from .state import DATABASE_PORT, HubState
-from .storage import Storage, file_system_statements
+from .storage import Storage, access_point_statements, file_system_statements
 
 
 class Ec2HubStack(Stack):
@@ -134,9 +134,21 @@ class Ec2HubStack(Stack):
                 peer, f"NFS from {who}"
             )
 
-        # --- who may mount the homes -----------------------------------------------------------
+        # --- who may mount the homes, and the hub making each user's access point ---------------
         for statement in file_system_statements(notebook_role=self.notebooks.role):
             self.storage.file_system.add_to_resource_policy(statement)
+        # A managed policy of its own, as the secrets' below: the role's inline policy is near
+        # IAM's 10,240-character limit with many classes.
+        self.hub_homes_policy = iam.ManagedPolicy(
+            self,
+            "HubHomesPolicy",
+            description="ec2hub hub host: make and find its users' home access points on EFS",
+            roles=[self.hub.role],
+            statements=access_point_statements(
+                scope=self, hub_id=config.hub_id,
+                file_system_arn=self.storage.file_system.file_system_arn,
+            ),
+        )
 
         # --- the hub role ----------------------------------------------------------------------
         notebook_subnets = vpc.select_subnets(subnet_group_name=PRIVATE_SUBNETS).subnets

@@ -31,13 +31,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .host import IsolatedHost, bake_ami
+from .host import EfsAccessPoint, IsolatedHost, bake_ami
 from .imds import ImdsData
 from .netns import Vpc
 
 log = logging.getLogger(__name__)
 
 EFS_TAG = "ec2hub:efs"
+ACCESS_POINT_TAG = "ec2hub:efs-access-point"
 
 
 def subnet_gateways(ec2, vpc_id: str) -> list[str]:
@@ -101,6 +102,7 @@ class DataPlane:
         ec2,
         vpc: Vpc,
         region: str,
+        efs=None,
         endpoint_port: int,
         efs_root: Path,
         state_root: Path,
@@ -108,6 +110,7 @@ class DataPlane:
         hidden_paths: tuple[Path, ...] = (),
     ) -> None:
         self.ec2 = ec2
+        self.efs = efs  # the same emulator's EFS, for the access points instances mount; None: no EFS
         self.vpc = vpc
         self.region = region
         self.endpoint_port = endpoint_port  # the AWS emulator's port at every subnet gateway
@@ -191,11 +194,6 @@ class DataPlane:
 
     def boot(self, instance_id: str) -> IsolatedHost:
         facts = InstanceFacts.describe(self.ec2, instance_id)
-        efs_id = facts.tags.get(EFS_TAG)
-        efs_dir = None
-        if efs_id:
-            efs_dir = self.efs_root / efs_id
-            efs_dir.mkdir(parents=True, exist_ok=True)
         gateway = self.vpc.gateway_for(facts.private_ip)
         host = IsolatedHost(
             instance_id,
@@ -210,7 +208,7 @@ class DataPlane:
                 instance_type=facts.instance_type,
             ),
             state_root=self.state_root,
-            efs_dir=efs_dir,
+            access_points=self.access_points(facts.tags),
             hidden_paths=self.hidden_paths,
             root_setup=bake_ami(aws_endpoint=f"http://{gateway.ip}:{self.endpoint_port}", region=self.region),
             gpus=facts.gpus,
@@ -219,6 +217,22 @@ class DataPlane:
         log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
         host.start(user_data=facts.user_data or None)  # none: IMDS answers 404, cloud-init runs nothing
         return host
+
+    def access_points(self, tags: dict[str, str]) -> list[EfsAccessPoint]:
+        """The EFS access point the instance's tags name, as EFS would serve it: only its root
+        directory, under the file system's directory (``efs_root/<fs id>``). One the emulator does
+        not know gives the instance nothing (its mount fails, as on EFS)."""
+        efs_id, ap = tags.get(EFS_TAG), tags.get(ACCESS_POINT_TAG)
+        if not efs_id or not ap or self.efs is None:
+            return []
+        try:
+            [described] = self.efs.describe_access_points(AccessPointId=ap)["AccessPoints"]
+        except Exception as error:  # noqa: BLE001 (a wrong id, as the instance's mount will say)
+            log.warning("data plane: EFS access point %s: %s", ap, error)
+            return []
+        if described["FileSystemId"] != efs_id:
+            return []
+        return [EfsAccessPoint.make(self.efs_root / efs_id, described)]
 
     def _watch_power(self, iid: str, host: IsolatedHost) -> None:
         """When this boot of ``host`` powers off by itself, tell EC2, as its OS halting would."""

@@ -11,6 +11,8 @@ classes of the process that runs the server (so use it in-process through
 * ``InsufficientInstanceCapacity`` for chosen (availability zone, instance type) pairs;
 * ``RequestLimitExceeded`` on RunInstances from a token bucket shaped like EC2's (5 burst, 2/s);
 * ``ClientToken`` idempotency: a repeated token returns the first call's reservation;
+* EFS access points as EFS answers: ``FileSystemNotFound`` for a file system that does not
+  exist, ``AccessPointAlreadyExists`` for a ``ClientToken`` that made one already;
 * terminating an instance behind the hub's back, and spot interruption (terminated with
   StateReason ``Server.SpotInstanceTermination``);
 * state-change events (``running``, ``stopped``, ``terminated``) to in-process listeners and over
@@ -658,6 +660,7 @@ def _install_patches() -> None:
         kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
         return [{"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()]
 
+    _patch_efs()
     InstanceBackend.run_instances = patched_run_instances
     InstanceResponse.describe_instances = patched_describe_instances
     TaggedEC2Resource.get_tags = tags_of
@@ -666,6 +669,38 @@ def _install_patches() -> None:
     # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
     InstanceBackend.all_reservations = patched_all_reservations
     _PATCHED = True
+
+
+def _patch_efs() -> None:
+    """EFS access points as EFS answers (EFS API reference, CreateAccessPoint, DescribeAccessPoints):
+    a file system that does not exist is ``FileSystemNotFound`` (moto makes an access point on
+    any id), and a ``ClientToken`` that made an access point already is ``AccessPointAlreadyExists``
+    (moto makes a second one)."""
+    from moto.efs.exceptions import EFSError, FileSystemNotFound
+    from moto.efs.models import EFSBackend
+
+    class AccessPointAlreadyExists(EFSError):
+        code = 409
+
+        def __init__(self, token: str):
+            super().__init__("AccessPointAlreadyExists", f"An access point with the client token {token} already exists.")
+
+    create, describe = EFSBackend.create_access_point, EFSBackend.describe_access_points
+
+    def patched_create(self, client_token, tags, file_system_id, posix_user, root_directory):
+        if _ACTIVE is not None:
+            if file_system_id not in self.file_systems_by_id:
+                raise FileSystemNotFound(file_system_id)
+            if any(ap.client_token == client_token for ap in self.access_points.values()):
+                raise AccessPointAlreadyExists(client_token)
+        return create(self, client_token, tags, file_system_id, posix_user, root_directory)
+
+    def patched_describe(self, access_point_id, file_system_id):
+        if _ACTIVE is not None and file_system_id and file_system_id not in self.file_systems_by_id:
+            raise FileSystemNotFound(file_system_id)
+        return describe(self, access_point_id, file_system_id)
+
+    EFSBackend.create_access_point, EFSBackend.describe_access_points = patched_create, patched_describe
 
 
 def _action(environ: dict, body: bytes) -> str:

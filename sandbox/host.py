@@ -41,7 +41,7 @@ Usage for many instances on one bridge (what the sandbox's EC2 data plane does):
                      connect=("127.0.0.1", moto_port)).start()      # the AWS "VPC endpoint"
     host = IsolatedHost("i-0abc", vpc=vpc, ip="10.0.1.17",
                         imds=ImdsData(instance_id="i-0abc", region="us-east-1", tags={...}),
-                        efs_dir="/var/tmp/sandbox-efs",          # bound at /mnt/efs
+                        access_points=[EfsAccessPoint.make(efs_dir, described)],  # its user's home
                         hidden_paths=[".sandbox"],                # machine dirs it must not see
                         root_setup=bake_ami(aws_endpoint="http://10.0.1.1:4566", region="us-east-1"))
     host.start(user_data=b"#!/bin/bash\\n...")
@@ -61,7 +61,8 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -317,6 +318,66 @@ def gpu_device_nodes(count: int) -> list[tuple[str, int, int]]:
     return [*((f"nvidia{i}", 195, i) for i in range(count)), ("nvidiactl", 195, 255), ("nvidia-modeset", 195, 254)]
 
 
+# EFS as an instance sees it: its access points' directories only, bound here, one per access
+# point, and a mount helper that mounts them as amazon-efs-utils' does (``mount -t efs -o
+# tls,iam,accesspoint=<id> <fs>:/ <dir>``).
+EFS_ACCESS_POINTS_DIR = "/var/lib/ec2hub-sandbox-efs"
+MOUNT_EFS = f"""#!/bin/bash
+# ec2hub sandbox: EFS's mount helper (amazon-efs-utils) played. What the file system policy
+# allows (infra/storage.py): TLS, IAM and an access point, else "access denied"; through an access
+# point, only its root directory (the sandbox binds it at {EFS_ACCESS_POINTS_DIR}/<fs>/<access point>).
+set -euo pipefail
+source=$1 target=$2 opts=""
+shift 2
+while [[ $# -gt 0 ]]; do
+  if [[ $1 == -o ]]; then opts=$2; shift; fi
+  shift
+done
+declare -A has=()
+ap=""
+IFS=, read -ra options <<<"$opts"
+for o in "${{options[@]}}"; do
+  case $o in accesspoint=*) ap=${{o#accesspoint=}} ;; *) has[$o]=1 ;; esac
+done
+if [[ -z ${{has[tls]:-}} || -z ${{has[iam]:-}} || -z $ap ]]; then
+  echo "mount.efs: $source: access denied by the file system policy (tls, iam and an access point are required)" >&2
+  exit 32
+fi
+dir={EFS_ACCESS_POINTS_DIR}/${{source%%:*}}/$ap
+[[ -d $dir ]] || {{ echo "mount.efs: $source: access point $ap not found" >&2; exit 32; }}
+exec mount --bind "$dir" "$target"
+"""
+
+
+@dataclass(frozen=True)
+class EfsAccessPoint:
+    """One EFS access point in the sandbox: a directory of the machine that stands for its root.
+
+    :meth:`make` creates the root directory as EFS does at the first mount through the access
+    point (``RootDirectory.CreationInfo``: owner uid/gid and permissions) when it does not exist.
+    A host is given only its own access points' roots: nothing else of the file system is in it.
+    Not reproduced: EFS runs every request through the access point as its ``PosixUser``; a bind
+    mount keeps the client's own uid (root on the instance stays root on the directory).
+    """
+
+    file_system_id: str
+    access_point_id: str
+    root: Path
+
+    @classmethod
+    def make(cls, efs_dir: Path, description: Mapping) -> EfsAccessPoint:
+        """From a DescribeAccessPoints item, with the file system's contents under ``efs_dir``."""
+        directory = description.get("RootDirectory") or {"Path": "/"}
+        root = Path(efs_dir) / directory["Path"].lstrip("/")
+        info = directory.get("CreationInfo")
+        if not root.is_dir() and info:
+            root.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            root.mkdir(mode=0o700)
+            os.chown(root, int(info["OwnerUid"]), int(info["OwnerGid"]))
+            os.chmod(root, int(info["Permissions"], 8))
+        return cls(description["FileSystemId"], description["AccessPointId"], root)
+
+
 class IsolatedHost:
     """One simulated instance; see the module docstring."""
 
@@ -330,7 +391,7 @@ class IsolatedHost:
         prefix_len: int | None = None,
         gateway: str | None = None,
         state_root: str | Path = DEFAULT_STATE_ROOT,
-        efs_dir: str | Path | None = None,
+        access_points: Sequence[EfsAccessPoint] = (),
         root_setup: Callable[[Path], None] | None = None,
         hidden_paths: Sequence[str | Path] = (),
         gpus: int = 0,
@@ -351,7 +412,7 @@ class IsolatedHost:
         self.netns = f"{vpc.name}-{name}"  # a sandbox's namespaces share its VPC's name as prefix
         self.state_root = Path(state_root)
         self.state_dir = self.state_root / name
-        self.efs_dir = Path(efs_dir) if efs_dir else None
+        self.access_points = list(access_points)
         self.root_setup = root_setup
         # Machine directories the instance must not see (the state root always is): e.g. the
         # sandbox's own state with its admin token.
@@ -484,8 +545,8 @@ class IsolatedHost:
             f"--tmpfs={self.state_root}:mode=0700",
         ]
         args += [f"--tmpfs={p}:mode=0700" for p in self.hidden_paths if Path(p).is_dir()]
-        if self.efs_dir:
-            args.append(f"--bind={self.efs_dir}:/mnt/efs")
+        for ap in self.access_points:
+            args.append(f"--bind={_escape(ap.root)}:{EFS_ACCESS_POINTS_DIR}/{ap.file_system_id}/{ap.access_point_id}")
         if hasattr(self.root_setup, "nspawn_args"):  # a baked AMI's read-only mounts
             args += self.root_setup.nspawn_args(self.state_dir)
         return args
@@ -512,6 +573,9 @@ class IsolatedHost:
             if not mask.is_symlink():
                 mask.unlink(missing_ok=True)
                 mask.symlink_to("/dev/null")
+        mount_efs = upper_path(self.upper, "/usr/sbin/mount.efs")  # the image's amazon-efs-utils
+        mount_efs.write_text(MOUNT_EFS, encoding="utf-8")
+        mount_efs.chmod(0o755)
         tmpfiles = upper_path(self.upper, "/etc/tmpfiles.d/ec2hub-sandbox-gpu.conf")
         nodes = gpu_device_nodes(self.gpus)
         if nodes:

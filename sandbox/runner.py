@@ -177,7 +177,7 @@ class Sandbox:
         say(f"VPC DNS follows the stack's Route 53 hosted zone{'s' if len(zones) != 1 else ''} {', '.join(zones) or '(none)'}")
 
         self.dataplane = DataPlane(
-            ec2=ec2, vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
+            ec2=ec2, efs=self.client("efs"), vpc=self.vpc, region=REGION, endpoint_port=ENDPOINT_PORT,
             efs_root=STATE_DIR / "efs", state_root=HOSTS_ROOT,
             console_dir=STATE_DIR / "console",
             # The admin token and every host's console: the sandbox's, no instance's to read.

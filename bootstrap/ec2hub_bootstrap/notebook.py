@@ -3,7 +3,7 @@
 Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.notebook <command>`` (PYTHONPATH
 /opt/ec2hub/bootstrap), as root:
 
-``boot``      once per instance, from the user data (user-data.sh): EFS, unix user, home, the units;
+``boot``      once per instance, from the user data (user-data.sh): EFS home, unix user, the units;
               then, with systemd as PID 1, (re)start the server's unit; without it (a container,
               the local sandbox) ``gpu`` and ``prestart`` here, then the server in the foreground.
 ``prestart``  on every start of the server (the unit's ExecStartPre=+): this server's secret from
@@ -18,6 +18,7 @@ none reaches a shell.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -36,7 +37,6 @@ from .logship import ensure_log_shipping
 
 ETC = "/etc/ec2hub"
 ENV_FILE = ETC + "/singleuser.env"
-EFS_MOUNT = "/mnt/efs"
 UNIT_NAME = "ec2hub-singleuser.service"
 GPU_UNIT_NAME = "ec2hub-nvidia.service"
 ACTIVITY_UNIT_NAME = "ec2hub-activity.service"  # the activity agent and backstop (activity.py)
@@ -87,73 +87,77 @@ def unix_name(hub_user: str) -> str:
 
 
 # --- first boot -----------------------------------------------------------------------------------
-def ensure_user(name: str) -> pwd.struct_passwd:
+def ensure_user(name: str, home: str) -> pwd.struct_passwd:
     try:
         entry = pwd.getpwnam(name)
         log("user", f"{name} exists (uid {entry.pw_uid})")
         return entry
     except KeyError:
         pass
-    argv = ["useradd", "--user-group", "--shell", "/bin/bash", "--home-dir", "/home/" + name, "--no-create-home"]
-    uid = stable_uid(name)
-    if uid is not None:
-        argv += ["--uid", str(uid)]
+    argv = ["useradd", "--shell", "/bin/bash", "--home-dir", home, "--no-create-home"]
+    ids = stable_ids(name, home)
+    if ids is None:
+        argv.append("--user-group")
+    else:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            run("user", ["groupadd", "--gid", str(ids[1]), name])
+        argv += ["--uid", str(ids[0]), "--gid", name]
     run("user", [*argv, name])
     entry = pwd.getpwnam(name)
     log("user", f"created {name} (uid {entry.pw_uid})")
     return entry
 
 
-def stable_uid(name: str) -> int | None:
-    """The uid that owns this user's EFS home already, else one derived from the name.
-
-    The same hub user gets the same uid on every instance, so files on EFS stay theirs.
-    """
-    home = f"{EFS_MOUNT}/home/{name}"
+def stable_ids(name: str, home: str) -> tuple[int, int] | None:
+    """(uid, gid) of the home's owner when it is on EFS (its access point made it with the ids
+    EFS enforces), else derived from the name; None if taken here (useradd then chooses)."""
     try:
-        uid = os.stat(home).st_uid
-    except FileNotFoundError:
-        uid = 200000 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 800000
-    if uid < 1000:
+        st = os.stat(home) if os.path.ismount(home) else None
+    except OSError:
+        st = None
+    uid = 200000 + int(hashlib.sha256(name.encode()).hexdigest(), 16) % 800000
+    ids = (st.st_uid, st.st_gid) if st else (uid, uid)
+    if min(ids) < 1000:
         return None
     try:
-        pwd.getpwuid(uid)
-        return None  # taken on this instance: let useradd choose
+        pwd.getpwuid(ids[0])
+        return None
     except KeyError:
-        return uid
+        return ids
 
 
-def ensure_efs(efs_id: str | None, region: str) -> bool:
+def ensure_efs(tags: dict[str, str], home: str) -> bool:
+    """The user's home: EFS through the user's access point (tag ec2hub:efs-access-point), which
+    EFS confines to /home/<unix name> and enters as the user's uid, mounted on ``home``."""
+    efs_id, ap = tags.get("ec2hub:efs"), tags.get("ec2hub:efs-access-point", "")
     if not efs_id:
         log("efs", "no ec2hub:efs tag: the home directory is on this instance's disk and is lost when it terminates")
         return False
     if not re.fullmatch(r"fs-[0-9a-f]{8,40}", efs_id):
         die("efs", f"tag ec2hub:efs {shown(efs_id)} is not an EFS file system id (fs-...)")
-    if os.path.ismount(EFS_MOUNT):
-        log("efs", f"{EFS_MOUNT} is already mounted")
+    if not re.fullmatch(r"fsap-[0-9a-f]{8,40}", ap):
+        die("efs", f"tag ec2hub:efs-access-point {shown(ap)} is not an access point id (fsap-...): "
+            "the file system admits notebooks only through their user's access point, made by the spawner")
+    if os.path.ismount(home):
+        log("efs", f"{home} is already mounted")
         return True
-    os.makedirs(EFS_MOUNT, exist_ok=True)
-    if not shutil.which("mount.efs") and not shutil.which("mount.nfs4"):
+    os.makedirs(home, mode=0o755, exist_ok=True)
+    if not shutil.which("mount.efs"):
         install_efs_client()
-    if shutil.which("mount.efs"):  # amazon-efs-utils: TLS in transit, IAM auth
-        source, fstype, options = f"{efs_id}:/", "efs", "tls,iam"
-        how = "amazon-efs-utils, TLS"
-    else:
-        # The NFS options AWS recommends for EFS (docs: "Mounting EFS file systems using NFS").
-        source, fstype = f"{efs_id}.efs.{region}.amazonaws.com:/", "nfs4"
-        options = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport"
-        how = "nfs4 without TLS: install amazon-efs-utils for TLS"
-    run("efs", ["mount", "-t", fstype, "-o", options, source, EFS_MOUNT])
+    options = f"tls,iam,accesspoint={ap}"
+    run("efs", ["mount", "-t", "efs", "-o", options, f"{efs_id}:/", home])
     # With systemd, a rebooted instance mounts it again before the server starts (user data runs
     # only once per instance there).
-    ensure_fstab_line(f"{source} {EFS_MOUNT} {fstype} _netdev,{options} 0 0")
-    log("efs", f"mounted {source} at {EFS_MOUNT} ({how})")
+    ensure_fstab_line(f"{efs_id}:/ {home} efs _netdev,{options} 0 0")
+    log("efs", f"mounted {efs_id} through {ap} at {home} (TLS, IAM)")
     return True
 
 
 def install_efs_client() -> None:
     """The EFS client, by the image steps' own script (notebook/install.sh: one list of packages)."""
-    log("efs", "no mount.efs or mount.nfs4 on this AMI: installing the EFS client")
+    log("efs", "no mount.efs on this AMI: installing the EFS client")
     run("efs", ["/bin/bash", str(SOURCES / "install.sh"), "efs-client"])
 
 
@@ -173,16 +177,7 @@ def ensure_fstab_line(line: str) -> None:
 def ensure_home(user: pwd.struct_passwd, on_efs: bool) -> str:
     home = user.pw_dir
     if on_efs:
-        source = f"{EFS_MOUNT}/home/{user.pw_name}"
-        os.makedirs(f"{EFS_MOUNT}/home", mode=0o755, exist_ok=True)
-        created = ensure_dir(source, user)
-        ensure_dir(home, None)
-        if os.path.ismount(home):
-            log("home", f"{home} is bound to {source}")
-        else:
-            run("home", ["mount", "--bind", source, home])
-            ensure_fstab_line(f"{source} {home} none bind,x-systemd.requires-mounts-for={EFS_MOUNT} 0 0")
-            log("home", f"bound {source} ({'new' if created else 'kept'}) on {home}")
+        log("home", f"{home}: EFS, owned by uid {os.stat(home).st_uid}")
     else:
         created = ensure_dir(home, user)
         log("home", f"{home} ({'created' if created else 'exists'}, local disk)")
@@ -285,8 +280,8 @@ def boot() -> None:
     log("tags", f"hub {shown(tags.get('ec2hub:hub', ''))} user {shown(tags['ec2hub:user'])} "
         f"server {shown(tags.get('ec2hub:server', ''))} class {shown(tags.get('ec2hub:class', ''))} "
         f"-> unix user {name}")
-    on_efs = ensure_efs(tags.get("ec2hub:efs"), region)
-    user = ensure_user(name)
+    on_efs = ensure_efs(tags, "/home/" + name)
+    user = ensure_user(name, "/home/" + name)
     home = ensure_home(user, on_efs)
     if systemd_is_pid1():
         ensure_log_shipping(console, "notebook", tags.get("ec2hub:hub", ""))  # before the server starts

@@ -18,10 +18,10 @@
 # Outputs:
 #   /opt/ec2hub/venv                       jupyterhub-singleuser, JupyterLab, boto3 and the extras
 #   /opt/ec2hub/venv/ec2hub-requirements.txt   what was asked for, one requirement a line
-#   mount.efs or mount.nfs4                the EFS client (amazon-efs-utils, else nfs-common)
+#   mount.efs                              the EFS mount helper (amazon-efs-utils)
 #
 # OS assumptions: as user-data.sh (Amazon Linux 2023 with dnf, or Debian/Ubuntu with apt-get, when
-# Python or the EFS client must be installed). Runs as root; safe to run again.
+# Python must be installed; the EFS client only with dnf). Runs as root; safe to run again.
 set -euo pipefail
 umask 022
 
@@ -37,18 +37,14 @@ readonly MANIFEST=ec2hub-requirements.txt
 source "$(dirname "${BASH_SOURCE[0]}")/../common/venv.sh"
 
 # The EFS client, so the first boot mounts the homes without reaching a package repository.
+# Only the mount helper mounts through an access point, with TLS and IAM (the file system policy).
 ensure_efs_client() {
-  if command -v mount.efs >/dev/null 2>&1 || command -v mount.nfs4 >/dev/null 2>&1; then
-    log efs-client "present ($(command -v mount.efs || command -v mount.nfs4))"
+  if command -v mount.efs >/dev/null 2>&1; then
+    log efs-client "present ($(command -v mount.efs))"
     return
   fi
-  if command -v dnf >/dev/null 2>&1; then
-    dnf install -y -q amazon-efs-utils
-  elif command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nfs-common
-  else
-    die efs-client "no mount.efs or mount.nfs4 and no package manager: use an AMI with amazon-efs-utils"
-  fi
+  command -v dnf >/dev/null 2>&1 || die efs-client "no mount.efs and no dnf: use an AMI with amazon-efs-utils"
+  dnf install -y -q amazon-efs-utils
   log efs-client "installed"
 }
 

@@ -17,6 +17,7 @@
 #     ec2hub:class          instance class slug, logged only
 #     ec2hub:secret-prefix  SSM prefix; this server's env is the SecureString <prefix><instance-id>
 #     ec2hub:efs            EFS file system id; absent = home on the instance's own disk
+#     ec2hub:efs-access-point  the user's access point on it (made by the spawner)
 #   SSM SecureString <prefix><instance-id>   JSON object of environment variables for
 #                                     jupyterhub-singleuser (JUPYTERHUB_API_TOKEN, ...), written by
 #                                     the spawner just after launch and again before a resume, so
@@ -26,7 +27,7 @@
 #
 # Outputs:
 #   unix user jupyter-<slug>          derived from ec2hub:user (bootstrap/ec2hub_bootstrap/notebook.py unix_name)
-#   /mnt/efs, /home/<unix-name>       EFS mounted, home = /mnt/efs/home/<unix-name> bound on it
+#   /home/<unix-name>                 EFS through the access point (tls,iam; its root is the home)
 #                                     (with systemd also in /etc/fstab, for reboots)
 #   /opt/ec2hub/venv, EFS client      install.sh, the image steps: kept when the AMI has them (a
 #                                     baked class), installed otherwise

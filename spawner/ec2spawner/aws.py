@@ -78,14 +78,18 @@ _KINDS = {
         "VcpuLimitExceeded",
         "MaxSpotInstanceCountExceeded",
         "ParameterLimitExceeded",
+        "AccessPointLimitExceeded",
     },
     ErrorKind.NOT_FOUND: {
         "InvalidInstanceID.NotFound",
         "ParameterNotFound",
         "InvalidLaunchTemplateId.NotFound",
         "InvalidLaunchTemplateName.NotFoundException",
+        "FileSystemNotFound",
+        "AccessPointNotFound",
     },
-    ErrorKind.ALREADY_EXISTS: {"ParameterAlreadyExists"},
+    # EFS: a CreateAccessPoint whose ClientToken made one already.
+    ErrorKind.ALREADY_EXISTS: {"ParameterAlreadyExists", "AccessPointAlreadyExists"},
     ErrorKind.UNAUTHORIZED: {
         "UnauthorizedOperation",
         "AccessDenied",
@@ -102,6 +106,8 @@ _KINDS = {
         "InvalidLaunchTemplateId.Malformed",
         "InvalidSubnetID.NotFound",
         "ValidationException",
+        "BadRequest",  # EFS's
+        "IncorrectFileSystemLifeCycleState",
     },
 }
 _KIND_OF = {code: kind for kind, codes in _KINDS.items() for code in codes}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 TAG_HUB = "ec2hub:hub"
@@ -17,6 +18,11 @@ TAG_SERVER = "ec2hub:server"
 TAG_CLASS = "ec2hub:class"
 TAG_SECRET_PREFIX = "ec2hub:secret-prefix"
 TAG_EFS = "ec2hub:efs"
+# The user's EFS access point (the instance mounts its home through it), and on the access point
+# the unix user whose home it is (EFS tag values allow only letters, digits, spaces and _.:/=+-@,
+# which a JupyterHub name need not keep to; the unix name always does).
+TAG_ACCESS_POINT = "ec2hub:efs-access-point"
+TAG_UNIX_USER = "ec2hub:unix-user"
 TAG_INSTANCE_ARN = "ec2hub:instance-arn"
 # EC2 itself tags every instance launched from a template with the version it used
 # (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/create-launch-template.html).
@@ -51,6 +57,7 @@ def instance_tags(
     class_slug: str,
     secret_prefix: str,
     efs_id: str | None,
+    access_point_id: str | None = None,
 ) -> list[dict[str, str]]:
     """Every tag of a notebook instance (docs/ARCHITECTURE.md §3), in a stable order."""
     tags = {
@@ -62,8 +69,80 @@ def instance_tags(
     }
     if efs_id:
         tags[TAG_EFS] = efs_id
+    if access_point_id:
+        tags[TAG_ACCESS_POINT] = access_point_id
     tags["Name"] = instance_name(hub_id, user, server)
     return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+# -- the user's home: one EFS access point per unix user (docs/ARCHITECTURE.md §3, §8) ----------
+UNIX_PREFIX = "jupyter-"
+UNIX_MAX = 32
+
+
+def unix_name(hub_user: str) -> str:
+    """The unix user name the notebook bootstrap gives a JupyterHub user.
+
+    A copy of ``ec2hub_bootstrap.notebook.unix_name`` (the instance cannot import this package,
+    nor the hub the instance's); tests/spawner/test_spawner_payloads.py holds the two equal.
+    """
+    room = UNIX_MAX - len(UNIX_PREFIX)
+    if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", hub_user) and len(hub_user) <= room:
+        return UNIX_PREFIX + hub_user
+    digest = hashlib.sha256(hub_user.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stripped = re.sub(r"[^a-z0-9]+", "-", hub_user.lower()).strip("-")
+    stripped = stripped[: room - 3 - len(digest)].strip("-") or "x"
+    return f"{UNIX_PREFIX}{stripped}---{digest}"
+
+
+def home_uid(unix: str) -> int:
+    """The uid (and gid) of a unix user's home on EFS: derived from the name, 200000..999999.
+
+    The access point enforces it (PosixUser) and creates the home with it (CreationInfo); the
+    bootstrap takes it from the mounted home's owner, so the instance's user is the same uid. Two
+    names may share a uid: harmless, each access point reaches only its own directory.
+    """
+    return 200000 + int(hashlib.sha256(unix.encode()).hexdigest(), 16) % 800000
+
+
+def access_point_filter(file_system_id: str) -> dict:
+    """DescribeAccessPoints of the homes' file system (paged with NextToken by the caller)."""
+    return {"FileSystemId": file_system_id, "MaxResults": 1000}
+
+
+def access_point_owner(access_point: Mapping, hub_id: str) -> str | None:
+    """The unix user whose home ``access_point`` (a DescribeAccessPoints item) is, if this hub's."""
+    tags = {t["Key"]: t["Value"] for t in access_point.get("Tags", [])}
+    if tags.get(TAG_HUB) != hub_id or access_point.get("LifeCycleState", "available") != "available":
+        return None
+    return tags.get(TAG_UNIX_USER)
+
+
+def access_point_params(*, hub_id: str, file_system_id: str, unix: str) -> dict:
+    """CreateAccessPoint for one user's home: ``/home/<unix>``, owned by and only as its uid.
+
+    EFS runs every NFS request through the access point as ``PosixUser`` (whoever the client
+    claims to be, root included) and confines it to ``RootDirectory``, which it creates with
+    ``CreationInfo`` at the first mount (EFS user guide, "Working with access points"). The
+    ``ClientToken`` is derived from the home, so a retried call cannot make a second one (EFS
+    answers ``AccessPointAlreadyExists`` instead).
+    """
+    uid = home_uid(unix)
+    material = f"{hub_id}\0{file_system_id}\0{unix}"
+    return {
+        "ClientToken": "ec2hub-" + hashlib.sha256(material.encode()).hexdigest()[:57],
+        "FileSystemId": file_system_id,
+        "PosixUser": {"Uid": uid, "Gid": uid},
+        "RootDirectory": {
+            "Path": f"/home/{unix}",
+            "CreationInfo": {"OwnerUid": uid, "OwnerGid": uid, "Permissions": "0700"},
+        },
+        "Tags": [
+            {"Key": TAG_HUB, "Value": hub_id},
+            {"Key": TAG_UNIX_USER, "Value": unix},
+            {"Key": "Name", "Value": f"ec2hub-{hub_id}-{unix}"[:MAX_TAG_VALUE]},
+        ],
+    }
 
 
 def client_token(

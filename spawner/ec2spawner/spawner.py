@@ -147,7 +147,10 @@ class EC2Spawner(Spawner):
     ).tag(config=True)
 
     efs_id = Unicode(
-        None, allow_none=True, help="""EFS file system id for homes (tag ``ec2hub:efs``); None: no EFS."""
+        None, allow_none=True, help="""EFS file system id for homes (tag ``ec2hub:efs``); None: no EFS.
+
+        Each user's home is reached only through that user's access point on it, which the
+        spawner makes before the first launch (tag ``ec2hub:efs-access-point``)."""
     ).tag(config=True)
 
     notebook_port = Integer(8888, help="""Port jupyterhub-singleuser listens on, on the instance.""").tag(
@@ -1101,6 +1104,60 @@ class EC2Spawner(Spawner):
         )
         return str(answer["LaunchTemplates"][0]["DefaultVersionNumber"])
 
+    # (hub id, file system id, unix user) -> access point id, for every spawner of the process.
+    _access_points: ClassVar[dict[tuple[str, str, str], str]] = {}
+
+    async def home_access_point(self) -> str | None:
+        """The id of this user's EFS access point, made if it does not exist yet; None without EFS.
+
+        Found by its tags (``ec2hub:hub``, ``ec2hub:unix-user``) among the file system's access
+        points, else created (:func:`payloads.access_point_params`): the home ``/home/<unix
+        name>``, entered only as the user's uid. Called before RunInstances, so a file system that
+        is gone or refuses is a SpawnException with nothing launched.
+        """
+        if not self.efs_id:
+            return None
+        unix = req.unix_name(self.user.name)
+        key = (self.hub_id, self.efs_id, unix)
+        try:
+            # Access points are never deleted by the platform: one found stays valid.
+            if key in self._access_points:
+                return self._access_points[key]
+            found = await self._find_access_point(unix)
+            if found is None:
+                self._progress(f"Creating your home directory's access point on {self.efs_id}", 5)
+                made = await self.aws.call(
+                    "efs", "CreateAccessPoint", ignore={ErrorKind.ALREADY_EXISTS},
+                    **req.access_point_params(hub_id=self.hub_id, file_system_id=self.efs_id, unix=unix))
+                # Already made by this token (a retried call, or another hub process): find it.
+                found = made["AccessPointId"] if made else await self._find_access_point(unix)
+                self.log.info("%s: EFS access point %s for %s on %s", self._log_name, found, unix, self.efs_id)
+        except AwsError as error:
+            raise SpawnException(
+                f"Your home directory cannot be reached: the file system {self.efs_id} refused "
+                f"({error.code}). An administrator must check the hub's EFS (efs_id).",
+                reason="home", status_code=503,
+                log_message=f"{self._log_name}: EFS {self.efs_id}: {error}",
+            ) from None
+        if found is None:
+            raise SpawnException(
+                f"Your home directory cannot be reached: no access point for it on {self.efs_id}.",
+                reason="home", status_code=503)
+        self._access_points[key] = found
+        return found
+
+    async def _find_access_point(self, unix: str) -> str | None:
+        token = None
+        while True:
+            page = await self.aws.call("efs", "DescribeAccessPoints", **req.access_point_filter(self.efs_id),
+                                       **({"NextToken": token} if token else {}))
+            for item in page.get("AccessPoints", []):
+                if req.access_point_owner(item, self.hub_id) == unix:
+                    return item["AccessPointId"]
+            token = page.get("NextToken")
+            if not token:
+                return None
+
     async def _launch(self, cls: ClassSettings, watcher: InstanceWatcher) -> float:
         """RunInstances, trying every AZ for each type in turn; write the secret; return when."""
         tags = req.instance_tags(
@@ -1110,6 +1167,7 @@ class EC2Spawner(Spawner):
             class_slug=cls.slug,
             secret_prefix=self.secret_prefix,
             efs_id=self.efs_id,
+            access_point_id=await self.home_access_point(),
         )
         plan = req.launch_plan(cls.instance_types, req.ordered_subnets(self.subnets, watcher.load_by_az()))
         deadline = time.monotonic() + self.start_timeout

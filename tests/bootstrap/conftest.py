@@ -6,8 +6,10 @@ these tests never clean up, or trip over, another sandbox on the machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -18,12 +20,14 @@ from pathlib import Path
 import boto3
 import pytest
 import waiting
+from ec2spawner.payloads import access_point_params, unix_name
 from waiting import free_port
 
 from infra.userdata import assemble_user_data
 from sandbox.host import (
     CGROUP_HIERARCHIES,
     NSPAWN_PROPAGATE,
+    EfsAccessPoint,
     IsolatedHost,
     bake_ami,
     cleanup_leftovers,
@@ -152,22 +156,37 @@ def network(aws):
 
 
 @pytest.fixture
-def make_host(network, tmp_path, request):
-    """Factory for isolated hosts baked like ec2hub's AMI; all terminated after the test."""
+def efs_dir(tmp_path) -> Path:
+    """The homes' file system of the test, as a machine directory (hosts see only their access points')."""
+    path = tmp_path / "efs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def home_access_point(efs_dir: Path, tags: dict[str, str]) -> EfsAccessPoint:
+    """The access point the spawner makes for the tags' user (ec2spawner.payloads), in ``efs_dir``."""
+    params = access_point_params(hub_id=tags["ec2hub:hub"], file_system_id=tags["ec2hub:efs"],
+                                 unix=unix_name(tags["ec2hub:user"]))
+    return EfsAccessPoint.make(efs_dir, {**params, "AccessPointId": tags["ec2hub:efs-access-point"]})
+
+
+@pytest.fixture
+def make_host(network, efs_dir, request):
+    """Factory for isolated hosts baked like ec2hub's AMI; all terminated after the test. With
+    ``efs``, the host gets the access point its tags name (the user's home on ``efs_dir``)."""
     hosts: list[IsolatedHost] = []
 
     def make(instance_id: str, ip: str, tags: dict[str, str], *, efs: bool = True, role="ec2hub-notebook", **kwargs):
-        efs_dir = None
-        if efs:
-            efs_dir = tmp_path / f"efs-{instance_id}"
-            efs_dir.mkdir(exist_ok=True)
+        wants_efs = efs and re.fullmatch(r"fs-[0-9a-f]{8,40}", tags.get("ec2hub:efs", "")) and (
+            "ec2hub:efs-access-point" in tags)
+        access_points = [home_access_point(efs_dir, tags)] if wants_efs else []
         host = IsolatedHost(
             instance_id,
             vpc=network.vpc,
             ip=ip,
             imds=ImdsData(instance_id=instance_id, region=REGION, tags=tags, role=role),
             state_root=STATE_ROOT,
-            efs_dir=efs_dir,
+            access_points=access_points,
             root_setup=bake_ami(aws_endpoint=network.aws_endpoint, region=REGION),
             **kwargs,
         )
@@ -182,7 +201,8 @@ def make_host(network, tmp_path, request):
         host.terminate()
 
 
-def notebook_tags(user: str, *, efs: str | None = "fs-0123456789abcdef0", **extra) -> dict[str, str]:
+def notebook_tags(user: str, *, efs: str | None = "fs-0123456789abcdef0", access_point: str | None = None,
+                  **extra) -> dict[str, str]:
     tags = {
         "ec2hub:hub": "ec2hub-test",
         "ec2hub:user": user,
@@ -193,6 +213,8 @@ def notebook_tags(user: str, *, efs: str | None = "fs-0123456789abcdef0", **extr
     }
     if efs:
         tags["ec2hub:efs"] = efs
+        # One access point per user, as the spawner makes them (a stable made-up id per user).
+        tags["ec2hub:efs-access-point"] = access_point or "fsap-" + hashlib.sha256(user.encode()).hexdigest()[:17]
     tags.update(extra)
     return tags
 

@@ -90,7 +90,6 @@ def test_notebook_runs_once_per_instance_and_systemd_brings_the_server_back(aws,
     env = ssm.get_parameter(Name=SECRET_PREFIX + iid, WithDecryption=True)["Parameter"]["Value"]
     ssm.put_parameter(Name=SECRET_PREFIX + new_iid, Type="SecureString", Overwrite=True, Value=env)
     again = make_host(new_iid, ip, notebook_tags("alice"))
-    again.efs_dir = host.efs_dir  # the same EFS: the user's files are still there
     again.start(user_data())
     assert again.wait_for_user_data() == 0, again.logs
     assert again.console_output.count(FIRST_LINE) == 1

@@ -41,14 +41,14 @@ def launcher():
     return launch
 
 
-def boot(make_host, aws, iid: str, ip: str, tags: dict[str, str]):
+def boot(make_host, aws, iid: str, ip: str, tags: dict[str, str], **host):
     client(aws, "ssm").put_parameter(
         Name=SECRET_PREFIX + iid,
         Value=json.dumps({"JUPYTERHUB_API_TOKEN": "t0ken-" + iid, "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/"}),
         Type="SecureString",
         Overwrite=True,
     )
-    host = make_host(iid, ip, tags)
+    host = make_host(iid, ip, tags, **host)
     host.start(NOTEBOOK_USER_DATA)
     return host
 
@@ -81,4 +81,14 @@ def test_hostile_efs_tag_fails_clearly_and_runs_nothing(aws, make_host):
                 notebook_tags("alice", efs=f"fs-1$(touch {PWNED})"))
     assert host.wait_for_user_data() != 0
     assert "is not an EFS file system id" in host.console_output
+    assert_nothing_ran(host)
+
+
+def test_hostile_access_point_tag_fails_clearly_and_runs_nothing(aws, make_host):
+    """No access point, no EFS home: the file system admits notebooks only through one."""
+    host = boot(make_host, aws, "i-0b0000000000000ac", "10.0.1.22",
+                notebook_tags("alice", access_point=f"fsap-1$(touch {PWNED})"), efs=False)
+    assert host.wait_for_user_data() != 0
+    assert "tag ec2hub:efs-access-point" in host.console_output
+    assert "is not an access point id (fsap-...)" in host.console_output
     assert_nothing_ran(host)

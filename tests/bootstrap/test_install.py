@@ -27,7 +27,7 @@ def tools(tmp_path):
     bin_dir = tmp_path / "tools"
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
-    efs = bin_dir / "mount.nfs4"
+    efs = bin_dir / "mount.efs"
     efs.write_text("#!/bin/sh\nexit 0\n")
     efs.chmod(0o755)
     return f"{bin_dir}:/usr/bin:/bin"

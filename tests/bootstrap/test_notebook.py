@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pwd
 import stat
 import subprocess
 
 import pytest
+from ec2spawner.payloads import home_uid
 
 from infra.userdata import role_files, shipped_text
 from sandbox.netns import http_get
@@ -46,8 +48,14 @@ def snapshot(host) -> dict[str, bytes]:
     return {f: (host.upper / f).read_bytes() for f in files}
 
 
-def test_notebook_registers_with_hub_and_rerun_changes_nothing(aws, network, make_host, start_hub):
+def test_notebook_registers_with_hub_and_rerun_changes_nothing(aws, network, make_host, start_hub, efs_dir):
     iid = "i-0a1b2c3d4e5f60001"
+    # Another user's home on the same file system, open to anyone who could reach it.
+    bob_home = efs_dir / "home/jupyter-bob"
+    bob_home.mkdir(parents=True)
+    (bob_home / "notes.txt").write_text("bob's notes\n")
+    os.chown(bob_home, home_uid("jupyter-bob"), home_uid("jupyter-bob"))
+    bob_home.chmod(0o755)
     host = make_host(iid, "10.0.1.10", notebook_tags("alice"))
     host.start(NOTEBOOK_USER_DATA)  # what EC2 gets from infra: assembled from bootstrap/, gzip-compressed
     # The hub reaches the instance's :8888 the way it would across the VPC: here, a relay.
@@ -76,10 +84,26 @@ def test_notebook_registers_with_hub_and_rerun_changes_nothing(aws, network, mak
     assert f'JUPYTERHUB_API_TOKEN="{token}"' in env_file.read_text()
     assert token not in host.console_output
 
-    # The home is on "EFS", owned by the user; the process runs as the user.
-    efs_home = host.efs_dir / "home/jupyter-alice"
+    # The home is on "EFS", the root of alice's access point: made by it (CreationInfo) with the
+    # uid the access point enforces, which the instance's user has too.
+    efs_home = efs_dir / "home/jupyter-alice"
     uid = int(host.exec(["id", "-u", "jupyter-alice"]).stdout)
-    assert efs_home.stat().st_uid == uid
+    assert (uid, int(host.exec(["id", "-g", "jupyter-alice"]).stdout)) == (home_uid("jupyter-alice"),) * 2
+    assert (efs_home.stat().st_uid, stat.S_IMODE(efs_home.stat().st_mode)) == (uid, 0o700)
+    assert host.exec(["findmnt", "-n", "-o", "FSROOT", "/home/jupyter-alice"]).stdout.strip().endswith(
+        "/efs/home/jupyter-alice")
+    # Bob's home is on the same file system, and not reachable from alice's instance: not by
+    # her server's user, not beyond her access point's root (..), not even by root.
+    as_alice = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    for path in ("/home/jupyter-bob", "/home/jupyter-alice/../jupyter-bob"):
+        listing = host.exec([*as_alice, "ls", "-a", path])
+        assert listing.returncode != 0 and "notes.txt" not in listing.stdout, listing
+    assert "jupyter-bob" not in host.exec([*as_alice, "ls", "-a", "/home/jupyter-alice/.."]).stdout
+    reachable = host.exec(["grep", "-rls", "bob's notes", "/home", "/var/lib/ec2hub-sandbox-efs", "/mnt"])
+    assert reachable.stdout == "", reachable.stdout
+    # Without its access point the file system refuses a mount (the policy), even to root.
+    whole = host.exec(["mount", "-t", "efs", "-o", "tls,iam", "fs-0123456789abcdef0:/", "/mnt"])
+    assert whole.returncode != 0 and "access denied" in whole.stderr, whole
     ps = host.exec(["ps", "-o", "user=,args=", "-C", "jupyterhub-singleuser", "-C", "python3"]).stdout
     assert any(line.startswith("jupyter") and "jupyterhub-singleuser" in line for line in ps.splitlines()), ps
 

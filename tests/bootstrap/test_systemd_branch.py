@@ -99,7 +99,9 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     assert_unit_verifies(host, "ec2hub-singleuser.service", max_exposure=2.6)  # PrivateDevices=yes, no filter: 3.7
     assert_unit_verifies(host, "ec2hub-nvidia.service", max_exposure=10)
     assert_unit_verifies(host, "ec2hub-activity.service", max_exposure=10)
-    bind = "/mnt/efs/home/jupyter-carol /home/jupyter-carol none bind,x-systemd.requires-mounts-for=/mnt/efs 0 0"
+    tags = notebook_tags("carol")
+    bind = (f"fs-0123456789abcdef0:/ /home/jupyter-carol efs _netdev,tls,iam,accesspoint={tags['ec2hub:efs-access-point']}"
+            " 0 0")
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
     # The secret is the unit's business, on each start, not the user data's.
     assert not (host.upper / "etc/ec2hub/singleuser.env").exists()

@@ -75,7 +75,7 @@ class Kernels:
         return "".join(o for o in output if o)
 
 
-def test_a_users_pip_install_outlives_a_server_restart_and_the_instance(aws, network, make_host, start_hub):
+def test_a_users_pip_install_outlives_a_server_restart_and_the_instance(aws, network, make_host, start_hub, efs_dir):
     iid, ip = "i-0b0000000000000c1", "10.0.1.60"
     host = make_host(iid, ip, notebook_tags("alice"))
     host.start(user_data())
@@ -93,7 +93,7 @@ def test_a_users_pip_install_outlives_a_server_restart_and_the_instance(aws, net
     assert host.wait_for_user_data() == 0, host.logs
 
     # A wheel on no index, in the user's home (EFS), as an upload through JupyterLab would put it.
-    home = host.efs_dir / "home/jupyter-alice"
+    home = efs_dir / "home/jupyter-alice"
     owner = home.stat()
     wheel = make_wheel(home, "ec2hub_probe", "1.0", "ANSWER = 42\n")
     os.chown(wheel, owner.st_uid, owner.st_gid)
@@ -117,7 +117,6 @@ def test_a_users_pip_install_outlives_a_server_restart_and_the_instance(aws, net
     ssm = client(aws, "ssm")
     ssm.put_parameter(Name=SECRET_PREFIX + new_iid, Type="SecureString", Overwrite=True, Value=token)
     again = make_host(new_iid, ip, notebook_tags("alice"))
-    again.efs_dir = host.efs_dir
     again.start(user_data())
     assert again.wait_for_user_data() == 0, again.logs
     wait_until(lambda: server_answers(network, ip, "alice"), 90, "the new instance's server")

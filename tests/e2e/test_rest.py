@@ -58,11 +58,33 @@ def test_each_class_starts_runs_code_and_terminates(hub: Hub, slug):
     assert not hub.secret_exists(secret), "the server's secret outlived it"
 
 
+REACH_OTHER_HOME = """
+import os
+home = os.path.expanduser("~")
+for path in ("/home/jupyter-e2e-other", os.path.join(home, "..", "jupyter-e2e-other")):
+    try:
+        print(path, os.listdir(path))
+    except OSError as error:
+        print(path, type(error).__name__)
+print("home", sorted(os.listdir(os.path.join(home, ".."))))
+"""
+
+
 def test_files_in_the_home_survive_a_new_instance(hub: Hub):
     user = "e2e-persist"
     hub.create_user(user)
     hub.start(user)
     [first] = hub.instances(user, states=("running",))
+    # Another user's home on the same file system, readable by anyone who could reach it: the
+    # server's user cannot, its instance mounts only its own user's access point (ARCHITECTURE §8).
+    efs_id = {t["Key"]: t["Value"] for t in first["Tags"]}["ec2hub:efs"]
+    other = REPO / ".sandbox/efs" / efs_id / "home/jupyter-e2e-other"
+    other.mkdir(parents=True, exist_ok=True)
+    other.chmod(0o755)
+    (other / "notes.txt").write_text("not yours\n")
+    lines = hub.run_code(user, REACH_OTHER_HOME).splitlines()
+    assert [line.split()[-1] for line in lines[:2]] == ["FileNotFoundError", "FileNotFoundError"], lines
+    assert "jupyter-e2e-other" not in lines[2], lines
     status, _ = hub.server_api(user, "PUT", "/contents/keep.txt",
                                {"type": "file", "format": "text", "content": "still here"})
     assert status in (200, 201)

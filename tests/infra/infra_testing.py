@@ -229,6 +229,7 @@ _ARN_FORMATS = {
     "AWS::KMS::Key": "arn:aws:kms:{region}:{account}:key/{id}",
     "AWS::Logs::LogGroup": "arn:aws:logs:{region}:{account}:log-group:{id}:*",
     "AWS::DynamoDB::Table": "arn:aws:dynamodb:{region}:{account}:table/{id}",
+    "AWS::EFS::FileSystem": "arn:aws:elasticfilesystem:{region}:{account}:file-system/{id}",
     "AWS::ImageBuilder::Component": "arn:aws:imagebuilder:{region}:{account}:component/{id}/1.0.0/1",
     "AWS::ImageBuilder::ImagePipeline": "arn:aws:imagebuilder:{region}:{account}:image-pipeline/{id}",
 }

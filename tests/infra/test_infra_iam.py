@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -383,3 +384,39 @@ def test_hub_reads_the_admin_password_secret_by_its_exact_name(hub):
     assert join_text(read["Resource"][0]) == (
         f"arn:aws:secretsmanager:us-east-1:111111111111:secret:{name}-??????"
     )
+
+
+def test_hub_makes_access_points_only_on_the_homes_file_system_and_only_tagged_as_its_own(hub):
+    """Exactly what EC2Spawner.home_access_point calls, in a managed policy of its own on the hub
+    role, and nothing else of EFS anywhere in the hub's policies."""
+    synth, statements, hub_id = hub
+    assert not [s for s in statements.values() if "elasticfilesystem" in str(s["Action"])]
+    (homes,) = synth.resources("AWS::EFS::FileSystem")
+    homes_arn = {"Fn::GetAtt": [homes, "Arn"]}
+    (policy,) = [p["Properties"] for p in synth.resources("AWS::IAM::ManagedPolicy").values()
+                 if "access points" in p["Properties"]["Description"]]
+    assert policy["Roles"] == [{"Ref": role(synth, "ec2hub hub host")}]
+    efs = {s["Sid"]: s for s in copy.deepcopy(policy["PolicyDocument"]["Statement"])}
+    assert join_text(efs["TagHomeAccessPointsAtCreation"]["Resource"]) == (
+        "arn:aws:elasticfilesystem:us-east-1:111111111111:access-point/*")
+    efs["TagHomeAccessPointsAtCreation"]["Resource"] = "<access points>"
+    assert efs == {
+        "CreateHomeAccessPoints": {
+            "Sid": "CreateHomeAccessPoints", "Effect": "Allow",
+            "Action": "elasticfilesystem:CreateAccessPoint", "Resource": homes_arn,
+            "Condition": {
+                "StringEquals": {"aws:RequestTag/ec2hub:hub": hub_id},
+                "ForAllValues:StringEquals": {"aws:TagKeys": ["ec2hub:hub", "ec2hub:unix-user", "Name"]},
+            },
+        },
+        "TagHomeAccessPointsAtCreation": {
+            "Sid": "TagHomeAccessPointsAtCreation", "Effect": "Allow",
+            "Action": "elasticfilesystem:TagResource", "Resource": "<access points>",
+            "Condition": {"StringEquals": {"elasticfilesystem:CreateAction": "CreateAccessPoint",
+                                           "aws:RequestTag/ec2hub:hub": hub_id}},
+        },
+        "FindHomeAccessPoints": {
+            "Sid": "FindHomeAccessPoints", "Effect": "Allow",
+            "Action": "elasticfilesystem:DescribeAccessPoints", "Resource": homes_arn,
+        },
+    }

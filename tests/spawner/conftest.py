@@ -61,6 +61,11 @@ def ec2(emulator):
 
 
 @pytest.fixture(scope="session")
+def efs(emulator):
+    return boto3.client("efs", region_name=REGION, endpoint_url=emulator.endpoint_url)
+
+
+@pytest.fixture(scope="session")
 def ssm(emulator):
     return boto3.client("ssm", region_name=REGION, endpoint_url=emulator.endpoint_url)
 
@@ -92,7 +97,10 @@ def platform(ec2):
         {"slug": "spot", "display_name": "Small spot", "instance_types": ["t3.large"], "ami": "ami-12345678",
          "market": "spot", "launch_template_id": _template(ec2, "spot", "t3.large")},
     ]
-    return SimpleNamespace(vpc=vpc, subnets=subnets, classes=classes)
+    # The homes' file system: the spawner makes each user's access point on it.
+    efs = boto3.client("efs", region_name=REGION, endpoint_url=ec2.meta.endpoint_url)
+    efs_id = efs.create_file_system(CreationToken="ec2hub-homes", Encrypted=True)["FileSystemId"]
+    return SimpleNamespace(vpc=vpc, subnets=subnets, classes=classes, efs_id=efs_id)
 
 
 @pytest.fixture
@@ -124,7 +132,7 @@ def new_spawner(platform, hub_id):
     def factory(user: str = "alice", server: str = "", groups=(), user_options=None, api_token=TOKEN, **traits):
         settings = {
             "region": REGION, "hub_id": hub_id, "classes": platform.classes, "subnets": platform.subnets,
-            "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": "fs-12345678",
+            "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": platform.efs_id,
             "fast_poll_interval": 0.05, "poll_interval": 1, "launch_visibility_grace": 5,
             "start_timeout": 15, "http_timeout": 5, "stop_timeout": 10, "sweep_orphans": False,
             # Emulated instances have 10.x addresses nothing may reach from here: no probes unless asked.

@@ -17,7 +17,7 @@ def tags_of(instance: dict) -> dict:
     return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
 
 
-async def test_start_launches_tagged_instance_and_writes_secret(new_spawner, hub_id, live, ssm, ec2):
+async def test_start_launches_tagged_instance_and_writes_secret(new_spawner, hub_id, live, ssm, ec2, platform):
     spawner = new_spawner()
     url = await spawner.start()
 
@@ -27,10 +27,11 @@ async def test_start_launches_tagged_instance_and_writes_secret(new_spawner, hub
     assert instance["InstanceType"] == "t3.medium"
     assert instance["Placement"]["AvailabilityZone"] == AZS[0]
     tags = tags_of(instance)
+    assert tags["ec2hub:efs-access-point"].startswith("fsap-")  # test_spawner_homes.py: which one
     assert {k: v for k, v in tags.items() if not k.startswith("aws:")} == {
         "ec2hub:hub": hub_id, "ec2hub:user": "alice", "ec2hub:server": "", "ec2hub:class": "small",
-        "ec2hub:secret-prefix": f"/ec2hub/{hub_id}/servers/", "ec2hub:efs": "fs-12345678",
-        "Name": f"ec2hub-{hub_id}-alice",
+        "ec2hub:secret-prefix": f"/ec2hub/{hub_id}/servers/", "ec2hub:efs": platform.efs_id,
+        "ec2hub:efs-access-point": tags["ec2hub:efs-access-point"], "Name": f"ec2hub-{hub_id}-alice",
     }
     iid = instance["InstanceId"]
     name = f"/ec2hub/{hub_id}/servers/{iid}"
@@ -274,7 +275,7 @@ async def test_stop_mode_replaces_instance_when_template_changed(new_spawner, li
         ec2.modify_launch_template(LaunchTemplateId=lt, DefaultVersion="1")
 
 
-async def test_progress_reports_real_phases(new_spawner, emu):
+async def test_progress_reports_real_phases(new_spawner, emu, platform):
     emu.set_timing(pending_s=0.5)
     spawner = new_spawner()
     messages = []
@@ -288,6 +289,7 @@ async def test_progress_reports_real_phases(new_spawner, emu):
     await asyncio.wait_for(follower, 5)
     iid, ip = spawner.instance_id, spawner._watcher().get(spawner.instance_id).private_ip
     assert messages == [
+        f"Creating your home directory's access point on {platform.efs_id}",  # the user's first start
         f"Requesting t3.medium in {AZS[0]}",
         f"Instance {iid} pending (t3.medium in {AZS[0]})",
         f"Running at {ip}, booting",

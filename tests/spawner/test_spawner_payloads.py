@@ -1,6 +1,27 @@
 """Request payloads are pure functions: compared to literals."""
 
+import importlib.util
+
+import pytest
 from ec2spawner import payloads as req
+from spawner_testing import REPO
+
+
+def _bootstrap_notebook():
+    """The notebook launcher as the instance runs it (a package of its own, not installed here)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bootstrap"))
+    try:
+        spec = importlib.util.find_spec("ec2hub_bootstrap.notebook")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bootstrap"))
+
+
+bootstrap_notebook = _bootstrap_notebook()
 
 TAGS = [
     {"Key": "ec2hub:hub", "Value": "hub1"},
@@ -9,13 +30,15 @@ TAGS = [
     {"Key": "ec2hub:class", "Value": "gpu"},
     {"Key": "ec2hub:secret-prefix", "Value": "/ec2hub/hub1/servers/"},
     {"Key": "ec2hub:efs", "Value": "fs-1"},
+    {"Key": "ec2hub:efs-access-point", "Value": "fsap-1"},
     {"Key": "Name", "Value": "ec2hub-hub1-alice-gpu-work"},
 ]
 
 
 def test_instance_tags_follow_the_contract():
     assert req.instance_tags(hub_id="hub1", user="alice", server="gpu-work", class_slug="gpu",
-                             secret_prefix="/ec2hub/hub1/servers/", efs_id="fs-1") == TAGS
+                             secret_prefix="/ec2hub/hub1/servers/", efs_id="fs-1",
+                             access_point_id="fsap-1") == TAGS
     no_efs = req.instance_tags(hub_id="hub1", user="bob", server="", class_slug="small",
                                secret_prefix="/p/", efs_id=None)
     assert {t["Key"]: t["Value"] for t in no_efs} == {
@@ -86,3 +109,32 @@ def test_rename_tags_name_the_new_user_and_server():
         {"Key": "Name", "Value": "ec2hub-hub1-bob-train"},
     ]
     assert req.server_key("u" * 300, "") == ("u" * 256, "")
+
+
+def test_access_point_params_make_the_users_home_entered_only_as_its_uid():
+    uid = req.home_uid("jupyter-alice")
+    params = req.access_point_params(hub_id="hub1", file_system_id="fs-0123456789abcdef0", unix="jupyter-alice")
+    assert params == {
+        "ClientToken": params["ClientToken"],
+        "FileSystemId": "fs-0123456789abcdef0",
+        "PosixUser": {"Uid": uid, "Gid": uid},
+        "RootDirectory": {"Path": "/home/jupyter-alice",
+                          "CreationInfo": {"OwnerUid": uid, "OwnerGid": uid, "Permissions": "0700"}},
+        "Tags": [{"Key": "ec2hub:hub", "Value": "hub1"}, {"Key": "ec2hub:unix-user", "Value": "jupyter-alice"},
+                 {"Key": "Name", "Value": "ec2hub-hub1-jupyter-alice"}],
+    }
+    # The same home, the same token (a retry makes no second access point); another home, another.
+    assert params["ClientToken"] == req.access_point_params(
+        hub_id="hub1", file_system_id="fs-0123456789abcdef0", unix="jupyter-alice")["ClientToken"]
+    assert len(params["ClientToken"]) <= 64
+    assert params["ClientToken"] != req.access_point_params(
+        hub_id="hub1", file_system_id="fs-0123456789abcdef0", unix="jupyter-bob")["ClientToken"]
+    assert req.access_point_owner({"Tags": params["Tags"], "LifeCycleState": "available"}, "hub1") == "jupyter-alice"
+    assert req.access_point_owner({"Tags": params["Tags"], "LifeCycleState": "deleting"}, "hub1") is None
+    assert req.access_point_owner({"Tags": params["Tags"]}, "hub2") is None
+
+
+@pytest.mark.parametrize("name", ["alice", "Alice", "o'brien", "josé", "a" * 40, "dev-ops", "a--b", "-", "名前"])
+def test_the_spawner_and_the_notebook_bootstrap_derive_the_same_unix_name(name):
+    """The access point's home (/home/<unix name>) is the home the bootstrap mounts."""
+    assert req.unix_name(name) == bootstrap_notebook.unix_name(name)
