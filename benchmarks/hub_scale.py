@@ -28,7 +28,9 @@ process's launch to that; ``api_up_s`` is its first API answer (JupyterHub serve
 figure from its log. ``describe_s`` is one full DescribeInstances of the hub's instances by
 the benchmark itself before the restart (what the first poll waits for; most of it is the
 emulator writing pages). ``hub_rss_mb`` is the hub process's VmRSS (from /proc) at that moment. The
-run fails if any server was not reported running or if a poll did not get the watcher's snapshot.
+run fails (exit status 1) if any server was not reported running, if a poll did not get the
+watcher's snapshot (``no_snapshot``), or if JupyterHub rewrote a server's stored URL
+(``url_rewrites``: ``get_url`` disagreed with the database).
 
     nice -n 10 .venv/bin/python benchmarks/hub_scale.py --servers 1000
 """
@@ -299,6 +301,7 @@ def measure(n: int, workdir: Path, profile: str = "") -> dict:
             "still_running": log.count(" still running"),
             "stopped_while_down": log.count("appears to have stopped while the Hub was down"),
             "no_snapshot": log.count("cannot ask EC2 about"),
+            "url_rewrites": log.count(" had invalid url "),
             "launch_s": launch_s, "describe_s": describe_s,
         }
     finally:
@@ -328,10 +331,11 @@ def main() -> int:
               f"init_spawners_s={r['init_spawners_s']:.1f} api_up_s={r['api_up_s']:.1f} "
               f"polled={r['initialized']} ready={r['ready']} still_running={r['still_running']} "
               f"stopped_while_down={r['stopped_while_down']} no_snapshot={r['no_snapshot']} "
+              f"url_rewrites={r['url_rewrites']} "
               f"describe_s={r['describe_s']:.1f} launch_s={r['launch_s']:.0f} load1={load:.1f}/{os.getloadavg()[0]:.1f}", flush=True)
         n = r["servers"]
         ok = r["initialized"] == r["ready"] == r["still_running"] == n and not r["stopped_while_down"] \
-            and not r["no_snapshot"]
+            and not r["no_snapshot"] and not r["url_rewrites"]
         return 0 if ok else 1
     finally:
         if args.keep:
