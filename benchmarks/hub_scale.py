@@ -292,7 +292,7 @@ def measure(n: int, workdir: Path, profile: str = "") -> dict:
         rss = vm_rss_mb(hub.proc.pid)
         if profile:
             hub.proc.send_signal(signal.SIGUSR1)
-            waiting.wait_until(lambda: Path(profile).exists(), 60, "the profile")
+            waiting.wait_until(lambda: Path(profile).exists(), 300, "the profile")
         log = hub.log()
         return {
             "servers": n, "initialized": int(done.group(1)), "init_spawners_s": float(done.group(2)),
