@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -252,11 +253,12 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, 9)  # the proxy
-            except ProcessLookupError:
-                pass
+        # JupyterHub starts the proxy in a session of its own and leaves it running when it
+        # stops (a restarted hub finds its routes); it writes the proxy's pid here.
+        pid_file = self.workdir / "proxy.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
 def measure(n: int, workdir: Path, profile: str = "") -> dict:
