@@ -1447,11 +1447,14 @@ class EC2Spawner(Spawner):
 
     async def get_url(self):
         """The server's URL from the instance's current addresses (``server_url_template``), as
-        last seen by the watcher; JupyterHub's stored URL when the instance is not known."""
+        last seen by the watcher, with the server's ``base_url`` as JupyterHub stores it (its
+        start-up check compares the two and rewrites the row when they differ); JupyterHub's
+        stored URL when the instance is not known."""
         if self.instance_id:
             view = self._watcher().get(self.instance_id)
             if view is not None and view.private_ip:
-                return self._url(view)
+                url = self._url(view)
+                return url_path_join(url, self.server.base_url) if self.server else url
         return await super().get_url()
 
     async def stop(self, now=False):

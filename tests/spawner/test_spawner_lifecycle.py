@@ -105,7 +105,8 @@ async def test_state_round_trip_recovers_after_hub_restart(new_spawner, emu):
     restarted.load_state(state)
     assert restarted.get_state() == state
     assert await restarted.poll() is None
-    assert await restarted.get_url() == url
+    # As JupyterHub's Server.url spells it (host, then base_url): its start-up check compares them.
+    assert await restarted.get_url() == url + restarted.server.base_url
     restarted.clear_state()
     assert restarted.get_state() == {}
     assert await restarted.poll() == 0
