@@ -146,7 +146,10 @@ class Ec2HubStack(Stack):
             roles=[self.hub.role],
             statements=access_point_statements(
                 scope=self, hub_id=config.hub_id,
-                file_system_arn=self.storage.file_system.file_system_arn,
+                # The ARN from the id (a Ref), not the file system's Arn attribute: the same
+                # value, and the emulator's CloudFormation cannot read that attribute.
+                file_system_arn=self.format_arn(service="elasticfilesystem", resource="file-system",
+                                                resource_name=self.storage.file_system.file_system_id),
             ),
         )
 

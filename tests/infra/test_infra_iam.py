@@ -392,7 +392,9 @@ def test_hub_makes_access_points_only_on_the_homes_file_system_and_only_tagged_a
     synth, statements, hub_id = hub
     assert not [s for s in statements.values() if "elasticfilesystem" in str(s["Action"])]
     (homes,) = synth.resources("AWS::EFS::FileSystem")
-    homes_arn = {"Fn::GetAtt": [homes, "Arn"]}
+    # Built from the file system's id (its Arn attribute is the same value, which the sandbox's
+    # emulator cannot read).
+    homes_arn = f"arn:aws:elasticfilesystem:us-east-1:111111111111:file-system/{{{homes}}}"
     (policy,) = [p["Properties"] for p in synth.resources("AWS::IAM::ManagedPolicy").values()
                  if "access points" in p["Properties"]["Description"]]
     assert policy["Roles"] == [{"Ref": role(synth, "ec2hub hub host")}]
@@ -400,6 +402,8 @@ def test_hub_makes_access_points_only_on_the_homes_file_system_and_only_tagged_a
     assert join_text(efs["TagHomeAccessPointsAtCreation"]["Resource"]) == (
         "arn:aws:elasticfilesystem:us-east-1:111111111111:access-point/*")
     efs["TagHomeAccessPointsAtCreation"]["Resource"] = "<access points>"
+    for sid in ("CreateHomeAccessPoints", "FindHomeAccessPoints"):
+        efs[sid]["Resource"] = join_text(efs[sid]["Resource"])
     assert efs == {
         "CreateHomeAccessPoints": {
             "Sid": "CreateHomeAccessPoints", "Effect": "Allow",
