@@ -512,6 +512,9 @@ class IsolatedHost:
             cgroups = self.cgroups
             for cgroup in cgroups:
                 cgroup.mkdir(exist_ok=True)
+            # Counted before the supervisor starts: it may print this boot's marker before
+            # Popen returns here (a loaded machine), which would then wait for a boot too many.
+            self._expected_boots = self.boots + 1
             with open(self.console_path, "ab") as console:
                 self._proc = subprocess.Popen(
                     ["unshare", "--mount", "--propagation", "private", "--",
@@ -523,7 +526,6 @@ class IsolatedHost:
                     env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
                     start_new_session=True,
                 )
-            self._expected_boots = self.boots + 1
             (self.state_dir / "supervisor.pid").write_text(str(self._proc.pid))
         except BaseException:
             self.stop()

@@ -234,3 +234,26 @@ def test_the_host_has_no_access_to_the_machine_disks(network, make_host):
     assert {"null", "zero", "urandom", "pts", "ptmx", "shm"} <= devices
     assert not [d for d in devices if d.startswith(("vd", "sd", "nvme", "xvd", "loop", "nvidia"))], devices
     assert host.exec(["python3", "-c", "import os, pty; os.close(pty.openpty()[0])"]).returncode == 0
+
+
+def test_a_boot_marker_printed_before_popen_returns_is_this_boot(network, make_host, monkeypatch):
+    """On a loaded machine the supervisor can print "ec2hub-host: booting" before Popen returns
+    to the sandbox; that boot is still the one waited for (not a second one that never comes)."""
+    import sandbox.host
+
+    real_popen = subprocess.Popen
+
+    class LatePopen(real_popen):
+        """Returns only once the child has printed its boot marker: the scheduling that lost it."""
+
+        def __init__(self, argv, *args, **kwargs):
+            super().__init__(argv, *args, **kwargs)
+            if "ec2hub-supervisor" in argv:
+                console = Path(kwargs["stdout"].name)
+                wait_until(lambda: b"ec2hub-host: booting" in console.read_bytes(), 30, "the boot marker")
+
+    monkeypatch.setattr(sandbox.host.subprocess, "Popen", LatePopen)
+    host = make_host("i-0c0000000000000b1", "10.0.1.41", {}, efs=False).start(SLEEPER)
+    monkeypatch.undo()
+    assert host.wait_for_user_data() == 0
+    assert host.boots == 1
