@@ -17,7 +17,7 @@ CLASSES = ["small", "large-cpu", "gpu"]
 EXPOSURE_MAX = {"ec2hub-singleuser.service": 3.4, "ec2hub-hub.service": 3.2}
 PWNED_CHECK = """
 import os
-places = ["/", "/root", "/tmp", "/var/lib/cloud/instance", "/etc/ec2hub", os.path.expanduser("~"), "/home", "/mnt/efs/home"]
+places = ["/", "/root", "/tmp", "/var/lib/cloud/instance", "/etc/ec2hub", os.path.expanduser("~"), "/home"]
 found = []
 for place in places:
     try:
