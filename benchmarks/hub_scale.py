@@ -57,6 +57,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import waiting  # the shared test helpers: free_port, wait_until
+from poll_cost import rss_mb, start_emulator_process
 
 BIN = Path(sys.executable).parent
 REGION = "us-east-1"
@@ -64,20 +65,6 @@ AZ = "us-east-1a"
 HUB = "hubscale"
 TOKEN = "hub-scale-token-0123456789abcdef"
 BATCH = 250  # instances per RunInstances (MinCount = MaxCount)
-
-
-def vm_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.emulator", "--port", "0", "--pending-s", "0"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
-    return proc, json.loads(proc.stdout.readline())["endpoint_url"]
 
 
 def serve_http(port: int) -> None:
@@ -263,7 +250,7 @@ class Hub:
 
 def measure(n: int, workdir: Path, profile: str = "") -> dict:
     prefix = f"/ec2hub/{HUB}/servers/"
-    emulator, endpoint = start_emulator()
+    emulator, endpoint = start_emulator_process()
     listener = None
     hub = None
     try:
@@ -291,7 +278,7 @@ def measure(n: int, workdir: Path, profile: str = "") -> dict:
                                   900, "init_spawners to finish", interval=0.2)
         listed = hub.servers()
         restart_s = time.monotonic() - hub.launched
-        rss = vm_rss_mb(hub.proc.pid)
+        rss = rss_mb(hub.proc.pid)
         if profile:
             hub.proc.send_signal(signal.SIGUSR1)
             waiting.wait_until(lambda: Path(profile).exists(), 300, "the profile")

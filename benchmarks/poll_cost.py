@@ -44,7 +44,8 @@ HUB = "bench"
 
 def start_emulator_process() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "sandbox.emulator", "--port", "0", "--pending-s", "0"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
     endpoint = json.loads(proc.stdout.readline())["endpoint_url"]
     return proc, endpoint
 
@@ -101,9 +102,9 @@ class Ticker:
         self._task.cancel()
 
 
-def rss_mb() -> float:
-    """The process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    """A process's resident memory now (VmRSS), in MB: this one's unless ``pid`` is given."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
