@@ -157,6 +157,11 @@ def test_hub_side_failures_kill_nobody_and_a_dead_server_is_still_found(lab):
     try:
         wait_until(lambda: log_has(lab, "servers fail their probes at once"), DETECTED_WITHIN,
                    "the verdicts to be held back")
+        # That line may come once two of the three fail; "answers again" below follows only a
+        # server's own failed probe, so each must have failed before it is resumed.
+        for user, (iid, _) in servers.items():
+            wait_until(lambda iid=iid: log_has(lab, f"ec2hub health: {iid} not answering"), DETECTED_WITHIN,
+                       f"{user}'s failed probe")
     finally:
         for _, proc in servers.values():
             proc.send_signal(signal.SIGCONT)
