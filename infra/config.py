@@ -153,6 +153,9 @@ class HubConfig(BaseModel):
     oauth_allow_all: bool = knob("identity", False)
     github_organizations: tuple[str, ...] = knob("identity", ())
     google_domains: tuple[str, ...] = knob("identity", ())
+    # google: the Google Workspace administrator (a user name, in each of google_domains) whose
+    # rights the stack's service-account secret reads groups with; None: no groups from Google.
+    google_groups_admin: Annotated[str | None, matches(_ADMIN_USER, "a plain user name")] = knob("identity", None)
     # None: ec2hub-<hub_id>-<account> (the prefix is unique per region across all accounts).
     cognito_domain_prefix: Annotated[str | None, matches(
         _COGNITO_PREFIX, "a Cognito domain prefix (lowercase letters, digits, hyphens; no aws, amazon or cognito)"
@@ -391,10 +394,18 @@ def _check_provider(config: HubConfig, where: dict[str, str]) -> None:
                     f"{where[key]}: required with auth=oidc: the provider's endpoint (its "
                     "/.well-known/openid-configuration lists them)"
                 )
-    if config.auth == "google" and (config.oauth_allowed_groups or config.oauth_admin_groups):
+    if config.google_groups_admin and config.auth != "google":
+        raise ConfigError(f"{where['google_groups_admin']}: only with auth=google (other providers' groups "
+                          "come in their tokens)")
+    if config.google_groups_admin and not config.google_domains:
+        raise ConfigError(f"{where['google_domains']}: required with google_groups_admin: the Google Workspace "
+                          "domains whose users sign in and whose groups are read")
+    if (config.auth == "google" and not config.google_groups_admin
+            and (config.oauth_allowed_groups or config.oauth_admin_groups)):
         raise ConfigError(
-            f"{where['oauth_allowed_groups']}: Google's tokens carry no groups: use google_domains, "
-            "oauth_allow_all or admin_user (groups are managed in the hub)"
+            f"{where['oauth_allowed_groups']}: Google's tokens carry no groups: set google_groups_admin (a "
+            "Workspace administrator whose rights a service account reads groups with), or use "
+            "google_domains, oauth_allow_all or admin_user (groups are managed in the hub)"
         )
     who = {
         "github": bool(config.github_organizations or config.oauth_allowed_groups),

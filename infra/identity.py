@@ -11,6 +11,9 @@ With ``auth`` = github, google, oidc or cognito the hub signs users in through o
   it (the Stack grants that); it is never in the user data, the settings or a log. Other parts
   refer to it by name, as to the admin password (infra.admin), so an emulator whose
   CloudFormation cannot create secrets still deploys the rest.
+- **The Google service account's key** (``auth=google`` with ``google_groups_admin``), the same
+  way: ``ec2hub/<hub_id>/google-service-account-<stack uuid>``, a placeholder until the operator
+  puts the JSON key there (``GoogleServiceAccountKeyCommand``), fetched at every start.
 - **Cognito** (``auth=cognito``): a user pool (no self sign-up: the operator adds users), its
   hosted domain, one group per group the deployment names (the catalog's ``allowed_groups`` and
   ``oauth_admin_groups``; Cognito puts a user's groups in the ID token's ``cognito:groups``), and
@@ -45,6 +48,12 @@ def client_secret_name(hub_id: str) -> str:
     return f"ec2hub/{hub_id}/oauth-client-secret-{stack_uuid}"
 
 
+def google_key_secret_name(hub_id: str) -> str:
+    """``ec2hub/<hub_id>/google-service-account-<stack uuid>``: the Google service account's JSON key."""
+    stack_uuid = Fn.select(2, Fn.split("/", Aws.STACK_ID))
+    return f"ec2hub/{hub_id}/google-service-account-{stack_uuid}"
+
+
 def callback_url(hub_url: str) -> str:
     """Where the provider sends the user back: register this with the provider."""
     return f"{hub_url.rstrip('/')}/hub/oauth_callback"
@@ -55,6 +64,7 @@ def auth_settings(
     *,
     callback: str,
     secret_name: str | None,
+    google_key_secret_name: str | None = None,
     cognito_client_id: str | None = None,
     cognito_base_url: str | None = None,
 ) -> dict[str, Any]:
@@ -77,6 +87,9 @@ def auth_settings(
         auth["allowed_organizations"] = list(config.github_organizations)
     if config.auth == "google" and config.google_domains:
         auth["hosted_domains"] = list(config.google_domains)
+    if config.auth == "google" and config.google_groups_admin:
+        auth["google_groups_admin"] = config.google_groups_admin
+        auth["google_service_account_secret_name"] = google_key_secret_name
     if config.auth == "oidc":
         auth.update({
             "oauth_authorize_url": config.oidc_authorize_url,
@@ -126,6 +139,24 @@ class IdentityProvider(Construct):
             ),
             removal_policy=RemovalPolicy.DESTROY,
         )
+        # Google Workspace groups: the service account's key, put there by the operator.
+        self.google_key_secret_name: str | None = None
+        if config.auth == "google" and config.google_groups_admin:
+            self.google_key_secret_name = google_key_secret_name(config.hub_id)
+            self.google_key_secret = secretsmanager.Secret(
+                self,
+                "GoogleServiceAccountKey",
+                secret_name=self.google_key_secret_name,
+                description=f"ec2hub {config.hub_id}: the JSON key of the Google service account that reads "
+                "Google Workspace groups (domain-wide delegation, scope admin.directory.group.readonly)",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template=json.dumps(
+                        {OAUTH_SECRET_PLACEHOLDER_KEY: "replace with the service account's JSON key"}
+                    ),
+                    generate_string_key="unused",
+                ),
+                removal_policy=RemovalPolicy.DESTROY,
+            )
         self.user_pool: cognito.UserPool | None = None
         self.client: cognito.UserPoolClient | None = None
         self.domain: cognito.UserPoolDomain | None = None

@@ -251,6 +251,21 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a month "
             "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
         )
+    if stack.identity is not None and stack.identity.google_key_secret_name:
+        google_key = stack.identity.google_key_secret
+        acknowledge(
+            google_key,
+            "SMG4",
+            "The secret is a Google service account's key, which only Google Cloud can issue: rotate it "
+            "there (a new key, put-secret-value here, then delete the old key at Google); the hub reads "
+            "it at every start.",
+        )
+        acknowledge_checkov(
+            google_key,
+            "CKV_AWS_149",
+            "Encrypted with the AWS-managed aws/secretsmanager key; a customer key would add $1 a month "
+            "and a key policy but no reader: the hub role's GetSecretValue on this one ARN is the only grant.",
+        )
 
     state = stack.state
     acknowledge(

@@ -289,11 +289,14 @@ class Ec2HubStack(Stack):
                     {g for cls in catalog.classes for g in cls.allowed_groups} | set(config.oauth_admin_groups)
                 ),
             )
+            readable = [self.identity.secret_name]
+            if self.identity.google_key_secret_name:
+                readable.append(self.identity.google_key_secret_name)
             self.hub.role.add_to_principal_policy(
                 iam.PolicyStatement(
                     sid="ReadOAuthClientSecret",
                     actions=["secretsmanager:GetSecretValue"],
-                    resources=[secret_arn(self.identity.secret_name)],
+                    resources=[secret_arn(name) for name in readable],
                 )
             )
             cognito_client = self.identity.client
@@ -301,6 +304,7 @@ class Ec2HubStack(Stack):
                 config,
                 callback=callback_url(hub_url),
                 secret_name=self.identity.secret_name,
+                google_key_secret_name=self.identity.google_key_secret_name,
                 cognito_client_id=cognito_client.user_pool_client_id if cognito_client else None,
                 cognito_base_url=self.identity.domain.base_url() if self.identity.domain else None,
             )
@@ -448,4 +452,15 @@ class Ec2HubStack(Stack):
                 value=f"{put} '<the client secret of {config.auth} OAuth app {config.oauth_client_id}>'",
                 description="Puts the provider's client secret where the hub reads it (the hub "
                 "starts once it is there)",
+            )
+        if identity.google_key_secret_name:
+            CfnOutput(
+                self,
+                "GoogleServiceAccountKeyCommand",
+                value=(
+                    f"aws secretsmanager put-secret-value --region {self.region} --secret-id "
+                    f"{identity.google_key_secret_name} --secret-string file://<the service account's JSON key>"
+                ),
+                description="Puts the key of the Google service account that reads Workspace groups "
+                "(domain-wide delegation, scope admin.directory.group.readonly) where the hub reads it",
             )

@@ -248,6 +248,39 @@ def ensure_oauth_secret(settings, region: str) -> None:
     log("secrets", f"{path} from {shown(name)} {'written' if changed else 'unchanged'} (0600)")
 
 
+def ensure_google_key(settings, region: str) -> None:
+    """The Google service account's JSON key (google with ``google_groups_admin``), from Secrets
+    Manager at every start into a 0600 file for the hub user, as the client secret. The hub does
+    not start while the secret holds the stack's placeholder or something that is not a service
+    account key; the lines say what to put there and never print the value."""
+    from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY
+
+    name = settings.auth.google_service_account_secret_name
+    path = f"{STATE}/google_service_account.json"
+    if not name:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    try:
+        value = aws_client("secretsmanager", region).get_secret_value(SecretId=name)["SecretString"]
+    except aws_errors() as exc:
+        die("secrets", f"GetSecretValue {shown(name)} (the Google service account key): {type(exc).__name__}")
+    if OAUTH_SECRET_PLACEHOLDER_KEY in value:
+        die("secrets", f"{shown(name)} still holds the stack's placeholder: put the Google service account's "
+            "JSON key there (the stack's GoogleServiceAccountKeyCommand output); the hub starts once it is there")
+    try:
+        key = json.loads(value)
+    except json.JSONDecodeError:
+        key = None
+    needed = ("type", "client_email", "private_key", "token_uri")
+    if not isinstance(key, dict) or key.get("type") != "service_account" or not all(key.get(k) for k in needed):
+        die("secrets", f"{shown(name)} is not a Google service account key (JSON with type service_account, "
+            "client_email, private_key and token_uri, as the Google Cloud console downloads it)")
+    changed = write_if_changed(path, value.strip() + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
+    log("secrets", f"{path} from {shown(name)} {'written' if changed else 'unchanged'} (0600): service account "
+        f"{shown(key['client_email'])} reads Google Workspace groups as {shown(settings.auth.google_groups_admin or '')}")
+
+
 def ensure_admin_password(secret_name: str | None, region: str) -> None:
     """The first admin's password from Secrets Manager (made by the stack), for the hub to create
     that account at start (nobody can sign up under an admin's name). Written 0600 for the hub
@@ -325,6 +358,7 @@ def prestart() -> None:
     ensure_host_facts(private_ip, tags.get("ec2hub:admin-user"))
     ensure_state_secrets(tags, region)
     ensure_oauth_secret(settings, region)
+    ensure_google_key(settings, region)
     ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
     ensure_hub_record(settings, private_ip, region)
 

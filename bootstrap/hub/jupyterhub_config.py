@@ -15,6 +15,7 @@
 #     JPY_COOKIE_SECRET        read by JupyterHub itself (hex): the same on every hub host
 #     CONFIGPROXY_AUTH_TOKEN   read by ConfigurableHTTPProxy itself: hub <-> proxy token
 #   /var/lib/ec2hub/oauth_client_secret  only with an OAuth authenticator   (0600)
+#   /var/lib/ec2hub/google_service_account.json  only with Google Workspace groups (0600)
 #   /var/lib/ec2hub/admin_password     the first admin's password, from Secrets Manager (0600)
 import json
 import os
@@ -39,11 +40,13 @@ if settings.auth.type == "dummy" and not (ETC / "allow-dummy-auth").exists():
 
 client_secret_file = STATE / "oauth_client_secret"
 admin_password_file = STATE / "admin_password"
+google_key_file = STATE / "google_service_account.json"
 apply_settings(
     c,
     settings,
     hub_connect_ip=host["private_ip"],
     admin_password_file=str(admin_password_file) if admin_password_file.exists() else None,
+    google_service_account_key_file=str(google_key_file) if google_key_file.exists() else None,
     oauth_client_secret=(
         client_secret_file.read_text(encoding="utf-8").strip() if client_secret_file.exists() else None
     ),

@@ -57,7 +57,7 @@ readonly HUB_USER=ec2hub
 readonly PACKAGES=(
   jupyterhub==6.1.1 jupyterhub-nativeauthenticator==1.3.0
   oauthenticator==17.4.0 "psycopg[binary]==3.3.9" boto3==1.44.8 botocore==1.44.8 pydantic==2.14.3
-  PyYAML==6.0.3
+  PyYAML==6.0.3 google-auth==2.63.0
 )
 readonly PROXY_VERSION=5.3.0
 

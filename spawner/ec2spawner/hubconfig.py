@@ -48,6 +48,7 @@ def apply_settings(
     hub_ip: str = "0.0.0.0",
     oauth_client_secret: str | None = None,
     admin_password_file: str | None = None,
+    google_service_account_key_file: str | None = None,
     proxy_command: str = "configurable-http-proxy",
 ) -> Config:
     """Set the hub, spawner and authenticator config from ``settings``; return ``c``.
@@ -60,7 +61,9 @@ def apply_settings(
     ``oauth_client_secret`` is read by the caller (the hub bootstrap fetches the Secrets Manager
     secret ``settings.auth.oauth_client_secret_name`` at every start), so no AWS call happens here. ``admin_password_file`` (native sign-in only)
     holds the first admin's password, from which the hub creates that account at start; nobody can
-    sign up under an admin's name. ``proxy_command`` is the
+    sign up under an admin's name. ``google_service_account_key_file`` (google with
+    ``google_groups_admin``) is the service account's JSON key, also fetched at every start; without
+    it no groups are read from Google. ``proxy_command`` is the
     configurable-http-proxy executable (found on PATH by default).
     """
     c.JupyterHub.spawner_class = "ec2"
@@ -99,7 +102,7 @@ def apply_settings(
         (HEALTH_PATH, LeaseHealthHandler, {"hub_id": settings.hub_id, "lease_table": settings.lease_table})
     ]
 
-    _apply_auth(c, settings.auth, oauth_client_secret, admin_password_file)
+    _apply_auth(c, settings.auth, oauth_client_secret, admin_password_file, google_service_account_key_file)
 
     # Idle and age limits per class: the spawner's own culler in the hub process
     # (ec2spawner.culler), started with the sweeper; this is the default of classes that set none.
@@ -149,7 +152,11 @@ def proxy_args(proxy_command: str) -> list[str]:
 
 
 def _apply_auth(
-    c: Config, auth: AuthSettings, client_secret: str | None, admin_password_file: str | None
+    c: Config,
+    auth: AuthSettings,
+    client_secret: str | None,
+    admin_password_file: str | None,
+    google_service_account_key_file: str | None = None,
 ) -> None:
     c.Authenticator.admin_users = set(auth.admin_users)
     if auth.type == "native":
@@ -181,10 +188,18 @@ def _apply_auth(
         c.JupyterHub.authenticator_class = "ec2spawner.oauth.GoogleOAuthenticator"
         section = c.GoogleOAuthenticator
         _oauth_common(section, auth, client_secret)
-        if auth.hosted_domains:
-            section.hosted_domain = list(auth.hosted_domains)
-        # Google's tokens carry no group claim (its groups need a Workspace service account):
-        # groups stay managed in the hub.
+        # hosted_domain only blocks other domains (check_blocked_users); who of the domains may
+        # sign in is said below: everyone, unless allowed groups narrow it.
+        section.hosted_domain = list(auth.hosted_domains)
+        if auth.hosted_domains and not auth.allowed_groups:
+            section.allow_all = True
+        if auth.google_groups_admin and google_service_account_key_file:
+            # Groups from Google Workspace at every sign-in (ec2spawner.oauth.GoogleOAuthenticator).
+            section.read_google_groups = True
+            section.gsuite_administrator = {d: auth.google_groups_admin for d in auth.hosted_domains}
+            section.google_service_account_keys = {d: google_service_account_key_file for d in auth.hosted_domains}
+            _managed_groups(section, auth, ClaimGroups("google_groups", user_key="google_user"))
+        # Without them Google's tokens carry no groups: groups stay managed in the hub.
     elif auth.type in ("oidc", "cognito"):
         c.JupyterHub.authenticator_class = "ec2spawner.oauth.GenericOAuthenticator"
         section = c.GenericOAuthenticator

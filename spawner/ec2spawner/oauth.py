@@ -1,6 +1,6 @@
 """oauthenticator's GitHub, Google and generic (OpenID Connect, Cognito) authenticators, as the hub runs them.
 
-Two additions to upstream (oauthenticator 17.4.0), nothing else:
+Three additions to upstream (oauthenticator 17.4.0), nothing else:
 
 - **A refused client secret is said so.** When the provider refuses the hub's client credentials
   at the token endpoint (OAuth 2.0, RFC 6749 §5.2: ``invalid_client``, HTTP 401; GitHub answers
@@ -13,6 +13,10 @@ Two additions to upstream (oauthenticator 17.4.0), nothing else:
   characters its name has (upstream's string form splits at dots, and claims such as
   ``https://example.org/groups`` have them), :func:`github_team_groups` names each GitHub team
   ``<org>:<team-slug>``.
+- **Google Workspace groups for every user** (:class:`GoogleOAuthenticator`): upstream reads them
+  only to check ``allowed_google_groups``/``admin_google_groups``; here ``read_google_groups`` reads
+  them at every sign-in so that JupyterHub's groups (and so each class's ``allowed_groups``) follow
+  Google, and the Directory API is asked at ``google_api_url`` like upstream's other Google calls.
 
 Configure them as ``c.GenericOAuthenticator``, ``c.GitHubOAuthenticator``, ``c.GoogleOAuthenticator``.
 """
@@ -26,7 +30,7 @@ from typing import Any
 from oauthenticator import generic, github, google, oauth2
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 # What the token endpoint says when it does not accept the client id and secret.
 REFUSED_CLIENT_ERRORS = ("invalid_client", "unauthorized_client", "incorrect_client_credentials")
@@ -92,7 +96,43 @@ class GitHubOAuthenticator(RefusedSecretIsSaid, github.GitHubOAuthenticator):
 
 
 class GoogleOAuthenticator(RefusedSecretIsSaid, google.GoogleOAuthenticator):
-    """Google accounts (groups: none; Google's tokens carry no group claim)."""
+    """Google accounts; with ``read_google_groups``, their Google Workspace groups.
+
+    Google's tokens carry no group claim: the groups come from the Admin SDK Directory API, asked
+    by a service account with domain-wide delegation (``google_service_account_keys``) acting as a
+    Workspace administrator (``gsuite_administrator``), as upstream does. The groups land in the
+    auth state as ``google_user.google_groups`` (group e-mail addresses without the domain), where
+    ``manage_groups`` takes them (:class:`ClaimGroups`).
+    """
+
+    read_google_groups = Bool(
+        False,
+        help="""Read the user's Google Workspace groups at every sign-in, whatever decides who may sign in.
+
+        Upstream reads them only when ``allowed_google_groups`` or ``admin_google_groups`` is set.
+        """,
+    ).tag(config=True)
+
+    async def update_auth_model(self, auth_model):
+        auth_model = await super().update_auth_model(auth_model)
+        if self.read_google_groups and not (self.allowed_google_groups or self.admin_google_groups):
+            user_info = auth_model["auth_state"][self.user_auth_state_key]
+            groups: set[str] = set()
+            # Only a configured domain has a service account to ask; any other is refused
+            # afterwards (hosted_domain), not turned into a 500 by a missing key.
+            if user_info["domain"] in self.gsuite_administrator:
+                # Upstream's own reader (pinned version), with its nested-group and paging logic.
+                groups = await self._fetch_member_groups(user_info["email"], user_info["domain"])
+            user_info["google_groups"] = sorted(groups)
+        return auth_model
+
+    async def httpfetch(self, url, *args, **kwargs):
+        # Upstream builds every Google URL from google_api_url (GOOGLE_API_URL: a proxy or private
+        # endpoint) except the Directory API's, which names www.googleapis.com itself.
+        public = "https://www.googleapis.com/"
+        if url.startswith(public) and self.google_api_url.rstrip("/") + "/" != public:
+            url = self.google_api_url.rstrip("/") + "/" + url[len(public):]
+        return await super().httpfetch(url, *args, **kwargs)
 
 
 @dataclass(frozen=True)

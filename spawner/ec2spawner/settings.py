@@ -70,6 +70,11 @@ class AuthSettings(BaseModel):
     # github: members of these organizations may sign in. google: accounts of these domains.
     allowed_organizations: list[str] = []
     hosted_domains: list[str] = []
+    # google: groups from Google Workspace. The service account (its JSON key is the Secrets
+    # Manager secret ``google_service_account_secret_name``, fetched at every start like the client
+    # secret) reads them acting as this Workspace administrator (a user name, in each domain).
+    google_groups_admin: str | None = None
+    google_service_account_secret_name: str | None = None
 
 
 class HubSettings(BaseModel):

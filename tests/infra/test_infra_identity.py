@@ -31,9 +31,20 @@ OIDC = {
 }
 
 
+GOOGLE = {
+    "auth": "google", "oauth_client_id": "hub-client.apps.example", "google_domains": "example.org",
+    "google_groups_admin": "gadmin", "oauth_allowed_groups": "staff,gpu-users", "oauth_admin_groups": "hub-admins",
+}
+
+
 @pytest.fixture(scope="module")
 def oidc_synth(tmp_path_factory):
     return synth(tmp_path_factory, OIDC)
+
+
+@pytest.fixture(scope="module")
+def google_synth(tmp_path_factory):
+    return synth(tmp_path_factory, GOOGLE)
 
 
 def resolve(value: Any, template: dict[str, Any]) -> str:
@@ -196,8 +207,15 @@ REQUIRED = {"admin_user": "admin", "allow_http": True}
      "(its /.well-known/openid-configuration lists them)")),
     ({**OIDC, "oidc_token_url": "http://idp/token"}, "context oidc_token_url: 'http://idp/token' is not an https:// URL"),
     ({"auth": "google", "oauth_client_id": "c", "google_domains": "example.org", "oauth_admin_groups": "a"},
-     ("context oauth_allowed_groups: Google's tokens carry no groups: use google_domains, oauth_allow_all or "
+     ("context oauth_allowed_groups: Google's tokens carry no groups: set google_groups_admin (a Workspace "
+     "administrator whose rights a service account reads groups with), or use google_domains, oauth_allow_all or "
      "admin_user (groups are managed in the hub)")),
+    ({"auth": "google", "oauth_client_id": "c", "google_groups_admin": "gadmin", "oauth_allow_all": True},
+     ("context google_domains: required with google_groups_admin: the Google Workspace domains whose users sign in "
+     "and whose groups are read")),
+    ({**OIDC, "google_groups_admin": "gadmin"},
+     "context google_groups_admin: only with auth=google (other providers' groups come in their tokens)"),
+    ({**GOOGLE, "google_groups_admin": "g admin"}, "context google_groups_admin: 'g admin' is not a plain user name"),
     ({"auth": "cognito"}, ("context certificate_arn: required with auth=cognito: Cognito sends users back only to "
      "an https:// callback URL (-c certificate_arn=arn:aws:acm:...)")),
     ({"auth": "cognito", "certificate_arn": CERT, "cognito_domain_prefix": "my-cognito-hub"},
@@ -215,3 +233,33 @@ def test_lists_come_as_json_lists_or_separated_text():
     b = config_from_context({**REQUIRED, **OIDC, "oauth_allowed_groups": "staff gpu-users"})
     assert a.oauth_allowed_groups == b.oauth_allowed_groups == ("staff", "gpu-users")
     assert config_from_context(REQUIRED).auth == "native"
+
+
+def test_google_groups_read_with_a_service_account_key_only_the_hub_reads(google_synth):
+    s = google_synth
+    auth = hub_auth(s)
+    assert (auth.type, auth.hosted_domains, auth.google_groups_admin) == ("google", ["example.org"], "gadmin")
+    assert auth.allowed_groups == ["staff", "gpu-users"] and auth.admin_groups == ["hub-admins"]
+    assert auth.google_service_account_secret_name == "ec2hub/ec2hub/google-service-account-{stack-uuid}"
+    (secret,) = [r for r in s.resources("AWS::SecretsManager::Secret").values()
+                 if "google-service-account" in join_text(r["Properties"]["Name"])]
+    assert secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"] == (
+        '{"ec2hub-placeholder": "replace with the service account\'s JSON key"}')
+    statement = policy_statements(s, hub_role(s))["ReadOAuthClientSecret"]
+    assert [join_text(r) for r in as_list(statement["Resource"])] == [
+        "arn:aws:secretsmanager:us-east-1:111111111111:secret:ec2hub/ec2hub/oauth-client-secret-{stack-uuid}-??????",
+        "arn:aws:secretsmanager:us-east-1:111111111111:secret:ec2hub/ec2hub/google-service-account-{stack-uuid}-??????",
+    ]
+    assert resolve(s.template["Outputs"]["GoogleServiceAccountKeyCommand"]["Value"], s.template) == (
+        "aws secretsmanager put-secret-value --region us-east-1 --secret-id "
+        "ec2hub/ec2hub/google-service-account-{stack-uuid} --secret-string file://<the service account's JSON key>")
+    assert s.aws_solutions_report()["violations"] == []
+
+
+def test_google_without_groups_has_no_service_account_secret(tmp_path_factory):
+    config = config_from_context({**REQUIRED, "auth": "google", "oauth_client_id": "c", "google_domains": "example.org"})
+    assert config.google_groups_admin is None
+    from infra.identity import auth_settings
+
+    auth = AuthSettings.model_validate(auth_settings(config, callback="cb", secret_name="n"))
+    assert auth.google_service_account_secret_name is None and auth.google_groups_admin is None

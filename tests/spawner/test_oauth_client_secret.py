@@ -66,3 +66,55 @@ def test_the_stacks_placeholder_stops_the_start_with_what_to_do(state, capsys):
             "OAuthClientSecretCommand output); the hub starts once it is there") in said.out + said.err
     assert "r4nd0m" not in said.out + said.err
     assert not (tmp / "oauth_client_secret").exists()
+
+
+GOOGLE_KEY = "ec2hub/fetch-test/google-service-account-0001"
+
+
+def google_settings(secret_name):
+    s = settings(None).model_dump()
+    s["auth"] = {"type": "google", "oauth_client_id": "c", "hosted_domains": ["example.org"],
+                 "google_groups_admin": "gadmin", "google_service_account_secret_name": secret_name}
+    return HubSettings.model_validate(s)
+
+
+@pytest.fixture
+def google_key(state):
+    tmp, client = state
+    yield tmp, client
+    client.delete_secret(SecretId=GOOGLE_KEY, ForceDeleteWithoutRecovery=True)
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    (json.dumps({OAUTH_SECRET_PLACEHOLDER_KEY: "x", "unused": "r4nd0m"}),
+     (f"'{GOOGLE_KEY}' still holds the stack's placeholder: put the Google service account's JSON key there "
+     "(the stack's GoogleServiceAccountKeyCommand output); the hub starts once it is there")),
+    ("r4nd0m-not-json",
+     (f"'{GOOGLE_KEY}' is not a Google service account key (JSON with type service_account, client_email, "
+     "private_key and token_uri, as the Google Cloud console downloads it)")),
+    (json.dumps({"type": "authorized_user", "client_email": "a@b", "private_key": "r4nd0m", "token_uri": "t"}),
+     f"'{GOOGLE_KEY}' is not a Google service account key"),
+])
+def test_a_google_key_that_is_not_one_stops_the_start_without_showing_it(google_key, capsys, value, said):
+    tmp, client = google_key
+    client.create_secret(Name=GOOGLE_KEY, SecretString=value)
+    with pytest.raises(SystemExit):
+        hub_bootstrap.ensure_google_key(google_settings(GOOGLE_KEY), REGION)
+    out = capsys.readouterr()
+    assert said in out.out + out.err and "r4nd0m" not in out.out + out.err
+    assert not (tmp / "google_service_account.json").exists()
+
+
+def test_a_google_key_is_fetched_into_a_private_file_and_removed_with_the_setting(google_key, capsys):
+    tmp, client = google_key
+    key = {"type": "service_account", "client_email": "reader@p.iam.gserviceaccount.com",
+           "private_key": "-----BEGIN PRIVATE KEY-----\nr4nd0m\n-----END PRIVATE KEY-----\n", "token_uri": "t"}
+    client.create_secret(Name=GOOGLE_KEY, SecretString=json.dumps(key))
+    hub_bootstrap.ensure_google_key(google_settings(GOOGLE_KEY), REGION)
+    path = tmp / "google_service_account.json"
+    assert json.loads(path.read_text()) == key and stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Groups no longer read from Google: the next start removes the key from the host.
+    hub_bootstrap.ensure_google_key(google_settings(None), REGION)
+    assert not path.exists()
+    out = capsys.readouterr()
+    assert "r4nd0m" not in out.out + out.err

@@ -105,6 +105,28 @@ def test_google_oauth_by_domain_without_groups():
     g = expected.GoogleOAuthenticator
     g.client_id, g.oauth_callback_url, g.allow_existing_users = "cid", "cb", True
     g.hosted_domain = ["example.org"]
+    # hosted_domain only blocks other domains: the domain's users are let in by allow_all.
+    g.allow_all = True
+    assert c == expected
+
+
+def test_google_oauth_with_workspace_groups():
+    s = settings(type="google", oauth_client_id="cid", oauth_callback_url="cb", hosted_domains=["a.org", "b.org"],
+                 allowed_groups=["staff"], admin_groups=["hub-admins"], google_groups_admin="gadmin",
+                 google_service_account_secret_name="ec2hub/hub1/google-service-account-1")
+    c = apply_settings(Config(), s, hub_connect_ip="10.0.0.5", google_service_account_key_file="/k.json")
+    expected = expected_common()
+    expected.Authenticator.admin_users = set()
+    expected.JupyterHub.authenticator_class = "ec2spawner.oauth.GoogleOAuthenticator"
+    g = expected.GoogleOAuthenticator
+    g.client_id, g.oauth_callback_url, g.allow_existing_users = "cid", "cb", True
+    g.hosted_domain = ["a.org", "b.org"]
+    g.read_google_groups = True
+    g.gsuite_administrator = {"a.org": "gadmin", "b.org": "gadmin"}
+    g.google_service_account_keys = {"a.org": "/k.json", "b.org": "/k.json"}
+    g.manage_groups = True
+    g.auth_state_groups_key = ClaimGroups("google_groups", user_key="google_user")
+    g.allowed_groups, g.admin_groups = {"staff"}, {"hub-admins"}
     assert c == expected
 
 
