@@ -177,7 +177,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         f"IAM5[{arn('elasticfilesystem', 'access-point/*')}]",
         "Each user's home access point gets an id EFS generates: TagResource is allowed only inside "
         f"CreateAccessPoint (elasticfilesystem:CreateAction) with aws:RequestTag/ec2hub:hub = {hub_id}; "
-        "CreateAccessPoint itself only on the homes' file system, by its ARN.",
+        "CreateAccessPoint itself only on the homes' file system, by its ARN; DescribeAccessPoints by id "
+        f"only of access points tagged ec2hub:hub = {hub_id} (aws:ResourceTag).",
     )
 
     acknowledge(

@@ -81,7 +81,7 @@ def access_point_statements(*, scope: Construct, hub_id: str, file_system_arn: s
     CreateAccessPoint on the homes' file system only, with this hub's tag and only the tag keys
     the spawner sets. Creating with tags also needs TagResource, allowed only inside that creation
     (``elasticfilesystem:CreateAction``): the hub cannot retag another access point. Listing them
-    (DescribeAccessPoints by file system) returns metadata only. No client action: the hub never
+    (DescribeAccessPoints by file system, or by id for this hub's own) returns metadata only. No client action: the hub never
     mounts the homes.
     """
     access_points = Stack.of(scope).format_arn(
@@ -113,6 +113,14 @@ def access_point_statements(*, scope: Construct, hub_id: str, file_system_arn: s
             sid="FindHomeAccessPoints",
             actions=["elasticfilesystem:DescribeAccessPoints"],
             resources=[file_system_arn],
+        ),
+        iam.PolicyStatement(
+            # One remembered access point, by id, before a start names it to an instance (an
+            # administrator may have deleted it); only this hub's.
+            sid="CheckHomeAccessPoints",
+            actions=["elasticfilesystem:DescribeAccessPoints"],
+            resources=[access_points],
+            conditions={"StringEquals": {f"aws:ResourceTag/{TAG_HUB}": hub_id}},
         ),
     ]
 

@@ -118,17 +118,19 @@ def access_point_owner(access_point: Mapping, hub_id: str) -> str | None:
     return tags.get(TAG_UNIX_USER)
 
 
-def access_point_params(*, hub_id: str, file_system_id: str, unix: str) -> dict:
+def access_point_params(*, hub_id: str, file_system_id: str, unix: str, replaces: str | None = None) -> dict:
     """CreateAccessPoint for one user's home: ``/home/<unix>``, owned by and only as its uid.
 
     EFS runs every NFS request through the access point as ``PosixUser`` (whoever the client
     claims to be, root included) and confines it to ``RootDirectory``, which it creates with
     ``CreationInfo`` at the first mount (EFS user guide, "Working with access points"). The
     ``ClientToken`` is derived from the home, so a retried call cannot make a second one (EFS
-    answers ``AccessPointAlreadyExists`` instead).
+    answers ``AccessPointAlreadyExists`` instead). ``replaces`` names an access point of this home
+    that was deleted: the new one gets a token of its own (EFS may remember the old token), still
+    the same for every hub process that replaces that one.
     """
     uid = home_uid(unix)
-    material = f"{hub_id}\0{file_system_id}\0{unix}"
+    material = f"{hub_id}\0{file_system_id}\0{unix}" + (f"\0{replaces}" if replaces else "")
     return {
         "ClientToken": "ec2hub-" + hashlib.sha256(material.encode()).hexdigest()[:57],
         "FileSystemId": file_system_id,

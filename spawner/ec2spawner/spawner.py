@@ -1120,15 +1120,21 @@ class EC2Spawner(Spawner):
         unix = req.unix_name(self.user.name)
         key = (self.hub_id, self.efs_id, unix)
         try:
-            # Access points are never deleted by the platform: one found stays valid.
-            if key in self._access_points:
-                return self._access_points[key]
+            # The platform never deletes access points, but an administrator may: a remembered id
+            # is asked about (one call) before it is named to an instance, whose mount would fail.
+            cached = self._access_points.get(key)
+            if cached is not None and await self._access_point_is_there(cached, unix):
+                return cached
             found = await self._find_access_point(unix)
+            if cached is not None and found != cached:
+                self.log.warning("%s: EFS access point %s of %s is gone from %s: %s", self._log_name, cached,
+                                 unix, self.efs_id, f"using {found}" if found else "making another")
             if found is None:
                 self._progress(f"Creating your home directory's access point on {self.efs_id}", 5)
                 made = await self.aws.call(
                     "efs", "CreateAccessPoint", ignore={ErrorKind.ALREADY_EXISTS},
-                    **req.access_point_params(hub_id=self.hub_id, file_system_id=self.efs_id, unix=unix))
+                    **req.access_point_params(hub_id=self.hub_id, file_system_id=self.efs_id, unix=unix,
+                                              replaces=cached))
                 # Already made by this token (a retried call, or another hub process): find it.
                 found = made["AccessPointId"] if made else await self._find_access_point(unix)
                 self.log.info("%s: EFS access point %s for %s on %s", self._log_name, found, unix, self.efs_id)
@@ -1145,6 +1151,14 @@ class EC2Spawner(Spawner):
                 reason="home", status_code=503)
         self._access_points[key] = found
         return found
+
+    async def _access_point_is_there(self, access_point_id: str, unix: str) -> bool:
+        """Whether the access point still exists, usable, as this hub's for ``unix``. Not found, or
+        refused (IAM may refuse a deleted one, whose tags it cannot read): no, and the caller lists
+        the file system's access points instead."""
+        answer = await self.aws.call("efs", "DescribeAccessPoints", ignore={ErrorKind.NOT_FOUND, ErrorKind.UNAUTHORIZED},
+                                     AccessPointId=access_point_id)
+        return any(req.access_point_owner(item, self.hub_id) == unix for item in (answer or {}).get("AccessPoints", []))
 
     async def _find_access_point(self, unix: str) -> str | None:
         token = None

@@ -401,7 +401,10 @@ def test_hub_makes_access_points_only_on_the_homes_file_system_and_only_tagged_a
     efs = {s["Sid"]: s for s in copy.deepcopy(policy["PolicyDocument"]["Statement"])}
     assert join_text(efs["TagHomeAccessPointsAtCreation"]["Resource"]) == (
         "arn:aws:elasticfilesystem:us-east-1:111111111111:access-point/*")
+    assert join_text(efs["CheckHomeAccessPoints"]["Resource"]) == (
+        "arn:aws:elasticfilesystem:us-east-1:111111111111:access-point/*")
     efs["TagHomeAccessPointsAtCreation"]["Resource"] = "<access points>"
+    efs["CheckHomeAccessPoints"]["Resource"] = "<access points>"
     for sid in ("CreateHomeAccessPoints", "FindHomeAccessPoints"):
         efs[sid]["Resource"] = join_text(efs[sid]["Resource"])
     assert efs == {
@@ -422,5 +425,10 @@ def test_hub_makes_access_points_only_on_the_homes_file_system_and_only_tagged_a
         "FindHomeAccessPoints": {
             "Sid": "FindHomeAccessPoints", "Effect": "Allow",
             "Action": "elasticfilesystem:DescribeAccessPoints", "Resource": homes_arn,
+        },
+        "CheckHomeAccessPoints": {
+            "Sid": "CheckHomeAccessPoints", "Effect": "Allow",
+            "Action": "elasticfilesystem:DescribeAccessPoints", "Resource": "<access points>",
+            "Condition": {"StringEquals": {"aws:ResourceTag/ec2hub:hub": hub_id}},
         },
     }

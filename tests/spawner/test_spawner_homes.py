@@ -69,6 +69,37 @@ async def test_first_start_makes_the_users_access_point_and_later_starts_reuse_i
     assert hub_access_points(efs, platform.efs_id, hub_id) == [access_point]
 
 
+async def test_an_access_point_deleted_by_an_administrator_is_replaced_at_the_next_start(
+        new_spawner, hub_id, live, efs, platform, sent, caplog):
+    """The hub remembers each user's access point; one deleted behind its back is not named to
+    the next instance (its home could not be mounted): a new one is made, with a token of its own."""
+    spawner = new_spawner("dave")
+    await spawner.start()
+    [first] = hub_access_points(efs, platform.efs_id, hub_id)
+    await spawner.stop()
+    efs.delete_access_point(AccessPointId=first["AccessPointId"])
+
+    again = new_spawner("dave")
+    await again.start()
+    [second] = hub_access_points(efs, platform.efs_id, hub_id)
+    assert second["AccessPointId"] != first["AccessPointId"]
+    [instance] = live("dave")
+    assert tags_of(instance)["ec2hub:efs-access-point"] == second["AccessPointId"]
+    assert second["ClientToken"] != first["ClientToken"]
+    assert f"EFS access point {first['AccessPointId']} of jupyter-dave is gone from {platform.efs_id}: " \
+           "making another" in caplog.text
+    await again.stop()
+
+    # While it exists, a start asks about the remembered one only: no listing, nothing made.
+    made = sent.count("CreateAccessPoint")
+    del sent[:]
+    third = new_spawner("dave")
+    await third.start()
+    assert sent.count("DescribeAccessPoints") == 1 and sent.count("CreateAccessPoint") == 0
+    assert sent.count("CreateAccessPoint") + made == 2
+    await third.stop()
+
+
 async def test_two_servers_of_one_user_starting_together_share_one_access_point(
         new_spawner, hub_id, live, efs, platform):
     """Both may miss it and both create it with the same ClientToken: EFS makes one and answers
