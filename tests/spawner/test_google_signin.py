@@ -12,14 +12,9 @@ run for real over HTTP. The test is the browser: a cookie-keeping client followi
 from __future__ import annotations
 
 import asyncio
-import html
 import json
-import os
-import re
-import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
@@ -30,9 +25,16 @@ from ec2spawner.hubconfig import apply_settings
 from ec2spawner.oauth import GoogleOAuthenticator
 from ec2spawner.settings import HubSettings
 from google_standin import GoogleStandIn
+from oauth_hub import (
+    follow_chooser,
+    hub_ports,
+    oauth_hub,
+    offered_classes,
+    spawn_request,
+    user_model,
+)
 from spawner_testing import REGION, REPO
 from traitlets.config import Config
-from waiting import free_port, wait_until
 
 sys.path.insert(0, str(REPO / "bootstrap"))
 
@@ -41,7 +43,6 @@ from ec2hub_bootstrap import hub as hub_bootstrap
 pytestmark = pytest.mark.slow
 
 CLIENT_ID, CLIENT_SECRET = "ec2hub-google-test.apps.example", "the-google-client-secret-0123456789"
-API_TOKEN = "google-test-service-token-0123456789abcdef"
 SERVICE_ACCOUNT = "groups-reader@ec2hub-test.iam.gserviceaccount.com"
 DOMAIN, ADMIN = "example.org", "gadmin"
 ACCOUNTS = {
@@ -68,7 +69,7 @@ def service_account_key() -> tuple[dict, bytes]:
 @pytest.fixture(scope="module")
 def google_hub(emulator, platform, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("google")
-    ports = {name: free_port() for name in ("proxy", "proxy_api", "hub", "notebook")}
+    ports = hub_ports()
     base = f"http://127.0.0.1:{ports['proxy']}"
     key, public = service_account_key()
     google = GoogleStandIn(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, accounts=ACCOUNTS,
@@ -96,61 +97,19 @@ def google_hub(emulator, platform, tmp_path_factory):
         patch.setattr(hub_bootstrap, "HUB_USER", "root")
         hub_bootstrap.ensure_google_key(settings, REGION)
     key_file = tmp / "google_service_account.json"
-    (tmp / "settings.json").write_text(settings.model_dump_json())
-    (tmp / "jupyterhub_config.py").write_text(f"""
-from ec2spawner.hubconfig import apply_settings
-from ec2spawner.settings import HubSettings
-
-apply_settings(c, HubSettings.load({str(tmp / 'settings.json')!r}), hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1",
-               oauth_client_secret={CLIENT_SECRET!r}, google_service_account_key_file={str(key_file)!r})
-# Google's account chooser is at a fixed address upstream; everything else follows GOOGLE_API_URL.
-c.GoogleOAuthenticator.authorize_url = {google.url + '/o/oauth2/v2/auth'!r}
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.db_url = "sqlite:///{tmp / 'hub.sqlite'}"
-c.JupyterHub.cookie_secret_file = {str(tmp / 'cookie_secret')!r}
-c.JupyterHub.pid_file = {str(tmp / 'hub.pid')!r}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
-c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]
-c.JupyterHub.services = [{{"name": "test", "api_token": {API_TOKEN!r}}}]
-c.JupyterHub.load_roles = [{{"name": "test", "scopes": ["admin:users", "read:servers"], "services": ["test"]}}]
-c.EC2Spawner.notebook_port = {ports['notebook']}
-c.EC2Spawner.sweep_orphans = False
-""")
-    env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "AWS_ENDPOINT_URL": emulator.endpoint_url, "GOOGLE_API_URL": google.url}
-    log_path = tmp / "hub.log"
-    log = open(log_path, "a")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    api = http.Session()
-    api.headers["Authorization"] = f"token {API_TOKEN}"
-
-    def up():
-        if proc.poll() is not None:
-            pytest.fail("hub exited:\n" + log_path.read_text())
-        try:
-            return api.get(base + "/hub/api/", timeout=2).ok
-        except http.ConnectionError:
-            return False
-
-    failed = True
     try:
-        wait_until(up, 60, "the hub")
-        yield type("Hub", (), {"base": base, "api": api, "google": google, "key_file": key_file,
-                               "log": staticmethod(log_path.read_text)})
-        failed = False
+        with oauth_hub(
+            tmp, ports, settings, emulator_url=emulator.endpoint_url,
+            apply_kwargs=f"oauth_client_secret={CLIENT_SECRET!r}, google_service_account_key_file={str(key_file)!r}",
+            # Google's account chooser is at a fixed address upstream; the rest follows GOOGLE_API_URL.
+            extra_config=f"c.GoogleOAuthenticator.authorize_url = {google.url + '/o/oauth2/v2/auth'!r}",
+            env={"GOOGLE_API_URL": google.url},
+        ) as hub:
+            hub.google, hub.key_file = google, key_file
+            yield hub
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         google.stop()
-        log.close()
         sm.delete_secret(SecretId=key_secret, ForceDeleteWithoutRecovery=True)
-        if failed:
-            print("---- hub log ----\n" + log_path.read_text())
 
 
 def sign_in(hub, email: str) -> tuple[http.Session, http.Response]:
@@ -158,18 +117,7 @@ def sign_in(hub, email: str) -> tuple[http.Session, http.Response]:
     browser = http.Session()
     page = browser.get(hub.base + "/hub/oauth_login", timeout=20)
     assert page.url.startswith(hub.google.url + "/o/oauth2/v2/auth"), page.url
-    hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
-    fields = {html.unescape(k): html.unescape(v) for k, v in hidden.items()}
-    return browser, browser.post(page.url.split("?")[0], data={**fields, "login": email}, timeout=30)
-
-
-def user_model(hub, name):
-    return hub.api.get(f"{hub.base}/hub/api/users/{name}", timeout=10).json()
-
-
-def offered_classes(browser, hub) -> list[str]:
-    page = browser.get(hub.base + "/hub/spawn", timeout=20)
-    return sorted(re.findall(r'name="instance_class"[^>]*value="([^"]+)"', page.text))
+    return browser, follow_chooser(browser, page, email)
 
 
 def test_workspace_groups_become_hub_groups_and_decide_the_classes(google_hub):
@@ -184,10 +132,7 @@ def test_workspace_groups_become_hub_groups_and_decide_the_classes(google_hub):
     assert page.url.startswith(hub.base + "/hub/"), page.url
     assert user_model(hub, "bob")["groups"] == ["staff"]
     assert offered_classes(bob, hub) == ["small", "spot"]
-    bob.get(hub.base + "/hub/home", timeout=10)
-    refused = bob.post(f"{hub.base}/hub/api/users/bob/server", timeout=30,
-                       json={"user_options": {"instance_class": "gpu"}},
-                       headers={"X-XSRFToken": bob.cookies.get("_xsrf", path="/hub/") or ""})
+    refused = spawn_request(bob, hub, "bob", "gpu")
     assert refused.status_code == 403
     assert refused.json()["message"] == "Instance class 'gpu' is not available to your groups: use one of: small, spot"
 

@@ -14,13 +14,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests as http
+from ec2spawner.settings import HubSettings
+from oauth_hub import hub_ports, oauth_hub, spawn_request, user_model
 from spawner_testing import REGION, REPO
 from waiting import free_port, wait_until
 
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.slow
 
 CLIENT_ID, CLIENT_SECRET = "ec2hub-test", "the-registered-client-secret-0123456789"
 SECRET_NAME = "ec2hub/oidc-test/oauth-client-secret-abc"
-API_TOKEN = "oidc-test-service-token-0123456789abcdef"
 # Login -> the groups the provider's `groups` claim lists.
 ACCOUNTS = {"alice": ["gpu"], "bob": ["staff"], "carol": ["staff", "hub-admins"], "mallory": ["outsiders"]}
 NODE = REPO / "node_modules/.bin/node"
@@ -83,11 +83,11 @@ class Provider:
 @pytest.fixture(scope="module")
 def oidc_hub(request, emulator, platform, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("oidc")
-    ports = {name: free_port() for name in ("proxy", "proxy_api", "hub", "notebook", "provider")}
+    ports = {**hub_ports(), "provider": free_port()}
     base = f"http://127.0.0.1:{ports['proxy']}"
     provider = Provider(tmp, ports["provider"], f"{base}/hub/oauth_callback")
     hub_id = "oidc-" + uuid.uuid4().hex[:8]
-    settings = {
+    settings = HubSettings.model_validate({
         "region": REGION, "hub_id": hub_id, "subnets": platform.subnets,
         "classes": [dict(c) for c in platform.classes],
         "secret_prefix": f"/ec2hub/{hub_id}/servers/", "proxy_port": ports["proxy"], "hub_api_port": ports["hub"],
@@ -99,68 +99,25 @@ def oidc_hub(request, emulator, platform, tmp_path_factory):
             "scopes": ["openid", "profile", "groups"], "groups_claim": "groups",
             "allowed_groups": ["gpu", "staff"], "admin_groups": ["hub-admins"],
         },
-    }
-    (tmp / "settings.json").write_text(json.dumps(settings))
-    (tmp / "jupyterhub_config.py").write_text(f"""
-import json
-from ec2spawner.hubconfig import apply_settings
-from ec2spawner.settings import HubSettings
-
-apply_settings(c, HubSettings.model_validate(json.load(open({str(tmp / 'settings.json')!r}))),
-               hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1", oauth_client_secret={CLIENT_SECRET!r})
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.db_url = "sqlite:///{tmp / 'hub.sqlite'}"
-c.JupyterHub.cookie_secret_file = {str(tmp / 'cookie_secret')!r}
-c.JupyterHub.pid_file = {str(tmp / 'hub.pid')!r}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
-c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]
-c.JupyterHub.services = [{{"name": "test", "api_token": {API_TOKEN!r}}}]
-c.JupyterHub.load_roles = [{{"name": "test", "scopes": ["admin:users", "admin:servers", "read:servers"],
-                             "services": ["test"]}}]
-c.EC2Spawner.notebook_port = {ports['notebook']}
-c.EC2Spawner.server_url_template = "http://127.0.0.1:{{port}}"
+    })
+    provider.start()
+    try:
+        with oauth_hub(tmp, ports, settings, emulator_url=emulator.endpoint_url,
+                       apply_kwargs=f"oauth_client_secret={CLIENT_SECRET!r}", extra_config="""
+c.JupyterHub.load_roles = [{"name": "test", "scopes": ["admin:users", "admin:servers", "read:servers"],
+                            "services": ["test"]}]
+c.EC2Spawner.server_url_template = "http://127.0.0.1:{port}"
 c.EC2Spawner.fast_poll_interval = 0.2
 c.EC2Spawner.start_timeout = 30
 c.EC2Spawner.http_timeout = 30
-c.EC2Spawner.sweep_orphans = False
 # A spawn request answers at once (202); the test watches EC2.
-c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
-""")
-    env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "AWS_ENDPOINT_URL": emulator.endpoint_url}
-    log_path = tmp / "hub.log"
-    log = open(log_path, "a")  # noqa: SIM115 (closed at teardown)
-    provider.start()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    api = http.Session()
-    api.headers["Authorization"] = f"token {API_TOKEN}"
-
-    def up():
-        if proc.poll() is not None:
-            pytest.fail("hub exited:\n" + log_path.read_text())
-        try:
-            return api.get(base + "/hub/api/", timeout=2).ok
-        except http.ConnectionError:
-            return False
-
-    failed = True
-    try:
-        wait_until(up, 60, "the hub")
-        yield type("Hub", (), {"base": base, "api": api, "provider": provider, "hub_id": hub_id, "env": env,
-                               "tmp": tmp, "log": staticmethod(log_path.read_text)})
-        failed = False
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+""") as hub:
+            hub.provider, hub.hub_id = provider, hub_id
+            yield hub
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         provider.stop()
-        log.close()
-        if failed:
-            print("---- hub log ----\n" + log_path.read_text())
+        if request.session.testsfailed:
             print("---- provider log ----\n" + provider.log_path.read_text())
 
 
@@ -184,18 +141,6 @@ def sign_in(hub, login: str) -> tuple[http.Session, http.Response]:
     return browser, page
 
 
-def user_model(hub, name):
-    return hub.api.get(f"{hub.base}/hub/api/users/{name}", timeout=10).json()
-
-
-def spawn(hub, browser, name, instance_class) -> http.Response:
-    """POST the user's own spawn request with the session cookie (and its XSRF token)."""
-    browser.get(hub.base + "/hub/home", timeout=10)
-    return browser.post(f"{hub.base}/hub/api/users/{name}/server", timeout=30,
-                        json={"user_options": {"instance_class": instance_class}},
-                        headers={"X-XSRFToken": browser.cookies.get("_xsrf", path="/hub/") or ""})
-
-
 def test_a_provider_group_reaches_the_class_it_allows(oidc_hub, live_oidc):
     hub = oidc_hub
     browser, page = sign_in(hub, "alice")
@@ -205,7 +150,7 @@ def test_a_provider_group_reaches_the_class_it_allows(oidc_hub, live_oidc):
 
     # Accepted and launched as that class (no notebook server answers here: the spawn is
     # cancelled once EC2 has the instance).
-    started = spawn(hub, browser, "alice", "gpu")
+    started = spawn_request(browser, hub, "alice", "gpu")
     assert started.status_code == 202, started.text
     [launched] = wait_until(lambda: live_oidc("alice"), 30, "alice's instance")
     assert {t["Key"]: t["Value"] for t in launched["Tags"]}["ec2hub:class"] == "gpu"
@@ -220,7 +165,7 @@ def test_a_user_outside_the_group_gets_403_for_its_class(oidc_hub, live_oidc):
     browser, page = sign_in(hub, "bob")
     assert page.url.startswith(hub.base + "/hub/"), page.url
     assert user_model(hub, "bob")["groups"] == ["staff"]
-    refused = spawn(hub, browser, "bob", "gpu")
+    refused = spawn_request(browser, hub, "bob", "gpu")
     assert refused.status_code == 403
     assert refused.json()["message"] == "Instance class 'gpu' is not available to your groups: use one of: small, spot"
     assert live_oidc("bob") == []
