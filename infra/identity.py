@@ -126,42 +126,40 @@ class IdentityProvider(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.secret_name = client_secret_name(config.hub_id)
-        self.secret = secretsmanager.Secret(
-            self,
-            "ClientSecret",
-            secret_name=self.secret_name,
-            description=f"ec2hub {config.hub_id}: the {config.auth} OAuth client secret (put it here "
-            "as plain text; the hub reads it at every start)",
-            # A placeholder the hub recognizes (it refuses to start on it), never a usable secret.
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template=json.dumps({OAUTH_SECRET_PLACEHOLDER_KEY: "replace with the provider's client secret"}),
-                generate_string_key="unused",
-            ),
-            removal_policy=RemovalPolicy.DESTROY,
+        self.secret = self._operator_secret(
+            "ClientSecret", self.secret_name, "the provider's client secret",
+            f"ec2hub {config.hub_id}: the {config.auth} OAuth client secret (put it here as plain text; the hub "
+            "reads it at every start)",
         )
         # Google Workspace groups: the service account's key, put there by the operator.
         self.google_key_secret_name: str | None = None
         if config.auth == "google" and config.google_groups_admin:
             self.google_key_secret_name = google_key_secret_name(config.hub_id)
-            self.google_key_secret = secretsmanager.Secret(
-                self,
-                "GoogleServiceAccountKey",
-                secret_name=self.google_key_secret_name,
-                description=f"ec2hub {config.hub_id}: the JSON key of the Google service account that reads "
-                "Google Workspace groups (domain-wide delegation, scope admin.directory.group.readonly)",
-                generate_secret_string=secretsmanager.SecretStringGenerator(
-                    secret_string_template=json.dumps(
-                        {OAUTH_SECRET_PLACEHOLDER_KEY: "replace with the service account's JSON key"}
-                    ),
-                    generate_string_key="unused",
-                ),
-                removal_policy=RemovalPolicy.DESTROY,
+            self.google_key_secret = self._operator_secret(
+                "GoogleServiceAccountKey", self.google_key_secret_name, "the service account's JSON key",
+                f"ec2hub {config.hub_id}: the JSON key of the Google service account that reads Google Workspace "
+                "groups (domain-wide delegation, scope admin.directory.group.readonly)",
             )
         self.user_pool: cognito.UserPool | None = None
         self.client: cognito.UserPoolClient | None = None
         self.domain: cognito.UserPoolDomain | None = None
         if config.auth == "cognito":
             self._cognito(config, callback, groups)
+
+    def _operator_secret(self, construct_id: str, name: str, what: str, description: str) -> secretsmanager.Secret:
+        """A secret the operator fills after deploy. It holds a placeholder the hub recognizes (it
+        refuses to start on it), never a usable value."""
+        return secretsmanager.Secret(
+            self,
+            construct_id,
+            secret_name=name,
+            description=description,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps({OAUTH_SECRET_PLACEHOLDER_KEY: f"replace with {what}"}),
+                generate_string_key="unused",
+            ),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
 
     def _cognito(self, config: HubConfig, callback: str, groups: list[str]) -> None:
         self.user_pool = cognito.UserPool(

@@ -223,62 +223,63 @@ def ensure_state_secrets(tags: dict[str, str], region: str) -> None:
             log("secrets", f"{path} removed (kept in Secrets Manager now)")
 
 
-def ensure_oauth_secret(settings, region: str) -> None:
-    """The identity provider's client secret from Secrets Manager (the stack made the secret, the
-    operator put the value), fetched at every start into a 0600 file only the hub config reads.
-    Not an environment variable: the hub's children (the proxy) would inherit it.
-    While the secret still holds the stack's placeholder the hub does not start, with a line that
-    says what to run; systemd retries, so the hub starts once the value is there. Never printed."""
+def fetch_operator_secret(name: str | None, path: str, what: str, output: str, region: str,
+                          check=None) -> str | None:
+    """A secret the stack made with a placeholder and the operator fills (``what``: what belongs
+    there; ``output``: the stack output that says how), fetched at every start into ``path``
+    (0600, the hub user's), which only the hub config reads: not an environment variable, which
+    the hub's children (the proxy) would inherit. No ``name``: the file is removed. While the
+    secret holds the placeholder, or ``check(value)`` names what is wrong with it, the hub does
+    not start, with a line that says what to put there; systemd retries, so the hub starts once
+    it is there. The value is never printed. Returns it."""
     from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY
 
-    name = settings.auth.oauth_client_secret_name
-    path = f"{STATE}/oauth_client_secret"
     if not name:
         if os.path.exists(path):
             os.remove(path)
-        return
+        return None
     try:
         value = aws_client("secretsmanager", region).get_secret_value(SecretId=name)["SecretString"]
     except aws_errors() as exc:
-        die("secrets", f"GetSecretValue {shown(name)} (the OAuth client secret): {type(exc).__name__}")
+        die("secrets", f"GetSecretValue {shown(name)} ({what}): {type(exc).__name__}")
     if OAUTH_SECRET_PLACEHOLDER_KEY in value:
-        die("secrets", f"{shown(name)} still holds the stack's placeholder: put the {settings.auth.type} "
-            "client secret there (the stack's OAuthClientSecretCommand output); the hub starts once it is there")
+        die("secrets", f"{shown(name)} still holds the stack's placeholder: put {what} there (the stack's "
+            f"{output} output); the hub starts once it is there")
+    wrong = check(value) if check else None
+    if wrong:
+        die("secrets", f"{shown(name)} is not {wrong}")
     changed = write_if_changed(path, value.strip() + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
     log("secrets", f"{path} from {shown(name)} {'written' if changed else 'unchanged'} (0600)")
+    return value
 
 
-def ensure_google_key(settings, region: str) -> None:
-    """The Google service account's JSON key (google with ``google_groups_admin``), from Secrets
-    Manager at every start into a 0600 file for the hub user, as the client secret. The hub does
-    not start while the secret holds the stack's placeholder or something that is not a service
-    account key; the lines say what to put there and never print the value."""
-    from ec2spawner.settings import OAUTH_SECRET_PLACEHOLDER_KEY
+def ensure_oauth_secret(settings, region: str) -> None:
+    """The identity provider's client secret (the stack made the secret, the operator put the value)."""
+    fetch_operator_secret(settings.auth.oauth_client_secret_name, f"{STATE}/oauth_client_secret",
+                          f"the {settings.auth.type} client secret", "OAuthClientSecretCommand", region)
 
-    name = settings.auth.google_service_account_secret_name
-    path = f"{STATE}/google_service_account.json"
-    if not name:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    try:
-        value = aws_client("secretsmanager", region).get_secret_value(SecretId=name)["SecretString"]
-    except aws_errors() as exc:
-        die("secrets", f"GetSecretValue {shown(name)} (the Google service account key): {type(exc).__name__}")
-    if OAUTH_SECRET_PLACEHOLDER_KEY in value:
-        die("secrets", f"{shown(name)} still holds the stack's placeholder: put the Google service account's "
-            "JSON key there (the stack's GoogleServiceAccountKeyCommand output); the hub starts once it is there")
+
+def _not_a_service_account_key(value: str) -> str | None:
     try:
         key = json.loads(value)
     except json.JSONDecodeError:
         key = None
     needed = ("type", "client_email", "private_key", "token_uri")
     if not isinstance(key, dict) or key.get("type") != "service_account" or not all(key.get(k) for k in needed):
-        die("secrets", f"{shown(name)} is not a Google service account key (JSON with type service_account, "
-            "client_email, private_key and token_uri, as the Google Cloud console downloads it)")
-    changed = write_if_changed(path, value.strip() + "\n", 0o600, owner=pwd.getpwnam(HUB_USER).pw_uid)
-    log("secrets", f"{path} from {shown(name)} {'written' if changed else 'unchanged'} (0600): service account "
-        f"{shown(key['client_email'])} reads Google Workspace groups as {shown(settings.auth.google_groups_admin or '')}")
+        return ("a Google service account key (JSON with type service_account, client_email, private_key and "
+                "token_uri, as the Google Cloud console downloads it)")
+    return None
+
+
+def ensure_google_key(settings, region: str) -> None:
+    """The JSON key of the Google service account that reads Workspace groups (google with
+    ``google_groups_admin``), handled as the client secret, and checked to be such a key."""
+    value = fetch_operator_secret(settings.auth.google_service_account_secret_name,
+                                  f"{STATE}/google_service_account.json", "the Google service account's JSON key",
+                                  "GoogleServiceAccountKeyCommand", region, check=_not_a_service_account_key)
+    if value is not None:
+        log("secrets", f"service account {shown(json.loads(value)['client_email'])} reads Google Workspace "
+            f"groups as {shown(settings.auth.google_groups_admin or '')}")
 
 
 def ensure_admin_password(secret_name: str | None, region: str) -> None:

@@ -25,6 +25,16 @@ def hub_ports() -> dict[str, int]:
     return {name: free_port() for name in ("proxy", "proxy_api", "hub", "notebook")}
 
 
+def local_hub_config(tmp: Path, ports: dict[str, int]) -> str:
+    """Config lines of a hub that keeps its state in ``tmp`` and runs its proxy from node_modules."""
+    return f"""c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.db_url = "sqlite:///{tmp / 'hub.sqlite'}"
+c.JupyterHub.cookie_secret_file = {str(tmp / 'cookie_secret')!r}
+c.JupyterHub.pid_file = {str(tmp / 'hub.pid')!r}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
+c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]"""
+
+
 @contextmanager
 def oauth_hub(tmp: Path, ports: dict[str, int], settings: HubSettings, *, apply_kwargs: str, extra_config: str = "",
               env: dict[str, str] | None = None, emulator_url: str):
@@ -39,39 +49,46 @@ from ec2spawner.settings import HubSettings
 
 apply_settings(c, HubSettings.load({str(tmp / 'settings.json')!r}), hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1",
                {apply_kwargs})
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.db_url = "sqlite:///{tmp / 'hub.sqlite'}"
-c.JupyterHub.cookie_secret_file = {str(tmp / 'cookie_secret')!r}
-c.JupyterHub.pid_file = {str(tmp / 'hub.pid')!r}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
-c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]
+{local_hub_config(tmp, ports)}
 c.JupyterHub.services = [{{"name": "test", "api_token": {API_TOKEN!r}}}]
 c.JupyterHub.load_roles = [{{"name": "test", "scopes": ["admin:users", "read:servers"], "services": ["test"]}}]
 c.EC2Spawner.notebook_port = {ports['notebook']}
 c.EC2Spawner.sweep_orphans = False
 {extra_config}
 """)
+    environment = {"AWS_ENDPOINT_URL": emulator_url, **(env or {})}
+    api = http.Session()
+    api.headers["Authorization"] = f"token {API_TOKEN}"
+    with hub_process(tmp, base + "/hub/api/", environment, session=api) as log:
+        yield type("Hub", (), {"base": base, "api": api, "log": staticmethod(log)})
+
+
+@contextmanager
+def hub_process(tmp: Path, ready_url: str, env: dict[str, str], session: http.Session | None = None):
+    """``jupyterhub -f jupyterhub_config.py`` in ``tmp`` (with ``env`` over this environment and
+    the venv's and node_modules' programs first on PATH) until the block ends, once ``ready_url``
+    answers; yields a function that reads the hub's log. A hub that exits fails the test with its
+    log; the log is printed when the block raises."""
     environment = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                   "AWS_ENDPOINT_URL": emulator_url, **(env or {})}
+                   **env}
     log_path = tmp / "hub.log"
     log = open(log_path, "a")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
                             cwd=tmp, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    api = http.Session()
-    api.headers["Authorization"] = f"token {API_TOKEN}"
+    client = session or http.Session()
 
     def up():
         if proc.poll() is not None:
             pytest.fail("hub exited:\n" + log_path.read_text())
         try:
-            return api.get(base + "/hub/api/", timeout=2).ok
+            return client.get(ready_url, timeout=2).ok
         except http.ConnectionError:
             return False
 
     failed = True
     try:
         wait_until(up, 60, "the hub")
-        yield type("Hub", (), {"base": base, "api": api, "log": staticmethod(log_path.read_text)})
+        yield log_path.read_text
         failed = False
     finally:
         proc.terminate()
@@ -85,11 +102,15 @@ c.EC2Spawner.sweep_orphans = False
             print("---- hub log ----\n" + log_path.read_text())
 
 
-def follow_chooser(browser: http.Session, page: http.Response, login: str) -> http.Response:
-    """Submit a stand-in provider's account chooser (its hidden fields plus ``login``)."""
+def sign_in_through(hub, chooser_url: str, login: str) -> tuple[http.Session, http.Response]:
+    """The hub's login button, a stand-in provider's account chooser at ``chooser_url`` (its
+    hidden fields plus ``login``), and back: the authorization-code flow, as a browser follows it."""
+    browser = http.Session()
+    page = browser.get(hub.base + "/hub/oauth_login", timeout=20)
+    assert page.url.startswith(chooser_url), page.url
     hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
     fields = {html.unescape(k): html.unescape(v) for k, v in hidden.items()}
-    return browser.post(page.url.split("?")[0], data={**fields, "login": login}, timeout=30)
+    return browser, browser.post(page.url.split("?")[0], data={**fields, "login": login}, timeout=30)
 
 
 def user_model(hub, name: str) -> dict:

@@ -17,10 +17,10 @@ import requests as http
 from ec2spawner.settings import HubSettings
 from github_standin import GitHubStandIn
 from oauth_hub import (
-    follow_chooser,
     hub_ports,
     oauth_hub,
     offered_classes,
+    sign_in_through,
     spawn_request,
     user_model,
 )
@@ -69,10 +69,7 @@ def github_hub(emulator, platform, tmp_path_factory):
 
 
 def sign_in(hub, login: str) -> tuple[http.Session, http.Response]:
-    browser = http.Session()
-    page = browser.get(hub.base + "/hub/oauth_login", timeout=20)
-    assert page.url.startswith(hub.github.url + "/login/oauth/authorize"), page.url
-    return browser, follow_chooser(browser, page, login)
+    return sign_in_through(hub, hub.github.url + "/login/oauth/authorize", login)
 
 
 def test_teams_become_hub_groups_and_decide_the_classes(github_hub):

@@ -26,10 +26,10 @@ from ec2spawner.oauth import GoogleOAuthenticator
 from ec2spawner.settings import HubSettings
 from google_standin import GoogleStandIn
 from oauth_hub import (
-    follow_chooser,
     hub_ports,
     oauth_hub,
     offered_classes,
+    sign_in_through,
     spawn_request,
     user_model,
 )
@@ -112,12 +112,8 @@ def google_hub(emulator, platform, tmp_path_factory):
         sm.delete_secret(SecretId=key_secret, ForceDeleteWithoutRecovery=True)
 
 
-def sign_in(hub, email: str) -> tuple[http.Session, http.Response]:
-    """The hub's login button, Google's account chooser, and back: the authorization-code flow."""
-    browser = http.Session()
-    page = browser.get(hub.base + "/hub/oauth_login", timeout=20)
-    assert page.url.startswith(hub.google.url + "/o/oauth2/v2/auth"), page.url
-    return browser, follow_chooser(browser, page, email)
+def sign_in(hub, login: str) -> tuple[http.Session, http.Response]:
+    return sign_in_through(hub, hub.google.url + "/o/oauth2/v2/auth", login)
 
 
 def test_workspace_groups_become_hub_groups_and_decide_the_classes(google_hub):

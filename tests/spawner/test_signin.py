@@ -7,16 +7,13 @@ short for the test: 3 failures, then 2 s doubling per further failure.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests as http
-from spawner_testing import REGION, REPO
+from oauth_hub import hub_process, local_hub_config
+from spawner_testing import REGION
 from waiting import free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -48,12 +45,7 @@ from ec2spawner.settings import HubSettings
 apply_settings(c, HubSettings.model_validate(json.load(open({str(tmp / 'settings.json')!r}))),
                hub_connect_ip="127.0.0.1", hub_ip="127.0.0.1",
                admin_password_file={str(tmp / 'admin_password')!r})
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.db_url = "sqlite:///{tmp / 'hub.sqlite'}"
-c.JupyterHub.cookie_secret_file = {str(tmp / 'cookie_secret')!r}
-c.JupyterHub.pid_file = {str(tmp / 'hub.pid')!r}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports['proxy_api']}"
-c.ConfigurableHTTPProxy.command = [{str(REPO / 'node_modules/.bin/configurable-http-proxy')!r}]
+{local_hub_config(tmp, ports)}
 c.JupyterHub.services = []
 c.JupyterHub.load_roles = []
 c.EC2Spawner.sweep_orphans = False
@@ -62,38 +54,11 @@ c.NativeAuthenticator.seconds_before_next_try = {LOCKOUT_S}
 c.NativeAuthenticator.lockout_max_seconds = 16
 """)
     # No AWS call is expected; any would go to a closed loopback port.
-    env = {**os.environ, "PATH": f"{REPO / 'node_modules/.bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "testing",
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
-    log_path = tmp / "hub.log"
-    log = open(log_path, "a")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", "jupyterhub_config.py"],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{ports['proxy']}"
-
-    def up():
-        if proc.poll() is not None:
-            pytest.fail("hub exited:\n" + log_path.read_text())
-        try:
-            return http.get(base + "/hub/health", timeout=2).ok
-        except http.ConnectionError:
-            return False
-
-    failed = True
-    try:
-        wait_until(up, 60, "the hub")
-        yield type("Hub", (), {"base": base, "log": log_path})
-        failed = False
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        if failed:
-            print("---- hub log ----\n" + log_path.read_text())
+    with hub_process(tmp, base + "/hub/health", env):
+        yield type("Hub", (), {"base": base, "log": tmp / "hub.log"})
 
 
 class Browser:
