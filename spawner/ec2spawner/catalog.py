@@ -155,6 +155,9 @@ class InstanceClass(BaseModel):
     def _packages_need_a_baked_image(self) -> InstanceClass:
         if self.packages and self.image != "baked":
             raise ValueError("packages: needs image: baked (they are installed when the image is built)")
+        if self.target is not None and self.image == "baked":
+            # Its image pipeline and image parameter would have to live in the target account.
+            raise ValueError("image: baked is not supported with a target yet (use stock)")
         return self
 
     @property
