@@ -176,6 +176,11 @@ class Ec2HubStack(Stack):
             self.hub.role.add_to_principal_policy(statement)
 
         # --- targets: the hub's role may assume each target's role, and nothing else there -------
+        for name, site in sites.items():
+            # Its notebooks call the hub API over the peering (docs/ARCHITECTURE.md §19).
+            self.hub.security_group.add_ingress_rule(
+                ec2.Peer.ipv4(site.cidr), ec2.Port.tcp(HUB_API_PORT), f"notebooks of target {name} to the hub API"
+            )
         if sites:
             self.hub.role.add_to_principal_policy(
                 iam.PolicyStatement(

@@ -40,6 +40,7 @@ OUTPUT_ROLE = "HubAccessRoleArn"
 OUTPUT_SUBNETS = "NotebookSubnets"
 OUTPUT_TEMPLATES = "LaunchTemplates"
 OUTPUT_SECRET_PREFIX = "SecretPrefix"
+OUTPUT_CIDR = "VpcCidr"
 # The hub's role may hold the assumed role's credentials this long; the spawner asks for an hour
 # (ec2spawner.aws.AssumedRole) and botocore refreshes them 15 minutes before they expire.
 MAX_SESSION = Duration.hours(1)
@@ -75,7 +76,8 @@ class Ec2HubTargetStack(Stack):
     ) -> None:
         """``hub_role_arn``: the hub stack's HubRoleArn output. ``hub_cidr``: the hub VPC's range
         (its HubVpcCidr output), the only source the notebook port is open to. ``vpc_id`` with
-        ``subnets`` (availability zone -> private subnet id): use that VPC instead of making one."""
+        ``subnets`` (availability zone -> private subnet id): use that VPC instead of making one;
+        ``cidr`` is then its range (the hub opens its API port to it)."""
         if target not in catalog.targets:
             raise ConfigError(f"target: {target!r} is not one of the catalog's targets "
                               f"(defined: {', '.join(sorted(catalog.targets)) or 'none'})")
@@ -103,7 +105,7 @@ class Ec2HubTargetStack(Stack):
                                 for s in vpc.select_subnets(subnet_group_name=PRIVATE_SUBNETS).subnets}
         else:
             vpc = ec2.Vpc.from_vpc_attributes(self, "Vpc", vpc_id=vpc_id, availability_zones=list(subnets),
-                                              private_subnet_ids=list(subnets.values()))
+                                              private_subnet_ids=list(subnets.values()), vpc_cidr_block=cidr)
             notebook_subnets = dict(subnets)
 
         self.notebooks = Notebooks(self, "Notebooks", vpc=vpc, catalog=catalog, hub_id=config.hub_id,
@@ -157,6 +159,8 @@ class Ec2HubTargetStack(Stack):
                   description="Class slug -> launch template id (JSON), for the hub's settings")
         CfnOutput(self, OUTPUT_SECRET_PREFIX, value=config.secret_prefix,
                   description="Per-server secrets in this target: <prefix><instance-id>")
+        CfnOutput(self, OUTPUT_CIDR, value=vpc.vpc_cidr_block,
+                  description="The notebooks' VPC range: the hub opens its API port to it")
 
 
 def _is_role_arn(arn: str) -> bool:
@@ -172,6 +176,7 @@ class TargetSite:
 
     settings: dict[str, Any]
     launch_template_ids: dict[str, str]
+    cidr: str  # the target VPC's range, which the hub's API port is open to
 
 
 def target_sites(catalog: Catalog, outputs: dict[str, dict[str, str]], *, hub_id: str) -> dict[str, TargetSite]:
@@ -194,6 +199,7 @@ def target_sites(catalog: Catalog, outputs: dict[str, dict[str, str]], *, hub_id
             templates = json.loads(found[OUTPUT_TEMPLATES])
             prefix = found[OUTPUT_SECRET_PREFIX]
             role = found[OUTPUT_ROLE]
+            cidr = found[OUTPUT_CIDR]
         except (KeyError, ValueError) as error:
             raise ConfigError(f"target {name!r}: the outputs of {stack} are incomplete ({error}): deploy it again") from None
         target = catalog.targets[name]
@@ -205,5 +211,6 @@ def target_sites(catalog: Catalog, outputs: dict[str, dict[str, str]], *, hub_id
         sites[name] = TargetSite(
             settings={**target.model_dump(), "subnets": subnets, "secret_prefix": prefix},
             launch_template_ids={c.slug: templates[c.slug] for c in catalog.classes_of(name)},
+            cidr=cidr,
         )
     return sites

@@ -217,6 +217,8 @@ def test_bad_target_names_the_target_and_field(target, message):
         (with_targets({"Research Lab": RESEARCH}, SMALL),
          "targets: 'Research Lab' is not a target name (lower-case letters, digits and '-')"),
         (with_targets(["research"], SMALL), "targets: must be a mapping of target name to account"),
+        (with_targets({"research": RESEARCH}, SMALL, {**BIG, "target": "research", "image": "baked"}),
+         "class 'big': image: baked is not supported with a target yet (use stock)"),
     ],
 )
 def test_a_class_target_must_be_defined(data, message):

@@ -136,6 +136,7 @@ TARGET_OUTPUTS = {
         "NotebookSubnets": json.dumps({f"{TARGET_REGION}a": "subnet-0b1", f"{TARGET_REGION}b": "subnet-0b2"}),
         "LaunchTemplates": json.dumps({"research-gpu": "lt-0b0b0b0b0b0b0b0b0"}),
         "SecretPrefix": "/ec2hub/ec2hub/servers/",
+        "VpcCidr": "10.1.0.0/16",
     }
 }
 

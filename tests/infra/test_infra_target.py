@@ -138,6 +138,11 @@ def test_the_hub_may_assume_the_target_role_and_its_settings_carry_the_target(hu
     assert (research["target"], research["launch_template_id"]) == ("research", "lt-0b0b0b0b0b0b0b0b0")
     outputs = hub_with_target_synth.template["Outputs"]
     assert {"HubRoleArn", "HubVpcCidr"} <= set(outputs)
+    # The target's notebooks may call the hub API from their VPC's range, on that port only.
+    group = logical_id_by_description(hub_with_target_synth, "AWS::EC2::SecurityGroup", "ec2hub hub host",
+                                      key="GroupDescription")
+    assert [(r["FromPort"], r["Description"]) for r in ingress_rules(hub_with_target_synth, group)
+            if r.get("CidrIp") == "10.1.0.0/16"] == [(8081, "notebooks of target research to the hub API")]
 
 
 def test_cfn_lint_and_cdk_nag_are_clean_on_the_target_stack(target_synth):
