@@ -23,6 +23,7 @@ import pytest
 from ec2spawner.aws import AssumedRole, Aws
 from ec2spawner.payloads import instance_tags
 from ec2spawner.spawner import EC2Spawner
+from jupyterhub.spawner import SpawnException
 from spawner_testing import REGION, live_instances
 
 ACCOUNT_A = "123456789012"
@@ -30,40 +31,57 @@ ACCOUNT_B = "222222222222"
 REGION_B = "eu-central-1"
 AZS_B = ["eu-central-1a", "eu-central-1b"]
 ROLE_B = f"arn:aws:iam::{ACCOUNT_B}:role/ec2hub-research"
+ACCOUNT_C = "333333333333"
 EXTERNAL_ID = "ec2hub-research-7f3a"
+
+
+def make_target(emulator, *, name, account, region, azs, cidr):
+    """An account as its target stack leaves it: a VPC with a subnet per AZ and the class's template."""
+    sts = boto3.client("sts", region_name=REGION, endpoint_url=emulator.endpoint_url)
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/ec2hub-{name}", RoleSessionName="test-setup",
+                            ExternalId=EXTERNAL_ID)["Credentials"]
+    session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                            aws_session_token=creds["SessionToken"], region_name=region)
+    ec2 = session.client("ec2", endpoint_url=emulator.endpoint_url)
+    ssm = session.client("ssm", endpoint_url=emulator.endpoint_url)
+    vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+    subnets = {az: ec2.create_subnet(VpcId=vpc, CidrBlock=cidr.replace(".0.0/16", f".{i + 1}.0/24"),
+                                     AvailabilityZone=az)["Subnet"]["SubnetId"] for i, az in enumerate(azs)}
+    template = ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": "ami-12345678", "InstanceType": "t3.medium",
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}})["LaunchTemplate"]
+    cls = {"slug": name, "display_name": f"{name} (account {account})", "instance_types": ["t3.medium", "t3a.medium"],
+           "ami": "ami-12345678", "target": name, "hourly_cost_usd": 0.05, "allowed_groups": ["research"],
+           "launch_template_id": template["LaunchTemplateId"]}
+    settings = {"account": account, "region": region, "role_arn": f"arn:aws:iam::{account}:role/ec2hub-{name}",
+                "external_id": EXTERNAL_ID, "subnets": subnets}
+    return SimpleNamespace(ec2=ec2, ssm=ssm, subnets=subnets, cls=cls, vpc=vpc, settings=settings)
 
 
 @pytest.fixture(scope="session")
 def target_b(emulator):
-    """Account B as its target stack leaves it: a VPC with two subnets and the class's template."""
-    sts = boto3.client("sts", region_name=REGION, endpoint_url=emulator.endpoint_url)
-    creds = sts.assume_role(RoleArn=ROLE_B, RoleSessionName="test-setup", ExternalId=EXTERNAL_ID)["Credentials"]
-    session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
-                            aws_session_token=creds["SessionToken"], region_name=REGION_B)
-    ec2 = session.client("ec2", endpoint_url=emulator.endpoint_url)
-    ssm = session.client("ssm", endpoint_url=emulator.endpoint_url)
-    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
-    subnets = {az: ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{i + 1}.0/24", AvailabilityZone=az)
-               ["Subnet"]["SubnetId"] for i, az in enumerate(AZS_B)}
-    template = ec2.create_launch_template(LaunchTemplateName="research", LaunchTemplateData={
-        "ImageId": "ami-12345678", "InstanceType": "t3.medium",
-        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}})["LaunchTemplate"]
-    cls = {"slug": "research", "display_name": "Research (account B)", "instance_types": ["t3.medium", "t3a.medium"],
-           "ami": "ami-12345678", "target": "research", "hourly_cost_usd": 0.05,
-           "launch_template_id": template["LaunchTemplateId"]}
-    return SimpleNamespace(ec2=ec2, ssm=ssm, subnets=subnets, cls=cls, vpc=vpc)
+    """Account B in another region: the class ``research``."""
+    return make_target(emulator, name="research", account=ACCOUNT_B, region=REGION_B, azs=AZS_B, cidr="10.1.0.0/16")
+
+
+@pytest.fixture(scope="session")
+def target_c(emulator):
+    """Account C in the hub's own region: the class ``lab`` (a watcher per account, not per region)."""
+    return make_target(emulator, name="lab", account=ACCOUNT_C, region=REGION, azs=["us-east-1a"], cidr="10.2.0.0/16")
 
 
 @pytest.fixture
-def b_spawner(new_spawner, platform, target_b, hub_id):
-    """A spawner factory whose hub has the target ``research`` and its class."""
-    targets = {"research": {"account": ACCOUNT_B, "region": REGION_B, "role_arn": ROLE_B, "external_id": EXTERNAL_ID,
-                            "subnets": target_b.subnets, "secret_prefix": f"/ec2hub/{hub_id}/b-servers/"}}
+def b_spawner(new_spawner, platform, target_b, target_c, hub_id):
+    """A spawner factory whose hub has the targets ``research`` (B) and ``lab`` (C) and their classes."""
+    targets = {"research": {**target_b.settings, "secret_prefix": f"/ec2hub/{hub_id}/b-servers/"},
+               "lab": {**target_c.settings, "secret_prefix": f"/ec2hub/{hub_id}/servers/"}}
 
-    def factory(user="bob", *, research=True, **traits):
-        options = {"instance_class": "research"} if research else {}
-        return new_spawner(user, classes=[*platform.classes, target_b.cls], targets=targets,
-                           user_options=options, **traits)
+    def factory(user="bob", *, research=True, groups=("research",), cls="research", **traits):
+        """A spawner of a member of ``groups`` (the research group may use the classes in B and C)
+        whose options pick ``cls`` (with ``research``; else the hub's default class)."""
+        options = {"instance_class": cls} if research else {}
+        return new_spawner(user, groups=groups, classes=[*platform.classes, target_b.cls, target_c.cls],
+                           targets=targets, user_options=options, **traits)
 
     return factory
 
@@ -76,6 +94,10 @@ def b_secrets(target_b, hub_id) -> list[str]:
 
 async def test_a_class_that_targets_account_b_launches_there_and_nothing_in_the_hubs_account(
         b_spawner, target_b, hub_id, live, hub_secrets):
+    # The user's group decides: outside it, the class in B is refused before anything launches.
+    with pytest.raises(SpawnException) as refused:
+        await b_spawner("mallory", groups=()).start()
+    assert refused.value.status_code == 403 and live_instances(target_b.ec2, hub_id) == []
     spawner = b_spawner("bob")
     await spawner.start()
     iid = spawner.instance_id
@@ -138,30 +160,45 @@ async def test_an_orphan_in_b_is_swept_by_bs_own_sweeper(b_spawner, target_b, hu
         setattr(config.EC2Spawner, trait, getattr(hub, trait))
     config.EC2Spawner.sweep_orphans, config.EC2Spawner.orphan_grace = True, 0
     db = orm.new_session_factory("sqlite://")()
-    own, b = EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test"))
-    assert (own.aws.key, b.aws.key) == (REGION, f"{ROLE_B}@{REGION_B}")
+    own, c, b = EC2Spawner.start_sweeper(config=config, db=db, log=logging.getLogger("test"))  # own, then by name
+    assert (own.aws.key, c.aws.key, b.aws.key) == (
+        REGION, f"arn:aws:iam::{ACCOUNT_C}:role/ec2hub-lab@{REGION}", f"{ROLE_B}@{REGION_B}")
     assert b.secret_prefix == f"/ec2hub/{hub_id}/b-servers/"
     decisions = await b.sweep_once()
     assert [(d.instance_id, d.terminate) for d in decisions] == [(orphan, True)]
     assert live_instances(target_b.ec2, hub_id) == [] and b_secrets(target_b, hub_id) == []
 
 
-async def test_the_watchers_describe_once_per_target_per_cycle(b_spawner, target_b, hub_id):
-    in_b = [b_spawner(f"b{i}") for i in range(3)]
-    in_a = [b_spawner(f"a{i}", research=False) for i in range(2)]
-    await asyncio.gather(*(s.start() for s in in_b + in_a))
-    own, b = in_a[0]._watcher(), in_b[0]._watcher()
-    assert own is not b and {s._watcher() for s in in_b} == {b} and {s._watcher() for s in in_a} == {own}
-    assert own.aws.key == REGION and b.aws.key == f"{ROLE_B}@{REGION_B}"
-    calls = {w: (w.aws.calls.get("DescribeInstances", 0), w.refreshes) for w in (own, b)}
+async def test_the_watchers_describe_once_per_target_per_cycle(b_spawner, target_b, target_c, hub_id):
+    from ec2spawner.watcher import InstanceWatcher
+
+    started = ([b_spawner(f"b{i}") for i in range(3)] + [b_spawner(f"a{i}", research=False) for i in range(2)]
+               + [b_spawner("c0", cls="lab")])
+    await asyncio.gather(*(s.start() for s in started))
+    assert [i["InstanceId"] for i in live_instances(target_c.ec2, hub_id)] == [started[-1].instance_id]
+    await InstanceWatcher.stop_all()
+    # A restarted hub whose background refresh is an hour away: every describe below is a cycle's.
+    servers = []
+    for old in started:
+        new = b_spawner(old.user.name, research=old.target is not None, cls=old.instance_class, poll_interval=3600)
+        new.load_state(old.get_state())
+        servers.append(new)
+    in_b, in_a, in_c = servers[:3], servers[3:5], servers[5:]
+    own, b, c = in_a[0]._watcher(), in_b[0]._watcher(), in_c[0]._watcher()
+    assert len({own, b, c}) == 3  # C is in the hub's region but another account: a watcher of its own
+    assert {s._watcher() for s in in_b} == {b} and {s._watcher() for s in in_a} == {own}
+    assert (own.aws.key, b.aws.key, c.aws.key) == (REGION, f"{ROLE_B}@{REGION_B}",
+                                                   f"arn:aws:iam::{ACCOUNT_C}:role/ec2hub-lab@{REGION}")
+    assert all(status is None for status in await asyncio.gather(*(s.poll() for s in servers)))  # first: a refresh
+    before = {w: (w.aws.calls["DescribeInstances"], w.refreshes) for w in (own, b, c)}
     for _ in range(3):  # three cycles of JupyterHub polling every server
-        await asyncio.gather(own.refresh(), b.refresh())
-        assert all(status is None for status in await asyncio.gather(*(s.poll() for s in in_b + in_a)))
-    for w in (own, b):
-        # Every call of a cycle is the watcher's one describe (one page each here), whatever the servers.
-        assert w.aws.calls["DescribeInstances"] - calls[w][0] == w.refreshes - calls[w][1] >= 3
-    assert len(b.snapshot) == 3 and len(own.snapshot) == 2
-    await asyncio.gather(*(s.stop(now=True) for s in in_b + in_a))
+        await asyncio.gather(own.refresh(), b.refresh(), c.refresh())
+        assert all(status is None for status in await asyncio.gather(*(s.poll() for s in servers)))
+    for w in (own, b, c):
+        # One describe (one page here) per cycle in each account, however many servers it has.
+        assert (w.aws.calls["DescribeInstances"] - before[w][0], w.refreshes - before[w][1]) == (3, 3)
+    assert (len(b.snapshot), len(own.snapshot), len(c.snapshot)) == (3, 2, 1)
+    await asyncio.gather(*(s.stop(now=True) for s in servers))
 
 
 async def test_no_capacity_in_bs_first_az_falls_back_to_its_next(b_spawner, emu, target_b, hub_id):
@@ -238,7 +275,8 @@ async def test_spend_per_user_and_group_adds_up_every_account(b_spawner, table):
     # One ledger, in the hub's own account, whichever account the instance runs in.
     t0 = 1_781_049_600  # 2026-06-10 00:00 UTC
     clock = [t0]
-    traits = {"spend_table": table, "spend_clock": lambda: clock[0], "use_price_list": False, "groups": ["lab"]}
+    traits = {"spend_table": table, "spend_clock": lambda: clock[0], "use_price_list": False,
+              "groups": ["lab", "research"]}
     in_b, in_a = b_spawner("hana", **traits), b_spawner("hana", server="cpu", research=False, **traits)
     await asyncio.gather(in_b.start(), in_a.start())
     clock[0] = t0 + 1800
