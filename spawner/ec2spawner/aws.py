@@ -389,6 +389,25 @@ class _AssumedRoleProvider(botocore.credentials.CredentialProvider):
         return self._credentials
 
 
+class _SourceCredentials:
+    """The process's own credentials, resolved at the first AssumeRole (in the seam's worker
+    thread: on the hub host that is a call to the instance metadata service), not when the seam
+    is made on the event loop."""
+
+    def __init__(self, session: botocore.session.Session):
+        self._session = session
+        self._credentials = None
+        self._lock = threading.Lock()
+
+    def get_frozen_credentials(self):
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = self._session.get_credentials()
+            if self._credentials is None:
+                raise botocore.exceptions.NoCredentialsError()
+        return self._credentials.get_frozen_credentials()
+
+
 def assumed_role_credentials(role: AssumedRole, region: str) -> botocore.credentials.RefreshableCredentials:
     """Credentials of ``role``, assumed with the process's own credentials (the hub's role).
 
@@ -402,7 +421,7 @@ def assumed_role_credentials(role: AssumedRole, region: str) -> botocore.credent
     source.set_config_variable("region", region)
     fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
         source.create_client,
-        source.get_credentials(),
+        _SourceCredentials(source),
         role.role_arn,
         extra_args={"ExternalId": role.external_id, "RoleSessionName": role.session_name[:64],
                     "DurationSeconds": role.duration_s},

@@ -186,3 +186,23 @@ def test_a_bad_target_context_is_one_line(target_catalog, context, message):
     with pytest.raises(ConfigError) as caught:
         infra.build_app(required_context({k: v for k, v in merged.items() if v is not None}), nag=False)
     assert str(caught.value).startswith(message)
+
+
+def test_an_existing_vpc_is_used_by_id_with_its_subnets(tmp_path_factory, target_catalog):
+    from infra_testing import synth
+
+    subnets = {f"{TARGET_REGION}a": "subnet-0aaa", f"{TARGET_REGION}b": "subnet-0bbb"}
+    existing = synth(tmp_path_factory, {
+        **TARGET_CONTEXT, "catalog": str(target_catalog), "target_vpc_id": "vpc-0123",
+        "target_subnets": ",".join(f"{az}={s}" for az, s in subnets.items()), "target_cidr": "172.20.0.0/16"})
+    assert existing.resources("AWS::EC2::VPC") == {} and existing.resources("AWS::EC2::NatGateway") == {}
+    group = logical_id_by_description(existing, "AWS::EC2::SecurityGroup", "ec2hub notebook servers",
+                                      key="GroupDescription")
+    assert existing.template["Resources"][group]["Properties"]["VpcId"] == "vpc-0123"
+    statements = policy_statements(existing, hub_access(existing))
+    assert sorted(join_text(r) for r in as_list(statements["RunInstancesInNotebookSubnets"]["Resource"])) == [
+        f"arn:aws:ec2:{TARGET_REGION}:222222222222:subnet/{s}" for s in sorted(subnets.values())]
+    outputs = existing.template["Outputs"]
+    assert json.loads(outputs["NotebookSubnets"]["Value"]) == subnets
+    assert outputs["VpcCidr"]["Value"] == "172.20.0.0/16"
+    assert existing.aws_solutions_report()["conclusion"] == "success"
