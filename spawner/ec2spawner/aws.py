@@ -367,13 +367,16 @@ class AssumedRole:
 
     ``external_id`` is required by the role's trust policy (infra/target_stack.py);
     ``session_name`` names the hub in the target account's CloudTrail. Credentials last
-    ``duration_s`` (AWS allows 900 up to the role's maximum, 3,600 by default).
+    ``duration_s`` (AWS allows 900 up to the role's maximum, 3,600 by default). ``sts_region``:
+    the STS endpoint asked (None: the seam's region); the hub asks its own region's, which its
+    VPC reaches like its other AWS APIs (temporary credentials are valid in every region).
     """
 
     role_arn: str
     external_id: str
     session_name: str = "ec2hub"
     duration_s: int = 3600
+    sts_region: str | None = None
 
 
 class _AssumedRoleProvider(botocore.credentials.CredentialProvider):
@@ -418,7 +421,7 @@ def assumed_role_credentials(role: AssumedRole, region: str) -> botocore.credent
     only when fewer than 10 are left). Nothing is asked at construction.
     """
     source = botocore.session.get_session()
-    source.set_config_variable("region", region)
+    source.set_config_variable("region", role.sts_region or region)
     fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
         source.create_client,
         _SourceCredentials(source),

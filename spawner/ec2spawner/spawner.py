@@ -513,7 +513,8 @@ class EC2Spawner(Spawner):
         settings = self._target_settings(target)
         if settings is None:
             return self.own_aws
-        role = AssumedRole(settings.role_arn, settings.external_id, session_name=f"ec2hub-{self.hub_id}")
+        role = AssumedRole(settings.role_arn, settings.external_id, session_name=f"ec2hub-{self.hub_id}",
+                           sts_region=self.region)
         return Aws.for_role(settings.region, role)
 
     @property
