@@ -1,4 +1,6 @@
-"""ec2hub's AWS CDK app: one stack built from ``ec2hub.yaml`` (with its catalog) and CDK context.
+"""ec2hub's AWS CDK app: one stack built from ``ec2hub.yaml`` (with its catalog) and CDK context:
+the hub's, or with ``-c target=<name>`` the target stack of that catalog target
+(infra/target_stack.py).
 
 Entry points:
 
@@ -91,11 +93,57 @@ def build_app(
     values = {key: app.node.try_get_context(key) for key in CONTEXT_KEYS}
     config = load_config({k: v for k, v in values.items() if v is not None})
     catalog = config.load_catalog()
-    stack = Ec2HubStack(app, config=config, catalog=catalog)
+    target = app.node.try_get_context("target")
+    if target:
+        from .nag import acknowledge_target_findings
+        from .target_stack import DEFAULT_TARGET_CIDR, Ec2HubTargetStack
+
+        def required(key: str) -> str:
+            value = app.node.try_get_context(key)
+            if not value:
+                raise ConfigError(f"{key}: required with -c target=<name> (see docs/DEPLOY.md, Adding a target account)")
+            return str(value)
+
+        subnets = app.node.try_get_context("target_subnets")
+        stack = Ec2HubTargetStack(
+            app, config=config, catalog=catalog, target=str(target),
+            hub_role_arn=required("hub_role_arn"), hub_cidr=required("hub_cidr"),
+            cidr=app.node.try_get_context("target_cidr") or DEFAULT_TARGET_CIDR,
+            vpc_id=app.node.try_get_context("target_vpc_id"),
+            subnets=_pairs("target_subnets", subnets) if subnets else None,
+        )
+        if nag:
+            acknowledge_target_findings(stack)
+            add_checks(app)
+        return app
+    stack = Ec2HubStack(app, config=config, catalog=catalog,
+                        target_outputs=_target_outputs(app.node.try_get_context("target_outputs")))
     if nag:
         acknowledge_findings(stack)
         add_checks(app)
     return app
+
+
+def _pairs(key: str, value: Any) -> dict[str, str]:
+    """``a=x,b=y`` (as -c gives it) or a mapping, as a dict."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = [item.split("=", 1) for item in str(value).split(",") if item]
+    if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+        raise ConfigError(f"{key}: write it as az=subnet-id,az=subnet-id")
+    return dict(pairs)
+
+
+def _target_outputs(paths: Any) -> dict[str, dict[str, str]]:
+    """The target stacks' outputs: files ``cdk deploy --outputs-file`` wrote (comma-separated
+    paths; stack name -> output key -> value), merged."""
+    merged: dict[str, dict[str, str]] = {}
+    for path in [p for p in str(paths or "").split(",") if p]:
+        try:
+            merged.update(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"target_outputs: cannot read {path}: {error}") from None
+    return merged
 
 
 def synth_template(

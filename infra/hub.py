@@ -277,7 +277,71 @@ def spawner_statements(
     secret_prefix: str,
     spawner_asset: s3_assets.Asset,
 ) -> list[iam.PolicyStatement]:
-    """Least privilege for the EC2Spawner on the hub (docs/ARCHITECTURE.md, Security model).
+    """Least privilege for the EC2Spawner on the hub (docs/ARCHITECTURE.md, Security model): what
+    it does with notebooks (:func:`launch_statements`), then its own parameters and package."""
+    stack = Stack.of(scope)
+
+    def ssm_arn(path: str) -> str:
+        return stack.format_arn(
+            service="ssm", resource="parameter", resource_name=path.lstrip("/")
+        )
+
+    return [
+        *launch_statements(
+            scope=scope,
+            hub_id=hub_id,
+            launch_template_arns=launch_template_arns,
+            notebook_subnet_ids=notebook_subnet_ids,
+            notebook_role=notebook_role,
+            notebook_instance_profile_arn=notebook_instance_profile_arn,
+            instance_types=instance_types,
+            secret_prefix=secret_prefix,
+        ),
+        iam.PolicyStatement(
+            sid="ReadHubParameters",
+            actions=[
+                "ssm:GetParameter",
+                "ssm:GetParameters",
+                "ssm:GetParametersByPath",
+            ],
+            resources=[ssm_arn(ssm_prefix + "*")],
+        ),
+        iam.PolicyStatement(
+            sid="SecureStringsViaSsm",
+            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[
+                stack.format_arn(service="kms", resource="key", resource_name="*")
+            ],
+            conditions={
+                "StringEquals": {"kms:ViaService": f"ssm.{stack.region}.amazonaws.com"},
+                "StringLike": {
+                    "kms:EncryptionContext:PARAMETER_ARN": ssm_arn(ssm_prefix + "*")
+                },
+            },
+        ),
+        iam.PolicyStatement(
+            sid="ReadSpawnerPackage",
+            actions=["s3:GetObject"],
+            resources=[
+                spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)
+            ],
+        ),
+    ]
+
+
+def launch_statements(
+    *,
+    scope: Construct,
+    hub_id: str,
+    launch_template_arns: list[str],
+    notebook_subnet_ids: list[str],
+    notebook_role: iam.IRole,
+    notebook_instance_profile_arn: str,
+    instance_types: list[str],
+    secret_prefix: str,
+) -> list[iam.PolicyStatement]:
+    """What the spawner does with notebooks in one account and region: the hub role's in its own,
+    the assumed role's in a target's (infra/target_stack.py), with the same conditions.
 
     RunInstances authorizes every resource a launch touches, the launch template included (EC2
     user guide, "Use launch templates to control launching instances"). The launch-template
@@ -297,6 +361,9 @@ def spawner_statements(
     that overrides ``UserData`` cannot be refused here; nor for the template version, so a caller
     could name an older version of one of our templates (CloudFormation keeps versions; every one
     of them is ours and satisfies the conditions above). The spawner sends neither.
+
+    ``ssm:*`` on the secrets needs no KMS statement of its own in the hub's account (the hub's
+    parameters' statement covers the secret prefix below it); a target's role adds one.
     """
     stack = Stack.of(scope)
 
@@ -457,35 +524,6 @@ def spawner_statements(
             # resource-level permissions (Resource must be *) and returns metadata, never values.
             actions=["ssm:DescribeParameters"],
             resources=["*"],
-        ),
-        iam.PolicyStatement(
-            sid="ReadHubParameters",
-            actions=[
-                "ssm:GetParameter",
-                "ssm:GetParameters",
-                "ssm:GetParametersByPath",
-            ],
-            resources=[ssm_arn(ssm_prefix + "*")],
-        ),
-        iam.PolicyStatement(
-            sid="SecureStringsViaSsm",
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[
-                stack.format_arn(service="kms", resource="key", resource_name="*")
-            ],
-            conditions={
-                "StringEquals": {"kms:ViaService": f"ssm.{stack.region}.amazonaws.com"},
-                "StringLike": {
-                    "kms:EncryptionContext:PARAMETER_ARN": ssm_arn(ssm_prefix + "*")
-                },
-            },
-        ),
-        iam.PolicyStatement(
-            sid="ReadSpawnerPackage",
-            actions=["s3:GetObject"],
-            resources=[
-                spawner_asset.bucket.arn_for_objects(spawner_asset.s3_object_key)
-            ],
         ),
     ]
 

@@ -28,6 +28,7 @@ from .notebooks import AWS_CUSTOM_RESOURCE_PROVIDER_ID
 
 if TYPE_CHECKING:
     from .stack import Ec2HubStack
+    from .target_stack import Ec2HubTargetStack
 
 LAMBDA_BASIC_POLICY = "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 
@@ -92,8 +93,40 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         return f"Resource::arn:<AWS::Partition>:{service}:{region}:{account if with_account else ''}:{resource}"
 
     hub_id = stack.config.hub_id
-    notebook_role = stack.notebooks.role
     hub_role = stack.hub.role
+    secrets = f"parameter{stack.config.secret_prefix}*"
+    hub_parameters = f"parameter{stack.config.ssm_prefix}*"
+    _acknowledge_notebook_role(stack.notebooks.role, arn, secrets)
+
+    hub_policy = hub_role.node.find_child("DefaultPolicy")
+    hub_findings = {
+        **_launch_findings(arn, hub_id, secrets),
+        arn("ssm", hub_parameters): "Read-only access to this hub's own parameters "
+        "(settings document, OAuth client secret) under /ec2hub/<hub_id>/.",
+    }
+    for resource, reason in hub_findings.items():
+        acknowledge(hub_policy, f"IAM5[{resource}]", reason)
+    _acknowledge_rest_of_hub(stack, arn, hub_id)
+
+
+def acknowledge_target_findings(stack: Ec2HubTargetStack) -> None:
+    """What a target stack accepts: the notebook role's and the hub-access role's wildcards, for
+    the same reasons as the hub stack's (the same statements), and CDK's custom resource Lambda."""
+    region, account = stack.region, stack.account
+
+    def arn(service: str, resource: str, with_account: bool = True) -> str:
+        return f"Resource::arn:<AWS::Partition>:{service}:{region}:{account if with_account else ''}:{resource}"
+
+    secrets = f"parameter{stack.config.secret_prefix}*"
+    _acknowledge_notebook_role(stack.notebooks.role, arn, secrets)
+    policy = stack.hub_access.node.find_child("DefaultPolicy")
+    for resource, reason in _launch_findings(arn, stack.config.hub_id, secrets).items():
+        acknowledge(policy, f"IAM5[{resource}]", reason)
+    acknowledge_checkov(stack.notebooks.role.node.find_child("DefaultPolicy"), "CKV_AWS_111", SESSION_MANAGER_WRITES)
+    _acknowledge_custom_resource_provider(stack)
+
+
+def _acknowledge_notebook_role(notebook_role, arn, secrets: str) -> None:
     session_manager = (
         "The SSM agent's Session Manager channel calls (ssm:UpdateInstanceInformation, "
         "ssmmessages:*Channel) support no resource-level permissions; Session Manager is the only "
@@ -104,10 +137,6 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         "IAM5[Resource::*]",
         session_manager,
     )
-
-    # The policies' SSM resources, as the HubConfig prefixes spell them.
-    secrets = f"parameter{stack.config.secret_prefix}*"
-    hub_parameters = f"parameter{stack.config.ssm_prefix}*"
     acknowledge(
         notebook_role.node.find_child("DefaultPolicy"),
         f"IAM5[{arn('ssm', secrets)}]",
@@ -122,8 +151,10 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         "(kms:EncryptionContext:PARAMETER_ARN).",
     )
 
-    hub_policy = hub_role.node.find_child("DefaultPolicy")
-    hub_findings = {
+
+def _launch_findings(arn, hub_id: str, secrets: str) -> dict[str, str]:
+    """The wildcards of infra.hub.launch_statements, each with why (by cdk-nag's resource name)."""
+    return {
         arn(
             "ec2", "instance/*"
         ): "RunInstances creates instances whose ids cannot be known in advance; "
@@ -163,15 +194,14 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "ssm", secrets
         ): "The spawner writes and deletes one SecureString per notebook instance, "
         "named by its instance id, under this hub's own secret prefix only.",
-        arn("ssm", hub_parameters): "Read-only access to this hub's own parameters "
-        "(settings document, OAuth client secret) under /ec2hub/<hub_id>/.",
         arn(
             "kms", "key/*"
         ): "SecureStrings use the AWS-managed aws/ssm key, whose id is not known at "
         "synth; use is allowed only via SSM and only for this hub's parameters (encryption context).",
     }
-    for resource, reason in hub_findings.items():
-        acknowledge(hub_policy, f"IAM5[{resource}]", reason)
+
+
+def _acknowledge_rest_of_hub(stack: Ec2HubStack, arn, hub_id: str) -> None:
     acknowledge(
         stack.hub_homes_policy,
         f"IAM5[{arn('elasticfilesystem', 'access-point/*')}]",
@@ -201,6 +231,11 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
             "It listens only on 80/443 (80 redirects when HTTPS is on); set allowed_ingress_cidr to narrow it.",
         )
 
+    _acknowledge_custom_resource_provider(stack)
+    _acknowledge_hub_secrets_and_state(stack)
+
+
+def _acknowledge_custom_resource_provider(stack) -> None:
     provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
     if provider is not None:
         acknowledge(
@@ -223,6 +258,8 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
         }.items():
             acknowledge_checkov(lambda_function, check, reason)
 
+
+def _acknowledge_hub_secrets_and_state(stack: Ec2HubStack) -> None:
     if stack.admin is not None:
         admin_secret = stack.admin.secret
         acknowledge(
@@ -332,7 +369,7 @@ def acknowledge_findings(stack: Ec2HubStack) -> None:
     )
 
     # --- checkov -------------------------------------------------------------------------------
-    for policy in (notebook_role, hub_role):
+    for policy in (stack.notebooks.role, stack.hub.role):
         acknowledge_checkov(
             policy.node.find_child("DefaultPolicy"),
             "CKV_AWS_111",

@@ -37,7 +37,10 @@ class Network(Construct):
         *,
         nat_gateways: int,
         vpc_endpoints: bool,
+        cidr: str | None = None,
     ) -> None:
+        """``cidr``: the VPC's range (None: CDK's 10.0.0.0/16). A target's VPC needs one of its
+        own: a peering connection refuses overlapping ranges."""
         super().__init__(scope, construct_id)
         region = Stack.of(self).region
 
@@ -45,6 +48,7 @@ class Network(Construct):
             self,
             "Vpc",
             max_azs=2,
+            ip_addresses=ec2.IpAddresses.cidr(cidr) if cidr else None,
             nat_gateways=nat_gateways,
             subnet_configuration=[
                 # Only the internet-facing load balancer lives here.

@@ -128,9 +128,12 @@ class Notebooks(Construct):
         hub_id: str,
         secret_prefix: str,
         images: dict[str, str] | None = None,
+        target: str | None = None,
     ) -> None:
         """``images``: the ImageId of the classes that do not launch their catalog ``ami`` as is
-        (baked classes: ``resolve:ssm:<their image parameter>``), by slug."""
+        (baked classes: ``resolve:ssm:<their image parameter>``), by slug. ``target``: the
+        templates are those of the classes that launch in this catalog target (None: in the hub's
+        own account, infra/target_stack.py makes the others)."""
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         images = images or {}
@@ -200,7 +203,7 @@ class Notebooks(Construct):
                 "ec2hub:user-data-compressed", user_data.notice
             )
         self.launch_templates: dict[str, ec2.CfnLaunchTemplate] = {}
-        for cls in catalog.classes:
+        for cls in catalog.classes_of(target):
             scope_for_class = Construct(self, class_construct_id(cls.slug))
             template = ec2.CfnLaunchTemplate(
                 scope_for_class,

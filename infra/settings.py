@@ -67,6 +67,7 @@ def settings_document(
     auth: dict[str, Any] | None = None,
     hub_dns_zone_id: str | None = None,
     hub_dns_name: str | None = None,
+    targets: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The HubSettings mapping: catalog classes (as written) plus each class's launch template id;
     ``extra_config`` is the repository's jupyterhub_config.d/ (:func:`extra_config_files`).
@@ -74,6 +75,8 @@ def settings_document(
     ``auth`` is the sign-in mapping (infra.identity.auth_settings); None: native sign-in with
     ``admin_users``. ``hub_dns_zone_id`` and ``hub_dns_name`` (infra.dns): the private hosted zone
     and the record the hub points at itself at every start, the name notebooks call the hub API at.
+    ``targets``: name -> TargetSettings mapping (infra.target_stack.target_sites); the targeted
+    classes' templates are in ``launch_template_ids`` too.
     """
     classes = [
         {
@@ -97,6 +100,8 @@ def settings_document(
         "named_server_limit_per_user": named_server_limit_per_user,
         "auth": auth or {"type": "native", "admin_users": list(admin_users)},
     }
+    if targets:
+        document["targets"] = dict(sorted(targets.items()))
     if extra_config:
         document["extra_config"] = dict(sorted(extra_config.items()))
     if efs_id is not None:

@@ -24,14 +24,20 @@ from .observability import Observability
 from .settings import SettingsParameter, extra_config_files, settings_document
 from .state import DATABASE_PORT, HubState
 from .storage import Storage, access_point_statements, file_system_statements
+from .target_stack import target_sites
 
 
 class Ec2HubStack(Stack):
     """JupyterHub with one EC2 instance per notebook server, for one hub id (= stack name)."""
 
     def __init__(
-        self, scope: Construct, *, config: HubConfig, catalog: Catalog
+        self, scope: Construct, *, config: HubConfig, catalog: Catalog,
+        target_outputs: dict[str, dict[str, str]] | None = None,
     ) -> None:
+        """``target_outputs``: the outputs of the target stacks of the catalog's targets
+        (infra/target_stack.py, as ``cdk deploy --outputs-file`` writes them); a class that
+        launches in a target whose outputs are missing is a ConfigError."""
+        sites = target_sites(catalog, target_outputs or {}, hub_id=config.hub_id)
         super().__init__(
             scope,
             config.hub_id,
@@ -162,12 +168,27 @@ class Ec2HubStack(Stack):
             notebook_subnet_ids=[s.subnet_id for s in notebook_subnets],
             notebook_role=self.notebooks.role,
             notebook_instance_profile_arn=self.notebooks.instance_profile.instance_profile_arn,
-            instance_types=[t for cls in catalog.classes for t in cls.instance_types],
+            instance_types=[t for cls in catalog.classes_of(None) for t in cls.instance_types],
             ssm_prefix=config.ssm_prefix,
             secret_prefix=config.secret_prefix,
             spawner_asset=self.hub.spawner_asset,
         ):
             self.hub.role.add_to_principal_policy(statement)
+
+        # --- targets: the hub's role may assume each target's role, and nothing else there -------
+        for name, site in sites.items():
+            # Its notebooks call the hub API over the peering (docs/ARCHITECTURE.md §19).
+            self.hub.security_group.add_ingress_rule(
+                ec2.Peer.ipv4(site.cidr), ec2.Port.tcp(HUB_API_PORT), f"notebooks of target {name} to the hub API"
+            )
+        if sites:
+            self.hub.role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="AssumeTargetRoles",
+                    actions=["sts:AssumeRole"],
+                    resources=sorted(catalog.targets[name].role_arn for name in sites),
+                )
+            )
 
         # --- baked images: EC2 resolves resolve:ssm: with the launching principal's permissions
         baked = sorted(self.images.parameters)
@@ -316,8 +337,10 @@ class Ec2HubStack(Stack):
             subnets={s.availability_zone: s.subnet_id for s in notebook_subnets},
             catalog=catalog,
             launch_template_ids={
-                slug: t.ref for slug, t in self.notebooks.launch_templates.items()
+                **{slug: t.ref for slug, t in self.notebooks.launch_templates.items()},
+                **{slug: lt for site in sites.values() for slug, lt in site.launch_template_ids.items()},
             },
+            targets={name: site.settings for name, site in sites.items()},
             secret_prefix=config.secret_prefix,
             efs_id=self.storage.file_system.file_system_id,
             admin_users=[config.admin_user],
@@ -355,6 +378,11 @@ class Ec2HubStack(Stack):
             value=self.settings.parameter.parameter_name,
             description="SSM parameter with the hub settings JSON",
         )
+        # What a target stack trusts and opens its notebook port to (infra/target_stack.py).
+        CfnOutput(self, "HubRoleArn", value=self.hub.role.role_arn,
+                  description="The hub's role: -c hub_role_arn=... of a target stack")
+        CfnOutput(self, "HubVpcCidr", value=vpc.vpc_cidr_block,
+                  description="The hub's VPC range: -c hub_cidr=... of a target stack")
         CfnOutput(
             self,
             "LoadBalancerDnsName",

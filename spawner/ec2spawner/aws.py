@@ -14,6 +14,12 @@ at 2 per second; see https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-thr
 queues calls before they are sent, so 100 users pressing "Start" together wait their turn instead
 of failing with ``RequestLimitExceeded``.
 
+A seam is for one region of one account: the hub's own (:meth:`Aws.for_region`, the hub's
+credentials), or a target's (:meth:`Aws.for_role`: credentials of a role the hub assumes in another
+account with ``sts:AssumeRole`` and an external id, fetched at the first call and refreshed by
+botocore before they expire; see :class:`AssumedRole`). Each has its own clients, limiters and
+thread pool: EC2's request limits are per account and region.
+
 No sandbox knowledge here: boto3 honours ``AWS_ENDPOINT_URL`` and the config file's
 ``endpoint_url`` natively, which is how tests and the sandbox point it at an emulator.
 """
@@ -37,6 +43,7 @@ from typing import Any, ClassVar
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 import botocore.model
 import botocore.parsers
@@ -354,14 +361,90 @@ class _ParserFactory(botocore.parsers.ResponseParserFactory):
         return super().create_parser(protocol_name)
 
 
-class Aws:
-    """AWS calls for one region, shared by every spawner of the process (see :meth:`for_region`)."""
+@dataclass(frozen=True)
+class AssumedRole:
+    """A role in another account the hub's own credentials assume (``sts:AssumeRole``).
 
-    _shared: ClassVar[dict[str, Aws]] = {}
+    ``external_id`` is required by the role's trust policy (infra/target_stack.py);
+    ``session_name`` names the hub in the target account's CloudTrail. Credentials last
+    ``duration_s`` (AWS allows 900 up to the role's maximum, 3,600 by default). ``sts_region``:
+    the STS endpoint asked (None: the seam's region); the hub asks its own region's, which its
+    VPC reaches like its other AWS APIs (temporary credentials are valid in every region).
+    """
+
+    role_arn: str
+    external_id: str
+    session_name: str = "ec2hub"
+    duration_s: int = 3600
+    sts_region: str | None = None
+
+
+class _AssumedRoleProvider(botocore.credentials.CredentialProvider):
+    """A provider in a botocore session's chain that answers with one role's credentials."""
+
+    METHOD = "ec2hub-assume-role"
+
+    def __init__(self, credentials: botocore.credentials.Credentials):
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self):
+        return self._credentials
+
+
+class _SourceCredentials:
+    """The process's own credentials, resolved at the first AssumeRole (in the seam's worker
+    thread: on the hub host that is a call to the instance metadata service), not when the seam
+    is made on the event loop."""
+
+    def __init__(self, session: botocore.session.Session):
+        self._session = session
+        self._credentials = None
+        self._lock = threading.Lock()
+
+    def get_frozen_credentials(self):
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = self._session.get_credentials()
+            if self._credentials is None:
+                raise botocore.exceptions.NoCredentialsError()
+        return self._credentials.get_frozen_credentials()
+
+
+def assumed_role_credentials(role: AssumedRole, region: str) -> botocore.credentials.RefreshableCredentials:
+    """Credentials of ``role``, assumed with the process's own credentials (the hub's role).
+
+    botocore's own parts, as its ``assume_role`` profile provider uses them: the fetcher calls
+    AssumeRole (STS of ``region``) and keeps the answer until 15 minutes before it expires;
+    :class:`~botocore.credentials.DeferredRefreshableCredentials` asks it at first use and again
+    once fewer than 15 minutes are left (every client call made after that waits for the refresh
+    only when fewer than 10 are left). Nothing is asked at construction.
+    """
+    source = botocore.session.get_session()
+    source.set_config_variable("region", role.sts_region or region)
+    fetcher = botocore.credentials.AssumeRoleCredentialFetcher(
+        source.create_client,
+        _SourceCredentials(source),
+        role.role_arn,
+        extra_args={"ExternalId": role.external_id, "RoleSessionName": role.session_name[:64],
+                    "DurationSeconds": role.duration_s},
+    )
+    return botocore.credentials.DeferredRefreshableCredentials(
+        refresh_using=fetcher.fetch_credentials, method=_AssumedRoleProvider.METHOD)
+
+
+class Aws:
+    """AWS calls for one region of one account, shared by every spawner of the process (see
+    :meth:`for_region` and :meth:`for_role`)."""
+
+    _shared: ClassVar[dict[Any, Aws]] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, region: str, *, max_pool_connections: int = 50):
+    def __init__(self, region: str, *, role: AssumedRole | None = None, max_pool_connections: int = 50):
         self.region = region
+        self.role = role
+        # What the watcher, sweeper and limiters are per: one account's region.
+        self.key = region if role is None else f"{role.role_arn}@{region}"
         self.config = botocore.config.Config(
             region_name=region,
             retries={"mode": "standard"},
@@ -373,6 +456,10 @@ class Aws:
                                             thread_name_prefix=f"ec2hub-aws-{region}")
         core = botocore.session.get_session()
         core.register_component("response_parser_factory", _ParserFactory())
+        # None: the process's own credentials (instance profile, environment, config file).
+        self.credentials = None if role is None else assumed_role_credentials(role, region)
+        if self.credentials is not None:
+            core.get_component("credential_provider").insert_before("env", _AssumedRoleProvider(self.credentials))
         self._session = boto3.session.Session(region_name=region, botocore_session=core)
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
@@ -386,6 +473,15 @@ class Aws:
             if region not in cls._shared:
                 cls._shared[region] = cls(region)
             return cls._shared[region]
+
+    @classmethod
+    def for_role(cls, region: str, role: AssumedRole) -> Aws:
+        """The process-wide instance for ``region`` of the account ``role`` is in."""
+        key = (region, role)
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(region, role=role)
+            return cls._shared[key]
 
     @property
     def partition(self) -> str:

@@ -44,6 +44,16 @@ MAX_LIMIT_S = 30 * 24 * 3600
 
 # A server's extra environment: shell-style names; the hub's own variables cannot be replaced.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+# A target (another AWS account and region a class launches in): its name, and what AWS allows.
+TARGET_NAME_PATTERN = SLUG_PATTERN
+ACCOUNT_PATTERN = r"^[0-9]{12}$"
+# A region name: "us-east-1", "eu-central-2", "us-gov-west-1", "ap-southeast-7", "cn-north-1".
+REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}$"
+# sts:AssumeRole's ExternalId: 2..1224 characters of [\w+=,.@:/-] (the STS API reference).
+EXTERNAL_ID_PATTERN = r"^[\w+=,.@:/-]{2,1224}$"
+# An IAM role ARN (any partition; a role name may carry a path).
+ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::([0-9]{12}):role/[\w+=,.@/-]{1,512}$"
 RESERVED_ENV_PREFIXES = ("JUPYTERHUB_", "JPY_")
 
 
@@ -93,6 +103,9 @@ class InstanceClass(BaseModel):
     # the first boot installs the environment.
     image: Literal["stock", "baked"] = "stock"
     packages: Annotated[list[str], Field(max_length=MAX_PACKAGES)] = []
+    # The name of a catalog ``targets`` entry: the class launches in that account and region
+    # (through the role the hub assumes there). None: in the hub's own account and region.
+    target: Annotated[str, Field(pattern=TARGET_NAME_PATTERN)] | None = None
 
     @field_validator("instance_types")
     @classmethod
@@ -142,6 +155,9 @@ class InstanceClass(BaseModel):
     def _packages_need_a_baked_image(self) -> InstanceClass:
         if self.packages and self.image != "baked":
             raise ValueError("packages: needs image: baked (they are installed when the image is built)")
+        if self.target is not None and self.image == "baked":
+            # Its image pipeline and image parameter would have to live in the target account.
+            raise ValueError("image: baked is not supported with a target yet (use stock)")
         return self
 
     @property
@@ -157,6 +173,61 @@ class InstanceClass(BaseModel):
         return not self.allowed_groups or bool(set(self.allowed_groups) & set(groups))
 
 
+class Target(BaseModel):
+    """Another AWS account and region classes may launch in, reached through a role the hub assumes.
+
+    The hub calls ``sts:AssumeRole`` on ``role_arn`` with ``external_id`` (the role's trust policy
+    names only the hub's role and requires this id: infra/target_stack.py) and makes every EC2 and
+    SSM call of those classes' servers with the credentials it gets. The external id is not a
+    secret (it guards against a confused deputy, not an attacker who has the hub's role).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account: str
+    region: str
+    role_arn: str
+    external_id: str
+
+    @field_validator("account", mode="before")
+    @classmethod
+    def _twelve_digits(cls, account: Any) -> str:
+        if isinstance(account, int):  # YAML reads 012345678901 as a number and drops the zero
+            raise ValueError(  # noqa: TRY004 (pydantic reports only ValueError as a validation error)
+                f"{account} must be quoted ('{account:012d}'): an account id is 12 digits, not a number")
+        if not isinstance(account, str) or not re.match(ACCOUNT_PATTERN, account):
+            raise ValueError(f"{account!r} is not an AWS account id (12 digits, quoted in YAML)")
+        return account
+
+    @field_validator("region")
+    @classmethod
+    def _region_shape(cls, region: str) -> str:
+        if not re.match(REGION_PATTERN, region):
+            raise ValueError(f"{region!r} is not an AWS region name (like 'eu-central-1')")
+        return region
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id_shape(cls, external_id: str) -> str:
+        if not re.match(EXTERNAL_ID_PATTERN, external_id):
+            raise ValueError("not an sts:AssumeRole external id (2 to 1224 of the characters A-Za-z0-9_+=,.@:/-)")
+        return external_id
+
+    @model_validator(mode="after")
+    def _role_in_its_account(self) -> Target:
+        match = re.match(ROLE_ARN_PATTERN, self.role_arn)
+        if match is None:
+            raise ValueError(f"role_arn: {self.role_arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+        if match.group(1) != self.account:
+            raise ValueError(f"role_arn: {self.role_arn!r} is not in account {self.account} (the target's account)")
+        return self
+
+    @property
+    def role_name(self) -> str:
+        """The role's name, without its path (what the target stack names the role)."""
+        return self.role_arn.rsplit("/", 1)[-1]
+
+
 # Fields that make sense once for all classes; slug and default are per class by nature.
 _DEFAULTABLE = set(InstanceClass.model_fields) - {"slug", "display_name", "default"}
 
@@ -167,6 +238,8 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     classes: Annotated[list[InstanceClass], Field(min_length=1, max_length=50)]
+    # Name -> another account and region; a class names one with ``target: <name>``.
+    targets: dict[Annotated[str, Field(pattern=TARGET_NAME_PATTERN)], Target] = {}
 
     @model_validator(mode="after")
     def _unique_slugs_and_one_default(self) -> Catalog:
@@ -179,7 +252,16 @@ class Catalog(BaseModel):
         if len(defaults) != 1:
             found = ", ".join(repr(s) for s in defaults) or "none"
             raise ValueError(f"default: exactly one class must have default: true (found {found})")
+        for cls in self.classes:
+            if cls.target is not None and cls.target not in self.targets:
+                defined = ", ".join(sorted(self.targets)) or "none"
+                raise ValueError(f"class {cls.slug!r}: target: {cls.target!r} is not one of the catalog's targets "
+                                 f"(defined: {defined})")
         return self
+
+    def classes_of(self, target: str | None) -> list[InstanceClass]:
+        """The classes that launch in ``target`` (None: in the hub's own account and region)."""
+        return [c for c in self.classes if c.target == target]
 
     @property
     def default_class(self) -> InstanceClass:
@@ -206,9 +288,16 @@ def _describe(error: ValidationError, raw_classes: list[Any]) -> str:
         slug = raw.get("slug") if isinstance(raw, dict) else None
         where = f"class {slug!r}: " if isinstance(slug, str) else f"class #{index + 1}: "
         loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "targets":
+        if loc[-1] == "[key]":
+            message = f"{loc[1]!r} is not a target name (lower-case letters, digits and '-')"
+            where, loc = "targets: ", []
+        else:
+            where, loc = f"target {loc[1]!r}: ", loc[2:]
     field = ".".join(str(part) for part in loc if not isinstance(part, int))
     if first["type"] == "extra_forbidden":
-        message = "unknown field (allowed: " + ", ".join(sorted(InstanceClass.model_fields)) + ")"
+        model = Target if where.startswith("target ") else InstanceClass
+        message = "unknown field (allowed: " + ", ".join(sorted(model.model_fields)) + ")"
     if first["type"] == "missing":
         message = "required field is missing"
     return f"{where}{field + ': ' if field else ''}{message}"
@@ -218,10 +307,10 @@ def parse_catalog(data: Any, *, source: str = "instance-classes.yaml") -> Catalo
     """Validate a parsed YAML document, applying ``defaults`` to every class."""
     if not isinstance(data, dict):
         raise CatalogError(f"{source}: the top level must be a mapping with 'defaults' and 'classes'")
-    unknown = set(data) - {"defaults", "classes"}
+    unknown = set(data) - {"defaults", "classes", "targets"}
     if unknown:
         raise CatalogError(
-            f"{source}: unknown top-level key {min(unknown)!r} (allowed: defaults, classes)"
+            f"{source}: unknown top-level key {min(unknown)!r} (allowed: defaults, classes, targets)"
         )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -235,8 +324,12 @@ def parse_catalog(data: Any, *, source: str = "instance-classes.yaml") -> Catalo
     if not isinstance(raw_classes, list):
         raise CatalogError(f"{source}: classes: must be a list of classes")
     merged = [{**defaults, **c} if isinstance(c, dict) else c for c in raw_classes]
+    targets = data.get("targets") or {}
+    if not isinstance(targets, dict):
+        raise CatalogError(f"{source}: targets: must be a mapping of target name to account, region, role_arn, "
+                           "external_id")
     try:
-        return Catalog(classes=merged)
+        return Catalog(classes=merged, targets=targets)
     except ValidationError as error:
         raise CatalogError(f"{source}: {_describe(error, raw_classes)}") from None
 

@@ -84,6 +84,8 @@ def apply_settings(
     c.EC2Spawner.classes = [cls.model_dump() for cls in settings.classes]
     c.EC2Spawner.subnets = dict(settings.subnets)
     c.EC2Spawner.secret_prefix = settings.secret_prefix
+    if settings.targets:
+        c.EC2Spawner.targets = {name: target.model_dump() for name, target in settings.targets.items()}
     c.EC2Spawner.efs_id = settings.efs_id
     c.EC2Spawner.notebook_port = settings.notebook_port
     if settings.hub_dns_name:

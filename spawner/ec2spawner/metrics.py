@@ -102,8 +102,9 @@ REGISTRY.register(_HealthProbes())
 
 _UNKNOWN_CLASS = "unknown"
 
-# hub id -> (class, state) -> count, and hub id -> class -> USD/hour; the gauges add the hubs up.
-_counts: dict[str, Tally] = {}
+# (hub id, site) -> (class, state) -> count, and hub id -> class -> USD/hour; the gauges add the
+# hubs and their sites (the hub's own account and each target's, one watcher each) up.
+_counts: dict[tuple[str, str], Tally] = {}
 _prices: dict[str, dict[str, float]] = {}
 _seen_instances: set[tuple[str, str]] = set()
 _seen_spend: set[str] = set()
@@ -128,22 +129,23 @@ def know_classes(hub_id: str, classes: Iterable[Mapping]) -> None:
     _prices[hub_id] = {c["slug"]: float(c.get("hourly_cost_usd") or 0.0) for c in classes}
 
 
-def observe_instances(hub_id: str, snapshot: Mapping[str, InstanceView]) -> None:
-    """Set the instance and spend gauges from one watcher snapshot (once per describe cycle)."""
-    _counts[hub_id] = instance_counts(snapshot)
+def observe_instances(hub_id: str, snapshot: Mapping[str, InstanceView], *, site: str = "") -> None:
+    """Set the instance and spend gauges from one watcher snapshot (once per describe cycle);
+    ``site`` is the watcher's account and region (``Aws.key``)."""
+    _counts[(hub_id, site)] = instance_counts(snapshot)
     _publish()
 
 
-def forget_hub(hub_id: str) -> None:
+def forget_hub(hub_id: str, site: str = "") -> None:
     """A stopped watcher's instances no longer count."""
-    _counts.pop(hub_id, None)
+    _counts.pop((hub_id, site), None)
     _publish()
 
 
 def _publish() -> None:
     total: Tally = Tally()
     rates: dict[str, float] = {}
-    for hub_id, counts in _counts.items():
+    for (hub_id, _site), counts in _counts.items():
         total.update(counts)
         for slug, rate in spend_rates(counts, _prices.get(hub_id, {})).items():
             rates[slug] = rates.get(slug, 0.0) + rate

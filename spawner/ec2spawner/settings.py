@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .catalog import InstanceClass
+from .catalog import InstanceClass, Target
 
 SETTINGS_VERSION = 1
 # The key of the JSON placeholder the stack puts in the OAuth client secret (infra.identity) until
@@ -34,6 +34,18 @@ class ClassSettings(InstanceClass):
 
     launch_template_id: Annotated[str, Field(pattern=r"^lt-[0-9a-f]+$")]
     # The AMI as the catalog names it; the template holds the resolved id.
+
+
+SECRET_PREFIX_PATTERN = r"^/[A-Za-z0-9_./-]+/$"
+
+
+class TargetSettings(Target):
+    """A catalog target plus what its target stack made there (infra/target_stack.py): the
+    notebooks' subnets and the secrets' prefix in that account. A targeted class's
+    ``launch_template_id`` is a template of that stack."""
+
+    subnets: Annotated[dict[str, str], Field(min_length=1)]
+    secret_prefix: Annotated[str, Field(pattern=SECRET_PREFIX_PATTERN)]
 
 
 class AuthSettings(BaseModel):
@@ -89,7 +101,10 @@ class HubSettings(BaseModel):
     subnets: Annotated[dict[str, str], Field(min_length=1)]
     classes: Annotated[list[ClassSettings], Field(min_length=1)]
     # SSM parameter name prefix for per-server secret env: <prefix><instance-id>. Starts and ends with /.
-    secret_prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]+/$")]
+    secret_prefix: Annotated[str, Field(pattern=SECRET_PREFIX_PATTERN)]
+    # Name -> another account and region (the catalog's targets); a class with ``target`` launches
+    # there, through the role the hub assumes. Empty: every class launches in the hub's own.
+    targets: dict[str, TargetSettings] = {}
     efs_id: str | None = None
     # The hub API's stable name (infra/dns.py): the A record ``hub_dns_name`` in the Route 53 private
     # hosted zone ``hub_dns_zone_id``, which the hub bootstrap points at the hub host's private IP
@@ -121,6 +136,9 @@ class HubSettings(BaseModel):
     def _hub_dns_together(self) -> HubSettings:
         if (self.hub_dns_zone_id is None) != (self.hub_dns_name is None):
             raise ValueError("hub_dns_zone_id and hub_dns_name go together: the record and the hosted zone that holds it")
+        for cls in self.classes:
+            if cls.target is not None and cls.target not in self.targets:
+                raise ValueError(f"class {cls.slug!r}: target {cls.target!r} is not in targets")
         return self
 
     @classmethod

@@ -40,10 +40,10 @@ from . import health, metrics
 from . import options as opts
 from . import payloads as req
 from . import spend as spend_
-from .aws import Aws, AwsError, ErrorKind, InstanceView
+from .aws import AssumedRole, Aws, AwsError, ErrorKind, InstanceView
 from .culler import ServerCuller
 from .lease import HubLease, LeaseError, default_holder_id
-from .settings import ClassSettings
+from .settings import ClassSettings, TargetSettings
 from .sweeper import OrphanSweeper, Ownership
 from .watcher import InstanceWatcher
 
@@ -73,6 +73,10 @@ _STATE_REASONS = {
 }
 
 
+class TargetUnknown(LookupError):
+    """A server's state names a target the hub's settings no longer have."""
+
+
 # Most seconds the first poll() after a hub restart waits for EC2 before it reports "running".
 _FIRST_POLL_WAIT = 10.0
 
@@ -81,9 +85,11 @@ _FIRST_POLL_WAIT = 10.0
 # clear_state, so the hub database names every instance a server owns, running or kept.
 # ``health_note`` (why the hub ended the server last time) survives it too: the user reads it at
 # the next visit of the home page and the next spawn.
+# ``target`` (the catalog target the instances are in; absent: the hub's own account and region,
+# as in every state saved before targets existed) survives too: a kept instance is in that account.
 _STATE_KEYS = ("instance_id", "instance_class", "subnet_id", "template_version", "attempt", "kept_instance_id",
-               "health_note")
-_KEPT_ACROSS_STOPS = ("kept_instance_id", "health_note")
+               "health_note", "target")
+_KEPT_ACROSS_STOPS = ("kept_instance_id", "health_note", "target")
 
 
 async def _apply_user_options(spawner: EC2Spawner, user_options: dict) -> None:
@@ -144,6 +150,19 @@ class EC2Spawner(Spawner):
 
     secret_prefix = Unicode(
         help="""SSM parameter name prefix of per-server secrets: ``<secret_prefix><instance-id>``."""
+    ).tag(config=True)
+
+    targets = Dict(
+        help="""Name -> another AWS account and region classes launch in: the hub settings'
+        ``targets`` (dicts of :class:`ec2spawner.settings.TargetSettings` fields).
+
+        A server of a class with ``target: <name>`` has its instance, its secret and every EC2
+        and SSM call in that account and region, made with the credentials of the target's
+        ``role_arn``, which the hub assumes with its ``external_id`` (refreshed before they
+        expire); its ``subnets`` and ``secret_prefix`` replace the hub's own. One watcher and one
+        sweeper run per target. Its homes are the instance's own disk (no EFS across accounts).
+        Empty: every class launches in the hub's own account and region.
+        """,
     ).tag(config=True)
 
     efs_id = Unicode(
@@ -411,6 +430,7 @@ class EC2Spawner(Spawner):
     attempt = Unicode(None, allow_none=True)
     kept_instance_id = Unicode(None, allow_none=True)
     health_note = Unicode(None, allow_none=True)
+    target = Unicode(None, allow_none=True)  # a ``targets`` name; None: the hub's own account
 
     @default("ip")
     def _default_ip(self):
@@ -476,8 +496,46 @@ class EC2Spawner(Spawner):
         return [ClassSettings.model_validate(c) for c in self.classes]
 
     @property
-    def aws(self) -> Aws:
+    def own_aws(self) -> Aws:
+        """The hub's own account and region: its lease, spend ledger, EFS."""
         return Aws.for_region(self.region)
+
+    def _target_settings(self, name: str | None) -> TargetSettings | None:
+        if name is None:
+            return None
+        if name not in self.targets:
+            raise TargetUnknown(f"target {name!r} is not in the hub's settings (targets: "
+                                f"{', '.join(sorted(self.targets)) or 'none'})")
+        return TargetSettings.model_validate(self.targets[name])
+
+    def aws_of(self, target: str | None) -> Aws:
+        """The seam of ``target``'s account and region (None: the hub's own)."""
+        settings = self._target_settings(target)
+        if settings is None:
+            return self.own_aws
+        role = AssumedRole(settings.role_arn, settings.external_id, session_name=f"ec2hub-{self.hub_id}",
+                           sts_region=self.region)
+        return Aws.for_role(settings.region, role)
+
+    @property
+    def aws(self) -> Aws:
+        """The seam of this server's account and region (its ``target``'s, or the hub's own)."""
+        return self.aws_of(self.target)
+
+    @property
+    def site_subnets(self) -> dict[str, str]:
+        settings = self._target_settings(self.target)
+        return dict(self.subnets) if settings is None else settings.subnets
+
+    @property
+    def site_secret_prefix(self) -> str:
+        settings = self._target_settings(self.target)
+        return self.secret_prefix if settings is None else settings.secret_prefix
+
+    @property
+    def site_efs_id(self) -> str | None:
+        """Homes on EFS in the hub's own account only: a target's instances keep them on their disk."""
+        return self.efs_id if self.target is None else None
 
     @property
     def server_name(self) -> str:
@@ -530,9 +588,10 @@ class EC2Spawner(Spawner):
     def _groups(self) -> set[str]:
         return {g.name for g in getattr(self.user, "groups", [])}
 
-    def _watcher(self) -> InstanceWatcher:
+    def _watcher(self, aws: Aws | None = None) -> InstanceWatcher:
+        """The watcher of ``aws``'s account and region (default: this server's)."""
         return InstanceWatcher.for_hub(
-            self.aws,
+            aws or self.aws,
             self.hub_id,
             slow_interval=self.poll_interval,
             fast_interval=self.fast_poll_interval,
@@ -559,7 +618,7 @@ class EC2Spawner(Spawner):
         if not self.lease_table:
             return None
         return HubLease.ensure(
-            self.aws, table=self.lease_table, hub_id=self.hub_id, holder=self.lease_holder,
+            self.own_aws, table=self.lease_table, hub_id=self.hub_id, holder=self.lease_holder,
             duration=self.lease_duration, renew_interval=self.lease_renew_interval,
             margin=self.lease_margin, logger=self.log,
         )
@@ -583,27 +642,34 @@ class EC2Spawner(Spawner):
             )
 
     @classmethod
-    def start_sweeper(cls, *, config, db, log) -> OrphanSweeper | None:
-        """Start this hub's orphan sweeper (and its watcher) on the running loop, once.
+    def start_sweeper(cls, *, config, db, log) -> list[OrphanSweeper]:
+        """Start this hub's orphan sweepers (and their watchers) on the running loop, once: one
+        for the hub's own account and region, then one per target.
 
         ``db`` is the hub's database session: the sweeper's ownership is every instance a saved
         spawner state names, plus the spawns in flight in this process (:meth:`hub_ownership`).
+        Instance ids are unique across accounts, so one ownership serves every target.
         """
         probe = cls(config=config, log=log)  # a spawner of no user: only its configuration is read
         if not probe.sweep_orphans:
-            return None
-        return OrphanSweeper.ensure(
-            probe.aws,
-            probe._watcher(),
-            hub_id=probe.hub_id,
-            secret_prefix=probe.secret_prefix,
-            owned=functools.partial(cls.hub_ownership, db, probe.hub_id),
-            grace=probe.orphan_grace,
-            interval=probe.sweep_interval,
-            keep_stopped="stop" in {probe.stop_mode, *(c.stop_mode for c in probe.class_settings)},
-            lease=probe.lease(),
-            logger=log,
-        )
+            return []
+        sweepers = []
+        for target in [None, *sorted(probe.targets)]:
+            probe.target = target
+            sweepers.append(OrphanSweeper.ensure(
+                probe.aws,
+                probe._watcher(),
+                hub_id=probe.hub_id,
+                secret_prefix=probe.site_secret_prefix,
+                owned=functools.partial(cls.hub_ownership, db, probe.hub_id),
+                grace=probe.orphan_grace,
+                interval=probe.sweep_interval,
+                keep_stopped="stop" in {probe.stop_mode, *(c.stop_mode for c in probe.class_settings
+                                                           if c.target == target)},
+                lease=probe.lease(),
+                logger=log,
+            ))
+        return sweepers
 
     @classmethod
     def owned_instance_ids(cls, hub_id: str) -> set[str]:
@@ -660,16 +726,23 @@ class EC2Spawner(Spawner):
     # -- spend and budgets (ec2spawner.spend) ------------------------------------------------------
 
     def _ledger(self) -> spend_.SpendLedger | None:
-        return spend_.SpendLedger(self.aws, self.spend_table, logger=self.log) if self.spend_table else None
+        # In the hub's own account whatever the server's target: spend per user and group is one
+        # ledger across every account the hub launches in.
+        return spend_.SpendLedger(self.own_aws, self.spend_table, logger=self.log) if self.spend_table else None
 
-    def _price_book(self) -> spend_.PriceBook:
-        return spend_.PriceBook.for_region(self.region, ttl=self.price_ttl, enabled=self.use_price_list,
+    def _region_of(self, cls: ClassSettings) -> str:
+        settings = self._target_settings(cls.target)
+        return self.region if settings is None else settings.region
+
+    def _price_book(self, region: str | None = None) -> spend_.PriceBook:
+        return spend_.PriceBook.for_region(region or self.region, ttl=self.price_ttl, enabled=self.use_price_list,
                                            logger=self.log)
 
     async def hourly_price(self, cls: ClassSettings, instance_type: str | None = None, az: str = "") -> float | None:
         """USD per hour of ``instance_type`` (the class's preferred one by default) in the class's
-        market: AWS's price when it answers (cached a day), else the catalog's ``hourly_cost_usd``."""
-        return await self._price_book().hourly(instance_type or cls.instance_types[0], cls.market, az=az,
+        market and region (its target's): AWS's price when it answers (cached a day), else the
+        catalog's ``hourly_cost_usd``."""
+        return await self._price_book(self._region_of(cls)).hourly(instance_type or cls.instance_types[0], cls.market, az=az,
                                                fallback=cls.hourly_cost_usd)
 
     def _budgets_apply(self) -> bool:
@@ -728,7 +801,7 @@ class EC2Spawner(Spawner):
         self._spend_recorder()
         if self.use_price_list:
             # Asked now, so billing this instance later (also from poll()) finds its price cached.
-            self._price_book().warm(view.instance_type or cls.instance_types[0], cls.market)
+            self._price_book(self._region_of(cls)).warm(view.instance_type or cls.instance_types[0], cls.market)
         try:
             await ledger.open(view.instance_id, now=self.spend_clock(), user=self.user.name,
                               server=self.server_name, class_slug=cls.slug,
@@ -776,7 +849,8 @@ class EC2Spawner(Spawner):
         missing = sorted({t for t in types if (self.region, t) not in self._type_facts})
         if missing:
             try:
-                answer = await self.aws.call("ec2", "DescribeInstanceTypes", InstanceTypes=missing)
+                # The hub's own: a type's figures are the same in every account.
+                answer = await self.own_aws.call("ec2", "DescribeInstanceTypes", InstanceTypes=missing)
             except AwsError as error:
                 self.log.warning("DescribeInstanceTypes failed, form shows no figures: %s", error)
             else:
@@ -850,11 +924,12 @@ class EC2Spawner(Spawner):
         self._starting = True
         self._resuming = False
         self._launched_here = False
-        watcher = self._watcher()
+        watcher = self._watcher(self.aws_of(cls.target))
         clock = metrics.SpawnClock(cls.slug)
         try:
             await self._require_lease("starting")
             await self.check_budget()  # again: the hook may be replaced, and spend grows meanwhile
+            await self._move_to_target(cls.target)
             with watcher.spawning():
                 since = await self._adopt_or_launch(cls, watcher)
                 clock.phase("launch")
@@ -893,6 +968,22 @@ class EC2Spawner(Spawner):
             self._start_done = True
             self._progress_changed.set()
 
+    async def _move_to_target(self, target: str | None) -> None:
+        """Make ``target`` this server's account and region; an instance kept stopped for the
+        server in the one it leaves is terminated there first, with its secret (it could never be
+        resumed in the other account). ``target`` changes only once that is done, so a failure
+        leaves the server naming the account its instance is in."""
+        if target == self.target:
+            return
+        iid = self.kept_instance_id
+        if iid:
+            self.log.info("%s: terminating %s, kept in %s: the class %s launches in %s", self._log_name, iid,
+                          self.target or "the hub's account", self.instance_class, target or "the hub's account")
+            await self._terminate(iid)
+            await self._delete_secret(iid)
+            self.kept_instance_id = None
+        self.target = target
+
     def _begin_abandon(self) -> asyncio.Future | None:
         """Start undoing a failed start: terminate what it launched or adopted, delete its secret;
         stop and keep a resumed instance instead. Learns the outcome of a RunInstances still in
@@ -930,7 +1021,7 @@ class EC2Spawner(Spawner):
             self.log.warning("%s: TerminateInstances %s: not listed by EC2 after %.0f s; the sweeper "
                              "will end it", self._log_name, iid, self.launch_visibility_grace)
             return
-        self.aws.call_blocking("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+        self.aws.call_blocking("ssm", "DeleteParameter", Name=req.secret_name(self.site_secret_prefix, iid),
                                ignore={ErrorKind.NOT_FOUND})
         self.log.info("%s: %s %s after a failed start", self._log_name,
                       "stopped and kept" if keep else "cleaned up", iid)
@@ -1115,7 +1206,7 @@ class EC2Spawner(Spawner):
         name>``, entered only as the user's uid. Called before RunInstances, so a file system that
         is gone or refuses is a SpawnException with nothing launched.
         """
-        if not self.efs_id:
+        if not self.site_efs_id:
             return None
         unix = req.unix_name(self.user.name)
         key = (self.hub_id, self.efs_id, unix)
@@ -1131,7 +1222,7 @@ class EC2Spawner(Spawner):
                                  unix, self.efs_id, f"using {found}" if found else "making another")
             if found is None:
                 self._progress(f"Creating your home directory's access point on {self.efs_id}", 5)
-                made = await self.aws.call(
+                made = await self.own_aws.call(
                     "efs", "CreateAccessPoint", ignore={ErrorKind.ALREADY_EXISTS},
                     **req.access_point_params(hub_id=self.hub_id, file_system_id=self.efs_id, unix=unix,
                                               replaces=cached))
@@ -1163,7 +1254,7 @@ class EC2Spawner(Spawner):
     async def _find_access_point(self, unix: str) -> str | None:
         token = None
         while True:
-            page = await self.aws.call("efs", "DescribeAccessPoints", **req.access_point_filter(self.efs_id),
+            page = await self.own_aws.call("efs", "DescribeAccessPoints", **req.access_point_filter(self.efs_id),
                                        **({"NextToken": token} if token else {}))
             for item in page.get("AccessPoints", []):
                 if req.access_point_owner(item, self.hub_id) == unix:
@@ -1179,11 +1270,11 @@ class EC2Spawner(Spawner):
             user=self.user.name,
             server=self.server_name,
             class_slug=cls.slug,
-            secret_prefix=self.secret_prefix,
-            efs_id=self.efs_id,
+            secret_prefix=self.site_secret_prefix,
+            efs_id=self.site_efs_id,
             access_point_id=await self.home_access_point(),
         )
-        plan = req.launch_plan(cls.instance_types, req.ordered_subnets(self.subnets, watcher.load_by_az()))
+        plan = req.launch_plan(cls.instance_types, req.ordered_subnets(self.site_subnets, watcher.load_by_az()))
         deadline = time.monotonic() + self.start_timeout
         no_capacity = []
         for itype, az, subnet in plan:
@@ -1266,10 +1357,10 @@ class EC2Spawner(Spawner):
         new token), i.e. whether the instance may have read an older token.
         """
         env = self.get_env()
-        name = req.secret_name(self.secret_prefix, view.instance_id)
+        name = req.secret_name(self.site_secret_prefix, view.instance_id)
         owner = view.owner_id or await self._account_id()
         arn = req.instance_arn(
-            partition=self.aws.partition, region=self.region, account=owner, instance_id=view.instance_id
+            partition=self.aws.partition, region=self.aws.region, account=owner, instance_id=view.instance_id
         )
         created = await self.aws.call("ssm", "PutParameter", ignore={ErrorKind.ALREADY_EXISTS},
                                       **req.secret_put_params(name=name, env=env, hub_id=self.hub_id, arn=arn))
@@ -1345,7 +1436,11 @@ class EC2Spawner(Spawner):
             return 0
         if self._declared_dead == self.instance_id:
             return 1  # ended for failing its probes; JupyterHub polls once more in User.stop
-        watcher = self._watcher()
+        try:
+            watcher = self._watcher()
+        except TargetUnknown as error:  # cannot ask: never reported dead for that
+            self.log.error("%s: cannot ask EC2 about %s: %s", self._log_name, self.instance_id, error)
+            return None
         if watcher.refreshes == 0:  # first poll after a hub restart: no snapshot yet
             try:
                 # Bounded: JupyterHub's init_spawners awaits every check before the hub serves.
@@ -1531,7 +1626,7 @@ class EC2Spawner(Spawner):
         await self.aws.call("ec2", "TerminateInstances", InstanceIds=[iid], ignore={ErrorKind.NOT_FOUND})
 
     async def _delete_secret(self, iid: str) -> None:
-        await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.secret_prefix, iid),
+        await self.aws.call("ssm", "DeleteParameter", Name=req.secret_name(self.site_secret_prefix, iid),
                             ignore={ErrorKind.NOT_FOUND})
 
     async def rename(self, old_name, new_name):

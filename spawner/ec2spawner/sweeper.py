@@ -14,7 +14,8 @@ sweeper claims the instance on the watcher (``start()`` skips an instance claime
 and the sweeper skips one a start claimed) and asks for the ownership again.
 
 It runs inside the hub process, started with the hub (``ec2spawner.spawner.start_sweeper_with_hub``,
-called from ``hubconfig.apply_settings``), once per (hub id, region, event loop); then every
+called from ``hubconfig.apply_settings``), once per (hub id, account and region, event loop): the
+hub's own and each target's (``EC2Spawner.targets``), each through its own seam and watcher; then every
 ``interval`` seconds. In-process rather than a hub-managed service because only the hub process
 knows the instance id of a spawn still in progress (JupyterHub saves spawner state in its database
 only after ``start()`` returns, so the REST API cannot tell a service about it); the launch-time
@@ -165,9 +166,9 @@ class OrphanSweeper:
 
     @classmethod
     def ensure(cls, aws: Aws, watcher: InstanceWatcher, **kwargs) -> OrphanSweeper:
-        """The sweeper of (hub, region) on the running loop, started on first use."""
+        """The sweeper of (hub, account and region: ``aws.key``) on the running loop, started on first use."""
         sweeper, created = cls._registry.get_or_create(
-            (kwargs["hub_id"], aws.region), lambda: cls(aws, watcher, **kwargs))
+            (kwargs["hub_id"], aws.key), lambda: cls(aws, watcher, **kwargs))
         if created:
             sweeper._task = asyncio.create_task(sweeper._run(), name=f"ec2hub-sweeper-{kwargs['hub_id']}")
         return sweeper

@@ -3,7 +3,8 @@
 JupyterHub polls every server every ``poll_interval`` seconds; a spawner that asked EC2 about its
 own instance each time would make N calls per interval and hit EC2's DescribeInstances rate limit
 at a few hundred servers. Instead one :class:`InstanceWatcher` per (hub, region, event loop) lists
-every instance tagged ``ec2hub:hub=<hub_id>`` (all pages of 1,000, only the fields an InstanceView
+every instance tagged ``ec2hub:hub=<hub_id>`` in one account and region (the hub's own, or a
+target's: one watcher each) (all pages of 1,000, only the fields an InstanceView
 holds parsed, in a worker thread; unchanged instances keep their view) and keeps the result as a
 dictionary; ``poll()`` is a lookup in it. The loop runs every ``fast_interval`` seconds
 while any spawn is in progress and every ``slow_interval`` seconds otherwise.
@@ -66,12 +67,13 @@ class InstanceWatcher:
 
     @classmethod
     def for_hub(cls, aws: Aws, hub_id: str, **kwargs) -> InstanceWatcher:
-        """The watcher of (hub, region) on the running event loop, created on first use.
+        """The watcher of (hub, account and region: ``aws.key``) on the running event loop,
+        created on first use.
 
         Intervals given by later callers do not change an existing watcher: the first spawner's
         configuration wins (all spawners of a hub share one configuration).
         """
-        watcher, _ = cls._registry.get_or_create((hub_id, aws.region), lambda: cls(aws, hub_id, **kwargs))
+        watcher, _ = cls._registry.get_or_create((hub_id, aws.key), lambda: cls(aws, hub_id, **kwargs))
         watcher.ensure_running()
         return watcher
 
@@ -88,7 +90,7 @@ class InstanceWatcher:
             self._loop_task = asyncio.create_task(self._run(), name=f"ec2hub-watcher-{self.hub_id}")
 
     async def stop(self) -> None:
-        metrics.forget_hub(self.hub_id)
+        metrics.forget_hub(self.hub_id, self.aws.key)
         for task in (self._loop_task, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
@@ -133,7 +135,7 @@ class InstanceWatcher:
         self.snapshot = snapshot
         self.snapshot_started = started
         self.refreshes += 1
-        metrics.observe_instances(self.hub_id, snapshot)  # once per cycle, not per poll
+        metrics.observe_instances(self.hub_id, snapshot, site=self.aws.key)  # once per cycle, not per poll
         now = time.monotonic()
         for iid, (since, _) in list(self._expected.items()):
             if (iid in snapshot and started >= since) or now - since > self.grace:

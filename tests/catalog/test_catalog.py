@@ -153,3 +153,75 @@ def test_bad_image_fields_name_class_and_field(big, message):
     text = str(caught.value)
     assert text.startswith("instance-classes.yaml: " + message), text
     assert "\n" not in text
+
+
+# -- targets: classes that launch in another account and region -----------------------------------
+
+RESEARCH = {"account": "222222222222", "region": "eu-central-1",
+            "role_arn": "arn:aws:iam::222222222222:role/ec2hub-research", "external_id": "ec2hub-research-7f3a"}
+
+
+def with_targets(targets, *classes):
+    return {**catalog(*classes), "targets": targets}
+
+
+def test_a_class_names_a_target_defined_once_and_others_stay_in_the_hubs_account():
+    cat = parse_catalog(with_targets({"research": RESEARCH}, SMALL, {**BIG, "target": "research"},
+                                     {**BIG, "slug": "big-b", "target": "research"}))
+    assert cat.get("small").target is None
+    assert cat.targets["research"].account == "222222222222"
+    assert cat.targets["research"].role_name == "ec2hub-research"
+    assert [c.slug for c in cat.classes_of("research")] == ["big", "big-b"]
+    assert [c.slug for c in cat.classes_of(None)] == ["small"]
+
+
+def test_a_catalog_without_targets_is_as_before():
+    assert parse_catalog(catalog(SMALL)).targets == {}
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({**RESEARCH, "account": "1234"},
+         "target 'research': account: '1234' is not an AWS account id (12 digits, quoted in YAML)"),
+        ({**RESEARCH, "account": 222222222222},
+         "target 'research': account: 222222222222 must be quoted ('222222222222')"),
+        ({**RESEARCH, "region": "Frankfurt"},
+         "target 'research': region: 'Frankfurt' is not an AWS region name (like 'eu-central-1')"),
+        ({**RESEARCH, "role_arn": "arn:aws:iam::333333333333:role/ec2hub-research"},
+         ("target 'research': role_arn: 'arn:aws:iam::333333333333:role/ec2hub-research' is not in account "
+          "222222222222 (the target's account)")),
+        ({**RESEARCH, "role_arn": "ec2hub-research"},
+         "target 'research': role_arn: 'ec2hub-research' is not an IAM role ARN"),
+        ({**RESEARCH, "external_id": "has space"}, "target 'research': external_id: not an sts:AssumeRole external id"),
+        ({**RESEARCH, "vpc": "vpc-1"},
+         "target 'research': vpc: unknown field (allowed: account, external_id, region, role_arn)"),
+        ({k: v for k, v in RESEARCH.items() if k != "external_id"},
+         "target 'research': external_id: required field is missing"),
+    ],
+)
+def test_bad_target_names_the_target_and_field(target, message):
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(with_targets({"research": target}, SMALL, {**BIG, "target": "research"}))
+    assert str(caught.value).startswith(f"instance-classes.yaml: {message}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_targets({"lab": RESEARCH}, SMALL, {**BIG, "target": "research"}),
+         "class 'big': target: 'research' is not one of the catalog's targets (defined: lab)"),
+        (catalog(SMALL, {**BIG, "target": "research"}),
+         "class 'big': target: 'research' is not one of the catalog's targets (defined: none)"),
+        (with_targets({"Research Lab": RESEARCH}, SMALL),
+         "targets: 'Research Lab' is not a target name (lower-case letters, digits and '-')"),
+        (with_targets(["research"], SMALL), "targets: must be a mapping of target name to account"),
+        (with_targets({"research": RESEARCH}, SMALL, {**BIG, "target": "research", "image": "baked"}),
+         "class 'big': image: baked is not supported with a target yet (use stock)"),
+    ],
+)
+def test_a_class_target_must_be_defined(data, message):
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(data)
+    assert str(caught.value).startswith(f"instance-classes.yaml: {message}")

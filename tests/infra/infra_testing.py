@@ -107,6 +107,39 @@ class Synth:
         return report
 
 
+# A catalog with a class in another account and region (catalog ``targets``).
+TARGET_ACCOUNT = "222222222222"
+TARGET_REGION = "eu-central-1"
+TARGET_ROLE = f"arn:aws:iam::{TARGET_ACCOUNT}:role/ec2hub-research"
+TARGET_EXTERNAL_ID = "ec2hub-research-7f3a"
+HUB_ROLE = f"arn:aws:iam::{ACCOUNT}:role/ec2hub-HubRole-0123456789AB"
+TARGET_CATALOG = {
+    **FULL_CATALOG,
+    "targets": {"research": {"account": TARGET_ACCOUNT, "region": TARGET_REGION, "role_arn": TARGET_ROLE,
+                             "external_id": TARGET_EXTERNAL_ID}},
+    "classes": [
+        *FULL_CATALOG["classes"],
+        {"slug": "research-gpu", "display_name": "Research GPU (account B)", "instance_types": ["g6e.xlarge"],
+         "target": "research"},
+    ],
+}
+TARGET_CONTEXT = {
+    "target": "research",
+    "hub_role_arn": HUB_ROLE,
+    "hub_cidr": "10.0.0.0/16",
+    f"availability-zones:account={TARGET_ACCOUNT}:region={TARGET_REGION}": [f"{TARGET_REGION}a", f"{TARGET_REGION}b"],
+}
+# What `cdk deploy -c target=research --outputs-file` writes for that stack.
+TARGET_OUTPUTS = {
+    "ec2hub-research": {
+        "HubAccessRoleArn": TARGET_ROLE,
+        "NotebookSubnets": json.dumps({f"{TARGET_REGION}a": "subnet-0b1", f"{TARGET_REGION}b": "subnet-0b2"}),
+        "LaunchTemplates": json.dumps({"research-gpu": "lt-0b0b0b0b0b0b0b0b0"}),
+        "SecretPrefix": "/ec2hub/ec2hub/servers/",
+        "VpcCidr": "10.1.0.0/16",
+    }
+}
+
 # What every synth must be told: the admin, and HTTPS or an explicit refusal of it.
 REQUIRED_CONTEXT = {"admin_user": "admin", "allow_http": True}
 

@@ -70,6 +70,26 @@ def ssm(emulator):
     return boto3.client("ssm", region_name=REGION, endpoint_url=emulator.endpoint_url)
 
 
+@pytest.fixture(scope="session")
+def dynamodb(emulator):
+    return boto3.client("dynamodb", region_name=REGION, endpoint_url=emulator.endpoint_url)
+
+
+@pytest.fixture
+def table(dynamodb):
+    """A fresh spend ledger table (ec2spawner.spend), deleted after the test."""
+    from ec2spawner.spend import SPEND_KEY, SPEND_SORT
+
+    name = "spend-" + uuid.uuid4().hex[:8]
+    dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                          KeySchema=[{"AttributeName": SPEND_KEY, "KeyType": "HASH"},
+                                     {"AttributeName": SPEND_SORT, "KeyType": "RANGE"}],
+                          AttributeDefinitions=[{"AttributeName": SPEND_KEY, "AttributeType": "S"},
+                                                {"AttributeName": SPEND_SORT, "AttributeType": "S"}])
+    yield name
+    dynamodb.delete_table(TableName=name)
+
+
 def _template(ec2, name: str, itype: str) -> str:
     data = {
         "ImageId": "ami-12345678",

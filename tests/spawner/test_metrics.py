@@ -42,6 +42,20 @@ def test_gauges_keep_a_series_at_zero_once_its_instances_are_gone():
     assert REGISTRY.get_sample_value("ec2hub_spend_rate_usd_per_hour", {"instance_class": "gauge-test"}) == 0
 
 
+def test_the_gauges_add_up_the_watchers_of_every_account():
+    hub = "metrics-sites-test"
+    metrics.know_classes(hub, [{"slug": "sites-test", "hourly_cost_usd": 1.0}])
+    running = {"instance_class": "sites-test", "state": "running"}
+    metrics.observe_instances(hub, {"i-1": view("i-1", "running", "sites-test")}, site="us-east-1")
+    metrics.observe_instances(hub, {"i-2": view("i-2", "running", "sites-test"),
+                                    "i-3": view("i-3", "running", "sites-test")}, site="arn:b@eu-central-1")
+    assert REGISTRY.get_sample_value("ec2hub_instances", running) == 3  # one watcher does not hide another
+    assert REGISTRY.get_sample_value("ec2hub_spend_rate_usd_per_hour", {"instance_class": "sites-test"}) == 3.0
+    metrics.forget_hub(hub, "arn:b@eu-central-1")
+    assert REGISTRY.get_sample_value("ec2hub_instances", running) == 1
+    metrics.forget_hub(hub, "us-east-1")
+
+
 async def test_a_failed_start_is_counted_by_reason_and_logged_for_the_alarm(new_spawner, emu, caplog):
     for az in AZS:
         for itype in ("t3.medium", "t3a.medium"):

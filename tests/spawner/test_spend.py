@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import calendar
 import json
-import uuid
 
 import pytest
 from botocore.stub import Stubber
 from ec2spawner import spend
 from ec2spawner.aws import Aws
-from ec2spawner.spend import OPEN, SPEND_KEY, SPEND_SORT, PriceBook, SpendLedger
+from ec2spawner.spend import OPEN, PriceBook, SpendLedger
 from spawner_testing import AZS, REGION
 
 T0 = calendar.timegm((2026, 6, 10, 0, 0, 0))
@@ -124,25 +123,6 @@ async def test_no_price_list_answer_means_the_catalog_figure(stubbed_pricing):
     assert await book.hourly("t3.medium", "on-demand", fallback=0.05) == 0.05  # not asked again for an hour
     assert await PriceBook("us-east-1", enabled=False).hourly("g5.xlarge", "on-demand", fallback=1.2) == 1.2
     stubbed_pricing.assert_no_pending_responses()
-
-
-@pytest.fixture(scope="session")
-def dynamodb(emulator):
-    import boto3
-
-    return boto3.client("dynamodb", region_name=REGION, endpoint_url=emulator.endpoint_url)
-
-
-@pytest.fixture
-def table(dynamodb):
-    name = "spend-" + uuid.uuid4().hex[:8]
-    dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                          KeySchema=[{"AttributeName": SPEND_KEY, "KeyType": "HASH"},
-                                     {"AttributeName": SPEND_SORT, "KeyType": "RANGE"}],
-                          AttributeDefinitions=[{"AttributeName": SPEND_KEY, "AttributeType": "S"},
-                                                {"AttributeName": SPEND_SORT, "AttributeType": "S"}])
-    yield name
-    dynamodb.delete_table(TableName=name)
 
 
 async def _answer(value):
