@@ -1247,7 +1247,7 @@ class EC2Spawner(Spawner):
         """Whether the access point still exists, usable, as this hub's for ``unix``. Not found, or
         refused (IAM may refuse a deleted one, whose tags it cannot read): no, and the caller lists
         the file system's access points instead."""
-        answer = await self.aws.call("efs", "DescribeAccessPoints", ignore={ErrorKind.NOT_FOUND, ErrorKind.UNAUTHORIZED},
+        answer = await self.own_aws.call("efs", "DescribeAccessPoints", ignore={ErrorKind.NOT_FOUND, ErrorKind.UNAUTHORIZED},
                                      AccessPointId=access_point_id)
         return any(req.access_point_owner(item, self.hub_id) == unix for item in (answer or {}).get("AccessPoints", []))
 
