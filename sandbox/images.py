@@ -285,3 +285,45 @@ def image_layers(ec2, image_id: str) -> list[Path]:
         raise FileNotFoundError(f"image {image_id}: its layer {layer} is gone (a sandbox of an earlier run?)")
     return [layer] if layer else []
 
+
+
+def build_stack_images(sandbox) -> dict[str, str]:
+    """The sandbox runner's hook, once its data plane is up: build every baked class's image of the
+    deployed stack (its template in ``.sandbox/cdk.out``), installing the classes' packages from the
+    wheels in ``.sandbox/wheels`` (served in the VPC; nothing is fetched from PyPI), and let the data
+    plane resolve the classes' ``resolve:ssm:`` images. Returns slug -> image id of those built; a
+    class whose build failed is said and keeps its base image."""
+    from .deploy import find_stack
+    from .runner import ENDPOINT_PORT, HOSTS_ROOT, REGION, STATE_DIR, say
+
+    assembly = STATE_DIR / "cdk.out"
+    artifact = find_stack(assembly)
+    components = stack_components(json.loads((assembly / artifact["properties"]["templateFile"]).read_text()))
+    ssm = sandbox.client("ssm")
+    sandbox.dataplane.ssm = ssm
+    if not components:
+        return {}
+    images_root, wheels = STATE_DIR / "images", STATE_DIR / "wheels"
+    shutil.rmtree(images_root, ignore_errors=True)  # an earlier run's: its emulator is gone
+    wheels.mkdir(parents=True, exist_ok=True)
+    subnet = sandbox.vpc.gateways[0]
+    index = PackageIndex(sandbox.vpc, wheels).start()
+    builder = Builder(
+        ec2=sandbox.client("ec2"), ssm=ssm, vpc=sandbox.vpc,
+        ip=str(subnet.network.broadcast_address - 1),  # the far end of the subnet, where EC2 assigns last
+        state_root=HOSTS_ROOT, images_root=images_root, pip_config=index.pip_config,
+        aws_endpoint=f"http://{subnet.ip}:{ENDPOINT_PORT}", region=REGION, hidden_paths=(STATE_DIR,),
+    )
+    built = {}
+    try:
+        for component in components:
+            say(f"image build of class {component.slug}: {component.image_name} (packages from {wheels})")
+            try:
+                built[component.slug] = builder.build(component)
+            except ImageBuildFailed as error:
+                say(f"  failed, the class launches its base image: {error}")
+                continue
+            say(f"  {built[component.slug]}, in {component.parameter}")
+    finally:
+        index.stop()
+    return built

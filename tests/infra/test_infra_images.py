@@ -247,3 +247,23 @@ def test_checkov_is_clean_on_a_baked_stack(baked):
     assert [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]] == []
     skipped = {c["resource"].split(".", 1)[1] for c in report["results"]["skipped_checks"]}
     assert any(r.startswith("ImagesBuildRoleDefaultPolicy") for r in skipped)
+
+
+def test_the_sandbox_builds_each_baked_class_from_the_synthesized_component(baked):
+    """sandbox.images reads the deployed template's components (moto has no Image Builder): each
+    baked class's, with the template's version and the document infra wrote, and its parameter."""
+    from sandbox.images import stack_components
+
+    catalog = parse_catalog(BAKED_CATALOG)
+    found = {c.slug: c for c in stack_components(baked.template)}
+    assert sorted(found) == ["data-science", "gpu"]
+    for cls in (c for c in catalog.classes if c.baked):
+        document = component_document(cls)
+        component = found[cls.slug]
+        assert (component.hub_id, component.version, component.document) == (
+            HUB, content_version(document), json.loads(document))
+        assert component.parameter == f"/ec2hub/{HUB}/images/{cls.slug}"
+        assert component.image_name == f"ec2hub-{HUB}-{cls.slug}-{content_version(document)}"
+    build = found["data-science"].phase("build")
+    assert len(build) == 1 and build[0].rstrip("\n").endswith(
+        "exec /bin/bash \"$dir/notebook/install.sh\" image pandas==2.3.3 'scikit-learn>=1.7'")
