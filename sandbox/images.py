@@ -95,15 +95,6 @@ class Component:
             for command in step.get("inputs", {}).get("commands", [])
         ]
 
-    @classmethod
-    def from_document(cls, hub_id: str, slug: str, data: str) -> Component:
-        """From the component's ``Data`` (the AWSTOE document; JSON as infra/images.py writes it).
-        Its version is derived from the content, as infra's is."""
-        from hashlib import sha256
-
-        digest = sha256(data.encode("utf-8")).hexdigest()
-        return cls(hub_id, slug, f"1.{int(digest[:6], 16)}.{int(digest[6:12], 16)}", json.loads(data))
-
 
 def stack_components(template: dict[str, Any]) -> list[Component]:
     """The components of the template's baked classes (``AWS::ImageBuilder::Component``, tagged
@@ -297,7 +288,11 @@ def build_stack_images(sandbox) -> dict[str, str]:
     from .runner import ENDPOINT_PORT, HOSTS_ROOT, REGION, STATE_DIR, say
 
     assembly = STATE_DIR / "cdk.out"
-    artifact = find_stack(assembly)
+    manifest = json.loads((assembly / "manifest.json").read_text())
+    names = [name for name, art in manifest.get("artifacts", {}).items()
+             if art.get("type") == "aws:cloudformation:stack"
+             and art.get("properties", {}).get("stackName", name) == sandbox.deployment.stack_name]
+    artifact = find_stack(assembly, names[0] if names else None)  # the deployed stack's, of several
     components = stack_components(json.loads((assembly / artifact["properties"]["templateFile"]).read_text()))
     ssm = sandbox.client("ssm")
     sandbox.dataplane.ssm = ssm

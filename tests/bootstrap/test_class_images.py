@@ -18,7 +18,14 @@ from infra.images import (
     launch_image,
 )
 from sandbox.dataplane import DataPlane
-from sandbox.images import LAYER_TAG, VERSION_TAG, Builder, Component, PackageIndex
+from sandbox.images import (
+    LAYER_TAG,
+    VERSION_TAG,
+    Builder,
+    Component,
+    ImageBuildFailed,
+    PackageIndex,
+)
 from sandbox.images import image_parameter_name as sandbox_parameter_name
 
 from .conftest import (
@@ -132,6 +139,10 @@ def test_a_package_change_is_a_new_image_for_new_servers_while_running_ones_keep
     assert probe(new) == "two"
 
     assert probe(old) == "one"  # the running server keeps the image it was launched from
-    old.restart()  # StopInstances, StartInstances: the same root volume and image
-    old.wait_for_boot()
-    assert probe(old) == "one"
+
+    # A build that fails (a package no index has) registers nothing and leaves the class's image.
+    with pytest.raises(ImageBuildFailed, match="build phase failed") as failed:
+        images.build(component(["ec2hub_probe==3.0"]))
+    assert "pip install failed" in str(failed.value)
+    assert ssm.get_parameter(Name=parameter)["Parameter"]["Value"] == second
+    assert len(ec2.describe_images(Owners=["self"])["Images"]) == 2
