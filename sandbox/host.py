@@ -242,12 +242,12 @@ class BakedAmi:
         # pip reads the global files, then the user's, each overriding the last: the machine's own
         # (its root's user file, a mirror of this machine) are shadowed with the same content.
         for path in PIP_CONFIG_FILES:
-            pip_conf = upper_path(upper, path)
             if self.pip_config:
+                pip_conf = upper_path(upper, path)
                 pip_conf.write_text(self.pip_config, encoding="utf-8")
                 pip_conf.chmod(0o644)
-            else:
-                pip_conf.unlink(missing_ok=True)
+            else:  # the machine's own, as before (and no directories made for nothing)
+                (upper / path.lstrip("/")).unlink(missing_ok=True)
 
     def nspawn_args(self, state_dir: Path) -> list[str]:
         """The mounts of the venv (read-only, or writable into ``venv_upper``), the sources of its
