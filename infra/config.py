@@ -124,6 +124,9 @@ class HubConfig(BaseModel):
     hub_instance_type: str = knob("hub", DEFAULT_HUB_INSTANCE_TYPE, key="instance_type")
     # The hub's AMI id; None: the AL2023 image cached in cdk.context.json (infra.hub.hub_image).
     hub_ami: Annotated[str | None, matches(_AMI, "an AMI id (ami-...)")] = knob("hub", None, key="ami")
+    # true: an Image Builder pipeline bakes the hub's venv, Node and proxy on hub_ami (or AL2023), and
+    # the hub launches its newest image (infra.images, /ec2hub/<hub_id>/hub-image). Off: hub_ami as is.
+    hub_baked_image: bool = knob("hub", False, key="baked_image")
     # -- network ------------------------------------------------------------------------------------
     nat_gateways: int = knob("network", 1, ge=1, le=2)  # one per AZ at most
     vpc_endpoints: bool = knob("network", False)

@@ -45,14 +45,20 @@ TAG_ADMIN_USER = "ec2hub:admin-user"
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 
-def hub_image(region: str, hub_ami: str | None) -> ec2.IMachineImage:
+def hub_image(region: str, hub_ami: str | None, baked_parameter: str | None = None) -> ec2.IMachineImage:
     """The hub's AMI, changed only when the admin says so.
+
+    ``baked_parameter`` (``hub.baked_image``): the SSM parameter the hub image's pipeline writes
+    (infra.images); EC2 resolves it at each launch (``resolve:ssm:``), so a replaced hub gets the
+    newest baked image. Otherwise:
 
     ``hub_ami`` (context) pins an AMI id. Without it, the newest AL2023 AMI is looked up once, at
     the first synth with credentials, and cached in ``cdk.context.json`` (commit it): later
     deploys keep that image even after AWS publishes a newer one, where the old
     ``latest_amazon_linux2023()`` resolved the parameter at every deploy and so replaced the hub.
     """
+    if baked_parameter:
+        return ec2.MachineImage.resolve_ssm_parameter_at_launch(baked_parameter)
     if hub_ami:
         return ec2.MachineImage.generic_linux({region: hub_ami})
     return ec2.MachineImage.from_ssm_parameter(AL2023_PARAMETER, cached_in_context=True)
@@ -73,6 +79,7 @@ class Hub(Construct):
         instance_type: str,
         hub_ami: str | None,
         lease_table_name: str,
+        hub_image_parameter: str | None = None,
         settings_parameter_name: str,
         admin_user: str | None,
         certificate_arn: str | None,
@@ -148,7 +155,7 @@ class Hub(Construct):
             vpc=vpc,
             vpc_subnets=hub_subnets,
             instance_type=ec2.InstanceType(instance_type),
-            machine_image=hub_image(Stack.of(self).region, hub_ami),
+            machine_image=hub_image(Stack.of(self).region, hub_ami, hub_image_parameter),
             security_group=self.security_group,
             role=self.role,
             associate_public_ip_address=False,

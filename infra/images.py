@@ -48,11 +48,13 @@ from ec2spawner.payloads import TAG_CLASS, TAG_HUB
 from .config import ConfigError
 from .notebooks import ROOT_DEVICE, class_construct_id
 from .session import SESSION_MANAGER_ACTIONS
-from .userdata import image_script
+from .userdata import hub_image_script, image_script
 
 # CloudFormation's limit on AWS::ImageBuilder::Component Data (characters).
 MAX_COMPONENT_DATA = 16000
 VENV = "/opt/ec2hub/venv"
+HUB_NODE_BIN = "/opt/ec2hub/node/bin"
+HUB_TAG_IMAGE = "ec2hub:image"  # the hub image's tag (its lifecycle's selection): value "hub"
 # Run Command, through which Image Builder runs AWSTOE on the build instance, delivers its
 # commands over ec2messages (Systems Manager user guide, "Reference: ec2messages, ssmmessages");
 # none of these supports resource-level permissions.
@@ -88,12 +90,33 @@ def content_version(*parts: str) -> str:
 
 def component_document(cls: InstanceClass) -> str:
     """The AWSTOE document of a class's component (YAML; JSON is YAML): build, then validate."""
-    script = image_script(list(cls.packages)).decode("utf-8")
+    return _document(
+        f"class {cls.slug!r}", f"ec2hub-{cls.slug}-environment",
+        "ec2hub notebook environment: bootstrap/notebook/install.sh image",
+        image_script(list(cls.packages)).decode("utf-8"), f"{VENV}/bin/jupyterhub-singleuser --version",
+    )
+
+
+def hub_component_document() -> str:
+    """The AWSTOE document of the hub image's component: the hub user data's own install steps."""
+    return _document(
+        "the hub image", "ec2hub-hub-environment",
+        "ec2hub hub environment: bootstrap/hub/user-data.sh image (venv, Node, configurable-http-proxy)",
+        hub_image_script().decode("utf-8"), f"{VENV}/bin/jupyterhub --version && {HUB_NODE_BIN}/configurable-http-proxy --version",
+    )
+
+
+def hub_image_parameter_name(hub_id: str) -> str:
+    """The SSM parameter that holds the newest baked hub image (an AMI id)."""
+    return f"/ec2hub/{hub_id}/hub-image"
+
+
+def _document(what: str, name: str, description: str, script: str, validate: str) -> str:
     if "{{" in script:  # AWSTOE would substitute it as a variable
-        raise ConfigError(f"class {cls.slug!r}: the image build script must not contain '{{{{'")
+        raise ConfigError(f"{what}: the image build script must not contain '{{{{'")
     document = {
-        "name": f"ec2hub-{cls.slug}-environment",
-        "description": "ec2hub notebook environment: bootstrap/notebook/install.sh image",
+        "name": name,
+        "description": description,
         "schemaVersion": 1.0,
         "phases": [
             {
@@ -112,7 +135,7 @@ def component_document(cls: InstanceClass) -> str:
                     {
                         "name": "ServerRuns",
                         "action": "ExecuteBash",
-                        "inputs": {"commands": [f"{VENV}/bin/jupyterhub-singleuser --version"]},
+                        "inputs": {"commands": [validate]},
                     }
                 ],
             },
@@ -121,7 +144,7 @@ def component_document(cls: InstanceClass) -> str:
     data = json.dumps(document, indent=1, sort_keys=True)
     if len(data) > MAX_COMPONENT_DATA:
         raise ConfigError(
-            f"class {cls.slug!r}: the image component is {len(data)} characters, over "
+            f"{what}: the image component is {len(data)} characters, over "
             f"CloudFormation's {MAX_COMPONENT_DATA}: shorten packages"
         )
     return data
@@ -146,7 +169,8 @@ def base_image_value(cls: InstanceClass) -> str:
 
 
 class ClassImages(Construct):
-    """The Image Builder pipeline, its parts and the image parameter of every baked class."""
+    """The Image Builder pipeline, its parts and the image parameter of every baked class, and of
+    the hub when ``hub_parent`` is given (the hub image's base: an AMI id or ``ssm:<path>``)."""
 
     def __init__(
         self,
@@ -159,6 +183,9 @@ class ClassImages(Construct):
         hub_id: str,
         versions_kept: int,
         build_schedule: str | None,
+        hub_parent: str | None = None,
+        hub_instance_type: str = "t3.medium",
+        hub_volume_gb: int = 30,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -166,7 +193,9 @@ class ClassImages(Construct):
         self.parameters: dict[str, ssm.CfnParameter] = {}
         self.pipelines: dict[str, imagebuilder.CfnImagePipeline] = {}
         self.security_group: ec2.SecurityGroup | None = None
-        if not baked:
+        self.hub_parameter: ssm.CfnParameter | None = None
+        self.hub_pipeline: imagebuilder.CfnImagePipeline | None = None
+        if not baked and not hub_parent:
             return
 
         self.security_group = ec2.SecurityGroup(
@@ -221,149 +250,178 @@ class ClassImages(Construct):
         )
         self.lifecycle_role = lifecycle_role
 
-        component_arns = []
+        self.component_arns: list[str] = []
         for cls in baked:
-            class_scope = Construct(self, class_construct_id(cls.slug))
-            name = f"ec2hub-{hub_id}-{cls.slug}"
-            tags = {TAG_HUB: hub_id, TAG_CLASS: cls.slug}
-            data = component_document(cls)
-            component = imagebuilder.CfnComponent(
-                class_scope,
-                "Component",
-                name=name,
-                platform="Linux",
-                version=content_version(data),
-                data=data,
-                description=f"ec2hub class {cls.slug}: the notebook environment"[:1024],
-                change_description="bootstrap/notebook/install.sh or the class's packages changed",
-                tags=tags,
+            parameter, pipeline = self._bake(
+                scope_id=class_construct_id(cls.slug), label=f"class {cls.slug}", role="notebook",
+                change="bootstrap/notebook/install.sh or the class's packages changed",
+                name=f"ec2hub-{hub_id}-{cls.slug}", tags={TAG_HUB: hub_id, TAG_CLASS: cls.slug},
+                data=component_document(cls), parent=parent_image(cls), base=cls.ami, volume_gb=cls.volume_gb,
+                instance_types=list(cls.instance_types), parameter_name=image_parameter_name(hub_id, cls.slug),
+                parameter_value=base_image_value(cls), build_subnet=build_subnet, profile=profile,
+                versions_kept=versions_kept, build_schedule=build_schedule,
             )
-            component_arns.append(component.attr_arn)
-            volume = {
-                "DeviceName": ROOT_DEVICE,
-                "Ebs": {
-                    "VolumeSize": cls.volume_gb,
-                    "VolumeType": "gp3",
-                    "Encrypted": True,
-                    "DeleteOnTermination": True,
-                },
-            }
-            recipe = imagebuilder.CfnImageRecipe(
-                class_scope,
-                "Recipe",
-                name=name,
-                version=content_version(
-                    parent_image(cls), str(component.version), json.dumps(volume, sort_keys=True)
-                ),
-                parent_image=parent_image(cls),
-                components=[],  # CloudFormation names below, as for the launch templates
-                description=f"ec2hub class {cls.slug} on {cls.ami}"[:1024],
-                tags=tags,
-            )
-            _override(recipe, {
-                "Components": [{"ComponentArn": component.attr_arn}],
-                "BlockDeviceMappings": [volume],
-                # AL2023 and its Deep Learning AMIs ship the SSM agent; keep it (Session Manager).
-                "AdditionalInstanceConfiguration": {"SystemsManagerAgent": {"UninstallAfterBuild": False}},
-            })
-            infrastructure = imagebuilder.CfnInfrastructureConfiguration(
-                class_scope,
-                "Infrastructure",
-                name=name,
-                instance_profile_name=profile.instance_profile_name,
-                instance_types=list(cls.instance_types),
-                subnet_id=build_subnet.subnet_id,
-                security_group_ids=[self.security_group.security_group_id],
-                terminate_instance_on_failure=True,
-                description=f"ec2hub class {cls.slug}: build instances in a private subnet",
-                tags=tags,
-                resource_tags=tags,
-            )
-            # IMDSv2 only, no hop beyond the instance (as the notebooks' templates).
-            _override(infrastructure, {
-                "InstanceMetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            })
-            parameter = ssm.CfnParameter(
-                class_scope,
-                "ImageParameter",
-                name=image_parameter_name(hub_id, cls.slug),
-                type="String",
-                data_type="aws:ec2:image",
-                value=base_image_value(cls),
-                # Kept constant: a change here would make CloudFormation write the base AMI again.
-                description=f"ec2hub class {cls.slug}: the AMI its launch template launches",
-            )
-            distribution = imagebuilder.CfnDistributionConfiguration(
-                class_scope,
-                "Distribution",
-                name=name,
-                description=f"ec2hub class {cls.slug}: the AMI, and its id in {parameter.name}",
-                distributions=[],
-                tags=tags,
-            )
-            _override(distribution, {"Distributions": [{
-                "Region": stack.region,
-                "AmiDistributionConfiguration": {
-                    "Name": f"{name}-{{{{ imagebuilder:buildDate }}}}",
-                    "Description": f"ec2hub class {cls.slug}",
-                    "AmiTags": tags,
-                },
-                "SsmParameterConfigurations": [
-                    {"ParameterName": parameter.name, "DataType": "aws:ec2:image"}
-                ],
-            }]})
-            distribution.node.add_dependency(parameter)
-            pipeline = imagebuilder.CfnImagePipeline(
-                class_scope,
-                "Pipeline",
-                name=name,
-                description=f"ec2hub class {cls.slug}: bakes its notebook image",
-                image_recipe_arn=recipe.attr_arn,
-                infrastructure_configuration_arn=infrastructure.attr_arn,
-                distribution_configuration_arn=distribution.attr_arn,
-                enhanced_image_metadata_enabled=True,
-                status="ENABLED",
-                tags=tags,
-            )
-            _override(pipeline, {
-                "ImageTestsConfiguration": {"ImageTestsEnabled": True, "TimeoutMinutes": 60},
-                # Rebuilt on schedule only when the base image (or a component) has a newer version.
-                **({"Schedule": {
-                    "ScheduleExpression": build_schedule,
-                    "PipelineExecutionStartCondition": "EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE",
-                }} if build_schedule else {}),
-            })
-            lifecycle = imagebuilder.CfnLifecyclePolicy(
-                class_scope,
-                "Lifecycle",
-                name=name,
-                description=f"ec2hub class {cls.slug}: keeps the newest {versions_kept} images",
-                execution_role=lifecycle_role.role_arn,
-                resource_type="AMI_IMAGE",
-                policy_details=[],
-                resource_selection={},
-                status="ENABLED",
-                tags=tags,
-            )
-            _override(lifecycle, {
-                "PolicyDetails": [{
-                    "Action": {"Type": "DELETE", "IncludeResources": {"Amis": True, "Snapshots": True}},
-                    "Filter": {"Type": "COUNT", "Value": versions_kept},
-                }],
-                # The class's images: the pipeline's tags, which its images carry.
-                "ResourceSelection": {"TagMap": tags},
-            })
-            self._build_when_changed(class_scope, pipeline, recipe)
             self.parameters[cls.slug] = parameter
             self.pipelines[cls.slug] = pipeline
+        if hub_parent:
+            base = hub_parent.removeprefix("ssm:")
+            self.hub_parameter, self.hub_pipeline = self._bake(
+                scope_id="Hub", label="hub", role="hub",
+                change="bootstrap/hub/user-data.sh or bootstrap/common/venv.sh changed",
+                name=f"ec2hub-{hub_id}-hub", tags={TAG_HUB: hub_id, HUB_TAG_IMAGE: "hub"},
+                data=hub_component_document(), parent=hub_parent, base=base, volume_gb=hub_volume_gb,
+                instance_types=[hub_instance_type], parameter_name=hub_image_parameter_name(hub_id),
+                parameter_value="{{resolve:ssm:" + base + "}}" if hub_parent.startswith("ssm:") else hub_parent,
+                build_subnet=build_subnet, profile=profile, versions_kept=versions_kept,
+                build_schedule=build_schedule,
+            )
 
         self.role.add_to_policy(
             iam.PolicyStatement(
                 sid="ReadOwnComponents",
                 actions=["imagebuilder:GetComponent"],
-                resources=component_arns,
+                resources=self.component_arns,
             )
         )
+
+    def _bake(
+        self, *, scope_id: str, label: str, role: str, change: str, name: str, tags: dict[str, str], data: str,
+        parent: str, base: str, volume_gb: int, instance_types: list[str], parameter_name: str,
+        parameter_value: str, build_subnet: ec2.ISubnet, profile: iam.InstanceProfile, versions_kept: int,
+        build_schedule: str | None,
+    ) -> tuple[ssm.CfnParameter, imagebuilder.CfnImagePipeline]:
+        """One image's component, recipe, infrastructure, parameter, distribution, pipeline,
+        lifecycle and build (a baked class's, or the hub's)."""
+        stack = Stack.of(self)
+        class_scope = Construct(self, scope_id)
+        component = imagebuilder.CfnComponent(
+            class_scope,
+            "Component",
+            name=name,
+            platform="Linux",
+            version=content_version(data),
+            data=data,
+            description=f"ec2hub {label}: the {role} environment"[:1024],
+            change_description=change,
+            tags=tags,
+        )
+        volume = {
+            "DeviceName": ROOT_DEVICE,
+            "Ebs": {
+                "VolumeSize": volume_gb,
+                "VolumeType": "gp3",
+                "Encrypted": True,
+                "DeleteOnTermination": True,
+            },
+        }
+        recipe = imagebuilder.CfnImageRecipe(
+            class_scope,
+            "Recipe",
+            name=name,
+            version=content_version(
+                parent, str(component.version), json.dumps(volume, sort_keys=True)
+            ),
+            parent_image=parent,
+            components=[],  # CloudFormation names below, as for the launch templates
+            description=f"ec2hub {label} on {base}"[:1024],
+            tags=tags,
+        )
+        _override(recipe, {
+            "Components": [{"ComponentArn": component.attr_arn}],
+            "BlockDeviceMappings": [volume],
+            # AL2023 and its Deep Learning AMIs ship the SSM agent; keep it (Session Manager).
+            "AdditionalInstanceConfiguration": {"SystemsManagerAgent": {"UninstallAfterBuild": False}},
+        })
+        infrastructure = imagebuilder.CfnInfrastructureConfiguration(
+            class_scope,
+            "Infrastructure",
+            name=name,
+            instance_profile_name=profile.instance_profile_name,
+            instance_types=list(instance_types),
+            subnet_id=build_subnet.subnet_id,
+            security_group_ids=[self.security_group.security_group_id],
+            terminate_instance_on_failure=True,
+            description=f"ec2hub {label}: build instances in a private subnet",
+            tags=tags,
+            resource_tags=tags,
+        )
+        # IMDSv2 only, no hop beyond the instance (as the notebooks' templates).
+        _override(infrastructure, {
+            "InstanceMetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        })
+        parameter = ssm.CfnParameter(
+            class_scope,
+            "ImageParameter",
+            name=parameter_name,
+            type="String",
+            data_type="aws:ec2:image",
+            value=parameter_value,
+            # Kept constant: a change here would make CloudFormation write the base AMI again.
+            description=f"ec2hub {label}: the AMI its launch template launches",
+        )
+        distribution = imagebuilder.CfnDistributionConfiguration(
+            class_scope,
+            "Distribution",
+            name=name,
+            description=f"ec2hub {label}: the AMI, and its id in {parameter.name}",
+            distributions=[],
+            tags=tags,
+        )
+        _override(distribution, {"Distributions": [{
+            "Region": stack.region,
+            "AmiDistributionConfiguration": {
+                "Name": f"{name}-{{{{ imagebuilder:buildDate }}}}",
+                "Description": f"ec2hub {label}",
+                "AmiTags": tags,
+            },
+            "SsmParameterConfigurations": [
+                {"ParameterName": parameter.name, "DataType": "aws:ec2:image"}
+            ],
+        }]})
+        distribution.node.add_dependency(parameter)
+        pipeline = imagebuilder.CfnImagePipeline(
+            class_scope,
+            "Pipeline",
+            name=name,
+            description=f"ec2hub {label}: bakes its {role} image",
+            image_recipe_arn=recipe.attr_arn,
+            infrastructure_configuration_arn=infrastructure.attr_arn,
+            distribution_configuration_arn=distribution.attr_arn,
+            enhanced_image_metadata_enabled=True,
+            status="ENABLED",
+            tags=tags,
+        )
+        _override(pipeline, {
+            "ImageTestsConfiguration": {"ImageTestsEnabled": True, "TimeoutMinutes": 60},
+            # Rebuilt on schedule only when the base image (or a component) has a newer version.
+            **({"Schedule": {
+                "ScheduleExpression": build_schedule,
+                "PipelineExecutionStartCondition": "EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE",
+            }} if build_schedule else {}),
+        })
+        lifecycle = imagebuilder.CfnLifecyclePolicy(
+            class_scope,
+            "Lifecycle",
+            name=name,
+            description=f"ec2hub {label}: keeps the newest {versions_kept} images",
+            execution_role=self.lifecycle_role.role_arn,
+            resource_type="AMI_IMAGE",
+            policy_details=[],
+            resource_selection={},
+            status="ENABLED",
+            tags=tags,
+        )
+        _override(lifecycle, {
+            "PolicyDetails": [{
+                "Action": {"Type": "DELETE", "IncludeResources": {"Amis": True, "Snapshots": True}},
+                "Filter": {"Type": "COUNT", "Value": versions_kept},
+            }],
+            # Its images: the pipeline's tags, which its images carry.
+            "ResourceSelection": {"TagMap": tags},
+        })
+        self._build_when_changed(class_scope, pipeline, recipe)
+        self.component_arns.append(component.attr_arn)
+        return parameter, pipeline
 
     @staticmethod
     def _build_when_changed(

@@ -15,9 +15,21 @@ from ec2spawner.catalog import Catalog
 from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
 from .dns import HubDns, record_statement
-from .hub import HUB_API_PORT, PROXY_PORT, Hub, spawner_statements, spend_statements
+from .hub import (
+    AL2023_PARAMETER,
+    HUB_API_PORT,
+    PROXY_PORT,
+    Hub,
+    spawner_statements,
+    spend_statements,
+)
 from .identity import IdentityProvider, auth_settings, callback_url
-from .images import ClassImages, image_parameter_name, launch_image
+from .images import (
+    ClassImages,
+    hub_image_parameter_name,
+    image_parameter_name,
+    launch_image,
+)
 from .network import PRIVATE_SUBNETS, Network
 from .notebooks import NOTEBOOK_PORT, Notebooks
 from .observability import Observability
@@ -75,6 +87,7 @@ class Ec2HubStack(Stack):
             hub_id=config.hub_id,
             instance_type=config.hub_instance_type,
             hub_ami=config.hub_ami,
+            hub_image_parameter=hub_image_parameter_name(config.hub_id) if config.hub_baked_image else None,
             lease_table_name=config.lease_table_name,
             settings_parameter_name=config.settings_parameter_name,
             admin_user=config.admin_user,
@@ -102,7 +115,16 @@ class Ec2HubStack(Stack):
             hub_id=config.hub_id,
             versions_kept=config.image_versions_kept,
             build_schedule=config.image_build_schedule,
+            hub_parent=(config.hub_ami or f"ssm:{AL2023_PARAMETER}") if config.hub_baked_image else None,
+            hub_instance_type=config.hub_instance_type,
         )
+        if self.images.hub_parameter is not None:
+            # EC2 resolves the hub's resolve:ssm: image at launch: the parameter must exist first.
+            self.hub.instance.node.add_dependency(self.images.hub_parameter)
+            # RunInstances takes resolve:ssm:<parameter> as its ImageId (EC2 user guide, "Use a
+            # Systems Manager parameter instead of an AMI ID"); cfn-lint's pattern for an Instance's
+            # ImageId knows AMI ids only (for a launch template's it knows both).
+            self.hub.instance.node.default_child.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}})
         for slug, parameter in self.images.parameters.items():
             # EC2 checks that a resolve:ssm: image parameter exists when it stores the version.
             self.notebooks.launch_templates[slug].node.add_dependency(parameter)

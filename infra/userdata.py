@@ -161,6 +161,17 @@ def image_script(requirements: list[str], root: Path = BOOTSTRAP) -> bytes:
     )
 
 
+# The image steps of the hub's image: its user data's own script, run as `user-data.sh image`.
+HUB_IMAGE_FILES = (Path("common/venv.sh"), Path("hub/user-data.sh"))
+
+
+def hub_image_script(root: Path = BOOTSTRAP) -> bytes:
+    """The build script of the hub's image: the hub user data's venv, Node and proxy steps
+    (``user-data.sh image``), from the same files the hub user data writes."""
+    return files_script("ec2hub hub image build", list(HUB_IMAGE_FILES), Path("hub/user-data.sh"),
+                        args=["image"], root=root)
+
+
 def files_script(
     title: str, files: list[Path], entry: Path, *, args: list[str] = (), root: Path = BOOTSTRAP
 ) -> bytes:

@@ -15,6 +15,11 @@ keeps state and emits an event on each state change. This module is the data pla
   user data again (same instance id): what it installed, enabled units and fstab entries, brings
   the services back, as on EC2;
 - ``terminated``: its processes and its root volume are gone;
+- **the instance's image**: an image the sandbox built for a baked class (:mod:`sandbox.images`)
+  boots with its layer over the venv; any other image is the sandbox's base (the machine's root
+  and the checkout's venv). A launch template's ``resolve:ssm:<parameter>`` ImageId, which EC2
+  resolves at RunInstances and moto keeps as written, is resolved here, when the instance first
+  boots (its running host keeps that image through stops and starts, as an instance keeps its AMI);
 - **a host that powers itself off** (``systemctl poweroff`` inside, e.g. the notebook's idle
   backstop) is stopped or terminated in EC2, as its ``InstanceInitiatedShutdownBehavior`` says
   (DescribeInstanceAttribute; EC2's default is ``stop``), as EC2 does when an instance's OS halts.
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .host import EfsAccessPoint, IsolatedHost, bake_ami
+from .images import image_layers, resolve_image
 from .imds import ImdsData
 from .netns import Vpc
 
@@ -62,6 +68,7 @@ class InstanceFacts:
     user_data: bytes
     role: str | None
     gpus: int = 0
+    image_id: str = ""
 
     @classmethod
     def describe(cls, ec2, instance_id: str) -> InstanceFacts:
@@ -80,6 +87,7 @@ class InstanceFacts:
             user_data=user_data,
             role=profile.rsplit("/", 1)[-1] or None,
             gpus=gpu_count(ec2, instance["InstanceType"]),
+            image_id=instance.get("ImageId") or "",
         )
 
 
@@ -108,8 +116,10 @@ class DataPlane:
         state_root: Path,
         console_dir: Path | None = None,
         hidden_paths: tuple[Path, ...] = (),
+        ssm=None,
     ) -> None:
         self.ec2 = ec2
+        self.ssm = ssm  # resolves resolve:ssm: image ids (baked classes); None: they boot the base image
         self.efs = efs  # the same emulator's EFS, for the access points instances mount; None: no EFS
         self.vpc = vpc
         self.region = region
@@ -195,6 +205,7 @@ class DataPlane:
     def boot(self, instance_id: str) -> IsolatedHost:
         facts = InstanceFacts.describe(self.ec2, instance_id)
         gateway = self.vpc.gateway_for(facts.private_ip)
+        image, layers = self.image(facts.image_id)
         host = IsolatedHost(
             instance_id,
             vpc=self.vpc,
@@ -210,13 +221,23 @@ class DataPlane:
             state_root=self.state_root,
             access_points=self.access_points(facts.tags),
             hidden_paths=self.hidden_paths,
-            root_setup=bake_ami(aws_endpoint=f"http://{gateway.ip}:{self.endpoint_port}", region=self.region),
+            root_setup=bake_ami(aws_endpoint=f"http://{gateway.ip}:{self.endpoint_port}", region=self.region,
+                                venv_layers=layers),
             gpus=facts.gpus,
         )
         self.hosts[instance_id] = host
-        log.info("data plane: booting %s (%s) at %s", instance_id, facts.instance_type, facts.private_ip)
+        log.info("data plane: booting %s (%s, image %s) at %s", instance_id, facts.instance_type, image,
+                 facts.private_ip)
         host.start(user_data=facts.user_data or None)  # none: IMDS answers 404, cloud-init runs nothing
         return host
+
+    def image(self, image_id: str) -> tuple[str, list[Path]]:
+        """The AMI an instance launched with ``image_id`` runs, and that image's venv layers."""
+        if image_id.startswith("resolve:ssm:") and self.ssm is None:
+            log.warning("data plane: %s: no SSM client to resolve it; booting the base image", image_id)
+            return image_id, []
+        resolved = resolve_image(self.ssm, image_id)
+        return resolved, image_layers(self.ec2, resolved)
 
     def access_points(self, tags: dict[str, str]) -> list[EfsAccessPoint]:
         """The EFS access point the instance's tags name, as EFS would serve it: only its root

@@ -173,6 +173,7 @@ _HIDDEN_FROM_UNITS = ("/root/", "/home/", "/run/user/", "/tmp/", "/var/tmp/")
 AMI_VENV = "/opt/ec2hub/venv"
 AMI_NODE = "/opt/ec2hub/node"
 AMI_SRC = "/opt/ec2hub/src"
+PIP_CONFIG_FILES = ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", "/root/.config/pip/pip.conf")
 
 
 class BakedAmi:
@@ -190,19 +191,32 @@ class BakedAmi:
       normal configuration (docs/ARCHITECTURE.md §7), for root (the user data) and for the hub's
       service user (home /var/lib/ec2hub; readable by it, nothing secret in it);
     - ``allow_dummy_auth``: /etc/ec2hub/allow-dummy-auth, the marker without which the hub config
-      refuses DummyAuthenticator (only a sandbox image has it).
+      refuses DummyAuthenticator (only a sandbox image has it);
+    - ``venv_layers``: a baked class's image (:mod:`sandbox.images`): directories laid read-only
+      over the venv, the last topmost: what the class's image build installed into it. An image
+      is a layer of the venv, not of the whole root: the kernel refuses an overlay whose lower
+      layers nest (a layer on the machine's disk under the lower layer ``/``: ELOOP);
+    - ``venv_upper``: a writable venv (an image build): every change lands in this directory,
+      which then is the image's layer;
+    - ``pip_config``: /etc/pip.conf (where pip finds packages: a local index, no PyPI);
+    - ``venv=None``: a stock AMI, no venv at all (the user data installs it).
     """
 
-    def __init__(self, *, venv: Path, node_bin: Path | None, aws_endpoint: str | None, region: str | None,
-                 allow_dummy_auth: bool) -> None:
-        self.venv, self.node_bin = Path(venv), Path(node_bin) if node_bin else None
+    def __init__(self, *, venv: Path | None, node_bin: Path | None, aws_endpoint: str | None, region: str | None,
+                 allow_dummy_auth: bool, venv_layers: Sequence[Path] = (), venv_upper: Path | None = None,
+                 pip_config: str | None = None) -> None:
+        self.venv, self.node_bin = Path(venv) if venv else None, Path(node_bin) if node_bin else None
         self.aws_endpoint, self.region, self.allow_dummy_auth = aws_endpoint, region, allow_dummy_auth
+        self.venv_layers, self.venv_upper = [Path(p) for p in venv_layers], venv_upper
+        self.pip_config = pip_config
 
     def __call__(self, upper: Path) -> None:
         for stale in (AMI_VENV, f"{AMI_NODE}/bin"):  # an older sandbox's symlinks
             link = upper / stale.lstrip("/")
             if link.is_symlink():
                 link.unlink()
+        if self.venv:  # nspawn makes the mount point's last directory only
+            upper_path(upper, AMI_VENV).mkdir(exist_ok=True)
         if self.node_bin:
             for tool in ("node", "configurable-http-proxy"):
                 dst = upper_path(upper, f"{AMI_NODE}/bin/{tool}")
@@ -225,13 +239,30 @@ class BakedAmi:
             marker.write_text("local sandbox image: DummyAuthenticator allowed\n", encoding="utf-8")
         elif marker.exists():
             marker.unlink()
+        # pip reads the global files, then the user's, each overriding the last: the machine's own
+        # (its root's user file, a mirror of this machine) are shadowed with the same content.
+        for path in PIP_CONFIG_FILES:
+            if self.pip_config:
+                pip_conf = upper_path(upper, path)
+                pip_conf.write_text(self.pip_config, encoding="utf-8")
+                pip_conf.chmod(0o644)
+            else:  # the machine's own, as before (and no directories made for nothing)
+                (upper / path.lstrip("/")).unlink(missing_ok=True)
 
     def nspawn_args(self, state_dir: Path) -> list[str]:
-        """The read-only mounts of the venv, the sources of its editable installs and node_modules."""
-        fixes = state_dir / "ami-venv"
-        sources = self._relocation_layer(fixes)
-        args = [f"--overlay-ro={_escape(self.venv)}:{_escape(fixes)}:{AMI_VENV}"]
-        args += [f"--bind-ro={_escape(src)}:{AMI_SRC}/{i}" for i, src in enumerate(sources)]
+        """The mounts of the venv (read-only, or writable into ``venv_upper``), the sources of its
+        editable installs and node_modules."""
+        args = []
+        if self.venv:
+            fixes = state_dir / "ami-venv"
+            sources = self._relocation_layer(fixes)
+            layers = ":".join(_escape(p) for p in (self.venv, fixes, *self.venv_layers))
+            if self.venv_upper:
+                self.venv_upper.mkdir(parents=True, exist_ok=True)
+                args.append(f"--overlay={layers}:{_escape(self.venv_upper)}:{AMI_VENV}")
+            else:
+                args.append(f"--overlay-ro={layers}:{AMI_VENV}")
+            args += [f"--bind-ro={_escape(src)}:{AMI_SRC}/{i}" for i, src in enumerate(sources)]
         if self.node_bin:
             args.append(f"--bind-ro={_escape(self.node_bin.parent)}:{AMI_NODE}/lib/node_modules")
         return args
@@ -294,10 +325,12 @@ def bake_ami(
     aws_endpoint: str | None = None,
     region: str | None = None,
     allow_dummy_auth: bool = False,
+    **image,
 ) -> BakedAmi:
-    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (see :class:`BakedAmi`)."""
-    return BakedAmi(venv=Path(venv), node_bin=Path(node_bin) if node_bin else None,
-                    aws_endpoint=aws_endpoint, region=region, allow_dummy_auth=allow_dummy_auth)
+    """A ``root_setup`` that makes the host look like ec2hub's baked AMI (see :class:`BakedAmi`;
+    ``image``: its ``venv_layers``, ``venv_upper``, ``pip_config``)."""
+    return BakedAmi(venv=Path(venv) if venv else None, node_bin=Path(node_bin) if node_bin else None,
+                    aws_endpoint=aws_endpoint, region=region, allow_dummy_auth=allow_dummy_auth, **image)
 
 
 def machine_units_to_mask(etc_systemd: Path = Path("/etc/systemd/system")) -> list[str]:

@@ -125,7 +125,7 @@ class Sandbox:
 
     def start(self) -> dict:
         os.environ.setdefault("MOTO_ACCOUNT_ID", ACCOUNT)
-        from . import netns
+        from . import images, netns
         from .dataplane import DataPlane, subnet_gateways
         from .deploy import deploy_assembly
         from .emulator import start_emulator
@@ -185,6 +185,7 @@ class Sandbox:
         )
         self.emulator.add_listener(self.dataplane.handle)
         self.dataplane.boot_running()
+        images.build_stack_images(self)  # the baked classes' images, while the hub boots (none: no-op)
         self.hub_host, self.hub_ip = self.wait_for_hub_host()
         say(f"hub instance {self.hub_host.name} booting at {self.hub_ip} from its user data")
 

@@ -104,12 +104,26 @@ ensure_hub_user() {
   install -d -m 0755 -o root -g root "$ETC"
 }
 
-main() {
-  log start "ec2hub hub bootstrap"
+# The image steps: what a baked hub image has (infra/images.py runs `user-data.sh image` as the
+# hub image's build component; the user data finds them present and installs nothing).
+ensure_hub_environment() {
   ensure_venv jupyterhub "boto3, psycopg"
   ensure_proxy
+}
+
+main() {
+  log start "ec2hub hub bootstrap"
+  ensure_hub_environment
   ensure_hub_user
   run_step ec2hub_bootstrap.hub boot
 }
 
-main "$@"
+if [[ ${1:-} == image ]]; then
+  log start "ec2hub hub image: installing the environment"
+  ensure_hub_environment
+  "$VENV/bin/jupyterhub" --version >/dev/null || die check "$VENV/bin/jupyterhub does not run"
+  "$NODE_BIN/configurable-http-proxy" --version >/dev/null || die check "configurable-http-proxy does not run"
+  log "done" "the hub image's environment is in $VENV and $NODE_BIN"
+else
+  main "$@"
+fi

@@ -247,3 +247,89 @@ def test_checkov_is_clean_on_a_baked_stack(baked):
     assert [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]] == []
     skipped = {c["resource"].split(".", 1)[1] for c in report["results"]["skipped_checks"]}
     assert any(r.startswith("ImagesBuildRoleDefaultPolicy") for r in skipped)
+
+
+def test_the_sandbox_builds_each_baked_class_from_the_synthesized_component(baked):
+    """sandbox.images reads the deployed template's components (moto has no Image Builder): each
+    baked class's, with the template's version and the document infra wrote, and its parameter."""
+    from sandbox.images import stack_components
+
+    catalog = parse_catalog(BAKED_CATALOG)
+    found = {c.slug: c for c in stack_components(baked.template)}
+    assert sorted(found) == ["data-science", "gpu"]
+    for cls in (c for c in catalog.classes if c.baked):
+        document = component_document(cls)
+        component = found[cls.slug]
+        assert (component.hub_id, component.version, component.document) == (
+            HUB, content_version(document), json.loads(document))
+        assert component.parameter == f"/ec2hub/{HUB}/images/{cls.slug}"
+        assert component.image_name == f"ec2hub-{HUB}-{cls.slug}-{content_version(document)}"
+    build = found["data-science"].phase("build")
+    assert len(build) == 1 and build[0].rstrip("\n").endswith(
+        "exec /bin/bash \"$dir/notebook/install.sh\" image pandas==2.3.3 'scikit-learn>=1.7'")
+
+
+@pytest.fixture(scope="module")
+def baked_hub(tmp_path_factory):
+    return synth(tmp_path_factory, {"hub_id": HUB, "hub_baked_image": True})
+
+
+def test_the_baked_hub_launches_the_image_its_pipeline_publishes(baked_hub):
+    from infra.hub import AL2023_PARAMETER
+    from infra.images import hub_component_document
+
+    parameter_name = f"/ec2hub/{HUB}/hub-image"
+    (_, hub), = baked_hub.resources("AWS::EC2::Instance").items()
+    assert hub["Properties"]["ImageId"] == f"resolve:ssm:{parameter_name}"
+    (parameter_id, parameter), = [(k, v["Properties"]) for k, v in baked_hub.resources("AWS::SSM::Parameter").items()
+                                  if v["Properties"]["Name"] == parameter_name]
+    # Created with the base image (resolved once), then the pipeline's to write.
+    assert (parameter["DataType"], parameter["Value"]) == ("aws:ec2:image", "{{resolve:ssm:" + AL2023_PARAMETER + "}}")
+    assert parameter_id in hub.get("DependsOn", [])
+    _, recipe = one(baked_hub, "AWS::ImageBuilder::ImageRecipe", f"ec2hub-{HUB}-hub")
+    assert recipe["ParentImage"] == f"ssm:{AL2023_PARAMETER}"
+    _, distribution = one(baked_hub, "AWS::ImageBuilder::DistributionConfiguration", f"ec2hub-{HUB}-hub")
+    assert distribution["Distributions"][0]["SsmParameterConfigurations"] == [
+        {"ParameterName": parameter_name, "DataType": "aws:ec2:image"}]
+    _, policy = one(baked_hub, "AWS::ImageBuilder::LifecyclePolicy", f"ec2hub-{HUB}-hub")
+    assert policy["ResourceSelection"] == {"TagMap": {"ec2hub:hub": HUB, "ec2hub:image": "hub"}}
+    assert policy["PolicyDetails"][0]["Filter"] == {"Type": "COUNT", "Value": 3}
+    _, component = one(baked_hub, "AWS::ImageBuilder::Component", f"ec2hub-{HUB}-hub")
+    assert component["Data"] == hub_component_document()
+    _, infrastructure = one(baked_hub, "AWS::ImageBuilder::InfrastructureConfiguration", f"ec2hub-{HUB}-hub")
+    assert infrastructure["InstanceMetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+    assert len(baked_hub.resources("AWS::ImageBuilder::ImagePipeline")) == 1  # no class is baked
+
+
+def test_the_hub_image_runs_the_hub_user_datas_own_install_steps(tmp_path):
+    from infra.images import hub_component_document
+
+    document = json.loads(hub_component_document())
+    [build] = [p for p in document["phases"] if p["name"] == "build"]
+    script = build["steps"][0]["inputs"]["commands"][0]
+    assert script.rstrip().endswith('exec /bin/bash "$dir/hub/user-data.sh" image')
+    # The same bytes of hub/user-data.sh and common/venv.sh as the hub's user data writes.
+    user_data = assemble_script("hub").decode()
+    for name in ("hub/user-data.sh", "common/venv.sh"):
+        heredoc = f"cat >\"$dir.new\"/{name} <<'EC2HUB_END_OF_FILE'\n"
+        body = user_data.split(heredoc, 1)[1].split("EC2HUB_END_OF_FILE\n", 1)[0]
+        assert heredoc + body in script
+    # Run as the component does, the image mode installs (here: finds) the venv and the proxy
+    # and checks them, without the per-host steps (no system user, no unit).
+    [validate] = [p for p in document["phases"] if p["name"] == "validate"]
+    assert validate["steps"][0]["inputs"]["commands"] == [
+        "/opt/ec2hub/venv/bin/jupyterhub --version && /opt/ec2hub/node/bin/configurable-http-proxy --version"]
+
+
+def test_the_hub_is_not_baked_unless_asked_and_a_pinned_ami_is_the_hub_image_base(tmp_path_factory):
+    assert config_from_context({"admin_user": "a", "allow_http": True}).hub_baked_image is False
+    pinned = synth(tmp_path_factory, {"hub_id": HUB, "hub_baked_image": True, "hub_ami": "ami-0123456789abcdef0"})
+    _, recipe = one(pinned, "AWS::ImageBuilder::ImageRecipe", f"ec2hub-{HUB}-hub")
+    assert recipe["ParentImage"] == "ami-0123456789abcdef0"
+
+
+def test_linters_are_clean_on_a_baked_hub_stack(baked_hub):
+    assert [str(m) for m in lint(json.dumps(baked_hub.template), regions=["us-east-1"])] == []
+    report = baked_hub.aws_solutions_report()
+    assert report["violations"] == []
+    assert parliament_findings(baked_hub) - set(PARLIAMENT_ACKNOWLEDGED) == set()
