@@ -4,8 +4,11 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.hub <command>
 /opt/ec2hub/bootstrap), as root:
 
 ``boot``      once per instance, from the user data (user-data.sh): install the unit and, with
-              systemd as PID 1, (re)start it; without it (a container, the local sandbox)
-              ``prestart`` here, then the hub in the foreground as its unit would run it.
+              systemd as PID 1, (re)start it, then, once the hub answers through its proxy,
+              signal the hub's Auto Scaling group to CloudFormation (tag ``ec2hub:cfn-signal``:
+              the group's creation and a deploy's replacing update wait for it); without
+              systemd (a container) ``prestart`` here, then the hub in the foreground as its
+              unit would run it.
 ``prestart``  on every start of the hub (the unit's ExecStartPre=+): fetch and re-apply the
               settings parameter, the spawner package (when its tag names a new one) and the
               config, idempotently, and fetch the hub's state secrets (its database's URL, the
@@ -58,6 +61,11 @@ RETIRED_FILES = ("jupyterhub_cookie_secret", "proxy_auth_token")
 DATABASE_SSLMODE = "require"
 # The spawner asset (s3://...) installed last, so a new one is installed on the next start.
 SPAWNER_RECORD = "/opt/ec2hub/spawner-asset.installed"
+# "<stack name>/<logical id>" of the hub's Auto Scaling group (infra/hub.py), which CloudFormation
+# waits for a signal from; how long the first boot waits for its hub to answer before it signals
+# FAILURE (under the group's 20-minute signal timeout, so CloudFormation hears the reason).
+SIGNAL_TAG = "ec2hub:cfn-signal"
+SIGNAL_WAIT_S = 15 * 60
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 
@@ -307,6 +315,49 @@ def ensure_hub_record(settings, private_ip: str, region: str) -> None:
     log("dns", f"{name} A {private_ip} (ttl {ttl} s) upserted in hosted zone {zone}: {answer['ChangeInfo']['Status']}")
 
 
+def hub_answers(url: str) -> bool:
+    """True once ``url`` (the hub's API through its proxy) answers 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def signal_group(tags: dict[str, str], instance_id: str, region: str, *, url: str,
+                 wait_s: float = SIGNAL_WAIT_S, interval_s: float = 2.0) -> str | None:
+    """Tell CloudFormation whether this host's hub answers (``SignalResource`` SUCCESS once ``url``
+    answers 200, FAILURE if it does not within ``wait_s``), for the group the ``ec2hub:cfn-signal``
+    tag names; returns the status sent, None when there is nothing to signal or the call failed.
+
+    Never fatal: a hub that runs is worth keeping even if CloudFormation did not hear it (the
+    group's signal timeout then fails the deploy, visibly, and rolls back to the old group)."""
+    import time
+
+    target = tags.get(SIGNAL_TAG, "")
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9-]{0,127})/([A-Za-z0-9]{1,255})", target)
+    if not match:
+        log("signal", f"no usable {SIGNAL_TAG} tag ({shown(target)}): nothing to signal")
+        return None
+    stack, logical_id = match.groups()
+    deadline = time.monotonic() + wait_s
+    while not (ok := hub_answers(url)) and time.monotonic() < deadline:
+        time.sleep(interval_s)
+    status = "SUCCESS" if ok else "FAILURE"
+    try:
+        aws_client("cloudformation", region).signal_resource(
+            StackName=stack, LogicalResourceId=logical_id, UniqueId=instance_id, Status=status)
+    except aws_errors() as exc:
+        log("signal", f"SignalResource {status} for {stack}/{logical_id} failed: {exc}; CloudFormation "
+            "times the group out instead")
+        return None
+    log("signal", f"{stack}/{logical_id}: {status} ({'the hub answers at ' + url if ok else f'no answer at {url} within {wait_s:.0f} s'})")
+    return status
+
+
 def prestart() -> None:
     """Every start of the hub (ExecStartPre=+ of ec2hub-hub.service)."""
     imds = Imds(console).wait()
@@ -362,6 +413,12 @@ def boot() -> None:
     # notebooks survive hub restarts (cleanup_servers = False).
     run("service", ["systemctl", "restart", UNIT_NAME])
     log("service", f"{UNIT_NAME} (re)started")
+    imds = Imds(console).wait()
+    from ec2spawner.settings import HubSettings
+
+    settings = HubSettings.model_validate_json(Path(f"{ETC}/settings.json").read_text(encoding="utf-8"))
+    signal_group(hub_tags, imds.get("meta-data/instance-id"), imds.get("meta-data/placement/region"),
+                 url=f"http://127.0.0.1:{settings.proxy_port}/hub/api/")
 
 
 COMMANDS = {"boot": boot, "prestart": prestart}
