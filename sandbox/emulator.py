@@ -576,11 +576,14 @@ def _apply_template_options(backend: Any, kwargs: dict, instances: list) -> None
     profile = data.get("IamInstanceProfile") or {}
     for instance in instances:
         if profile and not (kwargs.get("iam_instance_profile_arn") or kwargs.get("iam_instance_profile_name")):
-            backend.associate_iam_instance_profile(
-                instance_id=instance.id,
-                iam_instance_profile_name=profile.get("Name"),
-                iam_instance_profile_arn=profile.get("Arn"),
-            )
+            try:
+                backend.associate_iam_instance_profile(
+                    instance_id=instance.id,
+                    iam_instance_profile_name=profile.get("Name"),
+                    iam_instance_profile_arn=profile.get("Arn"),
+                )
+            except Exception as error:  # noqa: BLE001 (a profile moto's IAM lacks: launched without, as moto did)
+                log.warning("emulator: %s: the launch template's instance profile %s: %s", instance.id, profile, error)
         if data.get("MetadataOptions") and not kwargs.get("metadata_options"):
             instance.metadata_options = MetadataOptions(
                 {k: str(v) if isinstance(v, int) else v for k, v in data["MetadataOptions"].items()})

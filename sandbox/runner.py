@@ -276,24 +276,7 @@ class Sandbox:
         return self.session.client(name, region_name=REGION, endpoint_url=self.emulator.endpoint_url)
 
     def synth(self) -> Path:
-        """The real CDK CLI, offline, with the sandbox's context."""
-        out = STATE_DIR / "cdk.out"
-        env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
-        for key in list(env):
-            if key.startswith("AWS_"):
-                env.pop(key)
-        env["PATH"] = f"{REPO / 'node_modules' / '.bin'}:{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
-        env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
-        env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
-        cdk = REPO / "node_modules" / ".bin" / "cdk"
-        cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
-        for key, value in SANDBOX_CONTEXT.items():
-            cmd += ["-c", f"{key}={value}"]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
-        say("cdk synth: template written to .sandbox/cdk.out")
-        return out
+        return synth(STATE_DIR / "cdk.out")
 
     @property
     def hub_group(self) -> str:
@@ -427,7 +410,7 @@ class HubHostKeeper:
             self.autoscaling.detach_instances(InstanceIds=[gone], AutoScalingGroupName=sandbox.hub_group,
                                               ShouldDecrementDesiredCapacity=False)
         host, ip = sandbox.wait_for_hub_host(120, besides=(gone,))
-        say(f"hub host {gone} is gone: its Auto Scaling group launched {host.name} in its place")
+        say(f"hub host {gone} is gone: the group's instance {host.name} takes its place")
         sandbox.wait_for_signal(host.name)
         self.repoint(host, ip)
         say(f"hub host {host.name} at {ip} answers {time.monotonic() - started:.1f} s after; the load balancer points at it")
@@ -439,6 +422,124 @@ class HubHostKeeper:
         sandbox.hub_host, sandbox.hub_ip = host, ip
         sandbox.env["hub_instance_id"] = host.name
         sandbox.write_env()
+
+
+def synth(out: Path, context: dict[str, str] | None = None) -> Path:
+    """The real CDK CLI, offline, with the sandbox's context (and ``context``, e.g. another
+    catalog) into ``out``."""
+    env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
+    for key in list(env):
+        if key.startswith("AWS_"):
+            env.pop(key)
+    env["PATH"] = f"{REPO / 'node_modules' / '.bin'}:{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
+    env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
+    cdk = REPO / "node_modules" / ".bin" / "cdk"
+    cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
+    for key, value in {**SANDBOX_CONTEXT, **(context or {})}.items():
+        cmd += ["-c", f"{key}={value}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
+    say(f"cdk synth: template written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return out
+
+
+# -- python -m sandbox deploy ----------------------------------------------------------------------
+
+
+def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> int:
+    """``cdk deploy`` of the current tree into the running sandbox: synth, then UpdateStack in the
+    emulator's CloudFormation; then what moto's CloudFormation leaves out of the update, done here:
+    a hub launch template with a new version is the group's replacing update (:func:`replace_hub_host`).
+    Run beside ``python -m sandbox up``, as root."""
+    if not ENV_FILE.exists():
+        say("not running (no .sandbox/env.json)")
+        return 1
+    import boto3
+
+    from .deploy import deploy_assembly
+    from .emulator import EmulatorClient
+
+    env = json.loads(ENV_FILE.read_text())
+    session = boto3.Session(aws_access_key_id="sandbox", aws_secret_access_key="sandbox", region_name=REGION)
+
+    def client(name: str):
+        return session.client(name, region_name=REGION, endpoint_url=env["aws_endpoint_url"])
+
+    started = time.monotonic()
+    try:
+        assembly = synth(STATE_DIR / "cdk.out.deploy", context)
+        deployment = deploy_assembly(client, assembly, account=ACCOUNT, region=REGION, update=True)
+    except (SandboxError, RuntimeError, TimeoutError) as error:
+        say(f"error: {error}")
+        return 1
+    say(f"stack {deployment.stack_name} updated in the emulator in {time.monotonic() - started:.1f} s")
+    autoscaling = client("autoscaling")
+    [group_name] = deployment.physical_ids("AWS::AutoScaling::AutoScalingGroup")
+    [group] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name])["AutoScalingGroups"]
+    template_id = group["LaunchTemplate"]["LaunchTemplateId"]
+    [template] = client("ec2").describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
+    latest, running = template["LatestVersionNumber"], int(group["LaunchTemplate"]["Version"])
+    if latest == running:
+        say(f"hub launch template {template_id} unchanged (version {running}): the hub host stays "
+            f"{env['hub_instance_id']}; changed settings reach its hub through its settings watcher")
+        return 0
+    say(f"hub launch template {template_id}: version {latest} (the hub runs {running}): replacing the hub host")
+    try:
+        new = replace_hub_host(client, EmulatorClient(env["aws_endpoint_url"]), group_name, template_id, latest,
+                               env["hub_instance_id"], timeout=timeout)
+    except SandboxError as error:
+        say(f"error: {error}")
+        return 1
+    say(f"hub host replaced by {new} {time.monotonic() - started:.1f} s after the deploy began")
+    return 0
+
+
+def replace_hub_host(client, emulator, group: str, template_id: str, version: int, old: str, *,
+                     timeout: float = 600) -> str:
+    """The hub group's replacing update (``AutoScalingReplacingUpdate``), which moto's CloudFormation
+    does not carry out (it compares the group's properties as written, and ``LatestVersionNumber``
+    is the same ``Fn::GetAtt`` whatever the version): a host from template ``version`` boots beside
+    the old one, and once it has signalled (its hub answers), the old one is terminated, as
+    CloudFormation deletes the old group in the update's cleanup. The sandbox's group is one group
+    whose size goes to 2 and back (moto's group launches the template's default version, so that
+    becomes ``version``), where AWS makes a new group. The load balancer's stand-in follows
+    (:class:`HubHostKeeper`: the old target is gone, the new one answers). Returns the new host."""
+    autoscaling, ec2 = client("autoscaling"), client("ec2")
+    ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
+    autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=group, LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
+        MaxSize=2, DesiredCapacity=2)
+    deadline = time.monotonic() + timeout
+
+    def until(what: str, check):
+        while time.monotonic() < deadline:
+            found = check()
+            if found:
+                return found
+            time.sleep(0.5)
+        raise SandboxError(f"hub replacement: {what} within {timeout:.0f} s")
+
+    def new_instance():
+        [described] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+        return next((i["InstanceId"] for i in described["Instances"] if i["InstanceId"] != old), None)
+
+    new = until("no new hub host was launched", new_instance)
+    say(f"hub host {new} launched from version {version} beside {old}")
+    signal = until(f"{new} sent no signal", lambda: next(
+        (s for s in emulator.signals() if s["unique_id"] == new), None))
+    if signal["status"] != "SUCCESS":
+        # CloudFormation's rollback: the new group goes, the old one never stopped.
+        autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=new, ShouldDecrementDesiredCapacity=True)
+        autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MaxSize=1, DesiredCapacity=1)
+        raise SandboxError(f"hub host {new} signalled {signal['status']}: rolled back to {old}")
+    say(f"hub host {new} signalled SUCCESS (its hub answers): terminating {old}, as the update's cleanup does")
+    autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=old, ShouldDecrementDesiredCapacity=True)
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=1, DesiredCapacity=1)
+    until("the load balancer's stand-in did not move to the new hub",
+          lambda: json.loads(ENV_FILE.read_text()).get("hub_instance_id") == new)
+    return new
 
 
 # -- demo accounts ------------------------------------------------------------------------------
