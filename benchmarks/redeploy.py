@@ -44,7 +44,7 @@ class Prober(threading.Thread):
         self.url, self.interval = url, interval
         self.unavailable_s = 0.0
         self._down_since: float | None = None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def ok(self) -> bool:
         try:
@@ -56,17 +56,17 @@ class Prober(threading.Thread):
             return False
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             now, ok = time.monotonic(), self.ok()
             if not ok and self._down_since is None:
                 self._down_since = now
             elif ok and self._down_since is not None:
                 self.unavailable_s += now - self._down_since
                 self._down_since = None
-            self._stop.wait(self.interval)
+            self._done.wait(self.interval)
 
     def finish(self) -> float:
-        self._stop.set()
+        self._done.set()
         self.join()
         if self._down_since is not None:
             self.unavailable_s += time.monotonic() - self._down_since
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     prober = Prober(f"{hub.url}/hub/api/")
     prober.start()
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "sandbox", "deploy", "-c", f"hub_ami=ami-{secrets.token_hex(8)}"],
+    done = subprocess.run([sys.executable, "-m", "sandbox", "deploy", "-c", f"hub_ami=ami-{secrets.token_hex(9)[:17]}"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     redeploy_s = time.monotonic() - started
     if done.returncode != 0:
