@@ -5,10 +5,12 @@ secret). A replaced hub host has another private IP, so that URL names the recor
 ``hub.<zone>`` instead, and the hub host UPSERTs it to its own private IP at every start of the
 hub, before the hub starts (bootstrap/ec2hub_bootstrap/hub.py; docs/ARCHITECTURE.md §5).
 
-The record is also in the template, with the hub instance's private IP: the value the hub writes
-as long as CloudFormation's instance is the hub host. CloudFormation then deletes the record with
-the stack (a hosted zone that still holds a record cannot be deleted), and changes it only when
-that IP changes, that is when it replaces the instance, to the new host's IP.
+The record is not in the template: the hub host is an Auto Scaling group's instance, whose address
+nobody knows at synth, and a template record CloudFormation later deleted with a value the hub had
+since changed would fail the delete (Route 53 deletes only a record given with its current values).
+So the record is the hub's alone, and ``cdk destroy`` needs it gone first: a hosted zone that still
+holds a record cannot be deleted. The stack's ``DeleteHubRecordCommand`` output is that step
+(docs/DEPLOY.md, "Deleting the stack").
 
 :func:`record_statement` is the hub role's only Route 53 permission, built here beside the zone it
 names; the Stack attaches it (grants live in the Stack).
@@ -16,12 +18,11 @@ names; the Stack attaches it (grants live in the Stack).
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_route53 as route53
 from constructs import Construct
-from ec2spawner.settings import HUB_DNS_TTL_S
 
 # The label of the hub API's record in the zone.
 HUB_RECORD_LABEL = "hub"
@@ -34,10 +35,10 @@ def hub_record_name(zone_name: str) -> str:
 
 
 class HubDns(Construct):
-    """The private hosted zone, associated with the VPC (only the VPC resolves it), and the hub
-    API's A record at ``hub_address`` (the hub instance's private IP)."""
+    """The private hosted zone, associated with the VPC (only the VPC resolves it); the hub host
+    makes the hub API's A record in it (:attr:`record_name`)."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, zone_name: str, hub_address: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, vpc: ec2.IVpc, zone_name: str) -> None:
         super().__init__(scope, construct_id)
         self.zone = route53.PrivateHostedZone(
             self,
@@ -47,15 +48,19 @@ class HubDns(Construct):
             comment="ec2hub: the hub API's stable name (the hub host claims its record at every start)",
         )
         self.record_name = hub_record_name(zone_name)
-        self.record = route53.ARecord(
-            self,
-            "HubApi",
-            zone=self.zone,
-            record_name=self.record_name + ".",
-            target=route53.RecordTarget.from_ip_addresses(hub_address),
-            ttl=Duration.seconds(HUB_DNS_TTL_S),
-            comment="ec2hub: the hub API; the hub host UPSERTs it to its own address at every start",
-        )
+
+def delete_record_command(*, zone_id: str, record_name: str, region: str) -> str:
+    """The AWS CLI command that deletes the hub's record, whatever address it holds now: it reads
+    the record first (a DELETE must give the current values, Route 53 API reference,
+    ChangeResourceRecordSets) and turns it into the ChangeBatch with a JMESPath query. Run before
+    ``cdk destroy``; a zone without the record is an empty batch, which Route 53 refuses."""
+    name = record_name + "."
+    query = f"{{Changes:ResourceRecordSets[?Name=='{name}' && Type=='A'].{{Action:'DELETE',ResourceRecordSet:@}}}}"
+    return (
+        f"aws route53 change-resource-record-sets --region {region} --hosted-zone-id {zone_id} --change-batch "
+        f'"$(aws route53 list-resource-record-sets --region {region} --hosted-zone-id {zone_id} '
+        f'--query "{query}" --output json)"'
+    )
 
 
 def record_statement(*, zone: route53.IHostedZone, record_name: str) -> iam.PolicyStatement:

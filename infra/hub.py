@@ -10,11 +10,23 @@ resources; the Stack attaches it (grants live in the Stack).
 
 from __future__ import annotations
 
-from aws_cdk import Annotations, Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import (
+    Annotations,
+    CfnAutoScalingReplacingUpdate,
+    CfnAutoScalingScheduledAction,
+    CfnCreationPolicy,
+    CfnResourceAutoScalingCreationPolicy,
+    CfnResourceSignal,
+    CfnTag,
+    CfnUpdatePolicy,
+    Duration,
+    RemovalPolicy,
+    Stack,
+)
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_elasticloadbalancingv2_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_assets as s3_assets
@@ -39,6 +51,16 @@ HEALTH_CHECK_PATH = "/hub" + HEALTH_PATH
 TAG_SETTINGS_PARAMETER = "ec2hub:settings-parameter"
 TAG_SPAWNER_ASSET = "ec2hub:spawner-asset"
 TAG_ADMIN_USER = "ec2hub:admin-user"
+# "<stack name>/<logical id of the hub's Auto Scaling group>": what the hub's first boot signals
+# (cloudformation:SignalResource) once its hub answers.
+TAG_CFN_SIGNAL = "ec2hub:cfn-signal"
+
+# The group's replacement of a hub waits this long for the new hub's signal, and the load
+# balancer's health check first counts this long after a launch: a first boot installs Node, the
+# proxy and the venv (minutes), then the new hub stands by until the old one has given up the
+# lease (the old group is deleted after the signal; its hub releases the lease as it stops).
+HUB_SIGNAL_TIMEOUT_S = 20 * 60
+HUB_HEALTH_CHECK_GRACE_S = 15 * 60
 
 
 # Where AWS publishes the newest Amazon Linux 2023 AMI id (the hub's default image).
@@ -65,7 +87,8 @@ def hub_image(region: str, hub_ami: str | None, baked_parameter: str | None = No
 
 
 class Hub(Construct):
-    """Hub instance, its security group and role, the spawner asset, the ALB and its log bucket."""
+    """The hub host's Auto Scaling group of one and its launch template, its security group and
+    role, the spawner asset, the lease and spend tables, the ALB and its log bucket."""
 
     def __init__(
         self,
@@ -84,6 +107,7 @@ class Hub(Construct):
         admin_user: str | None,
         certificate_arn: str | None,
         allowed_ingress_cidr: str,
+        secret_tags: dict[str, str],
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -149,49 +173,71 @@ class Hub(Construct):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
-        self.instance = ec2.Instance(
-            self,
-            "Instance",
-            vpc=vpc,
-            vpc_subnets=hub_subnets,
-            instance_type=ec2.InstanceType(instance_type),
-            machine_image=hub_image(Stack.of(self).region, hub_ami, hub_image_parameter),
-            security_group=self.security_group,
-            role=self.role,
-            associate_public_ip_address=False,
-            block_devices=[
-                ec2.BlockDevice(
-                    device_name="/dev/xvda",
-                    volume=ec2.BlockDeviceVolume.ebs(
-                        30,
-                        encrypted=True,
-                        volume_type=ec2.EbsDeviceVolumeType.GP3,
-                        delete_on_termination=True,
-                    ),
-                )
-            ],
-            http_endpoint=True,
-            http_tokens=ec2.HttpTokens.REQUIRED,
-            http_put_response_hop_limit=1,
-            instance_metadata_tags=True,
-            detailed_monitoring=True,
-            disable_api_termination=True,
-        )
-        # The script's exact bytes (or their gzip, if over EC2's limit), base64 as EC2 takes them;
-        # the L2's UserData renders text only.
+        # --- the hub host: an Auto Scaling group of one, launched from this template -----------
+        stack = Stack.of(self)
+        self.instance_profile = iam.CfnInstanceProfile(self, "InstanceProfile", roles=[self.role.role_name])
+        # The script's exact bytes (or their gzip, if over EC2's limit), base64 as EC2 takes them.
         user_data = assemble_user_data("hub")
-        self.instance.instance.add_property_override("UserData", user_data.base64)
         if user_data.notice:
             Annotations.of(self).add_warning_v2(
                 "ec2hub:user-data-compressed", user_data.notice
             )
-        tags = Tags.of(self.instance)
-        tags.add(TAG_HUB, hub_id)
-        tags.add(TAG_SETTINGS_PARAMETER, settings_parameter_name)
-        tags.add(TAG_SPAWNER_ASSET, self.spawner_asset.s3_object_url)
-        if admin_user:
-            tags.add(TAG_ADMIN_USER, admin_user)
-        tags.add("Name", f"ec2hub-{hub_id}-hub")
+        host = {
+            "image_id": hub_image(stack.region, hub_ami, hub_image_parameter).get_image(self).image_id,
+            "instance_type": instance_type,
+            "instance_profile_arn": self.instance_profile.attr_arn,
+            "security_group_id": self.security_group.security_group_id,
+            "user_data": user_data.base64,
+        }
+        self.group = autoscaling.CfnAutoScalingGroup(
+            self,
+            "Group",
+            min_size="1",
+            max_size="1",
+            desired_capacity="1",
+            vpc_zone_identifier=vpc.select_subnets(
+                subnet_group_name=hub_subnets.subnet_group_name, subnet_type=hub_subnets.subnet_type
+            ).subnet_ids,
+            # The load balancer's health check (the lease holder's 200) decides, after the grace.
+            health_check_type="ELB",
+            health_check_grace_period=HUB_HEALTH_CHECK_GRACE_S,
+        )
+        # Created (and, on a replacing update, the new group accepted) only once its hub answers:
+        # the hub's first boot sends the signal (bootstrap/ec2hub_bootstrap/hub.py, ``signal``).
+        self.group.cfn_options.creation_policy = CfnCreationPolicy(
+            resource_signal=CfnResourceSignal(count=1, timeout=f"PT{HUB_SIGNAL_TIMEOUT_S // 60}M"),
+            auto_scaling_creation_policy=CfnResourceAutoScalingCreationPolicy(min_successful_instances_percent=100),
+        )
+        # A changed launch template makes a new group beside the old one; CloudFormation deletes the
+        # old group (and its hub) only after the new group's hub signalled, in the update's cleanup.
+        self.group.cfn_options.update_policy = CfnUpdatePolicy(
+            auto_scaling_replacing_update=CfnAutoScalingReplacingUpdate(will_replace=True),
+            auto_scaling_scheduled_action=CfnAutoScalingScheduledAction(
+                ignore_unmodified_group_size_properties=True
+            ),
+        )
+        # What the hub bootstrap reads through IMDS (ARCHITECTURE.md §5), with ``secret_tags``
+        # (the names of its state secrets and the admin's password).
+        self.host_tags = {
+            TAG_HUB: hub_id,
+            TAG_SETTINGS_PARAMETER: settings_parameter_name,
+            TAG_SPAWNER_ASSET: self.spawner_asset.s3_object_url,
+            **({TAG_ADMIN_USER: admin_user} if admin_user else {}),
+            "Name": f"ec2hub-{hub_id}-hub",
+            # Which resource the hub's first boot signals: this stack (named by the hub id) and
+            # the group's logical id, as a literal (a Ref would make the template depend on the group).
+            TAG_CFN_SIGNAL: f"{hub_id}/{stack.get_logical_id(self.group)}",
+            **secret_tags,
+        }
+        self.launch_template = ec2.CfnLaunchTemplate(
+            self,
+            "LaunchTemplate",
+            launch_template_data=hub_launch_template_data(**host, tags=self.host_tags),
+        )
+        self.group.launch_template = autoscaling.CfnAutoScalingGroup.LaunchTemplateSpecificationProperty(
+            launch_template_id=self.launch_template.ref,
+            version=self.launch_template.attr_latest_version_number,
+        )
 
         # --- load balancer -------------------------------------------------------------------
         self.log_bucket = s3.Bucket(
@@ -233,7 +279,8 @@ class Hub(Construct):
             vpc=vpc,
             port=PROXY_PORT,
             protocol=elbv2.ApplicationProtocol.HTTP,
-            targets=[targets.InstanceTarget(self.instance, PROXY_PORT)],
+            # The group registers its instance (TargetGroupARNs below).
+            target_type=elbv2.TargetType.INSTANCE,
             health_check=elbv2.HealthCheck(
                 path=HEALTH_CHECK_PATH,
                 healthy_http_codes="200",
@@ -242,6 +289,7 @@ class Hub(Construct):
             ),
             deregistration_delay=Duration.seconds(30),
         )
+        self.group.target_group_arns = [self.target_group.target_group_arn]
         if certificate_arn:
             self.load_balancer.add_listener(
                 "Https",
@@ -269,6 +317,48 @@ class Hub(Construct):
                 ec2.Port.tcp(port),
                 f"ec2hub clients on {port} ({'redirect' if port == 80 and certificate_arn else 'hub'})",
             )
+
+
+def hub_launch_template_data(
+    *,
+    image_id: str,
+    instance_type: str,
+    instance_profile_arn: str,
+    security_group_id: str,
+    user_data: str,
+    tags: dict[str, str],
+) -> ec2.CfnLaunchTemplate.LaunchTemplateDataProperty:
+    """The hub host as the group launches it: IMDSv2 only (hop limit 1, tags in the metadata, which
+    the bootstrap reads), an encrypted gp3 root volume, no public address (the hub subnets are
+    private), detailed monitoring, the hub role's profile, ``tags`` on the instance and its volume.
+    Typed properties, not an override: cdk-nag reads them."""
+    lt = ec2.CfnLaunchTemplate
+    return lt.LaunchTemplateDataProperty(
+        image_id=image_id,
+        instance_type=instance_type,
+        iam_instance_profile=lt.IamInstanceProfileProperty(arn=instance_profile_arn),
+        security_group_ids=[security_group_id],
+        block_device_mappings=[
+            lt.BlockDeviceMappingProperty(
+                device_name="/dev/xvda",
+                ebs=lt.EbsProperty(volume_size=30, volume_type="gp3", encrypted=True, delete_on_termination=True),
+            )
+        ],
+        metadata_options=lt.MetadataOptionsProperty(
+            http_endpoint="enabled",
+            http_tokens="required",
+            http_put_response_hop_limit=1,
+            instance_metadata_tags="enabled",
+        ),
+        monitoring=lt.MonitoringProperty(enabled=True),
+        user_data=user_data,
+        tag_specifications=[
+            lt.TagSpecificationProperty(
+                resource_type=kind, tags=[CfnTag(key=key, value=value) for key, value in tags.items()]
+            )
+            for kind in ("instance", "volume")
+        ],
+    )
 
 
 def spawner_statements(

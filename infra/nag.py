@@ -203,6 +203,20 @@ def _launch_findings(arn, hub_id: str, secrets: str) -> dict[str, str]:
 
 def _acknowledge_rest_of_hub(stack: Ec2HubStack, arn, hub_id: str) -> None:
     acknowledge(
+        stack.hub_signal_policy,
+        f"IAM5[{arn('cloudformation', f'stack/{stack.stack_name}/*')}]",
+        "A stack's ARN ends in an id CloudFormation generates at creation; SignalResource is allowed "
+        "on this stack only, which the hub's first boot signals once its hub answers (the group's "
+        "creation and replacing update wait for it).",
+    )
+    acknowledge(
+        stack.hub.group,
+        "AS3",
+        "A group of exactly one never scales: its only activities are a deploy's replacing update "
+        "(in CloudFormation's stack events) and the replacement of a lost hub host, which its users "
+        "see at once and the group's activity history records. No SNS topic is wired for them.",
+    )
+    acknowledge(
         stack.hub_homes_policy,
         f"IAM5[{arn('elasticfilesystem', 'access-point/*')}]",
         "Each user's home access point gets an id EFS generates: TagResource is allowed only inside "
@@ -211,12 +225,6 @@ def _acknowledge_rest_of_hub(stack: Ec2HubStack, arn, hub_id: str) -> None:
         f"only of access points tagged ec2hub:hub = {hub_id} (aws:ResourceTag).",
     )
 
-    acknowledge(
-        stack.hub.instance,
-        "EC26",
-        "cdk-nag 3.0.2's EC26 throws on an Instance without a LaunchTemplate when the stack holds "
-        "other launch templates; the hub root volume is encrypted gp3 (asserted in tests/infra).",
-    )
     acknowledge(
         stack.hub.log_bucket,
         "S1",

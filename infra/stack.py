@@ -6,7 +6,7 @@ connect is in view.
 
 from __future__ import annotations
 
-from aws_cdk import Annotations, ArnFormat, CfnOutput, Environment, Stack, Tags
+from aws_cdk import Annotations, ArnFormat, CfnOutput, Environment, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -14,7 +14,7 @@ from ec2spawner.catalog import Catalog
 
 from .admin import TAG_ADMIN_PASSWORD_SECRET, AdminAccount
 from .config import HubConfig
-from .dns import HubDns, record_statement
+from .dns import HubDns, delete_record_command, record_statement
 from .hub import (
     AL2023_PARAMETER,
     HUB_API_PORT,
@@ -78,6 +78,28 @@ class Ec2HubStack(Stack):
             images={c.slug: launch_image(config.hub_id, c) for c in catalog.classes if c.baked},
         )
         self.storage = Storage(self, "Storage", vpc=vpc, subnets=private)
+        # The hub's database and secrets: nothing the hub must keep lives on its host.
+        self.state = HubState(
+            self,
+            "State",
+            vpc=vpc,
+            subnets=private,
+            hub_id=config.hub_id,
+            instance_type=config.database_instance_type,
+        )
+
+        # --- the first admin: a generated password only the hub may read ------------------------
+        # (native sign-in only: with an identity provider the admin signs in there)
+        self.admin: AdminAccount | None = None
+        if not config.oauth:
+            self.admin = AdminAccount(
+                self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
+            )
+        # The hub host finds its secrets by these tags (ARCHITECTURE.md §5).
+        secret_tags = dict(self.state.secret_names)
+        if self.admin is not None:
+            secret_tags[TAG_ADMIN_PASSWORD_SECRET] = self.admin.secret_name
+
         self.hub = Hub(
             self,
             "Hub",
@@ -93,16 +115,7 @@ class Ec2HubStack(Stack):
             admin_user=config.admin_user,
             certificate_arn=config.certificate_arn,
             allowed_ingress_cidr=config.allowed_ingress_cidr,
-        )
-
-        # The hub's database and secrets: nothing the hub must keep lives on its host.
-        self.state = HubState(
-            self,
-            "State",
-            vpc=vpc,
-            subnets=private,
-            hub_id=config.hub_id,
-            instance_type=config.database_instance_type,
+            secret_tags=secret_tags,
         )
 
         # --- baked classes: Image Builder pipelines and the parameters their templates read -----
@@ -119,12 +132,9 @@ class Ec2HubStack(Stack):
             hub_instance_type=config.hub_instance_type,
         )
         if self.images.hub_parameter is not None:
-            # EC2 resolves the hub's resolve:ssm: image at launch: the parameter must exist first.
-            self.hub.instance.node.add_dependency(self.images.hub_parameter)
-            # RunInstances takes resolve:ssm:<parameter> as its ImageId (EC2 user guide, "Use a
-            # Systems Manager parameter instead of an AMI ID"); cfn-lint's pattern for an Instance's
-            # ImageId knows AMI ids only (for a launch template's it knows both).
-            self.hub.instance.node.default_child.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}})
+            # EC2 checks that a resolve:ssm: image parameter exists when it stores the hub's
+            # launch template version (as for the classes' templates below).
+            self.hub.launch_template.node.add_dependency(self.images.hub_parameter)
         for slug, parameter in self.images.parameters.items():
             # EC2 checks that a resolve:ssm: image parameter exists when it stores the version.
             self.notebooks.launch_templates[slug].node.add_dependency(parameter)
@@ -242,11 +252,28 @@ class Ec2HubStack(Stack):
             )
         )
 
+        # --- the hub host's first boot tells CloudFormation its hub answers (the group's signal) ----
+        # A managed policy of its own, as the DNS one below: the inline one is near IAM's limit.
+        self.hub_signal_policy = iam.ManagedPolicy(
+            self,
+            "HubSignalPolicy",
+            description="ec2hub hub host: signal to CloudFormation that a new hub answers",
+            roles=[self.hub.role],
+            statements=[
+                iam.PolicyStatement(
+                    sid="SignalHubGroup",
+                    actions=["cloudformation:SignalResource"],
+                    # This stack only (its ARN ends in an id CloudFormation generates);
+                    # SignalResource has no condition key for the logical id.
+                    resources=[self.format_arn(service="cloudformation", resource="stack",
+                                               resource_name=f"{self.stack_name}/*")],
+                )
+            ],
+        )
+
         # --- the hub API's stable name: the hub host UPSERTs its one record -----------------------
         # A managed policy of its own, as the secrets' below: the inline one is near IAM's limit.
-        self.dns = HubDns(
-            self, "Dns", vpc=vpc, zone_name=config.hub_dns_zone, hub_address=self.hub.instance.instance_private_ip
-        )
+        self.dns = HubDns(self, "Dns", vpc=vpc, zone_name=config.hub_dns_zone)
         self.hub_dns_policy = iam.ManagedPolicy(
             self,
             "HubDnsPolicy",
@@ -282,17 +309,6 @@ class Ec2HubStack(Stack):
                 arn_format=ArnFormat.COLON_RESOURCE_NAME,
             )
 
-        # --- the first admin: a generated password only the hub may read ------------------------
-        # (native sign-in only: with an identity provider the admin signs in there)
-        self.admin: AdminAccount | None = None
-        if not config.oauth:
-            self.admin = AdminAccount(
-                self, "Admin", hub_id=config.hub_id, admin_user=config.admin_user
-            )
-            Tags.of(self.hub.instance).add(
-                TAG_ADMIN_PASSWORD_SECRET, self.admin.secret_name
-            )
-
         # --- the hub's secrets: the admin's password, the database, cookie secret, proxy token ---
         # A managed policy of its own: the role's inline policy is near IAM's 10,240-character
         # limit with many classes (one launch template ARN each), and these ARNs would tip it.
@@ -311,10 +327,8 @@ class Ec2HubStack(Stack):
                 resources=[secret_arn(name) for name in own_secrets],
             )
         )
-        for tag, name in self.state.secret_names.items():
-            Tags.of(self.hub.instance).add(tag, name)
         # The hub connects at its first start: the database comes first.
-        self.hub.instance.node.add_dependency(self.state.database)
+        self.hub.group.node.add_dependency(self.state.database)
 
         # --- sign-in through an identity provider: its client secret, only the hub reads it ------
         scheme = "https" if config.https else "http"
@@ -384,8 +398,8 @@ class Ec2HubStack(Stack):
             parameter_name=config.settings_parameter_name,
             document=document,
         )
-        # The hub reads the settings at boot: create the parameter before the instance.
-        self.hub.instance.node.add_dependency(self.settings)
+        # The hub reads the settings at boot: create the parameter before the group's first host.
+        self.hub.group.node.add_dependency(self.settings)
 
         # --- outputs ---------------------------------------------------------------------------
         CfnOutput(
@@ -430,6 +444,14 @@ class Ec2HubStack(Stack):
             )
         if self.identity is not None:
             self._identity_outputs(config, callback_url(hub_url))
+        CfnOutput(
+            self,
+            "DeleteHubRecordCommand",
+            value=delete_record_command(zone_id=self.dns.zone.hosted_zone_id, record_name=self.dns.record_name,
+                                        region=self.region),
+            description="Run before cdk destroy: deletes the hub API's DNS record, which the hub host "
+            "made (a hosted zone holding a record cannot be deleted)",
+        )
         CfnOutput(
             self,
             "DatabaseEndpoint",

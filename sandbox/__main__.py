@@ -1,4 +1,4 @@
-"""`python -m sandbox up|down|status|inject`: the local sandbox's command line."""
+"""`python -m sandbox up|down|deploy|status|inject`: the local sandbox's command line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--pending-s", type=float, default=2.0, help="how long new instances stay pending (default 2)")
     up.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
     commands.add_parser("down", help="stop a running sandbox and remove what a crashed one left")
+    deploy = commands.add_parser("deploy", help="redeploy the current tree into the running sandbox, as cdk deploy "
+                                 "would (a changed hub launch template replaces the hub host)")
+    deploy.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE",
+                        help="CDK context, as cdk deploy -c takes it (e.g. catalog=<path>)")
     commands.add_parser("status", help="list instances: state, class, who owns each and what the sweeper intends")
     inject = commands.add_parser("inject", help="inject a fault: into the AWS emulator, or a hard kill of the hub")
     faults = inject.add_subparsers(dest="fault", required=True)
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return runner.up(args.pending_s, args.port)
     if args.command == "down":
         return runner.down()
+    if args.command == "deploy":
+        context = dict(item.partition("=")[::2] for item in args.context)
+        return runner.redeploy(context)
     if args.command == "status":
         return runner.status()
     return _inject(args)

@@ -155,6 +155,16 @@ def stand_in_ssm_parameters(ssm, ec2, template: dict[str, Any], account: str) ->
 
     Returns the parameter names it created, so the sandbox can say so at start-up.
     """
+    missing = missing_public_parameters(ssm, template)
+    if missing:
+        image_id = stand_in_image(ec2)
+        for name in missing:
+            _seed_public_parameter(account, ssm.meta.region_name, name, image_id)
+    return missing
+
+
+def missing_public_parameters(ssm, template: dict[str, Any]) -> list[str]:
+    """The SSM parameters the template's parameters default to that the emulator does not know."""
     missing = []
     for parameter in template.get("Parameters", {}).values():
         if not parameter.get("Type", "").startswith("AWS::SSM::Parameter::Value"):
@@ -166,10 +176,6 @@ def stand_in_ssm_parameters(ssm, ec2, template: dict[str, Any], account: str) ->
             ssm.get_parameter(Name=name)
         except ssm.exceptions.ParameterNotFound:
             missing.append(name)
-    if missing:
-        image_id = stand_in_image(ec2)
-        for name in missing:
-            _seed_public_parameter(account, ssm.meta.region_name, name, image_id)
     return missing
 
 
@@ -225,6 +231,11 @@ def deploy_stack(
         pass
     body = json.dumps(template)
     cfn.create_stack(StackName=stack_name, TemplateBody=body, Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
+    return _wait_for_stack(cfn, stack_name, template, original, timeout_s)
+
+
+def _wait_for_stack(cfn, stack_name: str, template: dict[str, Any], original: dict[str, Any] | None,
+                    timeout_s: float) -> Deployment:
     deadline = time.monotonic() + timeout_s
     while True:
         stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
@@ -249,12 +260,29 @@ def deploy_stack(
     return Deployment(stack_name, outputs, resources, types, not_created)
 
 
-def deploy_assembly(
-    client: Callable[[str], Any], assembly: Path, *, account: str, region: str, stack_name: str | None = None
-) -> Deployment:
-    """Upload assets, stand in missing public parameters, deploy the stack.
+def update_stack(cfn, stack_name: str, template: dict[str, Any], *, original: dict[str, Any] | None = None,
+                 timeout_s: float = 120) -> Deployment:
+    """UpdateStack with ``template`` (``cdk deploy`` of a changed app), waited for and reported as
+    :func:`deploy_stack` reports a creation. An unchanged template is no update (CloudFormation's
+    "No updates are to be performed"), and reported the same way."""
+    try:
+        cfn.update_stack(StackName=stack_name, TemplateBody=json.dumps(template),
+                         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
+    except cfn.exceptions.ClientError as error:
+        if "No updates are to be performed" not in str(error):
+            raise
+    return _wait_for_stack(cfn, stack_name, template, original, timeout_s)
 
-    ``client(service_name)`` returns a boto3 client talking to the emulator.
+
+def deploy_assembly(
+    client: Callable[[str], Any], assembly: Path, *, account: str, region: str, stack_name: str | None = None,
+    update: bool = False,
+) -> Deployment:
+    """Upload assets, stand in missing public parameters, create the stack (``update``: update it).
+
+    ``client(service_name)`` returns a boto3 client talking to the emulator. Standing in a public
+    parameter needs the emulator in this process; an update in another process (``python -m
+    sandbox deploy``) needs every one of them to exist already.
     """
     art = find_stack(assembly, stack_name)
     props = art.get("properties", {})
@@ -264,7 +292,14 @@ def deploy_assembly(
         if dep.endswith(".assets"):
             upload_assets(s3, assembly, f"{dep}.json", account, region)
     template = prepare_template(original)
-    stood_in = stand_in_ssm_parameters(ssm, ec2, template, account)
-    deployment = deploy_stack(cfn, props.get("stackName", art["name"]), template, original=original)
+    name = props.get("stackName", art["name"])
+    if update and (missing := missing_public_parameters(ssm, template)):
+        raise RuntimeError(f"the running emulator does not know the public parameters {missing}, which only "
+                           "its own process can stand in: stop the sandbox and start it again")
+    stood_in = [] if update else stand_in_ssm_parameters(ssm, ec2, template, account)
+    if update:
+        deployment = update_stack(cfn, name, template, original=original)
+    else:
+        deployment = deploy_stack(cfn, name, template, original=original)
     deployment.stood_in_parameters = stood_in
     return deployment

@@ -37,6 +37,12 @@ classes of the process that runs the server (so use it in-process through
   runs or is dropped unanswered (as if it never reached AWS); a transition (``pending``,
   ``stopping``, ``shutting-down``) of a matching instance does not end while its hold exists.
   Every call is counted by action (``calls`` in the state), so a client can wait for one.
+* a launch template's ``IamInstanceProfile`` and ``MetadataOptions`` on an instance launched from
+  it (RunInstances, or an Auto Scaling group's launch), as EC2 applies them; moto ignores both;
+* an instance registered in a target group while still ``pending`` (an Auto Scaling group's
+  launch; moto refuses any instance that is not ``running``);
+* CloudFormation's ``SignalResource``, which moto does not have: each signal is recorded (stack,
+  logical id, unique id, status) and answered as CloudFormation does; ``signals`` lists them.
 
 Control in-process through the :class:`Emulator` methods, or over HTTP on the same port
 (``EmulatorClient`` speaks it)::
@@ -52,6 +58,7 @@ Control in-process through the :class:`Emulator` methods, or over HTTP on the sa
     POST /_ec2hub/holds     {"action": "RunInstances", "contains": "alice"}  -> {"id": 1, ...}
     POST /_ec2hub/release   {"id": 1, "drop": false}
     GET  /_ec2hub/events?after=<seq>&timeout=<s>   long poll: events with seq > after
+    GET  /_ec2hub/signals                     the SignalResource calls received, in order
 
 Only one emulator is active per process at a time (the moto patches are process-wide).
 """
@@ -72,6 +79,7 @@ import socket
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +184,7 @@ class Emulator:
     _dispatcher: threading.Thread | None = None
     _dispatch: queue.Queue = field(default_factory=queue.Queue)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    signals: list[dict] = field(default_factory=list)  # SignalResource calls, in order
 
     @property
     def endpoint_url(self) -> str:
@@ -449,7 +458,9 @@ class Emulator:
                 )
         return None
 
-    def after_run_instances(self, kwargs: dict, reservation: Any) -> None:
+    def after_run_instances(self, backend: Any, kwargs: dict, reservation: Any) -> None:
+        if kwargs.get("launch_template"):
+            _apply_template_options(backend, kwargs, reservation.instances)
         token = kwargs.get("client_token")
         with self._lock:
             if token:
@@ -556,6 +567,36 @@ def page_instances(
     return page, (_next_token(last_id) if more else None)
 
 
+def _apply_template_options(backend: Any, kwargs: dict, instances: list) -> None:
+    """What EC2 takes from the launch template and moto does not: its instance profile and
+    metadata options, unless the request gave its own (moto honours those)."""
+    from moto.ec2.models.instances import MetadataOptions
+
+    data = backend._get_template_from_args(kwargs["launch_template"]).data
+    profile = data.get("IamInstanceProfile") or {}
+    for instance in instances:
+        if profile and not (kwargs.get("iam_instance_profile_arn") or kwargs.get("iam_instance_profile_name")):
+            try:
+                backend.associate_iam_instance_profile(
+                    instance_id=instance.id,
+                    iam_instance_profile_name=profile.get("Name"),
+                    iam_instance_profile_arn=profile.get("Arn"),
+                )
+            except Exception as error:  # noqa: BLE001 (a profile moto's IAM lacks: launched without, as moto did)
+                log.warning("emulator: %s: the launch template's instance profile %s: %s", instance.id, profile, error)
+        if data.get("MetadataOptions") and not kwargs.get("metadata_options"):
+            instance.metadata_options = MetadataOptions(
+                {k: str(v) if isinstance(v, int) else v for k, v in data["MetadataOptions"].items()})
+
+
+def signal_resource_answer(request_id: str) -> bytes:
+    """CloudFormation's answer to SignalResource (query protocol, no result members)."""
+    return (
+        '<SignalResourceResponse xmlns="http://cloudformation.amazonaws.com/doc/2010-05-15/">'
+        f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></SignalResourceResponse>"
+    ).encode()
+
+
 _ACTIVE: Emulator | None = None
 _PATCHED = False
 
@@ -584,7 +625,7 @@ def _install_patches() -> None:
         if replay is not None:
             return replay
         reservation = run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
-        emulator.after_run_instances(kwargs, reservation)
+        emulator.after_run_instances(self, kwargs, reservation)
         return reservation
 
     def patched_all_reservations(self, filters=None):
@@ -661,6 +702,7 @@ def _install_patches() -> None:
         return [{"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()]
 
     _patch_efs()
+    _patch_target_registration()
     InstanceBackend.run_instances = patched_run_instances
     InstanceResponse.describe_instances = patched_describe_instances
     TaggedEC2Resource.get_tags = tags_of
@@ -669,6 +711,28 @@ def _install_patches() -> None:
     # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
     InstanceBackend.all_reservations = patched_all_reservations
     _PATCHED = True
+
+
+def _patch_target_registration() -> None:
+    """An Auto Scaling group registers its instance in its target groups once EC2 runs it; moto's
+    group registers it at launch, which moto's own check then refuses while the emulator keeps the
+    instance ``pending``. A pending instance is registered (stopped and terminated are refused)."""
+    from moto.elbv2.models import FakeTargetGroup
+
+    register = FakeTargetGroup.register
+
+    def patched_register(self, targets):
+        pending = []
+        for target in targets:
+            instance = self.ec2_backend.get_instance_by_id(target["Id"])
+            if instance is not None and instance.state == "pending":
+                pending.append(target)
+        for target in pending:
+            self.targets[target["Id"]] = {"Id": target["Id"], "Port": target.get("Port", self.port)}
+            self.deregistered_targets.pop(target["Id"], None)
+        return register(self, [t for t in targets if t not in pending])
+
+    FakeTargetGroup.register = patched_register
 
 
 def _patch_efs() -> None:
@@ -739,7 +803,20 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             with contextlib.suppress(OSError):
                 environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             raise
+        if action == "SignalResource":
+            return signal_resource(body, start_response)
         return moto_app(environ, start_response)
+
+    def signal_resource(body: bytes, start_response):
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}
+        signal = {key: form.get(name, "") for key, name in (
+            ("stack", "StackName"), ("logical_id", "LogicalResourceId"), ("unique_id", "UniqueId"), ("status", "Status"))}
+        signal["time"] = time.time()
+        with emulator._lock:
+            emulator.signals.append(signal)
+        data = signal_resource_answer(str(uuid.uuid4()))
+        start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
+        return [data]
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -779,6 +856,9 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             if path == CONTROL_PREFIX + "terminate" and method == "POST":
                 emulator.terminate(body["instance_id"], spot=bool(body.get("spot")))
                 return respond(start_response, "200 OK", {"instance_id": body["instance_id"]})
+            if path == CONTROL_PREFIX + "signals" and method == "GET":
+                with emulator._lock:
+                    return respond(start_response, "200 OK", {"signals": list(emulator.signals)})
             if path == CONTROL_PREFIX + "events" and method == "GET":
                 query = parse_qs(environ.get("QUERY_STRING", ""))
                 after = int(query.get("after", ["0"])[0])
@@ -867,6 +947,10 @@ class EmulatorClient:
 
     def events(self, after: int = 0, timeout: float = 0.0) -> dict:
         return self._request("GET", f"events?after={after}&timeout={timeout}", timeout=timeout + 10)
+
+    def signals(self) -> list[dict]:
+        """The SignalResource calls the emulator received, in order."""
+        return self._request("GET", "signals")["signals"]
 
     def outage(self, seconds: float) -> dict:
         return self._request("POST", "outage", {"seconds": seconds})

@@ -14,13 +14,14 @@ Start-up, in order (each step prints one status line):
    the VPC: a bridge in a namespace of the sandbox's own, with the subnets' gateway addresses and
    the emulator reachable inside it as a VPC endpoint (a relay), and its DNS following the
    stack's Route 53 private zone (:mod:`sandbox.route53`: the hub API's stable name);
-5. the data plane (:mod:`sandbox.dataplane`): the hub instance the stack created boots from its
-   real user data, and so will every notebook instance the spawner launches;
+5. the data plane (:mod:`sandbox.dataplane`): the instance the stack's hub Auto Scaling group
+   launched boots from its real user data (and, once its hub answers, signals CloudFormation, which
+   the sandbox waits for: moto does not), and so will every notebook instance the spawner launches;
 6. a relay from 127.0.0.1:8000 to the hub's proxy (the load balancer's job in AWS), the demo
    accounts, an admin API token, and `.sandbox/env.json`;
-7. a hub host keeper (:class:`HubHostKeeper`): when the hub instance is terminated, it launches
-   another with the same parameters and points the relay at it, as the issue's Auto Scaling group
-   of one would (the stack has no such group yet: this stands in for it).
+7. a hub host keeper (:class:`HubHostKeeper`), the hub Auto Scaling group's health check: when
+   the group's instance is terminated, it has the group (moto's) launch a replacement from its
+   launch template and points the relay at it once its hub answers.
 Ctrl-C or SIGTERM tears everything down: hosts, namespaces, mounts, relays, the emulator.
 """
 
@@ -187,7 +188,7 @@ class Sandbox:
         self.dataplane.boot_running()
         images.build_stack_images(self)  # the baked classes' images, while the hub boots (none: no-op)
         self.hub_host, self.hub_ip = self.wait_for_hub_host()
-        say(f"hub instance {self.hub_host.name} booting at {self.hub_ip} from its user data")
+        say(f"hub instance {self.hub_host.name} of group {self.hub_group} booting at {self.hub_ip} from its user data")
 
         forward = netns.Relay(
             listen=("127.0.0.1", self.port), connect=(self.hub_ip, 8000),
@@ -196,7 +197,8 @@ class Sandbox:
         self.relays.append(forward)
         hub_url = f"http://127.0.0.1:{forward.port}"
         self.wait_for_hub(hub_url)
-        say(f"hub answers at {hub_url}")
+        self.wait_for_signal(self.hub_host.name)
+        say(f"hub answers at {hub_url}; its host signalled the group's creation to CloudFormation")
         self.hub_keeper = HubHostKeeper(self, forward)
 
         accounts = create_demo_accounts(hub_url, self.admin_password)
@@ -275,41 +277,47 @@ class Sandbox:
         return self.session.client(name, region_name=REGION, endpoint_url=self.emulator.endpoint_url)
 
     def synth(self) -> Path:
-        """The real CDK CLI, offline, with the sandbox's context."""
-        out = STATE_DIR / "cdk.out"
-        env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
-        for key in list(env):
-            if key.startswith("AWS_"):
-                env.pop(key)
-        env["PATH"] = f"{REPO / 'node_modules' / '.bin'}:{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
-        env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
-        env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
-        cdk = REPO / "node_modules" / ".bin" / "cdk"
-        cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
-        for key, value in SANDBOX_CONTEXT.items():
-            cmd += ["-c", f"{key}={value}"]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
-        say("cdk synth: template written to .sandbox/cdk.out")
-        return out
+        return synth(STATE_DIR / "cdk.out")
 
-    def wait_for_hub_host(self, timeout: float = 60):
-        """The hub instance the stack created, once the data plane has booted it."""
+    @property
+    def hub_group(self) -> str:
+        """The name of the stack's hub Auto Scaling group (moto's CloudFormation creates it)."""
+        groups = self.deployment.physical_ids("AWS::AutoScaling::AutoScalingGroup")
+        if len(groups) != 1:
+            raise SandboxError(f"expected one Auto Scaling group (the hub's) in the stack, found {groups}")
+        return groups[0]
+
+    def group_instances(self) -> list[str]:
+        """The hub group's instances, as the group lists them."""
+        [group] = self.client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[self.hub_group])["AutoScalingGroups"]
+        return [i["InstanceId"] for i in group["Instances"]]
+
+    def wait_for_hub_host(self, timeout: float = 60, *, besides: tuple[str, ...] = ()):
+        """The hub group's instance (other than ``besides``), once the data plane has booted it."""
         ec2 = self.client("ec2")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            reservations = ec2.describe_instances(Filters=[
-                {"Name": "tag-key", "Values": ["ec2hub:settings-parameter"]},
-                {"Name": "instance-state-name", "Values": ["running"]},
-            ])["Reservations"]
-            instances = [i for r in reservations for i in r["Instances"]]
-            for instance in instances:
-                host = self.dataplane.hosts.get(instance["InstanceId"])
-                if host is not None and host.running:
+            for instance_id in self.group_instances():
+                host = self.dataplane.hosts.get(instance_id)
+                if instance_id not in besides and host is not None and host.running:
+                    [instance] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
                     return host, instance["PrivateIpAddress"]
             time.sleep(0.2)
-        raise SandboxError(f"the hub instance did not boot within {timeout:.0f} s: {self.dataplane.errors}")
+        raise SandboxError(f"the hub group's instance did not boot within {timeout:.0f} s: {self.dataplane.errors}")
+
+    def wait_for_signal(self, instance_id: str, timeout: float = 300) -> dict:
+        """The group's creation policy, which moto's CloudFormation does not honour: wait for the
+        hub host's SignalResource (its first boot sends it once its hub answers, as on AWS)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for sent in list(self.emulator.signals):
+                if sent["unique_id"] == instance_id:
+                    if sent["status"] != "SUCCESS":
+                        raise SandboxError(f"hub host {instance_id} signalled {sent['status']} to CloudFormation")
+                    return sent
+            time.sleep(0.2)
+        raise SandboxError(f"hub host {instance_id} sent CloudFormation no signal within {timeout:.0f} s")
 
     def wait_for_hub(self, hub_url: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -352,41 +360,25 @@ class Sandbox:
 
 
 class HubHostKeeper:
-    """Keeps one hub host running, as the issue's Auto Scaling group of one would.
+    """Plays the hub Auto Scaling group's health check, which moto's group does not have.
 
-    Every second it asks EC2 for the hub instance; once that is terminated (``python -m sandbox
-    inject terminate <hub id>``, or anything else) it launches a new one with the same image, type,
-    subnet, security groups, instance profile, metadata options, tags and user data (what a group
-    takes from its launch template), waits for the data plane to boot it, and points the load
-    balancer's stand-in (the relay to the proxy) at it. The new host's every-start step fetches the
-    same database and secrets, so it finds every user, server and session.
+    Every second it asks EC2 for the group's hub instance; once that is terminated (``python -m
+    sandbox inject terminate <hub id>``, or anything else) it tells the group, as the group's
+    own health check would: DetachInstances of the ended instance, keeping the desired capacity,
+    after which moto's group launches a replacement from its launch template (image, type,
+    subnet, security groups, tags, user data; the emulator adds the template's profile and
+    metadata options) and registers it in the target group. The keeper waits for the data plane
+    to boot it and for its signal (its hub answers), then points the load balancer's stand-in
+    (the relay to the proxy) at it. The new host's every-start step fetches the same database and
+    secrets, so it finds every user, server and session.
     """
 
     def __init__(self, sandbox: Sandbox, forward) -> None:
         self.sandbox, self.forward = sandbox, forward
         self.ec2 = sandbox.client("ec2")
-        self.launch = self._launch_parameters(sandbox.hub_host.name)
+        self.autoscaling = sandbox.client("autoscaling")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub-host-keeper", daemon=True)
-
-    def _launch_parameters(self, instance_id: str) -> dict:
-        instance = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-        user_data = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
-        tags = [t for t in instance.get("Tags", []) if not t["Key"].startswith("aws:")]
-        params = {
-            "ImageId": instance["ImageId"], "InstanceType": instance["InstanceType"], "MinCount": 1, "MaxCount": 1,
-            "SubnetId": instance["SubnetId"], "SecurityGroupIds": [g["GroupId"] for g in instance["SecurityGroups"]],
-            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
-        }
-        if instance.get("IamInstanceProfile"):
-            params["IamInstanceProfile"] = {"Arn": instance["IamInstanceProfile"]["Arn"]}
-        encoded = user_data.get("UserData", {}).get("Value")
-        if encoded:
-            import base64
-
-            params["UserData"] = base64.b64decode(encoded)
-        return params
 
     def start(self) -> None:
         self._thread.start()
@@ -414,24 +406,141 @@ class HubHostKeeper:
 
     def replace(self, gone: str) -> None:
         started = time.monotonic()
-        new_id = self.ec2.run_instances(**self.launch)["Instances"][0]["InstanceId"]
-        say(f"hub host {gone} is gone: launched {new_id} in its place (as the hub's Auto Scaling group would)")
         sandbox = self.sandbox
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not self._stop.is_set():
-            host = sandbox.dataplane.hosts.get(new_id)
-            if host is not None and host.running:
-                break
-            time.sleep(0.2)
-        else:
-            raise SandboxError(f"the new hub host {new_id} did not boot: {sandbox.dataplane.errors.get(new_id)}")
-        ip = self.ec2.describe_instances(InstanceIds=[new_id])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
-        # The load balancer's target group registers the group's new instance.
+        if gone in sandbox.group_instances():
+            self.autoscaling.detach_instances(InstanceIds=[gone], AutoScalingGroupName=sandbox.hub_group,
+                                              ShouldDecrementDesiredCapacity=False)
+        host, ip = sandbox.wait_for_hub_host(120, besides=(gone,))
+        say(f"hub host {gone} is gone: the group's instance {host.name} takes its place")
+        sandbox.wait_for_signal(host.name)
+        self.repoint(host, ip)
+        say(f"hub host {host.name} at {ip} answers {time.monotonic() - started:.1f} s after; the load balancer points at it")
+
+    def repoint(self, host, ip: str) -> None:
+        """The load balancer's target group now routes to ``host`` (the group registered it)."""
+        sandbox = self.sandbox
         self.forward.connect_addr, self.forward.connect_netns = (ip, 8000), host.netns
         sandbox.hub_host, sandbox.hub_ip = host, ip
-        sandbox.env["hub_instance_id"] = new_id
+        sandbox.env["hub_instance_id"] = host.name
         sandbox.write_env()
-        say(f"hub host {new_id} booted at {ip} in {time.monotonic() - started:.1f} s; the load balancer points at it")
+
+
+def synth(out: Path, context: dict[str, str] | None = None) -> Path:
+    """The real CDK CLI, offline, with the sandbox's context (and ``context``, e.g. another
+    catalog) into ``out``."""
+    env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
+    for key in list(env):
+        if key.startswith("AWS_"):
+            env.pop(key)
+    env["PATH"] = f"{REPO / 'node_modules' / '.bin'}:{REPO / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
+    env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
+    cdk = REPO / "node_modules" / ".bin" / "cdk"
+    cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
+    for key, value in {**SANDBOX_CONTEXT, **(context or {})}.items():
+        cmd += ["-c", f"{key}={value}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
+    say(f"cdk synth: template written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return out
+
+
+# -- python -m sandbox deploy ----------------------------------------------------------------------
+
+
+def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> int:
+    """``cdk deploy`` of the current tree into the running sandbox: synth, then UpdateStack in the
+    emulator's CloudFormation; then what moto's CloudFormation leaves out of the update, done here:
+    a hub launch template with a new version is the group's replacing update (:func:`replace_hub_host`).
+    Run beside ``python -m sandbox up``, as root."""
+    if not ENV_FILE.exists():
+        say("not running (no .sandbox/env.json)")
+        return 1
+    import boto3
+
+    from .deploy import deploy_assembly
+    from .emulator import EmulatorClient
+
+    env = json.loads(ENV_FILE.read_text())
+    session = boto3.Session(aws_access_key_id="sandbox", aws_secret_access_key="sandbox", region_name=REGION)
+
+    def client(name: str):
+        return session.client(name, region_name=REGION, endpoint_url=env["aws_endpoint_url"])
+
+    started = time.monotonic()
+    try:
+        assembly = synth(STATE_DIR / "cdk.out.deploy", context)
+        deployment = deploy_assembly(client, assembly, account=ACCOUNT, region=REGION, update=True)
+    except (SandboxError, RuntimeError, TimeoutError) as error:
+        say(f"error: {error}")
+        return 1
+    say(f"stack {deployment.stack_name} updated in the emulator in {time.monotonic() - started:.1f} s")
+    autoscaling = client("autoscaling")
+    [group_name] = deployment.physical_ids("AWS::AutoScaling::AutoScalingGroup")
+    [group] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name])["AutoScalingGroups"]
+    template_id = group["LaunchTemplate"]["LaunchTemplateId"]
+    [template] = client("ec2").describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
+    latest, running = template["LatestVersionNumber"], int(group["LaunchTemplate"]["Version"])
+    if latest == running:
+        say(f"hub launch template {template_id} unchanged (version {running}): the hub host stays "
+            f"{env['hub_instance_id']}; changed settings reach its hub through its settings watcher")
+        return 0
+    say(f"hub launch template {template_id}: version {latest} (the hub runs {running}): replacing the hub host")
+    try:
+        new = replace_hub_host(client, EmulatorClient(env["aws_endpoint_url"]), group_name, template_id, latest,
+                               env["hub_instance_id"], timeout=timeout)
+    except SandboxError as error:
+        say(f"error: {error}")
+        return 1
+    say(f"hub host replaced by {new} {time.monotonic() - started:.1f} s after the deploy began")
+    return 0
+
+
+def replace_hub_host(client, emulator, group: str, template_id: str, version: int, old: str, *,
+                     timeout: float = 600) -> str:
+    """The hub group's replacing update (``AutoScalingReplacingUpdate``), which moto's CloudFormation
+    does not carry out (it compares the group's properties as written, and ``LatestVersionNumber``
+    is the same ``Fn::GetAtt`` whatever the version): a host from template ``version`` boots beside
+    the old one, and once it has signalled (its hub answers), the old one is terminated, as
+    CloudFormation deletes the old group in the update's cleanup. The sandbox's group is one group
+    whose size goes to 2 and back (moto's group launches the template's default version, so that
+    becomes ``version``), where AWS makes a new group. The load balancer's stand-in follows
+    (:class:`HubHostKeeper`: the old target is gone, the new one answers). Returns the new host."""
+    autoscaling, ec2 = client("autoscaling"), client("ec2")
+    ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
+    autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=group, LaunchTemplate={"LaunchTemplateId": template_id, "Version": str(version)},
+        MaxSize=2, DesiredCapacity=2)
+    deadline = time.monotonic() + timeout
+
+    def until(what: str, check):
+        while time.monotonic() < deadline:
+            found = check()
+            if found:
+                return found
+            time.sleep(0.5)
+        raise SandboxError(f"hub replacement: {what} within {timeout:.0f} s")
+
+    def new_instance():
+        [described] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+        return next((i["InstanceId"] for i in described["Instances"] if i["InstanceId"] != old), None)
+
+    new = until("no new hub host was launched", new_instance)
+    say(f"hub host {new} launched from version {version} beside {old}")
+    signal = until(f"{new} sent no signal", lambda: next(
+        (s for s in emulator.signals() if s["unique_id"] == new), None))
+    if signal["status"] != "SUCCESS":
+        # CloudFormation's rollback: the new group goes, the old one never stopped.
+        autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=new, ShouldDecrementDesiredCapacity=True)
+        autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MaxSize=1, DesiredCapacity=1)
+        raise SandboxError(f"hub host {new} signalled {signal['status']}: rolled back to {old}")
+    say(f"hub host {new} signalled SUCCESS (its hub answers): terminating {old}, as the update's cleanup does")
+    autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=old, ShouldDecrementDesiredCapacity=True)
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=1, DesiredCapacity=1)
+    until("the load balancer's stand-in did not move to the new hub",
+          lambda: json.loads(ENV_FILE.read_text()).get("hub_instance_id") == new)
+    return new
 
 
 # -- demo accounts ------------------------------------------------------------------------------

@@ -4,8 +4,15 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.hub <command>
 /opt/ec2hub/bootstrap), as root:
 
 ``boot``      once per instance, from the user data (user-data.sh): install the unit and, with
-              systemd as PID 1, (re)start it; without it (a container, the local sandbox)
-              ``prestart`` here, then the hub in the foreground as its unit would run it.
+              systemd as PID 1, (re)start it, then, once the hub answers through its proxy,
+              signal the hub's Auto Scaling group to CloudFormation (tag ``ec2hub:cfn-signal``:
+              the group's creation and a deploy's replacing update wait for it); without
+              systemd (a container) ``prestart`` here, then the hub in the foreground as its
+              unit would run it.
+``watch-settings``  the settings watcher (ec2hub-settings-watch.service): every
+              :data:`SETTINGS_POLL_S` it reads the settings parameter and, when it is not the
+              document the hub started with (a deploy changed the settings), restarts the hub,
+              whose every-start step applies it. Notebook servers keep running.
 ``prestart``  on every start of the hub (the unit's ExecStartPre=+): fetch and re-apply the
               settings parameter, the spawner package (when its tag names a new one) and the
               config, idempotently, and fetch the hub's state secrets (its database's URL, the
@@ -58,6 +65,16 @@ RETIRED_FILES = ("jupyterhub_cookie_secret", "proxy_auth_token")
 DATABASE_SSLMODE = "require"
 # The spawner asset (s3://...) installed last, so a new one is installed on the next start.
 SPAWNER_RECORD = "/opt/ec2hub/spawner-asset.installed"
+# "<stack name>/<logical id>" of the hub's Auto Scaling group (infra/hub.py), which CloudFormation
+# waits for a signal from; how long the first boot waits for its hub to answer before it signals
+# FAILURE (under the group's 20-minute signal timeout, so CloudFormation hears the reason).
+SIGNAL_TAG = "ec2hub:cfn-signal"
+SIGNAL_WAIT_S = 15 * 60
+# The settings document the hub started with (written by prestart), which the settings watcher
+# compares with the parameter every SETTINGS_POLL_S: a deploy's change reaches the hub within a minute.
+SETTINGS_FILE = f"{ETC}/settings.json"
+SETTINGS_POLL_S = 15
+WATCH_UNIT_NAME = "ec2hub-settings-watch.service"
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 
@@ -121,17 +138,35 @@ def ensure_settings(name: str, region: str):
     from ec2spawner.settings import HubSettings
 
     try:
-        value = aws_client("ssm", region).get_parameter(Name=name)["Parameter"]["Value"]
+        parameter = aws_client("ssm", region).get_parameter(Name=name)["Parameter"]
     except aws_errors() as exc:  # say what to fix
         die("settings", f"GetParameter {name}: {exc}")
+    value, version = parameter["Value"], parameter["Version"]
     try:
         settings = HubSettings.model_validate_json(value)
     except ValueError as exc:
         die("settings", f"{name} is not a valid hub settings document: {exc}")
-    changed = write_if_changed(f"{ETC}/settings.json", value, 0o644)
-    log("settings", f"{ETC}/settings.json from {name} {'written' if changed else 'unchanged'} "
+    changed = write_if_changed(SETTINGS_FILE, value, 0o644)
+    log("settings", f"{SETTINGS_FILE} from {name} version {version} {'written' if changed else 'unchanged'} "
         f"(hub {settings.hub_id}, {len(settings.classes)} classes, auth {settings.auth.type})")
     return settings
+
+
+def settings_changed(name: str, region: str) -> int | None:
+    """The settings parameter's version when its document is not the one the hub started with
+    (:data:`SETTINGS_FILE`, which the every-start step writes byte for byte), else None (also when
+    it cannot be read now: the next poll asks again). The document is compared, not the version:
+    a parameter made again has version 1 again."""
+    try:
+        parameter = aws_client("ssm", region).get_parameter(Name=name)["Parameter"]
+    except aws_errors() as exc:
+        log("settings", f"watch: GetParameter {name}: {exc}")
+        return None
+    try:
+        applied = Path(SETTINGS_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None  # the hub has not started yet: its start applies the newest
+    return parameter["Version"] if parameter["Value"] != applied else None
 
 
 def ensure_config() -> None:
@@ -316,7 +351,30 @@ def hub_record_change(name: str, private_ip: str) -> dict:
     }
 
 
-def ensure_hub_record(settings, private_ip: str, region: str) -> None:
+def other_lease_holder(settings, instance_id: str, region: str) -> str | None:
+    """The host that holds the hub lease now when it is not this one, else None (no lease table, no
+    live lease, this host's, or the lease cannot be read: a hub whose name points elsewhere would be
+    unreachable for every server, so the name is then claimed as before). The lease holder is the
+    hub host's instance id (ec2spawner.lease)."""
+    import time
+
+    from ec2spawner.payloads import lease_read_params
+
+    if not settings.lease_table:
+        return None
+    try:
+        item = aws_client("dynamodb", region).get_item(
+            **lease_read_params(table=settings.lease_table, hub_id=settings.hub_id)).get("Item")
+    except aws_errors() as exc:
+        log("dns", f"the hub lease cannot be read ({exc}): claiming the name all the same")
+        return None
+    if not item:
+        return None
+    holder, expires_at = item["holder"]["S"], float(item["expires_at"]["N"])
+    return holder if holder != instance_id and expires_at > time.time() else None
+
+
+def ensure_hub_record(settings, private_ip: str, region: str, instance_id: str | None = None) -> bool:
     """The hub API's stable name (``hub_dns_name`` in the private zone ``hub_dns_zone_id``) points
     at this host, on every start, before the hub starts: notebook servers call the hub at that name.
 
@@ -330,7 +388,13 @@ def ensure_hub_record(settings, private_ip: str, region: str) -> None:
     if not name:
         log("dns", "the settings name no hub_dns_name: servers are told this host's private ip, "
             "which a replacement host does not keep")
-        return
+        return False
+    # The name follows the lease: while another host's hub holds it (a replacement under way),
+    # that hub keeps the name, and this host claims it when its hub takes the lease (the watcher).
+    if instance_id and (holder := other_lease_holder(settings, instance_id, region)):
+        log("dns", f"{name} stays with {holder}, which holds the hub lease: this host claims it once "
+            "its hub takes the lease")
+        return False
     change = hub_record_change(name, private_ip)
     try:
         answer = aws_client("route53", region).change_resource_record_sets(HostedZoneId=zone, ChangeBatch=change)
@@ -339,6 +403,108 @@ def ensure_hub_record(settings, private_ip: str, region: str) -> None:
             "it succeeds (systemd tries again; infra/dns.py makes the zone and allows the hub role this change)")
     ttl = change["Changes"][0]["ResourceRecordSet"]["TTL"]
     log("dns", f"{name} A {private_ip} (ttl {ttl} s) upserted in hosted zone {zone}: {answer['ChangeInfo']['Status']}")
+    return True
+
+
+def hub_answers(url: str) -> bool:
+    """True once ``url`` (the hub's API through its proxy) answers 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def signal_group(tags: dict[str, str], instance_id: str, region: str, *, url: str,
+                 wait_s: float = SIGNAL_WAIT_S, interval_s: float = 2.0) -> str | None:
+    """Tell CloudFormation whether this host's hub answers (``SignalResource`` SUCCESS once ``url``
+    answers 200, FAILURE if it does not within ``wait_s``), for the group the ``ec2hub:cfn-signal``
+    tag names; returns the status sent, None when there is nothing to signal or the call failed.
+
+    Never fatal: a hub that runs is worth keeping even if CloudFormation did not hear it (the
+    group's signal timeout then fails the deploy, visibly, and rolls back to the old group)."""
+    import time
+
+    target = tags.get(SIGNAL_TAG, "")
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9-]{0,127})/([A-Za-z0-9]{1,255})", target)
+    if not match:
+        log("signal", f"no usable {SIGNAL_TAG} tag ({shown(target)}): nothing to signal")
+        return None
+    stack, logical_id = match.groups()
+    deadline = time.monotonic() + wait_s
+    while not (ok := hub_answers(url)) and time.monotonic() < deadline:
+        time.sleep(interval_s)
+    status = "SUCCESS" if ok else "FAILURE"
+    try:
+        aws_client("cloudformation", region).signal_resource(
+            StackName=stack, LogicalResourceId=logical_id, UniqueId=instance_id, Status=status)
+    except aws_errors() as exc:
+        log("signal", f"SignalResource {status} for {stack}/{logical_id} failed: {exc}; CloudFormation "
+            "times the group out instead")
+        return None
+    log("signal", f"{stack}/{logical_id}: {status} ({'the hub answers at ' + url if ok else f'no answer at {url} within {wait_s:.0f} s'})")
+    return status
+
+
+def claim_name_with_lease(settings, instance_id: str, private_ip: str, region: str, claimed: bool) -> bool:
+    """Point the hub API's name at this host once its hub holds the lease (after a replacement,
+    whose every-start step left the name with the old hub, or after another host claimed it back);
+    returns whether this host has claimed it while holding the lease. Once per holding."""
+    from ec2spawner.payloads import lease_read_params
+
+    if not (settings.lease_table and settings.hub_dns_name):
+        return claimed
+    try:
+        item = aws_client("dynamodb", region).get_item(
+            **lease_read_params(table=settings.lease_table, hub_id=settings.hub_id)).get("Item") or {}
+    except aws_errors() as exc:
+        log("dns", f"watch: the hub lease cannot be read ({exc})")
+        return claimed
+    import time
+
+    holds = item.get("holder", {}).get("S") == instance_id and float(item.get("expires_at", {}).get("N", 0)) > time.time()
+    if not holds:
+        return False
+    if claimed:
+        return True
+    try:
+        return ensure_hub_record(settings, private_ip, region, instance_id)
+    except SystemExit:  # the UPSERT failed, said why: the next poll tries again
+        return False
+
+
+def watch_settings() -> None:
+    """Restart the hub when a deploy changed its settings, and claim the hub API's name when this
+    host's hub takes the lease (ec2hub-settings-watch.service)."""
+    import time
+
+    from ec2spawner.settings import HubSettings
+
+    imds = Imds(console).wait()
+    region = imds.get("meta-data/placement/region")
+    instance_id, private_ip = imds.get("meta-data/instance-id"), imds.get("meta-data/local-ipv4")
+    name = read_tags(imds, required=("ec2hub:settings-parameter",), who_sets="infra, on the hub instance,")[
+        "ec2hub:settings-parameter"]
+    log("settings", f"watch: {name} every {SETTINGS_POLL_S} s")
+    claimed = False
+    while True:
+        time.sleep(SETTINGS_POLL_S)
+        try:
+            settings = HubSettings.model_validate_json(Path(SETTINGS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the hub has not started yet
+        claimed = claim_name_with_lease(settings, instance_id, private_ip, region, claimed)
+        version = settings_changed(name, region)
+        if version is None:
+            continue
+        log("settings", f"watch: {name} version {version} is not the document the hub started with: "
+            f"restarting {UNIT_NAME} to apply it (notebook servers keep running)")
+        proc = subprocess.run(["systemctl", "restart", UNIT_NAME], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log("settings", f"watch: systemctl restart {UNIT_NAME} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
 def prestart() -> None:
@@ -361,7 +527,7 @@ def prestart() -> None:
     ensure_oauth_secret(settings, region)
     ensure_google_key(settings, region)
     ensure_admin_password(tags.get("ec2hub:admin-password-secret"), region)
-    ensure_hub_record(settings, private_ip, region)
+    ensure_hub_record(settings, private_ip, region, instance_id)
 
 
 def exec_foreground() -> None:
@@ -388,18 +554,29 @@ def boot() -> None:
     # Before the hub (re)starts, so that its first lines are shipped too.
     hub_tags = read_tags(Imds(console).wait(), required=(), who_sets="infra, on the hub instance,")
     ensure_log_shipping(console, "hub", hub_tags.get("ec2hub:hub", ""))
-    changed = write_if_changed(UNIT_PATH, (SOURCES / UNIT_NAME).read_text(encoding="utf-8"), 0o644)
-    log("files", f"{UNIT_PATH} {'written' if changed else 'unchanged'}")
+    changed = False
+    for unit in (UNIT_NAME, WATCH_UNIT_NAME):
+        path = f"/etc/systemd/system/{unit}"
+        written = write_if_changed(path, (SOURCES / unit).read_text(encoding="utf-8"), 0o644)
+        log("files", f"{path} {'written' if written else 'unchanged'}")
+        changed = changed or written
     if changed:
         run("service", ["systemctl", "daemon-reload"])
-    run("service", ["systemctl", "enable", UNIT_NAME])
+    run("service", ["systemctl", "enable", UNIT_NAME, WATCH_UNIT_NAME])
     # restart: a second run of the user data re-applies everything (its ExecStartPre= does);
     # notebooks survive hub restarts (cleanup_servers = False).
     run("service", ["systemctl", "restart", UNIT_NAME])
     log("service", f"{UNIT_NAME} (re)started")
+    run("service", ["systemctl", "restart", WATCH_UNIT_NAME])
+    imds = Imds(console).wait()
+    from ec2spawner.settings import HubSettings
+
+    settings = HubSettings.model_validate_json(Path(f"{ETC}/settings.json").read_text(encoding="utf-8"))
+    signal_group(hub_tags, imds.get("meta-data/instance-id"), imds.get("meta-data/placement/region"),
+                 url=f"http://127.0.0.1:{settings.proxy_port}/hub/api/")
 
 
-COMMANDS = {"boot": boot, "prestart": prestart}
+COMMANDS = {"boot": boot, "prestart": prestart, "watch-settings": watch_settings}
 
 
 def main(argv: list[str]) -> None:

@@ -4,6 +4,8 @@ emulator)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ec2hub_bootstrap import hub as launch
 
@@ -130,3 +132,111 @@ def test_a_hub_record_that_cannot_be_written_fails_the_start_saying_why(route53_
     assert err.startswith("ec2hub-hub: dns: ERROR: UPSERT hub.ec2hub.internal A 10.0.1.5 in hosted zone Z0NOSUCHZONE "
                           "failed: An error occurred (NoSuchHostedZone)"), err
     assert "the hub starts once it succeeds (systemd tries again" in err
+
+
+@pytest.fixture
+def settings_parameter(aws, monkeypatch, tmp_path):
+    """A settings parameter in the AWS emulator, the launcher pointed at it, and its applied-version
+    file in a scratch directory."""
+    from .conftest import client
+
+    for key, value in {"AWS_ENDPOINT_URL": aws, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(launch, "SETTINGS_FILE", str(tmp_path / "settings.json"))
+    ssm = client(aws, "ssm")
+    name = f"/ec2hub/watch-{tmp_path.name}/settings"
+    ssm.put_parameter(Name=name, Type="String", Value='{"v": 1}')
+    return ssm, name
+
+
+def test_the_settings_watcher_sees_a_new_document_only_once_the_hub_ran_an_older_one(settings_parameter):
+    ssm, name = settings_parameter
+    # Before the hub's first start: nothing to restart (its start applies the newest).
+    assert launch.settings_changed(name, "us-east-1") is None
+    Path(launch.SETTINGS_FILE).write_text('{"v": 1}')  # what the every-start step wrote
+    assert launch.settings_changed(name, "us-east-1") is None
+    ssm.put_parameter(Name=name, Type="String", Value='{"v": 2}', Overwrite=True)  # a deploy
+    assert launch.settings_changed(name, "us-east-1") == 2
+    Path(launch.SETTINGS_FILE).write_text('{"v": 2}')  # the restarted hub's every-start step
+    assert launch.settings_changed(name, "us-east-1") is None
+    # A parameter made again (version 1 again) with another document is a change too.
+    ssm.delete_parameter(Name=name)
+    ssm.put_parameter(Name=name, Type="String", Value='{"v": 3}')
+    assert launch.settings_changed(name, "us-east-1") == 1
+
+
+def test_an_unreadable_settings_parameter_restarts_nothing(settings_parameter, capsys):
+    Path(launch.SETTINGS_FILE).write_text('{"v": 1}')
+    assert launch.settings_changed("/ec2hub/no-such/settings", "us-east-1") is None
+    assert "watch: GetParameter /ec2hub/no-such/settings: An error occurred (ParameterNotFound)" in capsys.readouterr().out
+
+
+@pytest.fixture
+def lease_table(aws, route53_zone):
+    """The hub lease table in the AWS emulator (ec2spawner.lease's layout), with the hosted zone."""
+    import time
+    import uuid
+
+    from ec2spawner.payloads import LEASE_KEY
+
+    from .conftest import client
+
+    dynamodb = client(aws, "dynamodb")
+    name = f"ec2hub-lease-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                          AttributeDefinitions=[{"AttributeName": LEASE_KEY, "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": LEASE_KEY, "KeyType": "HASH"}])
+
+    def hold(holder: str, for_s: float) -> None:
+        dynamodb.put_item(TableName=name, Item={LEASE_KEY: {"S": "ec2hub-test"}, "holder": {"S": holder},
+                                               "expires_at": {"N": f"{time.time() + for_s:.3f}"}})
+
+    yield name, hold
+    dynamodb.delete_table(TableName=name)
+
+
+def lease_settings(zone_id: str, table: str):
+    return dns_settings(zone_id).model_copy(update={"lease_table": table})
+
+
+def test_a_new_host_leaves_the_name_with_the_hub_that_holds_the_lease(route53_zone, lease_table, capsys):
+    """During a replacement the old hub holds the lease: the new host's start does not take the
+    name from it (nor does an old hub restarting take it back from the new holder)."""
+    r53, zone_id = route53_zone
+    table, hold = lease_table
+    settings = lease_settings(zone_id, table)
+    assert launch.ensure_hub_record(settings, "10.0.1.5", "us-east-1", "i-old") is True  # no lease yet
+    hold("i-old", 60)
+    assert launch.ensure_hub_record(settings, "10.0.1.9", "us-east-1", "i-new") is False
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.5"])]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "ec2hub-hub: dns: hub.ec2hub.internal stays with i-old, which holds the hub lease: this host claims it "
+        "once its hub takes the lease")
+    # The holder's own restart claims it; an expired lease is nobody's.
+    assert launch.ensure_hub_record(settings, "10.0.1.5", "us-east-1", "i-old") is True
+    hold("i-old", -1)
+    assert launch.ensure_hub_record(settings, "10.0.1.9", "us-east-1", "i-new") is True
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.9"])]
+
+
+def test_the_watcher_claims_the_name_once_its_hub_takes_the_lease(route53_zone, lease_table):
+    r53, zone_id = route53_zone
+    table, hold = lease_table
+    settings = lease_settings(zone_id, table)
+    launch.ensure_hub_record(settings, "10.0.1.5", "us-east-1", "i-old")  # the old hub's name
+    hold("i-old", 60)
+    assert launch.claim_name_with_lease(settings, "i-new", "10.0.1.9", "us-east-1", False) is False
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.5"])]
+    hold("i-new", 60)  # the old hub is gone; the new one took the lease
+    assert launch.claim_name_with_lease(settings, "i-new", "10.0.1.9", "us-east-1", False) is True
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.9"])]
+    # Claimed once per holding: a later poll changes nothing, even if another host took the name back.
+    launch.ensure_hub_record(settings.model_copy(update={"lease_table": None}), "10.0.1.5", "us-east-1")
+    assert launch.claim_name_with_lease(settings, "i-new", "10.0.1.9", "us-east-1", True) is True
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.5"])]
+    # Losing the lease and taking it again claims it again.
+    hold("i-old", 60)
+    assert launch.claim_name_with_lease(settings, "i-new", "10.0.1.9", "us-east-1", True) is False
+    hold("i-new", 60)
+    assert launch.claim_name_with_lease(settings, "i-new", "10.0.1.9", "us-east-1", False) is True
+    assert hub_record(r53, zone_id) == [("hub.ec2hub.internal.", 10, ["10.0.1.9"])]

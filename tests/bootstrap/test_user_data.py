@@ -45,8 +45,8 @@ def test_each_role_gets_its_own_files_and_the_shared_ones():
         "notebook/ec2hub-singleuser.service", "notebook/user-data.sh",
     ])
     assert [str(p) for p in role_files("hub")] == sorted([
-        *shared, "ec2hub_bootstrap/hub.py", "hub/ec2hub-hub.service", "hub/jupyterhub_config.py",
-        "hub/user-data.sh",
+        *shared, "ec2hub_bootstrap/hub.py", "hub/ec2hub-hub.service", "hub/ec2hub-settings-watch.service",
+        "hub/jupyterhub_config.py", "hub/user-data.sh",
     ])
 
 

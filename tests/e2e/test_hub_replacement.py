@@ -109,7 +109,8 @@ def test_terminate_the_hub_host_and_a_new_one_recovers_every_server_and_session(
     # they check their users' tokens with the new hub (issue 10's "replaceable hub host").
     new_ip = hub.instance(new)["PrivateIpAddress"]
     assert new_ip != old_ip
-    assert hub_api_addresses(hub) == [new_ip]
+    # At its start, or (if the lost hub's lease had not expired yet) once it took the lease.
+    wait_for(lambda: hub_api_addresses(hub) == [new_ip], 60, "the hub API's name at the new host")
     for name, iid in running.items():
         env = json.loads(hub.ssm.get_parameter(Name=secret_prefix + iid, WithDecryption=True)["Parameter"]["Value"])
         assert env["JUPYTERHUB_API_URL"] == f"http://{HUB_DNS_NAME}:8081/hub/api", env["JUPYTERHUB_API_URL"]

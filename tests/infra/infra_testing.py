@@ -169,6 +169,24 @@ def notebook_templates(synth: Synth) -> dict[str, dict[str, Any]]:
     }
 
 
+def hub_group(synth: Synth) -> tuple[str, dict[str, Any]]:
+    """The hub host's Auto Scaling group: (logical id, resource)."""
+    ((logical, group),) = synth.resources("AWS::AutoScaling::AutoScalingGroup").items()
+    return logical, group
+
+
+def hub_host(synth: Synth) -> dict[str, Any]:
+    """The LaunchTemplateData the hub's group launches its host from."""
+    spec = hub_group(synth)[1]["Properties"]["LaunchTemplate"]
+    return synth.template["Resources"][spec["LaunchTemplateId"]["Ref"]]["Properties"]["LaunchTemplateData"]
+
+
+def hub_host_tags(synth: Synth) -> dict[str, Any]:
+    """The hub host's instance tags, as its launch template sets them."""
+    (spec,) = [t for t in hub_host(synth)["TagSpecifications"] if t["ResourceType"] == "instance"]
+    return {t["Key"]: t["Value"] for t in spec["Tags"]}
+
+
 def write_catalog(
     directory: Path, catalog: dict[str, Any], name: str = "classes.yaml"
 ) -> Path:

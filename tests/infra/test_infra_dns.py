@@ -4,10 +4,13 @@ hub role may UPSERT, and the settings that tell the hub both."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from infra_testing import logical_id_by_description
+from infra_testing import join_text, logical_id_by_description
 from test_infra_settings import substitute
+
+from infra.dns import delete_record_command
 
 ZONES = {"default": "ec2hub.internal", "full": "research.corp.internal"}  # ec2hub.yaml's default; FULL_CONTEXT's
 
@@ -32,17 +35,33 @@ def test_the_zone_is_private_to_the_stacks_vpc_and_its_record_names_the_hub_inst
     # when working with a private hosted zone": enableDnsHostnames and enableDnsSupport).
     assert s.template["Resources"][vpc]["Properties"]["EnableDnsSupport"] is True
     assert s.template["Resources"][vpc]["Properties"]["EnableDnsHostnames"] is True
-    # The record the hub UPSERTs at every start, as the stack makes it: at the hub instance's private
-    # IP, what the hub writes while that instance is the hub host (and deleted with the stack).
-    (instance,) = s.resources("AWS::EC2::Instance")
-    (record,) = s.resources("AWS::Route53::RecordSet").values()
-    assert {k: v for k, v in record["Properties"].items() if k != "Comment"} == {
-        "Name": f"hub.{zone_name}.",
-        "Type": "A",
-        "TTL": "10",
-        "ResourceRecords": [{"Fn::GetAtt": [instance, "PrivateIp"]}],
-        "HostedZoneId": {"Ref": only_zone(s)},
-    }
+    # No record in the template: the group's host has no address at synth, and CloudFormation could
+    # not delete a record whose value the hub has since changed. The hub makes it at its start; the
+    # stack's output deletes it before cdk destroy (a zone holding a record cannot be deleted).
+    assert not s.resources("AWS::Route53::RecordSet")
+    command = join_text(s.template["Outputs"]["DeleteHubRecordCommand"]["Value"])
+    zone_ref = "{" + only_zone(s) + "}"
+    assert command == (
+        f"aws route53 change-resource-record-sets --region us-east-1 --hosted-zone-id {zone_ref} --change-batch "
+        f'"$(aws route53 list-resource-record-sets --region us-east-1 --hosted-zone-id {zone_ref} '
+        f"--query \"{{Changes:ResourceRecordSets[?Name=='hub.{zone_name}.' && Type=='A']"
+        f".{{Action:'DELETE',ResourceRecordSet:@}}}}\" --output json)\""
+    )
+
+
+def test_the_delete_command_query_makes_the_delete_of_the_current_record():
+    """The command's query, run (as the AWS CLI does, with JMESPath) over a ListResourceRecordSets
+    answer, is the ChangeBatch that deletes exactly the hub's A record with its current values."""
+    import jmespath
+
+    command = delete_record_command(zone_id="Z1", record_name="hub.ec2hub.internal", region="us-east-1")
+    query = re.search(r'--query "(.*)" --output', command).group(1)
+    answer = {"ResourceRecordSets": [
+        {"Name": "ec2hub.internal.", "Type": "SOA", "TTL": 900, "ResourceRecords": [{"Value": "ns. x. 1 2 3 4 5"}]},
+        {"Name": "hub.ec2hub.internal.", "Type": "A", "TTL": 10, "ResourceRecords": [{"Value": "10.0.17.9"}]},
+    ]}
+    assert jmespath.search(query, answer) == {"Changes": [{"Action": "DELETE", "ResourceRecordSet": {
+        "Name": "hub.ec2hub.internal.", "Type": "A", "TTL": 10, "ResourceRecords": [{"Value": "10.0.17.9"}]}}]}
 
 
 def test_hub_role_may_only_upsert_the_one_a_record(synth_and_zone):

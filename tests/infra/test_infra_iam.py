@@ -11,6 +11,7 @@ from ec2spawner.catalog import load_catalog
 from infra_testing import (
     REPO,
     as_list,
+    hub_host_tags,
     join_text,
     logical_id_by_description,
     notebook_templates,
@@ -281,10 +282,7 @@ def test_only_describe_and_session_manager_are_unscoped(hub):
 
 def test_hub_reads_only_its_spawner_asset_object(hub):
     synth, statements, _ = hub
-    (instance,) = synth.resources("AWS::EC2::Instance").values()
-    asset_url = {t["Key"]: t["Value"] for t in instance["Properties"]["Tags"]}[
-        "ec2hub:spawner-asset"
-    ]
+    asset_url = hub_host_tags(synth)["ec2hub:spawner-asset"]
     bucket_and_key = asset_url.removeprefix("s3://")
     assert (
         join_text(statements["ReadSpawnerPackage"]["Resource"])

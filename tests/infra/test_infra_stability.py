@@ -120,13 +120,14 @@ def test_many_classes_keep_the_hub_policy_inline_and_the_settings_in_one_paramet
         tmp_path_factory, {**base_catalog(), "classes": classes}, "many"
     )
     assert len(notebook_templates(result)) == 20
-    # The managed policies are the hub's secrets', DNS record's and access points' own (infra/stack.py),
+    # The managed policies are the hub's secrets', DNS record's, signal's and access points' own (infra/stack.py),
     # never CDK's overflow.
     managed = result.resources("AWS::IAM::ManagedPolicy").values()
     assert sorted(p["Properties"]["Description"] for p in managed) == [
         "ec2hub hub host: make and find its users' home access points on EFS",
         "ec2hub hub host: point the hub API's DNS name at itself",
         "ec2hub hub host: read its own four secrets",
+        "ec2hub hub host: signal to CloudFormation that a new hub answers",
     ]
     (parameter,) = result.resources("AWS::SSM::Parameter").values()
     assert parameter["Properties"]["Tier"] == "Advanced"

@@ -9,6 +9,8 @@ from aws_cdk.assertions import Match
 from infra_testing import (
     as_list,
     group_ref,
+    hub_group,
+    hub_host_tags,
     ingress_rules,
     join_text,
     logical_id_by_description,
@@ -31,8 +33,7 @@ def database(s) -> tuple[str, dict]:
 
 
 def hub_tags(s) -> dict:
-    (instance,) = s.resources("AWS::EC2::Instance").values()
-    return {t["Key"]: t["Value"] for t in instance["Properties"]["Tags"]}
+    return hub_host_tags(s)
 
 
 def secrets_by_purpose(s) -> dict[str, tuple[str, dict]]:
@@ -125,8 +126,8 @@ def test_hub_tags_and_outputs_name_the_three_secrets(any_synth):
     logical, _ = database(any_synth)
     assert outputs["DatabaseEndpoint"]["Value"] == {"Fn::GetAtt": [logical, "Endpoint.Address"]}
     # The hub starts after its database exists.
-    (hub_id_logical,) = any_synth.resources("AWS::EC2::Instance")
-    assert logical in any_synth.template["Resources"][hub_id_logical]["DependsOn"]
+    _, group = hub_group(any_synth)
+    assert logical in group["DependsOn"]
 
 
 def test_only_the_hub_reaches_the_database_and_it_reaches_nothing(any_synth):

@@ -1,0 +1,137 @@
+"""What the emulator adds for the hub's Auto Scaling group of one: a launch template's instance
+profile and metadata options on the instances launched from it (moto drops both), CloudFormation's
+SignalResource (moto has none), and the hub launcher's signal sent through it."""
+
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+from pathlib import Path
+
+import boto3
+import pytest
+from waiting import free_port
+
+from sandbox.emulator import EmulatorClient, start_emulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bootstrap"))
+from ec2hub_bootstrap import hub as launch
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    emulator = start_emulator(0)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch):
+    for key, value in {"AWS_ENDPOINT_URL": emulator.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    return lambda service: boto3.client(service, region_name=REGION, endpoint_url=emulator.endpoint_url)
+
+
+def test_an_instance_from_a_launch_template_gets_its_profile_and_metadata_options(aws):
+    iam, ec2 = aws("iam"), aws("ec2")
+    iam.create_role(RoleName="hub-role", AssumeRolePolicyDocument="{}")
+    profile = iam.create_instance_profile(InstanceProfileName="hub-profile")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName="hub-profile", RoleName="hub-role")
+    template = ec2.create_launch_template(LaunchTemplateName="hub", LaunchTemplateData={
+        "ImageId": "ami-12c6146b", "InstanceType": "t3.medium",
+        "IamInstanceProfile": {"Arn": profile["Arn"]},
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
+    })["LaunchTemplate"]
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    # Through the group, as the stack's group launches its host (and moto's CloudFormation does).
+    autoscaling = aws("autoscaling")
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="hub-group", MinSize=1, MaxSize=1, DesiredCapacity=1, VPCZoneIdentifier=subnet,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"})
+    [member] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["hub-group"])["AutoScalingGroups"][0][
+        "Instances"]
+    [instance] = ec2.describe_instances(InstanceIds=[member["InstanceId"]])["Reservations"][0]["Instances"]
+    assert instance["IamInstanceProfile"]["Arn"] == profile["Arn"]
+    assert {k: instance["MetadataOptions"][k] for k in ("HttpTokens", "HttpPutResponseHopLimit",
+                                                        "InstanceMetadataTags")} == {
+        "HttpTokens": "required", "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"}
+    # A request's own options win, as on EC2.
+    [own] = ec2.run_instances(MinCount=1, MaxCount=1, SubnetId=subnet,
+                              LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"]},
+                              MetadataOptions={"HttpTokens": "optional"})["Instances"]
+    assert own["MetadataOptions"]["HttpTokens"] == "optional"
+
+
+def test_a_group_registers_its_pending_instance_in_its_target_group(aws, emulator):
+    """The stack's group names the load balancer's target group; with the emulator's pending
+    period moto refused the group's launch (InvalidTarget), and so the whole stack."""
+    ec2, elbv2, autoscaling = aws("ec2"), aws("elbv2"), aws("autoscaling")
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    target_group = elbv2.create_target_group(Name="hub-targets", Protocol="HTTP", Port=8000, VpcId=vpc,
+                                             TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+    template = ec2.create_launch_template(LaunchTemplateName="hub-pending", LaunchTemplateData={
+        "ImageId": "ami-12c6146b", "InstanceType": "t3.medium"})["LaunchTemplate"]["LaunchTemplateId"]
+    emulator.set_timing(pending_s=30)
+    try:
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName="hub-pending", MinSize=1, MaxSize=1, DesiredCapacity=1, VPCZoneIdentifier=subnet,
+            LaunchTemplate={"LaunchTemplateId": template}, TargetGroupARNs=[target_group])
+    finally:
+        emulator.set_timing(pending_s=0)
+    [member] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["hub-pending"])["AutoScalingGroups"][0][
+        "Instances"]
+    assert ec2.describe_instances(InstanceIds=[member["InstanceId"]])["Reservations"][0]["Instances"][0]["State"][
+        "Name"] == "pending"
+    targets = elbv2.describe_target_health(TargetGroupArn=target_group)["TargetHealthDescriptions"]
+    assert [t["Target"]["Id"] for t in targets] == [member["InstanceId"]]
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/hub/api/" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hub/api/"
+    server.shutdown()
+
+
+def test_the_first_boot_signals_success_once_its_hub_answers(aws, emulator, hub_url, capsys):
+    before = len(EmulatorClient(emulator.endpoint_url).signals())
+    tags = {"ec2hub:cfn-signal": "ec2hub/HubGroup28497227"}
+    assert launch.signal_group(tags, "i-0123456789abcdef0", REGION, url=hub_url, wait_s=30) == "SUCCESS"
+    assert [{k: v for k, v in s.items() if k != "time"} for s in EmulatorClient(emulator.endpoint_url).signals()[before:]] == [
+        {"stack": "ec2hub", "logical_id": "HubGroup28497227", "unique_id": "i-0123456789abcdef0", "status": "SUCCESS"}]
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"ec2hub-hub: signal: ec2hub/HubGroup28497227: SUCCESS (the hub answers at {hub_url})")
+
+
+def test_a_hub_that_never_answers_is_signalled_as_a_failure(aws, emulator, capsys):
+    before = len(EmulatorClient(emulator.endpoint_url).signals())
+    url = f"http://127.0.0.1:{free_port()}/hub/api/"  # nothing listens
+    tags = {"ec2hub:cfn-signal": "ec2hub/HubGroup28497227"}
+    assert launch.signal_group(tags, "i-0a", REGION, url=url, wait_s=0.5, interval_s=0.1) == "FAILURE"
+    assert [s["status"] for s in EmulatorClient(emulator.endpoint_url).signals()[before:]] == ["FAILURE"]
+    assert f"FAILURE (no answer at {url} within 0 s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [None, "", "ec2hub", "ec2hub/Hub Group", "ec2hub/a/b"])
+def test_no_usable_signal_tag_signals_nothing(aws, emulator, hub_url, value, capsys):
+    before = len(EmulatorClient(emulator.endpoint_url).signals())
+    tags = {} if value is None else {"ec2hub:cfn-signal": value}
+    assert launch.signal_group(tags, "i-0a", REGION, url=hub_url, wait_s=1) is None
+    assert EmulatorClient(emulator.endpoint_url).signals()[before:] == []
+    assert "nothing to signal" in capsys.readouterr().out
