@@ -11,7 +11,7 @@ import pytest
 from aws_cdk.assertions import Match
 from cfnlint.api import lint
 from ec2spawner.catalog import parse_catalog
-from infra_testing import REPO, notebook_templates, synth, write_catalog
+from infra_testing import REPO, hub_group, notebook_templates, synth, write_catalog
 from test_infra_linters import CHECKOV, parliament_findings
 from test_infra_nag import acknowledgments
 
@@ -279,8 +279,9 @@ def test_the_baked_hub_launches_the_image_its_pipeline_publishes(baked_hub):
     from infra.images import hub_component_document
 
     parameter_name = f"/ec2hub/{HUB}/hub-image"
-    (_, hub), = baked_hub.resources("AWS::EC2::Instance").items()
-    assert hub["Properties"]["ImageId"] == f"resolve:ssm:{parameter_name}"
+    spec = hub_group(baked_hub)[1]["Properties"]["LaunchTemplate"]
+    hub = baked_hub.template["Resources"][spec["LaunchTemplateId"]["Ref"]]
+    assert hub["Properties"]["LaunchTemplateData"]["ImageId"] == f"resolve:ssm:{parameter_name}"
     (parameter_id, parameter), = [(k, v["Properties"]) for k, v in baked_hub.resources("AWS::SSM::Parameter").items()
                                   if v["Properties"]["Name"] == parameter_name]
     # Created with the base image (resolved once), then the pipeline's to write.
