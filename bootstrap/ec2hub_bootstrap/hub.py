@@ -568,9 +568,13 @@ def boot() -> None:
     run("service", ["systemctl", "restart", UNIT_NAME])
     log("service", f"{UNIT_NAME} (re)started")
     run("service", ["systemctl", "restart", WATCH_UNIT_NAME])
+    if not hub_tags.get(SIGNAL_TAG):
+        log("signal", f"no {SIGNAL_TAG} tag: no Auto Scaling group waits for this host's signal")
+        return
     imds = Imds(console).wait()
     from ec2spawner.settings import HubSettings
 
+    # Written by the unit's every-start step, which `systemctl restart` above ran to its end.
     settings = HubSettings.model_validate_json(Path(f"{ETC}/settings.json").read_text(encoding="utf-8"))
     signal_group(hub_tags, imds.get("meta-data/instance-id"), imds.get("meta-data/placement/region"),
                  url=f"http://127.0.0.1:{settings.proxy_port}/hub/api/")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shlex
 
 import pytest
@@ -151,7 +152,10 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     host = make_host("i-0d00000000000000b", "10.0.1.41", hub_tags(**STATE_SECRETS), efs=False, role="ec2hub-hub")
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, HUB_USER_DATA)
-    assert calls == ["daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service"]
+    assert calls == ["daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service",
+                     "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service"]
+    # Launched outside an Auto Scaling group (no ec2hub:cfn-signal tag): no signal is waited for.
+    assert "no ec2hub:cfn-signal tag: no Auto Scaling group waits for this host's signal" in host.console_output
     # No CloudWatch agent on this image (and no dnf to install it): said once, nothing else done.
     assert "ec2hub-hub: logs: no CloudWatch agent" in host.console_output
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
@@ -172,7 +176,7 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     output = run_exec_start_pre(host, "ec2hub-hub.service")
     assert (etc / "settings.json").read_text() == settings_document("dummy")
     assert (etc / "jupyterhub_config.py").read_bytes() == (REPO / "bootstrap/hub/jupyterhub_config.py").read_bytes()
-    assert "settings.json from /ec2hub/ec2hub-test/settings written" in output
+    assert re.search(r"settings\.json from /ec2hub/ec2hub-test/settings version \d+ written", output), output
     assert host.exec(["cat", "/run/ec2hub/hub.env"], check=True).stdout == environment
 
 
@@ -197,7 +201,8 @@ def test_hub_ships_its_journal_to_cloudwatch_when_the_agent_is_there(aws, make_h
     assert calls == [
         "daemon-reload", "enable --now ec2hub-journal-export.service",
         "agent-ctl -a fetch-config -m ec2 -s -c file:/etc/ec2hub/cloudwatch-agent.json",
-        "daemon-reload", "enable ec2hub-hub.service", "restart ec2hub-hub.service",
+        "daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service",
+        "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service",
     ]
     config = json.loads((host.upper / "etc/ec2hub/cloudwatch-agent.json").read_text())
     assert config == agent_config("ec2hub-test", "hub")

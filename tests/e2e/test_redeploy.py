@@ -48,13 +48,38 @@ def hub_journal(instance_id: str, unit: str) -> str:
                           capture_output=True, text=True, check=False).stdout
 
 
-def catalog_with(tmp_path: Path, slug: str, description: str) -> Path:
+# A class the settings-only redeploy adds for two groups; the hub-replacing redeploy removes one of
+# them from it and adds another class (issue 10's test 1). Copies of the small class: no other
+# test uses them, and the sandbox has their image.
+SHARED, ADDED = "team-small", "extra-small"
+GROUPS_BEFORE, GROUPS_AFTER = ["staff", "gpu-team"], ["staff"]
+GROUPIE = "redeploy-groupie"  # in gpu-team only
+
+
+def catalog_with(tmp_path: Path, slug: str, description: str, *, groups: list[str], added: bool = False) -> Path:
     catalog = yaml.safe_load((REPO / "instance-classes.yaml").read_text())
     [cls] = [c for c in catalog["classes"] if c["slug"] == slug]
     cls["description"] = description
+    [small] = [c for c in catalog["classes"] if c["slug"] == "small"]
+    extra = [(SHARED, groups)] + ([(ADDED, [])] if added else [])
+    for new_slug, allowed in extra:
+        catalog["classes"].append({**small, "slug": new_slug, "display_name": f"Redeploy test {new_slug}",
+                                   "default": False, "allowed_groups": allowed})
     path = tmp_path / "instance-classes.yaml"
     path.write_text(yaml.safe_dump(catalog))
     return path
+
+
+def class_groups(hub: Hub) -> dict[str, list[str]]:
+    return {c["slug"]: c.get("allowed_groups", []) for c in settings(hub)["classes"]}
+
+
+def in_group(hub: Hub, group: str, user: str) -> None:
+    """``user`` made and put in ``group``, by the admin (the sandbox's API token has no admin:groups)."""
+    hub.create_user(user)
+    admin = _Browser(hub.url)
+    login(admin, admin_user(), hub.env["users"][admin_user()])
+    admin.post_json(f"/hub/api/groups/{group}", {"users": [user]})
 
 
 def test_a_settings_only_change_reaches_the_running_hub_without_replacing_it(hub, tmp_path):
@@ -65,11 +90,13 @@ def test_a_settings_only_change_reaches_the_running_hub_without_replacing_it(hub
     login(admin, admin_user(), hub.env["users"][admin_user()])
     assert description not in admin.get("/hub/spawn")
 
-    done = sandbox_cli("deploy", "-c", f"catalog={catalog_with(tmp_path, slug, description)}", timeout=600)
+    path = catalog_with(tmp_path, slug, description, groups=GROUPS_BEFORE)
+    done = sandbox_cli("deploy", "-c", f"catalog={path}", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     deployed = time.monotonic()
     assert "unchanged (version 1): the hub host stays" in done.stdout, done.stdout
     assert [c["description"] for c in settings(hub)["classes"] if c["slug"] == slug] == [description]
+    assert class_groups(hub)[SHARED] == GROUPS_BEFORE
 
     def form_shows_it():
         try:
@@ -92,10 +119,10 @@ def test_a_settings_only_change_reaches_the_running_hub_without_replacing_it(hub
     # The hub's every-start step wrote the new document (after the first start's).
     applied = [line for line in hub_journal(host, "ec2hub-hub.service").splitlines() if "settings.json from" in line]
     assert len(applied) >= 2 and applied[-1].endswith(f"version {version} written (hub {hub.env['stack_name']}, "
-                                                      f"3 classes, auth native)"), applied
+                                                      f"4 classes, auth native)"), applied
 
 
-def test_a_new_hub_ami_replaces_the_hub_host_and_loses_nothing(hub):
+def test_a_new_hub_ami_replaces_the_hub_host_and_loses_nothing(hub, tmp_path):
     # The hub-replacement test's servers when it ran before in this session (else started here).
     running = {name: running_server(hub, name) for name in ("replace-a",)}
     stopped = "replace-b"
@@ -106,8 +133,13 @@ def test_a_new_hub_ami_replaces_the_hub_host_and_loses_nothing(hub):
     notebooks = {i["InstanceId"]: i["State"]["Name"] for i in hub.all_notebook_instances()}
     old = hub.env["hub_instance_id"]
 
+    # With the host, the catalog changes: a class is added, and a group leaves a class.
+    in_group(hub, "gpu-team", GROUPIE)
+    slug = settings(hub)["classes"][0]["slug"]
+    catalog = catalog_with(tmp_path, slug, "Redeployed with a new hub host", groups=GROUPS_AFTER, added=True)
+
     started = time.monotonic()
-    done = sandbox_cli("deploy", "-c", "hub_ami=ami-0feedfacecafe0001", timeout=900)
+    done = sandbox_cli("deploy", "-c", "hub_ami=ami-0feedfacecafe0001", "-c", f"catalog={catalog}", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     new = re.search(r"hub host replaced by (i-[0-9a-f]+)", out).group(1)
@@ -137,3 +169,15 @@ def test_a_new_hub_ami_replaces_the_hub_host_and_loses_nothing(hub):
         assert status == 200, reply
     model = hub.start(stopped)
     assert model["ready"], model
+
+    # The new hub has the new catalog: the added class is offered, and the group that left a
+    # class gets the 403 (before this deploy it may have been allowed, by the settings-only test).
+    assert class_groups(hub)[SHARED] == GROUPS_AFTER and ADDED in class_groups(hub)
+    admin = _Browser(hub.url)
+    login(admin, admin_user(), hub.env["users"][admin_user()])
+    assert f'value="{ADDED}"' in admin.get("/hub/spawn")
+    status, reply = hub.api("POST", f"/users/{GROUPIE}/server", {"user_options": {"instance_class": SHARED}})
+    assert status == 403, (status, reply)
+    assert reply["message"].startswith(f"Instance class '{SHARED}' is not available to your groups: use one of: "), \
+        reply
+    assert not hub.instances(GROUPIE)
