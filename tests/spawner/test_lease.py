@@ -188,11 +188,14 @@ async def test_a_hub_restarted_on_its_host_takes_its_lease_back_at_once(
 async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
         new_spawner, emu, ec2, dynamodb, hub_id, table, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
-    timing = {"lease_duration": 3.0, "lease_renew_interval": 0.3, "lease_margin": 1.0}
+    # Long enough that a first DynamoDB call slowed by a loaded machine (2 s seen on CI) still
+    # leaves the fresh lease outside its margin when the start asks.
+    duration, renew, margin = 10.0, 0.5, 3.0
+    timing = {"lease_duration": duration, "lease_renew_interval": renew, "lease_margin": margin}
     # Hub A's own AWS seam, so that only A loses DynamoDB.
     aws_a = Aws(REGION)
-    lease_a = HubLease.ensure(aws_a, table=table, hub_id=hub_id, holder="hub-a", duration=3.0,
-                              renew_interval=0.3, margin=1.0)
+    lease_a = HubLease.ensure(aws_a, table=table, hub_id=hub_id, holder="hub-a", duration=duration,
+                              renew_interval=renew, margin=margin)
     a = hub(new_spawner, table, "hub-a", **timing)("alice")
     assert a.lease() is lease_a and await lease_a.settled(5)
     await a.start()
@@ -208,10 +211,10 @@ async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
 
     monkeypatch.setattr(aws_a, "_invoke", unreachable)
     cut = time.time()
-    await until(lambda: not lease_a.holds(), 10, "hub A to stop acting")
+    await until(lambda: not lease_a.holds(), 3 * duration, "hub A to stop acting")
     stopped_acting = time.time()
     latest_expiry = float(lease_item(dynamodb, table, hub_id)["expires_at"]["N"])
-    assert latest_expiry < cut + 3.0 + 0.5  # no renewal reached DynamoDB after the cut
+    assert latest_expiry < cut + duration + 0.5  # no renewal reached DynamoDB after the cut
     assert stopped_acting < latest_expiry - 0.5, "A still acted within the margin of its expiry"
     assert expires <= latest_expiry
     assert "renewal failed (DynamoDB did not answer" in caplog.text
@@ -230,7 +233,7 @@ async def test_a_holder_that_cannot_renew_stops_acting_before_its_lease_expires(
 
     # Hub B takes over only once A's lease expired, and the server is still there for it.
     b = hub(new_spawner, table, "hub-b", **timing)("alice")
-    await until(b.lease().holds, 10, "hub B to take over")
+    await until(b.lease().holds, 3 * duration, "hub B to take over")
     assert time.time() >= latest_expiry
     b.load_state(a.get_state())  # the kept instance, as the shared database names it
     await b.start()
