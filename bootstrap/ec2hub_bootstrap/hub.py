@@ -351,27 +351,32 @@ def hub_record_change(name: str, private_ip: str) -> dict:
     }
 
 
-def other_lease_holder(settings, instance_id: str, region: str) -> str | None:
-    """The host that holds the hub lease now when it is not this one, else None (no lease table, no
-    live lease, this host's, or the lease cannot be read: a hub whose name points elsewhere would be
-    unreachable for every server, so the name is then claimed as before). The lease holder is the
-    hub host's instance id (ec2spawner.lease)."""
+def live_lease_holder(settings, region: str, unreadable: str) -> tuple[bool, str | None]:
+    """(read, holder): whether the hub lease could be read, and the host that holds it while it is
+    live (None: free or expired). The holder is the hub host's instance id (ec2spawner.lease). A
+    failed read is logged as ``unreadable`` with the error."""
     import time
 
     from ec2spawner.payloads import lease_read_params
 
-    if not settings.lease_table:
-        return None
     try:
         item = aws_client("dynamodb", region).get_item(
-            **lease_read_params(table=settings.lease_table, hub_id=settings.hub_id)).get("Item")
+            **lease_read_params(table=settings.lease_table, hub_id=settings.hub_id)).get("Item") or {}
     except aws_errors() as exc:
-        log("dns", f"the hub lease cannot be read ({exc}): claiming the name all the same")
+        log("dns", unreadable.format(exc))
+        return False, None
+    live = item and float(item["expires_at"]["N"]) > time.time()
+    return True, item["holder"]["S"] if live else None
+
+
+def other_lease_holder(settings, instance_id: str, region: str) -> str | None:
+    """The host that holds the hub lease now when it is not this one, else None (no lease table, no
+    live lease, this host's, or the lease cannot be read: a hub whose name points elsewhere would be
+    unreachable for every server, so the name is then claimed as before)."""
+    if not settings.lease_table:
         return None
-    if not item:
-        return None
-    holder, expires_at = item["holder"]["S"], float(item["expires_at"]["N"])
-    return holder if holder != instance_id and expires_at > time.time() else None
+    _, holder = live_lease_holder(settings, region, "the hub lease cannot be read ({}): claiming the name all the same")
+    return holder if holder != instance_id else None
 
 
 def ensure_hub_record(settings, private_ip: str, region: str, instance_id: str | None = None) -> bool:
@@ -453,20 +458,12 @@ def claim_name_with_lease(settings, instance_id: str, private_ip: str, region: s
     """Point the hub API's name at this host once its hub holds the lease (after a replacement,
     whose every-start step left the name with the old hub, or after another host claimed it back);
     returns whether this host has claimed it while holding the lease. Once per holding."""
-    from ec2spawner.payloads import lease_read_params
-
     if not (settings.lease_table and settings.hub_dns_name):
         return claimed
-    try:
-        item = aws_client("dynamodb", region).get_item(
-            **lease_read_params(table=settings.lease_table, hub_id=settings.hub_id)).get("Item") or {}
-    except aws_errors() as exc:
-        log("dns", f"watch: the hub lease cannot be read ({exc})")
+    read, holder = live_lease_holder(settings, region, "watch: the hub lease cannot be read ({})")
+    if not read:
         return claimed
-    import time
-
-    holds = item.get("holder", {}).get("S") == instance_id and float(item.get("expires_at", {}).get("N", 0)) > time.time()
-    if not holds:
+    if holder != instance_id:
         return False
     if claimed:
         return True
