@@ -185,6 +185,10 @@ class Emulator:
     _dispatch: queue.Queue = field(default_factory=queue.Queue)
     _stopping: threading.Event = field(default_factory=threading.Event)
     signals: list[dict] = field(default_factory=list)  # SignalResource calls, in order
+    # DynamoDB applies each write and transaction atomically; moto's backend does not (a
+    # transaction snapshots whole tables with deepcopy and restores them on any error, so a
+    # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
+    _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def endpoint_url(self) -> str:
@@ -767,6 +771,9 @@ def _patch_efs() -> None:
     EFSBackend.create_access_point, EFSBackend.describe_access_points = patched_create, patched_describe
 
 
+DYNAMODB_TARGET = "DynamoDB_20120810."  # the X-Amz-Target prefix of DynamoDB's API
+
+
 def _action(environ: dict, body: bytes) -> str:
     """The API action of a request: JSON protocols (SSM) name it in X-Amz-Target, query
     protocols (EC2, STS) in the form field Action."""
@@ -805,6 +812,9 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             raise
         if action == "SignalResource":
             return signal_resource(body, start_response)
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET):
+            with emulator._dynamodb_turn:
+                return moto_app(environ, start_response)
         return moto_app(environ, start_response)
 
     def signal_resource(body: bytes, start_response):

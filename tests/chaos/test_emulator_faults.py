@@ -106,6 +106,10 @@ def test_held_run_instances_of_a_killed_client(emulator, aws, drop, made):
     # Released: EC2 makes the instance although nobody hears the answer. Dropped: it never
     # reached EC2. Either way the hold has no call left waiting.
     wait_until(lambda: hold_of(aws, hold["id"])["waiting"] == 0, 10, "the held call to end")
+    if made:
+        # The call leaves the hold, then reaches moto: on a loaded machine that takes a while.
+        wait_until(lambda: users_instances(aws, user), 30, "the released call's instance")
+    # A dropped call ends before moto (Dropped is raised as it leaves the hold): nothing can follow.
     assert len(users_instances(aws, user)) == made
 
 

@@ -108,3 +108,55 @@ def test_spot_interruption_and_event_long_poll_over_http(emu, ec2, subnet):
     reason = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["StateReason"]
     assert reason["Code"] == "Server.SpotInstanceTermination"
     assert client.state()["instances"][iid] == "terminated"
+
+
+def test_dynamodb_writes_are_atomic_while_a_transaction_fails_beside_them(emu):
+    """A transaction that fails (a condition) must not undo a concurrent writer's update, as in
+    DynamoDB: the spend ledger's and the lease's writes meet like this when two servers stop at once.
+    (moto restores a failed transaction's whole-table snapshot, taken before the other write.)"""
+    import boto3
+
+    def client():
+        return boto3.client("dynamodb", endpoint_url=emu.endpoint_url, region_name="us-east-1")
+
+    ddb, table = client(), "atomic-writes"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+                     BillingMode="PAY_PER_REQUEST")
+    # Other items, as a month's ledger has: a failed transaction's snapshot copies them all.
+    for first in range(0, 600, 25):
+        ddb.batch_write_item(RequestItems={table: [
+            {"PutRequest": {"Item": {"k": {"S": f"user#{i}"}, "usd": {"N": "1.5"}}}} for i in range(first, first + 25)]})
+    adds, done, refused, committed = 250, threading.Event(), [], []
+
+    def add():
+        writer = client()
+        try:
+            for _ in range(adds):
+                writer.transact_write_items(TransactItems=[{"Update": {
+                    "TableName": table, "Key": {"k": {"S": "group#lab"}}, "UpdateExpression": "ADD usd :one",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+        finally:
+            done.set()
+
+    def fail():
+        writer = client()
+        while not done.is_set():
+            try:
+                writer.transact_write_items(TransactItems=[{"Update": {
+                    "TableName": table, "Key": {"k": {"S": "instance#i-0"}}, "UpdateExpression": "SET running = :no",
+                    "ConditionExpression": "attribute_exists(running)",
+                    "ExpressionAttributeValues": {":no": {"BOOL": False}}}}])
+                committed.append(1)
+            except writer.exceptions.TransactionCanceledException:
+                refused.append(1)
+
+    threads = [threading.Thread(target=add), threading.Thread(target=fail)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert refused and not committed, "the failing transaction never ran beside the writer, or did not fail"
+    total = ddb.get_item(TableName=table, Key={"k": {"S": "group#lab"}}, ConsistentRead=True)["Item"]["usd"]["N"]
+    assert int(total) == adds
+    ddb.delete_table(TableName=table)
