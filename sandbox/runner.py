@@ -125,7 +125,9 @@ class Sandbox:
     # -- start ------------------------------------------------------------------------------------
 
     def start(self) -> dict:
-        os.environ.setdefault("MOTO_ACCOUNT_ID", ACCOUNT)
+        # Accounts by credentials (sandbox.emulator): the sandbox's own key and the instances'
+        # IMDS keys are the hub's account, a role assumed in a target's is that account's.
+        os.environ.pop("MOTO_ACCOUNT_ID", None)
         from . import images, netns
         from .dataplane import DataPlane, subnet_gateways
         from .deploy import deploy_assembly
@@ -138,7 +140,7 @@ class Sandbox:
         shutil.rmtree(STATE_DIR / "console", ignore_errors=True)
         shutil.rmtree(STATE_DIR / "efs", ignore_errors=True)
 
-        self.emulator = start_emulator(0, pending_s=self.pending_s)
+        self.emulator = start_emulator(0, pending_s=self.pending_s, default_account=ACCOUNT)
         say(f"AWS emulator at {self.emulator.endpoint_url} (instances stay pending {self.pending_s:g} s)")
         import boto3
 
@@ -425,9 +427,11 @@ class HubHostKeeper:
         sandbox.write_env()
 
 
-def synth(out: Path, context: dict[str, str] | None = None) -> Path:
+def synth(out: Path, context: dict[str, str] | None = None, *, cdk_context: dict | None = None) -> Path:
     """The real CDK CLI, offline, with the sandbox's context (and ``context``, e.g. another
-    catalog) into ``out``."""
+    catalog) into ``out``. ``cdk_context``: context the command line cannot carry (keys with
+    ``=`` in them, lists, such as another account's availability zones), given as the CLI reads
+    cdk.json: from a cdk.json beside ``out`` that is the repository's with it added."""
     env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
     for key in list(env):
         if key.startswith("AWS_"):
@@ -436,14 +440,90 @@ def synth(out: Path, context: dict[str, str] | None = None) -> Path:
     env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
     env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
     cdk = REPO / "node_modules" / ".bin" / "cdk"
-    cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
+    cmd = [str(cdk), "synth", "--quiet", "-o", str(out.resolve())]
     for key, value in {**SANDBOX_CONTEXT, **(context or {})}.items():
         cmd += ["-c", f"{key}={value}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    cwd = REPO
+    if cdk_context:
+        cwd = out.parent / f"{out.name}.app"
+        cwd.mkdir(parents=True, exist_ok=True)
+        app = json.loads((REPO / "cdk.json").read_text())
+        app["app"] = f"{REPO / '.venv' / 'bin' / 'python'} {REPO / 'app.py'}"
+        app["context"] = {**app.get("context", {}), **cdk_context}
+        (cwd / "cdk.json").write_text(json.dumps(app, indent=1))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
     say(f"cdk synth: template written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return out
+
+
+# -- a second account: a catalog target -------------------------------------------------------------
+
+# The sandbox's target: account B in another region, reached through the role its target stack
+# makes (docs/DEPLOY.md, "Adding a target account"). The external id is no secret (it guards
+# against a confused deputy, docs/ARCHITECTURE.md §19); the catalog carries it.
+TARGET = "research"
+TARGET_ACCOUNT = "222222222222"
+TARGET_REGION = "eu-central-1"
+TARGET_CIDR = "10.1.0.0/16"  # the target stack's default, not the hub VPC's 10.0.0.0/16
+TARGET_CLASS = "research"
+TARGET_EXTERNAL_ID = "ec2hub-sandbox-research"
+TARGET_ADMIN_ROLE = "ec2hub-sandbox-deployer"  # whose credentials `cdk deploy` into B uses
+
+
+def two_account_catalog(path: Path, *, source: Path = REPO / "instance-classes.yaml") -> Path:
+    """The repository's catalog plus the target ``research`` (account B) and a class on it, a copy
+    of the default class for the group ``research``, written to ``path``. Test-only: the shipped
+    catalog stays one account."""
+    import yaml
+
+    catalog = yaml.safe_load(source.read_text())
+    default = next((c for c in catalog["classes"] if c.get("default")), catalog["classes"][0])
+    catalog["targets"] = {TARGET: {
+        "account": TARGET_ACCOUNT, "region": TARGET_REGION, "external_id": TARGET_EXTERNAL_ID,
+        "role_arn": f"arn:aws:iam::{TARGET_ACCOUNT}:role/ec2hub-{TARGET}",
+    }}
+    catalog["classes"].append({
+        **{k: v for k, v in default.items() if k != "default"},
+        "slug": TARGET_CLASS, "display_name": f"{default['display_name']} (account {TARGET_ACCOUNT})",
+        "description": f"The default class, launched in account {TARGET_ACCOUNT} ({TARGET_REGION}).",
+        "target": TARGET, "allowed_groups": [TARGET],
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return path
+
+
+def account_session(endpoint_url: str, account: str, region: str):
+    """A boto3 session acting in ``account``: an administrator's role there, assumed (the emulator
+    tells accounts by credentials, and files an assumed role's key under the role's account)."""
+    import boto3
+
+    sts = boto3.client("sts", region_name=region, endpoint_url=endpoint_url,
+                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{TARGET_ADMIN_ROLE}",
+                            RoleSessionName="cdk-deploy")["Credentials"]
+    return boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                         aws_session_token=creds["SessionToken"], region_name=region)
+
+
+def deploy_target(endpoint_url: str, out: Path, *, catalog: Path, hub_role_arn: str, hub_cidr: str):
+    """``cdk deploy -c target=research -c hub_role_arn=... -c hub_cidr=... --outputs-file`` into
+    account B: the real CLI's synth of the target stack, deployed with B's credentials into B's
+    CloudFormation. Returns the deployment and the outputs file's content (stack -> outputs),
+    which the hub stack reads (``-c target_outputs=<file>``)."""
+    from .deploy import deploy_assembly
+
+    assembly = synth(out, {"catalog": str(catalog), "target": TARGET, "hub_role_arn": hub_role_arn,
+                           "hub_cidr": hub_cidr, "target_cidr": TARGET_CIDR},
+                     # What `cdk deploy` would look up with B's credentials.
+                     cdk_context={f"availability-zones:account={TARGET_ACCOUNT}:region={TARGET_REGION}":
+                                  [f"{TARGET_REGION}a", f"{TARGET_REGION}b"]})
+    session = account_session(endpoint_url, TARGET_ACCOUNT, TARGET_REGION)
+    deployment = deploy_assembly(lambda name: session.client(name, endpoint_url=endpoint_url), assembly,
+                                 account=TARGET_ACCOUNT, region=TARGET_REGION)
+    return deployment, {deployment.stack_name: deployment.outputs}
 
 
 # -- python -m sandbox deploy ----------------------------------------------------------------------
