@@ -38,7 +38,9 @@ def sandbox(request):
     if os.geteuid() != 0:
         pytest.fail("the e2e tests run the sandbox, which needs root")
     log_path = ARTIFACTS / "sandbox.log"
-    process = SandboxProcess(log_path, pending_s=1)
+    # Two accounts: the hub's and a target account B, for tests/e2e/test_accounts.py; the other
+    # tests use the hub's account as in a one-account deployment.
+    process = SandboxProcess(log_path, pending_s=1, two_accounts=True)
     try:
         env = process.start()
     except RuntimeError as error:
