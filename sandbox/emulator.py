@@ -916,6 +916,8 @@ def start_emulator(
     ``default_account``: the account of every key moto did not issue (module docstring); it
     needs ``MOTO_ACCOUNT_ID`` unset, which would put every call in that one account."""
     global _ACTIVE
+    if default_account is not None and "MOTO_ACCOUNT_ID" in os.environ:
+        raise RuntimeError("MOTO_ACCOUNT_ID puts every call in one account: unset it to give a default_account")
     if _ACTIVE is not None:
         raise RuntimeError(f"an emulator already runs in this process at {_ACTIVE.endpoint_url}")
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -928,8 +930,6 @@ def start_emulator(
     from werkzeug.serving import make_server
 
     _install_patches()
-    if default_account is not None and "MOTO_ACCOUNT_ID" in os.environ:
-        raise RuntimeError("MOTO_ACCOUNT_ID puts every call in one account: unset it to give a default_account")
     emulator = Emulator(host=host, port=port, pending_s=pending_s, stopping_s=stopping_s,
                         shutting_down_s=shutting_down_s, default_account=default_account)
 

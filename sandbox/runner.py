@@ -22,6 +22,10 @@ Start-up, in order (each step prints one status line):
 7. a hub host keeper (:class:`HubHostKeeper`), the hub Auto Scaling group's health check: when
    the group's instance is terminated, it has the group (moto's) launch a replacement from its
    launch template and points the relay at it once its hub answers.
+With ``--two-accounts`` also a target account B (docs/DEPLOY.md, "Adding a target account"): after
+step 3 the target stack deployed into B and the hub stack updated with its outputs
+(:meth:`Sandbox.deploy_target_account`); with step 5, B's VPC, peered with the hub's, and B's data
+plane (:class:`TargetAccount`).
 Ctrl-C or SIGTERM tears everything down: hosts, namespaces, mounts, relays, the emulator.
 """
 
