@@ -444,12 +444,18 @@ class TargetAccount:
         from . import netns
         from .dataplane import DataPlane, role_credentials, subnet_gateways
 
+        if shutil.which("nft") is None:
+            raise SandboxError("nft is missing (the peering's security-group ports): install nftables "
+                               "(scripts/install-system-deps.sh does)")
         self.session = account_session(sandbox.emulator.endpoint_url, TARGET_ACCOUNT, TARGET_REGION)
         ec2 = self.client(sandbox, "ec2")
         [vpc_id] = self.deployment.physical_ids("AWS::EC2::VPC")
         self.vpc = netns.Vpc(TARGET_VPC_NAME, gateways=subnet_gateways(ec2, vpc_id)).create()
-        self.peering = netns.Peering(sandbox.vpc, self.vpc, cidrs=(self.hub_cidr, TARGET_CIDR),
-                                     ports=((HUB_API_PORT,), (NOTEBOOK_PORT,))).create()
+        # The ports the two security groups open, as the deployed settings name them.
+        settings = json.loads(sandbox.client("ssm").get_parameter(
+            Name=f"/ec2hub/{sandbox.deployment.stack_name}/settings")["Parameter"]["Value"])
+        ports = ((settings["hub_api_port"],), (settings["notebook_port"],))
+        self.peering = netns.Peering(sandbox.vpc, self.vpc, cidrs=(self.hub_cidr, TARGET_CIDR), ports=ports).create()
         self.relays.append(netns.Relay(
             listen=("0.0.0.0", ENDPOINT_PORT), listen_netns=self.vpc.netns,
             connect=("127.0.0.1", sandbox.emulator.port), name="aws-endpoint-b",
@@ -463,8 +469,8 @@ class TargetAccount:
         )
         sandbox.emulator.add_listener(self.dataplane.handle)
         say(f"account {TARGET_ACCOUNT}: VPC {vpc_id} in namespace {self.vpc.netns} ({TARGET_CIDR}, "
-            f"{len(self.vpc.gateways)} subnets), peered with the hub's ({self.hub_cidr}: port {HUB_API_PORT} "
-            f"to A, {NOTEBOOK_PORT} to B), the hub's private zone associated, AWS endpoint on port {ENDPOINT_PORT}")
+            f"{len(self.vpc.gateways)} subnets), peered with the hub's ({self.hub_cidr}: port {ports[0][0]} "
+            f"to A, {ports[1][0]} to B), the hub's private zone associated, AWS endpoint on port {ENDPOINT_PORT}")
 
     def env(self) -> dict:
         return {"account": TARGET_ACCOUNT, "region": TARGET_REGION, "name": TARGET, "class": TARGET_CLASS,
@@ -594,7 +600,6 @@ TARGET_CLASS = "research"
 TARGET_EXTERNAL_ID = "ec2hub-sandbox-research"
 TARGET_ADMIN_ROLE = "ec2hub-sandbox-deployer"  # whose credentials `cdk deploy` into B uses
 TARGET_VPC_NAME = VPC_NAME + "b"  # B's VPC namespace (its hosts' start with it, as A's do with VPC_NAME)
-HUB_API_PORT, NOTEBOOK_PORT = 8081, 8888  # infra.hub.HUB_API_PORT, infra.notebooks.NOTEBOOK_PORT
 
 
 def two_account_catalog(path: Path, *, source: Path = REPO / "instance-classes.yaml") -> Path:
