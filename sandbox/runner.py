@@ -421,9 +421,9 @@ class TargetAccount:
     peering with the hub's VPC, its DNS and AWS endpoint, and the data plane that boots B's instances.
 
     The peering is docs/ARCHITECTURE.md §19's decision, reproduced as :class:`sandbox.netns.Peering`:
-    routed between the two ranges, the hub API's port open to B's range in A (the operator's
-    security-group rule, docs/DEPLOY.md step 4), the notebook port open to A's range in B (the
-    target stack's rule). B's DNS answers the hub's private zone (the zone associated with B's
+    routed between the two ranges, the hub API's port open to B's range in A (the hub stack's
+    security-group rule, given the target's outputs), the notebook port open to A's range in B
+    (the target stack's rule). B's DNS answers the hub's private zone (the zone associated with B's
     VPC): the same ``hub.<zone>`` name, the hub host's private address in A.
     """
 
