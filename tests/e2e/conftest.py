@@ -1,8 +1,9 @@
 """End-to-end fixtures: the real sandbox (`python -m sandbox up`), driven through the hub's REST API
 and the proxy, as a user and an admin would.
 
-One sandbox serves the whole e2e session (it takes ~20 s to stand up). Its output is kept in
-test-artifacts/sandbox.log and printed when a test failed.
+One sandbox serves the whole e2e session (it takes ~20 s to stand up, and 30 to 40 s more for its
+second account: two more CLI synths, of the target stack and of the hub stack with its outputs).
+Its output is kept in test-artifacts/sandbox.log and printed when a test failed.
 """
 
 from __future__ import annotations
