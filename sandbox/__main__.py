@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the sandbox in the foreground (Ctrl-C stops it)")
     up.add_argument("--pending-s", type=float, default=2.0, help="how long new instances stay pending (default 2)")
     up.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
+    up.add_argument("--two-accounts", action="store_true",
+                    help="also a target account B (222222222222, eu-central-1) with its own VPC, peered, and a "
+                         "class 'research' launching there (docs/DEPLOY.md, Adding a target account)")
     commands.add_parser("down", help="stop a running sandbox and remove what a crashed one left")
     deploy = commands.add_parser("deploy", help="redeploy the current tree into the running sandbox, as cdk deploy "
                                  "would (a changed hub launch template replaces the hub host)")
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import runner
 
     if args.command == "up":
-        return runner.up(args.pending_s, args.port)
+        return runner.up(args.pending_s, args.port, two_accounts=args.two_accounts)
     if args.command == "down":
         return runner.down()
     if args.command == "deploy":

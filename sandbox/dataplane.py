@@ -101,6 +101,17 @@ def gpu_count(ec2, instance_type: str) -> int:
     return sum(gpu.get("Count", 0) for gpu in info.get("GpuInfo", {}).get("Gpus", []))
 
 
+def role_credentials(iam, sts):
+    """``instance_credentials`` as EC2 gives them: a session of the instance profile's role (in
+    the account of ``iam`` and ``sts``), named by the instance id."""
+
+    def credentials(facts: InstanceFacts) -> dict:
+        profile = iam.get_instance_profile(InstanceProfileName=facts.role)["InstanceProfile"]
+        return sts.assume_role(RoleArn=profile["Roles"][0]["Arn"], RoleSessionName=facts.instance_id)["Credentials"]
+
+    return credentials
+
+
 class DataPlane:
     """Boots, stops and terminates isolated hosts as the emulator's instances change state."""
 
@@ -117,7 +128,16 @@ class DataPlane:
         console_dir: Path | None = None,
         hidden_paths: tuple[Path, ...] = (),
         ssm=None,
+        account: str | None = None,
+        instance_credentials=None,
     ) -> None:
+        """``account``: the AWS account whose instances this data plane boots (``ec2`` is a
+        client of it); the emulator's events of other accounts' instances are another data
+        plane's (None: every event). ``instance_credentials(facts)``: the instance role's
+        credentials (STS ``Credentials``) its IMDS serves; None: dummy keys, which the emulator
+        takes for its default account's."""
+        self.account = account
+        self.instance_credentials = instance_credentials
         self.ec2 = ec2
         self.ssm = ssm  # resolves resolve:ssm: image ids (baked classes); None: they boot the base image
         self.efs = efs  # the same emulator's EFS, for the access points instances mount; None: no EFS
@@ -144,6 +164,8 @@ class DataPlane:
     def handle(self, event: dict) -> None:
         """The emulator listener: queue the event for its instance's worker."""
         if event["state"] not in ("running", "rebooting", "stopped", "terminated"):
+            return
+        if self.account is not None and event.get("account", self.account) != self.account:
             return
         iid = event["instance_id"]
         with self._lock:
@@ -206,18 +228,26 @@ class DataPlane:
         facts = InstanceFacts.describe(self.ec2, instance_id)
         gateway = self.vpc.gateway_for(facts.private_ip)
         image, layers = self.image(facts.image_id)
+        imds = ImdsData(
+            instance_id=instance_id,
+            region=self.region,
+            availability_zone=facts.availability_zone,
+            tags=facts.tags,
+            role=facts.role or "ec2hub-instance",
+            instance_type=facts.instance_type,
+        )
+        if self.account is not None:
+            imds.account_id = self.account
+        if self.instance_credentials is not None and facts.role:
+            credentials = self.instance_credentials(facts)
+            imds.access_key_id = credentials["AccessKeyId"]
+            imds.secret_access_key = credentials["SecretAccessKey"]
+            imds.session_token = credentials["SessionToken"]
         host = IsolatedHost(
             instance_id,
             vpc=self.vpc,
             ip=facts.private_ip,
-            imds=ImdsData(
-                instance_id=instance_id,
-                region=self.region,
-                availability_zone=facts.availability_zone,
-                tags=facts.tags,
-                role=facts.role or "ec2hub-instance",
-                instance_type=facts.instance_type,
-            ),
+            imds=imds,
             state_root=self.state_root,
             access_points=self.access_points(facts.tags),
             hidden_paths=self.hidden_paths,

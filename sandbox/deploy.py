@@ -144,7 +144,9 @@ def upload_assets(s3, assembly: Path, assets_file: str, account: str, region: st
             try:
                 s3.head_bucket(Bucket=bucket)
             except s3.exceptions.ClientError:
-                s3.create_bucket(Bucket=bucket)
+                # Outside us-east-1 S3 wants the bucket's region named (a target in another region).
+                where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+                s3.create_bucket(Bucket=bucket, **where)
             s3.put_object(Bucket=bucket, Key=key, Body=body)
             uploaded.append(f"s3://{bucket}/{key}")
     return uploaded

@@ -43,6 +43,11 @@ classes of the process that runs the server (so use it in-process through
   launch; moto refuses any instance that is not ``running``);
 * CloudFormation's ``SignalResource``, which moto does not have: each signal is recorded (stack,
   logical id, unique id, status) and answered as CloudFormation does; ``signals`` lists them.
+* accounts by credentials, as AWS tells them: moto keeps separate state per account and files the
+  temporary key of an ``AssumeRole`` under the account of the role's ARN; a key it never issued
+  (the sandbox's own ``sandbox`` key, an instance role's IMDS credentials in the hub's account)
+  is ``default_account``'s, where moto would say 123456789012. Unlike ``MOTO_ACCOUNT_ID``, which
+  puts every call in one account, this lets the hub's assumed role act in a target account.
 
 Control in-process through the :class:`Emulator` methods, or over HTTP on the same port
 (``EmulatorClient`` speaks it)::
@@ -189,6 +194,7 @@ class Emulator:
     # transaction snapshots whole tables with deepcopy and restores them on any error, so a
     # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
     _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
+    default_account: str | None = None  # the account of keys moto never issued (None: moto's default)
 
     @property
     def endpoint_url(self) -> str:
@@ -329,7 +335,7 @@ class Emulator:
     def add_listener(self, listener: Callable[[dict], None]) -> Callable[[], None]:
         """Call ``listener(event)`` on every state change; returns a function that unsubscribes.
 
-        Events: ``{"seq", "time", "instance_id", "state", "private_ip", "subnet_id",
+        Events: ``{"seq", "time", "instance_id", "account", "state", "private_ip", "subnet_id",
         "instance_type", "reason"}`` for ``running``, ``stopped`` and ``terminated``. Listeners run
         one at a time, in order, on a dispatcher thread of their own and outside every emulator
         lock, so a listener may call the AWS API of this same emulator.
@@ -356,6 +362,7 @@ class Emulator:
                 "seq": self._seq,
                 "time": time.time(),
                 "instance_id": inst.id,
+                "account": inst.owner_id,
                 "state": state,
                 "private_ip": getattr(inst, "private_ip", None),
                 "subnet_id": getattr(inst, "subnet_id", None),
@@ -707,6 +714,7 @@ def _install_patches() -> None:
 
     _patch_efs()
     _patch_target_registration()
+    _patch_accounts()
     InstanceBackend.run_instances = patched_run_instances
     InstanceResponse.describe_instances = patched_describe_instances
     TaggedEC2Resource.get_tags = tags_of
@@ -715,6 +723,27 @@ def _install_patches() -> None:
     # Every lookup by id (describe, terminate, stop, start) goes through all_reservations.
     InstanceBackend.all_reservations = patched_all_reservations
     _PATCHED = True
+
+
+def _patch_accounts() -> None:
+    """The account of a request's access key (moto/core/responses.py ``get_current_account`` asks
+    moto/iam/models.py ``get_account_id_from`` at each request): the account whose IAM holds the
+    key (an assumed role's), else the emulator's ``default_account``."""
+    import moto.iam.models as iam_models
+
+    find = iam_models.get_account_id_from
+
+    def account_of(access_key: str) -> str:
+        emulator = _ACTIVE
+        if emulator is None or emulator.default_account is None:
+            return find(access_key)
+        for account_id, account in list(iam_models.iam_backends.items()):
+            for partition in iam_models.PARTITION_NAMES:
+                if access_key in account[partition].access_keys:
+                    return account_id
+        return emulator.default_account
+
+    iam_models.get_account_id_from = account_of
 
 
 def _patch_target_registration() -> None:
@@ -890,9 +919,15 @@ def start_emulator(
     pending_s: float = 0.0,
     stopping_s: float = 0.0,
     shutting_down_s: float = 0.0,
+    default_account: str | None = None,
 ) -> Emulator:
-    """Start moto in server mode with the ec2hub behaviours on ``host:port`` (0: a free port)."""
+    """Start moto in server mode with the ec2hub behaviours on ``host:port`` (0: a free port).
+
+    ``default_account``: the account of every key moto did not issue (module docstring); it
+    needs ``MOTO_ACCOUNT_ID`` unset, which would put every call in that one account."""
     global _ACTIVE
+    if default_account is not None and "MOTO_ACCOUNT_ID" in os.environ:
+        raise RuntimeError("MOTO_ACCOUNT_ID puts every call in one account: unset it to give a default_account")
     if _ACTIVE is not None:
         raise RuntimeError(f"an emulator already runs in this process at {_ACTIVE.endpoint_url}")
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -906,7 +941,7 @@ def start_emulator(
 
     _install_patches()
     emulator = Emulator(host=host, port=port, pending_s=pending_s, stopping_s=stopping_s,
-                        shutting_down_s=shutting_down_s)
+                        shutting_down_s=shutting_down_s, default_account=default_account)
 
     class _QuietHandler(MotoRequestHandler):
         def log_request(self, *args, **kwargs) -> None:  # one line per AWS call is noise here

@@ -503,3 +503,92 @@ class Vpc:
 def mac_for(address: str) -> str:
     """A locally administered MAC made of the IPv4 address (unique within the VPC, stable)."""
     return "02:ec:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
+
+
+# --- a peering connection between two VPCs --------------------------------------------------------
+
+
+class Peering:
+    """A VPC peering connection between two sandbox VPCs, with the security groups' ports.
+
+    ``Peering(hub_vpc, target_vpc, cidrs=("10.0.0.0/16", "10.1.0.0/16"), ports=((8081,), (8888,)))``:
+    a veth pair between the two VPC namespaces (the peering), a route in each to the other's
+    range (the route tables' entries), and, in each VPC namespace, nftables rules for what arrives
+    over the peering: a new TCP connection from the other range to a host of this range passes
+    only to ``ports`` of this side (its security group's ingress rules: the hub API's port in the
+    hub's VPC, the notebook port in the target's), replies pass, everything else is refused; and
+    nothing over the peering reaches the VPC namespace itself (its DNS, its endpoints and relays:
+    a peered VPC's resolver and endpoints are not the other VPC's). Refused with a TCP reset (or
+    ICMP), where AWS drops silently: a test sees the refusal at once instead of a timeout.
+
+    Not transitive, as peering is not: each VPC routes only the other's range over it. The links
+    live in the two VPC namespaces and go with them; :meth:`destroy` removes them sooner.
+    """
+
+    LINK_NET = ipaddress.ip_network("169.254.252.0/30")  # the two ends' addresses (link-local)
+    TABLE = "ec2hub_peering"
+
+    def __init__(self, a: Vpc, b: Vpc, *, cidrs: tuple[str, str], ports: tuple[tuple[int, ...], tuple[int, ...]]):
+        self.vpcs = (a, b)
+        self.cidrs = tuple(str(ipaddress.ip_network(c)) for c in cidrs)
+        if ipaddress.ip_network(self.cidrs[0]).overlaps(ipaddress.ip_network(self.cidrs[1])):
+            raise ValueError(f"peered VPCs need ranges that do not overlap: {self.cidrs}")
+        self.ports = ports
+        self.links = (link_name(a.name, b.name, "pcx"), link_name(b.name, a.name, "pcx"))
+        hosts = list(self.LINK_NET.hosts())
+        self.addresses = (str(hosts[0]), str(hosts[1]))
+
+    def create(self) -> Peering:
+        if shutil.which("nft") is None:
+            raise RuntimeError("nft is missing: install nftables (scripts/install-system-deps.sh does)")
+        (a, b), (link_a, link_b) = self.vpcs, self.links
+        ip("link", "add", link_a, "netns", a.netns, "type", "veth", "peer", "name", link_b, "netns", b.netns)
+        try:
+            for side in (0, 1):
+                vpc, link, other = self.vpcs[side], self.links[side], 1 - side
+                ip("addr", "add", f"{self.addresses[side]}/{self.LINK_NET.prefixlen}", "dev", link, netns=vpc.netns)
+                ip("link", "set", link, "up", netns=vpc.netns)
+                ip("route", "add", self.cidrs[other], "via", self.addresses[other], "dev", link, netns=vpc.netns)
+                self._filter(vpc.netns, link, source=self.cidrs[other], dest=self.cidrs[side], ports=self.ports[side])
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def _filter(self, netns: str, link: str, *, source: str, dest: str, ports: tuple[int, ...]) -> None:
+        allowed = f"tcp dport {{ {', '.join(str(p) for p in ports)} }} ct state new accept" if ports else ""
+        ruleset = f"""
+table inet {self.TABLE} {{
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname "{link}" ct state established,related accept
+    iifname "{link}" ip saddr {source} ip daddr {dest} {allowed}
+    iifname "{link}" meta l4proto tcp reject with tcp reset
+    iifname "{link}" reject
+  }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname "{link}" ct state established,related accept
+    iifname "{link}" meta l4proto tcp reject with tcp reset
+    iifname "{link}" reject
+  }}
+}}
+"""
+        proc = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft in {netns}: exit {proc.returncode}: {proc.stderr.strip()}")
+
+    def destroy(self) -> None:
+        a, _ = self.vpcs
+        if (NETNS_DIR / a.netns).exists():
+            ip("link", "del", self.links[0], netns=a.netns, check=False)  # its peer end goes with it
+        for vpc in self.vpcs:
+            if (NETNS_DIR / vpc.netns).exists():
+                run("ip", "netns", "exec", vpc.netns, "nft", "delete", "table", "inet", self.TABLE, check=False)
+
+    def __enter__(self) -> Self:
+        return self.create()
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()

@@ -22,6 +22,10 @@ Start-up, in order (each step prints one status line):
 7. a hub host keeper (:class:`HubHostKeeper`), the hub Auto Scaling group's health check: when
    the group's instance is terminated, it has the group (moto's) launch a replacement from its
    launch template and points the relay at it once its hub answers.
+With ``--two-accounts`` also a target account B (docs/DEPLOY.md, "Adding a target account"): after
+step 3 the target stack deployed into B and the hub stack updated with its outputs
+(:meth:`Sandbox.deploy_target_account`); with step 5, B's VPC, peered with the hub's, and B's data
+plane (:class:`TargetAccount`).
 Ctrl-C or SIGTERM tears everything down: hosts, namespaces, mounts, relays, the emulator.
 """
 
@@ -121,11 +125,16 @@ class Sandbox:
     hub_keeper: object = None
     zone_follower: object = None
     env: dict = field(default_factory=dict)
+    two_accounts: bool = False  # also target account B (docs/DEPLOY.md, "Adding a target account")
+    deploy_context: dict = field(default_factory=dict)  # what the hub stack was deployed with besides SANDBOX_CONTEXT
+    target: object = None  # TargetAccount, with two_accounts
 
     # -- start ------------------------------------------------------------------------------------
 
     def start(self) -> dict:
-        os.environ.setdefault("MOTO_ACCOUNT_ID", ACCOUNT)
+        # Accounts by credentials (sandbox.emulator): the sandbox's own key and the instances'
+        # IMDS keys are the hub's account, a role assumed in a target's is that account's.
+        os.environ.pop("MOTO_ACCOUNT_ID", None)
         from . import images, netns
         from .dataplane import DataPlane, subnet_gateways
         from .deploy import deploy_assembly
@@ -138,7 +147,7 @@ class Sandbox:
         shutil.rmtree(STATE_DIR / "console", ignore_errors=True)
         shutil.rmtree(STATE_DIR / "efs", ignore_errors=True)
 
-        self.emulator = start_emulator(0, pending_s=self.pending_s)
+        self.emulator = start_emulator(0, pending_s=self.pending_s, default_account=ACCOUNT)
         say(f"AWS emulator at {self.emulator.endpoint_url} (instances stay pending {self.pending_s:g} s)")
         import boto3
 
@@ -150,6 +159,8 @@ class Sandbox:
         assembly = self.synth()
         self.deployment = deploy_assembly(self.client, assembly, account=ACCOUNT, region=REGION)
         say(f"stack {self.deployment.stack_name} deployed into the emulator: {len(self.deployment.resources)} resources")
+        if self.two_accounts:
+            self.deploy_target_account()
         for logical, kind in self.deployment.not_created:
             say(f"  not created by the emulator: {logical} ({kind})")
         for name in self.deployment.stood_in_parameters:
@@ -183,8 +194,11 @@ class Sandbox:
             console_dir=STATE_DIR / "console",
             # The admin token and every host's console: the sandbox's, no instance's to read.
             hidden_paths=(STATE_DIR,),
+            account=ACCOUNT,
         )
         self.emulator.add_listener(self.dataplane.handle)
+        if self.target is not None:
+            self.target.connect(self, zones)
         self.dataplane.boot_running()
         images.build_stack_images(self)  # the baked classes' images, while the hub boots (none: no-op)
         self.hub_host, self.hub_ip = self.wait_for_hub_host()
@@ -212,11 +226,52 @@ class Sandbox:
             "stack_name": self.deployment.stack_name,
             "users": accounts,
             "pid": os.getpid(),
+            "deploy_context": self.deploy_context,
         }
+        if self.target is not None:
+            env["target"] = self.target.env()
         self.env = env
         self.write_env()
         self.hub_keeper.start()
         return env
+
+    def deploy_target_account(self) -> None:
+        """docs/DEPLOY.md's "Adding a target account", steps 2, 3 and 5, before the hub host boots:
+        the target stack deployed into account B with the hub stack's HubRoleArn and HubVpcCidr,
+        then the hub stack updated with the target's outputs (the catalog's class on it, the
+        target's subnets and template in the settings, AssumeRole on its role). Step 4 (the
+        peering, routes and zone association) is :meth:`TargetAccount.connect`."""
+        from .deploy import deploy_assembly
+
+        started = time.monotonic()
+        catalog = two_account_catalog(STATE_DIR / "catalog-two-accounts.yaml")
+        deployment, outputs = deploy_target(
+            self.emulator.endpoint_url, STATE_DIR / "cdk.out.target", catalog=catalog,
+            hub_role_arn=self.deployment.outputs["HubRoleArn"], hub_cidr=self.deployment.outputs["HubVpcCidr"])
+        say(f"target stack {deployment.stack_name} deployed into account {TARGET_ACCOUNT} ({TARGET_REGION}): "
+            f"{len(deployment.resources)} resources")
+        for logical, kind in deployment.not_created:
+            say(f"  not created by the emulator: {logical} ({kind})")
+        outputs_file = STATE_DIR / "targets.json"
+        outputs_file.write_text(json.dumps(outputs, indent=2))
+        self.deploy_context = {"catalog": str(catalog), "target_outputs": str(outputs_file)}
+        before = self.hub_template_version()
+        assembly = synth(STATE_DIR / "cdk.out", self.deploy_context)
+        self.deployment = deploy_assembly(self.client, assembly, account=ACCOUNT, region=REGION, update=True)
+        if self.hub_template_version() != before:
+            # The group's instance was launched from the first version (moto launches at creation).
+            raise SandboxError("the target's outputs changed the hub's launch template: its instance is stale")
+        self.target = TargetAccount(deployment, hub_cidr=self.deployment.outputs["HubVpcCidr"])
+        say(f"stack {self.deployment.stack_name} updated with the target's outputs "
+            f"({time.monotonic() - started:.1f} s for both): class {TARGET_CLASS!r} launches in account {TARGET_ACCOUNT}")
+
+    def hub_template_version(self) -> int:
+        """The newest version of the hub group's launch template."""
+        [group] = self.client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[self.hub_group])["AutoScalingGroups"]
+        [template] = self.client("ec2").describe_launch_templates(
+            LaunchTemplateIds=[group["LaunchTemplate"]["LaunchTemplateId"]])["LaunchTemplates"]
+        return template["LatestVersionNumber"]
 
     def write_env(self) -> None:
         fd = os.open(ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -344,6 +399,8 @@ class Sandbox:
         # loses its database hangs in its shutdown until the host's grace kills it.
         if self.dataplane is not None:
             self.dataplane.close()
+        if self.target is not None:
+            self.target.close()
         for relay in reversed(self.relays):
             relay.stop()
         self.relays.clear()
@@ -357,6 +414,80 @@ class Sandbox:
             self.database.stop()
         ENV_FILE.unlink(missing_ok=True)
         cleanup_leftovers()
+
+
+class TargetAccount:
+    """Account B's data plane: its VPC (a namespace of its own, on the target stack's range), the
+    peering with the hub's VPC, its DNS and AWS endpoint, and the data plane that boots B's instances.
+
+    The peering is docs/ARCHITECTURE.md §19's decision, reproduced as :class:`sandbox.netns.Peering`:
+    routed between the two ranges, the hub API's port open to B's range in A (the hub stack's
+    security-group rule, given the target's outputs), the notebook port open to A's range in B
+    (the target stack's rule). B's DNS answers the hub's private zone (the zone associated with B's
+    VPC): the same ``hub.<zone>`` name, the hub host's private address in A.
+    """
+
+    def __init__(self, deployment, *, hub_cidr: str) -> None:
+        self.deployment = deployment
+        self.hub_cidr = hub_cidr
+        self.session = None
+        self.vpc = None
+        self.peering = None
+        self.relays: list = []
+        self.zone_follower = None
+        self.dataplane = None
+
+    def client(self, sandbox: Sandbox, name: str):
+        return self.session.client(name, endpoint_url=sandbox.emulator.endpoint_url)
+
+    def connect(self, sandbox: Sandbox, zones: list[str]) -> None:
+        from . import netns
+        from .dataplane import DataPlane, role_credentials, subnet_gateways
+
+        if shutil.which("nft") is None:
+            raise SandboxError("nft is missing (the peering's security-group ports): install nftables "
+                               "(scripts/install-system-deps.sh does)")
+        self.session = account_session(sandbox.emulator.endpoint_url, TARGET_ACCOUNT, TARGET_REGION)
+        ec2 = self.client(sandbox, "ec2")
+        [vpc_id] = self.deployment.physical_ids("AWS::EC2::VPC")
+        self.vpc = netns.Vpc(TARGET_VPC_NAME, gateways=subnet_gateways(ec2, vpc_id)).create()
+        # The ports the two security groups open, as the deployed settings name them.
+        settings = json.loads(sandbox.client("ssm").get_parameter(
+            Name=f"/ec2hub/{sandbox.deployment.stack_name}/settings")["Parameter"]["Value"])
+        ports = ((settings["hub_api_port"],), (settings["notebook_port"],))
+        self.peering = netns.Peering(sandbox.vpc, self.vpc, cidrs=(self.hub_cidr, TARGET_CIDR), ports=ports).create()
+        self.relays.append(netns.Relay(
+            listen=("0.0.0.0", ENDPOINT_PORT), listen_netns=self.vpc.netns,
+            connect=("127.0.0.1", sandbox.emulator.port), name="aws-endpoint-b",
+        ).start())
+        self.zone_follower = PrivateZoneFollower(sandbox.client("route53"), self.vpc, zones).start()
+        self.dataplane = DataPlane(
+            ec2=ec2, vpc=self.vpc, region=TARGET_REGION, endpoint_port=ENDPOINT_PORT,
+            efs_root=STATE_DIR / "efs", state_root=HOSTS_ROOT, console_dir=STATE_DIR / "console",
+            hidden_paths=(STATE_DIR,), account=TARGET_ACCOUNT,
+            instance_credentials=role_credentials(self.client(sandbox, "iam"), self.client(sandbox, "sts")),
+        )
+        sandbox.emulator.add_listener(self.dataplane.handle)
+        say(f"account {TARGET_ACCOUNT}: VPC {vpc_id} in namespace {self.vpc.netns} ({TARGET_CIDR}, "
+            f"{len(self.vpc.gateways)} subnets), peered with the hub's ({self.hub_cidr}: port {ports[0][0]} "
+            f"to A, {ports[1][0]} to B), the hub's private zone associated, AWS endpoint on port {ENDPOINT_PORT}")
+
+    def env(self) -> dict:
+        return {"account": TARGET_ACCOUNT, "region": TARGET_REGION, "name": TARGET, "class": TARGET_CLASS,
+                "stack_name": self.deployment.stack_name, "cidr": TARGET_CIDR, "vpc_netns": TARGET_VPC_NAME,
+                "admin_role_arn": f"arn:aws:iam::{TARGET_ACCOUNT}:role/{TARGET_ADMIN_ROLE}"}
+
+    def close(self) -> None:
+        if self.dataplane is not None:
+            self.dataplane.close()
+        for relay in self.relays:
+            relay.stop()
+        if self.zone_follower is not None:
+            self.zone_follower.stop()
+        if self.peering is not None:
+            self.peering.destroy()
+        if self.vpc is not None:
+            self.vpc.destroy()
 
 
 class HubHostKeeper:
@@ -425,9 +556,11 @@ class HubHostKeeper:
         sandbox.write_env()
 
 
-def synth(out: Path, context: dict[str, str] | None = None) -> Path:
+def synth(out: Path, context: dict[str, str] | None = None, *, cdk_context: dict | None = None) -> Path:
     """The real CDK CLI, offline, with the sandbox's context (and ``context``, e.g. another
-    catalog) into ``out``."""
+    catalog) into ``out``. ``cdk_context``: context the command line cannot carry (keys with
+    ``=`` in them, lists, such as another account's availability zones), given as the CLI reads
+    cdk.json: from a cdk.json beside ``out`` that is the repository's with it added."""
     env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
     for key in list(env):
         if key.startswith("AWS_"):
@@ -436,14 +569,91 @@ def synth(out: Path, context: dict[str, str] | None = None) -> Path:
     env.setdefault("JSII_RUNTIME_PACKAGE_CACHE_ROOT", str(REPO / ".cache" / "jsii"))
     env.setdefault("CDK_HOME", str(REPO / ".cache" / "cdk"))
     cdk = REPO / "node_modules" / ".bin" / "cdk"
-    cmd = [str(cdk), "synth", "--quiet", "-o", str(out)]
+    cmd = [str(cdk), "synth", "--quiet", "-o", str(out.resolve())]
     for key, value in {**SANDBOX_CONTEXT, **(context or {})}.items():
         cmd += ["-c", f"{key}={value}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    cwd = REPO
+    if cdk_context:
+        cwd = out.parent / f"{out.name}.app"
+        cwd.mkdir(parents=True, exist_ok=True)
+        app = json.loads((REPO / "cdk.json").read_text())
+        app["app"] = f"{REPO / '.venv' / 'bin' / 'python'} {REPO / 'app.py'}"
+        app["context"] = {**app.get("context", {}), **cdk_context}
+        (cwd / "cdk.json").write_text(json.dumps(app, indent=1))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
     say(f"cdk synth: template written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return out
+
+
+# -- a second account: a catalog target -------------------------------------------------------------
+
+# The sandbox's target: account B in another region, reached through the role its target stack
+# makes (docs/DEPLOY.md, "Adding a target account"). The external id is no secret (it guards
+# against a confused deputy, docs/ARCHITECTURE.md §19); the catalog carries it.
+TARGET = "research"
+TARGET_ACCOUNT = "222222222222"
+TARGET_REGION = "eu-central-1"
+TARGET_CIDR = "10.1.0.0/16"  # the target stack's default, not the hub VPC's 10.0.0.0/16
+TARGET_CLASS = "research"
+TARGET_EXTERNAL_ID = "ec2hub-sandbox-research"
+TARGET_ADMIN_ROLE = "ec2hub-sandbox-deployer"  # whose credentials `cdk deploy` into B uses
+TARGET_VPC_NAME = VPC_NAME + "b"  # B's VPC namespace (its hosts' start with it, as A's do with VPC_NAME)
+
+
+def two_account_catalog(path: Path, *, source: Path = REPO / "instance-classes.yaml") -> Path:
+    """The repository's catalog plus the target ``research`` (account B) and a class on it, a copy
+    of the default class for the group ``research``, written to ``path``. Test-only: the shipped
+    catalog stays one account."""
+    import yaml
+
+    catalog = yaml.safe_load(source.read_text())
+    default = next((c for c in catalog["classes"] if c.get("default")), catalog["classes"][0])
+    catalog["targets"] = {TARGET: {
+        "account": TARGET_ACCOUNT, "region": TARGET_REGION, "external_id": TARGET_EXTERNAL_ID,
+        "role_arn": f"arn:aws:iam::{TARGET_ACCOUNT}:role/ec2hub-{TARGET}",
+    }}
+    catalog["classes"].append({
+        **{k: v for k, v in default.items() if k != "default"},
+        "slug": TARGET_CLASS, "display_name": f"{default['display_name']} (account {TARGET_ACCOUNT})",
+        "description": f"The default class, launched in account {TARGET_ACCOUNT} ({TARGET_REGION}).",
+        "target": TARGET, "allowed_groups": [TARGET],
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return path
+
+
+def account_session(endpoint_url: str, account: str, region: str):
+    """A boto3 session acting in ``account``: an administrator's role there, assumed (the emulator
+    tells accounts by credentials, and files an assumed role's key under the role's account)."""
+    import boto3
+
+    sts = boto3.client("sts", region_name=region, endpoint_url=endpoint_url,
+                       aws_access_key_id="sandbox", aws_secret_access_key="sandbox")
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/{TARGET_ADMIN_ROLE}",
+                            RoleSessionName="cdk-deploy")["Credentials"]
+    return boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                         aws_session_token=creds["SessionToken"], region_name=region)
+
+
+def deploy_target(endpoint_url: str, out: Path, *, catalog: Path, hub_role_arn: str, hub_cidr: str):
+    """``cdk deploy -c target=research -c hub_role_arn=... -c hub_cidr=... --outputs-file`` into
+    account B: the real CLI's synth of the target stack, deployed with B's credentials into B's
+    CloudFormation. Returns the deployment and the outputs file's content (stack -> outputs),
+    which the hub stack reads (``-c target_outputs=<file>``)."""
+    from .deploy import deploy_assembly
+
+    assembly = synth(out, {"catalog": str(catalog), "target": TARGET, "hub_role_arn": hub_role_arn,
+                           "hub_cidr": hub_cidr, "target_cidr": TARGET_CIDR},
+                     # What `cdk deploy` would look up with B's credentials.
+                     cdk_context={f"availability-zones:account={TARGET_ACCOUNT}:region={TARGET_REGION}":
+                                  [f"{TARGET_REGION}a", f"{TARGET_REGION}b"]})
+    session = account_session(endpoint_url, TARGET_ACCOUNT, TARGET_REGION)
+    deployment = deploy_assembly(lambda name: session.client(name, endpoint_url=endpoint_url), assembly,
+                                 account=TARGET_ACCOUNT, region=TARGET_REGION)
+    return deployment, {deployment.stack_name: deployment.outputs}
 
 
 # -- python -m sandbox deploy ----------------------------------------------------------------------
@@ -470,7 +680,9 @@ def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> 
 
     started = time.monotonic()
     try:
-        assembly = synth(STATE_DIR / "cdk.out.deploy", context)
+        # What the sandbox deployed the stack with (a two-account sandbox's catalog and target
+        # outputs), under what this deploy is given.
+        assembly = synth(STATE_DIR / "cdk.out.deploy", {**env.get("deploy_context", {}), **(context or {})})
         deployment = deploy_assembly(client, assembly, account=ACCOUNT, region=REGION, update=True)
     except (SandboxError, RuntimeError, TimeoutError) as error:
         say(f"error: {error}")
@@ -628,14 +840,14 @@ def admin_token(hub_url: str, name: str, password: str) -> str:
 # -- entry points ----------------------------------------------------------------------------------
 
 
-def up(pending_s: float, port: int) -> int:
+def up(pending_s: float, port: int, *, two_accounts: bool = False) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     # moto logs each resource its CloudFormation skips and each Lambda it cannot run in Docker;
     # the sandbox reports those itself, by name, from the deployed stack.
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Tried to parse")
-    sandbox = Sandbox(pending_s=pending_s, port=port)
+    sandbox = Sandbox(pending_s=pending_s, port=port, two_accounts=two_accounts)
     stop = threading.Event()
     ready = threading.Event()
 

@@ -12,13 +12,15 @@
 #                on a scratch data directory, loopback only); the package's own service never starts:
 #                no systemd here, policy-rc.d below, and booted instances mask postgresql.service
 #   openssl      the scratch database's self-signed TLS certificate (the hub requires TLS, as RDS does)
+#   nftables     nft: the sandbox's VPC peering (two-account sandbox) passes only the ports the
+#                security groups open; its rules live in the VPC namespaces, never the machine's own
 # None of them changes the running machine: without systemd as PID 1 no unit of theirs starts here
 # (cloud-init's units run only inside the booted instances), and dnsmasq-base has no service.
 # Assumes Debian or Ubuntu and root (as CI and the sandbox run); otherwise says what to install.
 set -euo pipefail
 
 packages=(iproute2 util-linux chromium procps systemd-container cloud-init dnsmasq-base isc-dhcp-client postgresql
-  openssl)
+  openssl nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

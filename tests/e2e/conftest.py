@@ -1,8 +1,9 @@
 """End-to-end fixtures: the real sandbox (`python -m sandbox up`), driven through the hub's REST API
 and the proxy, as a user and an admin would.
 
-One sandbox serves the whole e2e session (it takes ~20 s to stand up). Its output is kept in
-test-artifacts/sandbox.log and printed when a test failed.
+One sandbox serves the whole e2e session (it takes ~20 s to stand up, and 30 to 40 s more for its
+second account: two more CLI synths, of the target stack and of the hub stack with its outputs).
+Its output is kept in test-artifacts/sandbox.log and printed when a test failed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def sandbox(request):
     if os.geteuid() != 0:
         pytest.fail("the e2e tests run the sandbox, which needs root")
     log_path = ARTIFACTS / "sandbox.log"
-    process = SandboxProcess(log_path, pending_s=1)
+    # Two accounts: the hub's and a target account B, for tests/e2e/test_accounts.py; the other
+    # tests use the hub's account as in a one-account deployment.
+    process = SandboxProcess(log_path, pending_s=1, two_accounts=True)
     try:
         env = process.start()
     except RuntimeError as error:

@@ -76,9 +76,10 @@ class Instance:
 class SandboxProcess:
     """`python -m sandbox up` in the background, as a newcomer runs it, with its output in a file."""
 
-    def __init__(self, log_path: Path, *, pending_s: float):
+    def __init__(self, log_path: Path, *, pending_s: float, two_accounts: bool = False):
         self.log_path = log_path
         self.pending_s = pending_s
+        self.two_accounts = two_accounts  # also target account B (python -m sandbox up --two-accounts)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300) -> dict:
@@ -87,7 +88,8 @@ class SandboxProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sandbox", "up", "--port", "0", "--pending-s", str(self.pending_s)],
+                [sys.executable, "-m", "sandbox", "up", "--port", "0", "--pending-s", str(self.pending_s),
+                 *(["--two-accounts"] if self.two_accounts else [])],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
