@@ -5,6 +5,8 @@ it (tests/e2e/test_accounts.py deploys the target stack and launches there)."""
 
 from __future__ import annotations
 
+import uuid
+
 import boto3
 import pytest
 
@@ -48,7 +50,10 @@ def test_what_b_makes_and_launches_stays_in_b(emulator):
         "ec2", endpoint_url=emulator.endpoint_url)
     vpc = b.create_vpc(CidrBlock=TARGET_CIDR)["Vpc"]["VpcId"]
     subnet = b.create_subnet(VpcId=vpc, CidrBlock="10.1.1.0/24", AvailabilityZone=f"{TARGET_REGION}a")["Subnet"]
-    template = b.create_launch_template(LaunchTemplateName="research", LaunchTemplateData={
+    # moto's state is per process, not per emulator: a name of its own, and removed after, so that
+    # the spawner suites' emulator later in this process (its own template "research" in B) is unaffected.
+    name = f"research-{uuid.uuid4().hex[:8]}"
+    template = b.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
         "ImageId": "ami-12345678", "InstanceType": "t3.medium"})["LaunchTemplate"]["LaunchTemplateId"]
     creds = own(emulator, "sts").assume_role(RoleArn=f"arn:aws:iam::{TARGET_ACCOUNT}:role/ec2hub-research",
                                              RoleSessionName="ec2hub-ec2hub", ExternalId="ec2hub-research")["Credentials"]
@@ -65,9 +70,10 @@ def test_what_b_makes_and_launches_stays_in_b(emulator):
             assert a.describe_instances()["Reservations"] == []
             assert a.describe_vpcs(Filters=[{"Name": "cidr", "Values": [TARGET_CIDR]}])["Vpcs"] == []
             assert a.describe_launch_templates(
-                Filters=[{"Name": "launch-template-name", "Values": ["research"]}])["LaunchTemplates"] == []
+                Filters=[{"Name": "launch-template-name", "Values": [name]}])["LaunchTemplates"] == []
     finally:
         assumed.terminate_instances(InstanceIds=[launched["InstanceId"]])
+        b.delete_launch_template(LaunchTemplateId=template)
 
 
 def test_a_default_account_refuses_moto_account_id(monkeypatch):
