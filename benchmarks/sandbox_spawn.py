@@ -13,13 +13,17 @@ and a summary:
               handling, the spawner's RunInstances, the emulator's pending time);
 - boot:       from then until cloud-init runs the user data (its first line, "start:"): the data
               plane wiring the host, systemd-nspawn booting systemd, cloud-init's stages (DHCP,
-              IMDS crawl, config modules) up to scripts-user;
+              IMDS crawl, config modules) up to scripts-user. Split in boot_host (until the
+              instance's journald starts: the data plane, nspawn, systemd's first steps) and
+              boot_cloud_init (from then: systemd's early units and cloud-init's four stages);
 - user_data:  until the user data hands over to systemd ("service: ..."): IMDS, tags, user,
               home, secret, env file, unit;
 - singleuser: until jupyter-server, started by its unit, logs "is running at";
-- hub_check:  until the hub reports the server ready (its HTTP check, the proxy route).
+- hub_check:  until the hub reports the server ready (JupyterHub's HTTP check after start()
+              returned, the proxy route; the spawner's own wait for the server's first answer,
+              wait_for_server, ends when the server answers, within singleuser).
 
-Run as root: `.venv/bin/python benchmarks/sandbox_spawn.py [--spawns 5] [--pending-s 0]`.
+Run as root: `.venv/bin/python benchmarks/sandbox_spawn.py [--spawns 5] [--pending-s 0] [--keep-logs DIR]`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def follow_emulator(client: EmulatorClient, after: int, marks: dict, t0_wall: fl
 
 # (mark, unit or syslog identifier, text): the first journal entry of each, in this order.
 JOURNAL_MARKS = (
+    ("journal_start", "systemd-journald", "Journal started"),
     ("user_data_start", "cloud-init", "ec2hub-notebook: start:"),
     ("user_data_done", "cloud-init", "ec2hub-notebook: service:"),
     ("singleuser_up", "ec2hub-singleuser.service", "is running at"),
@@ -82,7 +87,19 @@ def journal_marks(instance_id: str, t0_wall: float) -> dict:
     return marks
 
 
-def spawn_once(hub: Hub, user: str) -> dict:
+def keep_logs(instance_id: str, into: Path) -> None:
+    """Copy the instance's journal (precise timestamps) and cloud-init's own log into ``into``."""
+    root = HOSTS / instance_id / "upper"
+    into.mkdir(parents=True, exist_ok=True)
+    journal = subprocess.run(["journalctl", "-D", str(root / "var" / "log" / "journal"), "-o", "short-precise",
+                              "--no-pager"], capture_output=True, text=True, check=False).stdout
+    (into / f"{instance_id}.journal").write_text(journal)
+    for name in ("cloud-init.log", "cloud-init-output.log"):
+        if (root / "var" / "log" / name).exists():
+            (into / f"{instance_id}.{name}").write_bytes((root / "var" / "log" / name).read_bytes())
+
+
+def spawn_once(hub: Hub, user: str, keep: Path | None = None) -> dict:
     hub.create_user(user)
     marks: dict = {}
     emulator = EmulatorClient(hub.env["aws_endpoint_url"])
@@ -106,6 +123,8 @@ def spawn_once(hub: Hub, user: str) -> dict:
         thread.join(timeout=10)
     if "instance_id" in marks:
         marks.update(journal_marks(marks["instance_id"], t0_wall))
+        if keep:
+            keep_logs(marks["instance_id"], keep)
     hub.stop(user)
     missing = {"ready", "running", *(m for m, _, _ in JOURNAL_MARKS)} - set(marks)
     if missing:
@@ -122,6 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spawns", type=int, default=5)
     parser.add_argument("--pending-s", type=float, default=0.0)
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="copy each instance's journal and cloud-init log into DIR (to see where the time goes)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the sandbox makes namespaces")
@@ -135,11 +156,13 @@ def main() -> None:
         spawn_once(hub, "bench-warmup")  # first spawn pays for cold caches; not counted
         rows = []
         for n in range(args.spawns):
-            m = spawn_once(hub, f"bench-{n}")
+            m = spawn_once(hub, f"bench-{n}", args.keep_logs)
             split = {
                 "click_to_ready_s": m["ready"],
                 "emulator_s": m["running"],
                 "boot_s": m["user_data_start"] - m["running"],
+                "boot_host_s": m["journal_start"] - m["running"],
+                "boot_cloud_init_s": m["user_data_start"] - m["journal_start"],
                 "user_data_s": m["user_data_done"] - m["user_data_start"],
                 "singleuser_s": m["singleuser_up"] - m["user_data_done"],
                 "hub_check_s": m["ready"] - m["singleuser_up"],
@@ -148,7 +171,8 @@ def main() -> None:
             print(f"spawn={n} " + " ".join(f"{k}={v:.2f}" for k, v in split.items()), flush=True)
         p50 = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(f"click_to_ready_p50_s={p50['click_to_ready_s']:.2f} emulator_p50_s={p50['emulator_s']:.2f} "
-              f"boot_p50_s={p50['boot_s']:.2f} user_data_p50_s={p50['user_data_s']:.2f} "
+              f"boot_p50_s={p50['boot_s']:.2f} boot_host_p50_s={p50['boot_host_s']:.2f} "
+              f"boot_cloud_init_p50_s={p50['boot_cloud_init_s']:.2f} user_data_p50_s={p50['user_data_s']:.2f} "
               f"singleuser_p50_s={p50['singleuser_s']:.2f} hub_check_p50_s={p50['hub_check_s']:.2f} "
               f"ratio_to_singleuser={p50['click_to_ready_s'] / p50['singleuser_s']:.2f} "
               f"spawns={len(rows)} pending_s={args.pending_s:g} load1={os.getloadavg()[0]:.1f}")

@@ -29,8 +29,8 @@ LOG_PREFIX=${LOG_PREFIX:-ec2hub-notebook}
 VENV=${VENV:-/opt/ec2hub/venv}
 # Pinned to match the hub (requirements.txt of the repository).
 PACKAGES=(jupyterhub==6.1.1 jupyterlab==4.6.6 jupyter_server==2.21.1 boto3==1.44.8)
-# What the server needs from the venv: its program and these modules (a baked image has them).
-readonly SERVER_PROGRAM=jupyterhub-singleuser SERVER_MODULES="boto3, jupyterlab"
+# What the server needs from the venv: its program and these distributions (a baked image has them).
+readonly SERVER_PROGRAM=jupyterhub-singleuser SERVER_PACKAGES="boto3, jupyterlab"
 readonly MANIFEST=ec2hub-requirements.txt
 
 # shellcheck source-path=SCRIPTDIR source=../common/venv.sh
@@ -52,8 +52,8 @@ ensure_efs_client() {
 # image, or a second run), else installs PACKAGES. The EFS client follows only when the first boot
 # mounts EFS (the launcher runs `install.sh efs-client` then).
 ensure_notebook_environment() {
-  if venv_serves "$SERVER_PROGRAM" "$SERVER_MODULES"; then
-    log venv "$VENV has $SERVER_PROGRAM and $SERVER_MODULES: nothing to install$(manifest_note)"
+  if venv_serves "$SERVER_PROGRAM" "$SERVER_PACKAGES"; then
+    log venv "$VENV has $SERVER_PROGRAM and $SERVER_PACKAGES: nothing to install$(manifest_note)"
     return
   fi
   install_image_venv

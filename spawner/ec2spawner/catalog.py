@@ -86,8 +86,8 @@ class InstanceClass(BaseModel):
     default: bool = False
     hourly_cost_usd: Annotated[float, Field(ge=0, le=1000)] | None = None
     # Per-class policies. environment: extra variables of the server (in the settings document and
-    # the server's secret: nothing secret here). start_timeout: seconds until the instance runs
-    # (None: EC2Spawner.start_timeout). stop_mode: what stopping does to the instance (None:
+    # the server's secret: nothing secret here). start_timeout: seconds until the server answers
+    # (the launch, the boot and the server's start; None: EC2Spawner.start_timeout). stop_mode: what stopping does to the instance (None:
     # EC2Spawner.stop_mode). max_per_user: running servers of this class one user may have.
     environment: dict[str, Annotated[str, Field(max_length=4096)]] = {}
     start_timeout: Annotated[int, Field(ge=10, le=3600)] | None = None

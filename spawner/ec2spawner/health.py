@@ -28,7 +28,8 @@ billing on behind a proxy that answers 503. The :class:`HealthProber` asks each 
   once, the hub takes it for a problem on its side of the network and declares no one dead.
 - **Dead** (:meth:`HealthProber.verdict`) only after ``failures`` consecutive failed probes that
   span at least ``window`` seconds. The spawner only watches a server once JupyterHub has seen it
-  answer (never during start: the hub's own ``http_timeout`` covers the boot), acts on the
+  answer (never during start: start() waits for its first answer with the same probe,
+  ``EC2Spawner.wait_for_server``), acts on the
   verdict in ``poll()``, and ends the instance (``EC2Spawner.poll``).
 
 The counters (:data:`COUNTERS`) are process-wide; ec2spawner.metrics serves them at /hub/metrics.
@@ -76,6 +77,13 @@ class Finding:
     NO_ANSWER = "no-answer"  # connected, but no HTTP answer within the timeout (or closed)
     UNREACHABLE = "unreachable"  # connect timed out, or no route to that one host
     HUB_SIDE = "hub-side"  # failed on the hub's side: counts for no one
+
+
+def status_code(status_line: str) -> int:
+    """The status of an HTTP status line as :func:`probe` returns it (``HTTP/1.1 200 OK``); 599 when
+    it has none (not an answer JupyterHub would take)."""
+    parts = status_line.split(maxsplit=2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 599
 
 
 @dataclass

@@ -41,7 +41,8 @@ SPAWN_DURATION = Histogram(
     "ec2hub_spawn_duration_seconds",
     "Seconds each phase of a successful start() took, by class: launch (the request until EC2 "
     "accepted a launch, resume or adoption, capacity fallbacks included), boot (from then until "
-    "EC2 reports the instance running).",
+    "EC2 reports the instance running), server (from then until the server answered: its boot, "
+    "user data and start; with wait_for_server).",
     ["instance_class", "phase"],
     buckets=_SPAWN_BUCKETS,
 )

@@ -20,6 +20,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import ClassVar
 
+import sqlalchemy.orm
 from jupyterhub import orm
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import url_path_join
@@ -279,11 +280,45 @@ class EC2Spawner(Spawner):
     # EC2 boot plus first-boot installs take minutes, not the 60 s/30 s of a local process.
     start_timeout = Integer(
         600,
-        help="""Seconds from the spawn request until the instance is running (then http_timeout applies).""",
+        help="""Seconds from the spawn request until ``start()`` returns: until the server answered
+        (``wait_for_server``; the instance's launch, its boot, its user data and jupyter-server's
+        own start), or until the instance is running without it.""",
     ).tag(config=True)
 
     http_timeout = Integer(
-        300, help="""Seconds from `running` until jupyterhub-singleuser answers the hub."""
+        300,
+        help="""Seconds JupyterHub waits for the server's HTTP answer once ``start()`` returned, or
+        once a restarted hub found it running.
+
+        With ``wait_for_server`` the server has answered already and JupyterHub's first probe
+        passes; this still covers a boot a hub restart interrupted (the state is saved once the
+        instance runs, and the restarted hub waits for that server), and the whole boot without it.
+        """,
+    ).tag(config=True)
+
+    wait_for_server = Bool(
+        True,
+        help="""Whether ``start()`` returns only once the server answers, or as soon as the instance runs.
+
+        JupyterHub's own readiness check after ``start()`` (``User._wait_up``) probes with an
+        exponential backoff (0.2 s doubling up to 5 s, with random jitter): a server that comes up
+        during a boot is seen up to seconds late. Waiting here, the spawner probes the server's
+        URL every ``ready_interval`` (each probe as :func:`ec2spawner.health.probe`, bounded by
+        ``health_timeout``, answered by any status below 500 as JupyterHub wants it), fails the
+        start at once if EC2 reports the instance no longer running, and ``start_timeout`` bounds
+        the whole start. batchspawner also returns from ``start()`` only once its server has
+        started. False: the instance's ``running`` ends ``start()``, ``http_timeout`` the boot.
+        """,
+    ).tag(config=True)
+
+    ready_interval = Float(
+        0.25,
+        help="""Seconds between two probes of a booting server while ``start()`` waits for its first answer.
+
+        A probe of a booting instance is refused at once (or unanswered until its network is up),
+        so a server that starts to listen is seen within this many seconds: 4 TCP connections a
+        second per booting server, none once it answered.
+        """,
     ).tag(config=True)
 
     health_check = Bool(
@@ -901,18 +936,23 @@ class EC2Spawner(Spawner):
     # -- start ---------------------------------------------------------------------------------
 
     async def start(self):
-        """Start the server's instance; return the URL the hub reaches it at, once it is running.
+        """Start the server's instance; return the URL the hub reaches it at, once the server
+        answers there (``wait_for_server``; once the instance runs without it).
 
         Adopts this server's instance if one exists (a spawn cut short by a hub crash, or one
         kept stopped by ``stop_mode = "stop"``), else launches one from the class's launch
         template. The instance reads its env (with this spawn's API token) from its secret at
         every start of its server, so the secret is always written before the instance starts
         (RunInstances, StartInstances), and an adopted instance that may have read an older token
-        is restarted (see :meth:`_restart_for_new_token`). ``http_timeout`` then covers the boot.
+        is restarted (see :meth:`_restart_for_new_token`). Then the instance boots and its server
+        starts: ``start()`` waits for the server's first answer (:meth:`_wait_answering`), so
+        ``start_timeout`` bounds the whole start and JupyterHub's check after it passes at once.
 
         Raises SpawnException with a message for the user on failure. Every failure, timeout,
         cancellation or hub shutdown leaves no instance and no secret behind, except that an
-        instance kept stopped for this server is stopped again and kept (its disk is the point).
+        instance kept stopped for this server is stopped again and kept (its disk is the point),
+        and that a cancellation while the server boots keeps the running instance, its state saved,
+        for the ``stop()`` JupyterHub calls next or for the restarted hub.
         """
         cls = self.resolve_class(self.user_options)  # again: an admin may have replaced the hook
         self.instance_class = cls.slug
@@ -926,6 +966,8 @@ class EC2Spawner(Spawner):
         self._launched_here = False
         watcher = self._watcher(self.aws_of(cls.target))
         clock = metrics.SpawnClock(cls.slug)
+        deadline = time.monotonic() + self.start_timeout
+        booting = False  # the instance runs, its state is saved: waiting for the server to answer
         try:
             await self._require_lease("starting")
             await self.check_budget()  # again: the hook may be replaced, and spend grows meanwhile
@@ -938,9 +980,23 @@ class EC2Spawner(Spawner):
             await self._open_spend(view, cls)
             self._progress(f"Running at {view.private_ip}, booting", 80)
             self._progress("Waiting for the notebook server", 90)
+            if self.wait_for_server:
+                self._save_state()
+                booting = True
+                await self._wait_answering(watcher, view, deadline)
+                clock.phase("server")
             self.health_note = None
             return self._url(view)
         except BaseException as error:
+            if booting and isinstance(error, asyncio.CancelledError):
+                # Cancelled while the server boots (JupyterHub's start_timeout, or its DELETE of
+                # the pending spawn, each followed by its stop(); or a hub shutdown): as once
+                # start() returned, the running instance stays the server's, saved in the hub
+                # database. stop() ends it, or the restarted hub finds it (init_spawners: poll(),
+                # then its own wait for the server's answer, bounded by http_timeout).
+                self.log.info("%s: start interrupted while the server boots; %s stays the server's",
+                              self._log_name, self.instance_id)
+                raise
             # Exception, timeout (JupyterHub cancels start() after start_timeout), cancellation or
             # hub shutdown: leave nothing behind. Shielded so a second cancellation does not
             # interrupt the cleanup; it runs in a worker thread that finishes even then.
@@ -1404,12 +1460,71 @@ class EC2Spawner(Spawner):
         view = await watcher.wait_for(iid, settled, timeout=self.start_timeout)
         if view is not None and view.state == "running":
             return view
+        raise self._ended_while_starting(iid, view)
+
+    def _save_state(self) -> None:
+        """Save the spawner state in the hub database now, as JupyterHub does once ``start()``
+        returned (User.spawn), so that a hub that dies while the server boots leaves the running
+        instance named by its server, as it did when ``start()`` returned at ``running``."""
+        orm_spawner = self.orm_spawner
+        session = sqlalchemy.orm.object_session(orm_spawner) if isinstance(orm_spawner, orm.Spawner) else None
+        if session is None:  # not a hub's spawner (tests, benchmarks): nothing to save into
+            return
+        orm_spawner.state = self.get_state()
+        session.commit()
+
+    def _ended_while_starting(self, iid: str, view: InstanceView | None) -> SpawnException:
+        """What the user reads when the instance stopped running before its server answered."""
         code = view.state_reason_code if view else ""
         reason, message = _STATE_REASONS.get(
             code, ("instance-ended", f"The instance ended while starting ({code or 'no longer listed by EC2'}).")
         )
-        raise SpawnException(message, reason=reason, status_code=503,
-                             log_message=f"{self._log_name}: {iid} {view.state if view else 'gone'}: {code}")
+        return SpawnException(message, reason=reason, status_code=503,
+                              log_message=f"{self._log_name}: {iid} {view.state if view else 'gone'}: {code}")
+
+    async def _wait_answering(self, watcher: InstanceWatcher, view: InstanceView, deadline: float) -> None:
+        """Wait until the booting server answers at its URL, as JupyterHub's readiness check wants.
+
+        Probes ``GET <url><base_url>api`` every ``ready_interval`` until an answer below 500
+        (JupyterHub's ``wait_for_http_server`` takes any other status for "up"), while the watcher
+        follows the instance: a SpawnException at once if EC2 reports it no longer running (a spot
+        interruption, a shutdown while booting), and one when ``deadline`` (the start's
+        ``start_timeout``) passes first.
+        """
+        iid, url = view.instance_id, self._url(view)
+        path = url_path_join(self.server.base_url if self.server else "/", "api")
+        running_since = time.monotonic()
+        remaining = deadline - running_since
+        answered = asyncio.ensure_future(self._first_answer(url, path))
+        ended = asyncio.ensure_future(
+            watcher.wait_for(iid, lambda v: v is not None and v.state != "running", timeout=max(remaining, 0)))
+        try:
+            await asyncio.wait({answered, ended}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (answered, ended):
+                task.cancel()
+            await asyncio.gather(answered, ended, return_exceptions=True)
+        if answered.done() and not answered.cancelled():
+            probes, status = answered.result()
+            self.log.info("%s: server on %s answered %.1f s after running (%s, probe %d)", self._log_name, iid,
+                          time.monotonic() - running_since, status, probes)
+            return
+        if ended.done() and not ended.cancelled() and ended.exception() is None:
+            raise self._ended_while_starting(iid, ended.result())
+        raise SpawnException(
+            f"The notebook server did not answer within {self.start_timeout} s of the spawn request.",
+            reason="timeout", status_code=504,
+            log_message=f"{self._log_name}: {iid} running, no answer at {url}{path} before start_timeout")
+
+    async def _first_answer(self, url: str, path: str) -> tuple[int, str]:
+        """Probe until the server answers with a status below 500: (probes made, its status line)."""
+        probes = 0
+        while True:
+            probes += 1
+            finding, detail = await health.probe(url, path, self.health_timeout)
+            if finding == health.Finding.OK and health.status_code(detail) < 500:
+                return probes, detail
+            await asyncio.sleep(self.ready_interval)
 
     # -- poll / url / stop ---------------------------------------------------------------------
 

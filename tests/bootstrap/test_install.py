@@ -43,10 +43,11 @@ def no_python(tmp_path):
     return str(bin_dir)
 
 
-def bash(command: str, *, venv_dir: Path, path: str, wheels: Path, check: bool = True) -> subprocess.CompletedProcess:
+def bash(command: str, *, venv_dir: Path, path: str, wheels: Path, check: bool = True,
+         site: Path = SITE_PACKAGES) -> subprocess.CompletedProcess:
     env = {
         "PATH": path, "HOME": str(venv_dir.parent), "LANG": "C.UTF-8", "VENV": str(venv_dir),
-        "PYTHONPATH": str(SITE_PACKAGES), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
+        "PYTHONPATH": str(site), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
     }
     proc = subprocess.run(["/bin/bash", "-c", command, "bash", str(INSTALL)], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -74,6 +75,37 @@ def test_the_user_data_step_keeps_a_baked_environment_and_installs_nothing(tmp_p
         "(image built with jupyterhub==6.1.1 pandas==2.3.3)")
     ]
     assert sorted(p.relative_to(baked) for p in baked.rglob("*")) == before
+
+
+def installed_stand_ins(site: Path, names: tuple[str, ...], marker: Path) -> Path:
+    """Distributions as pip leaves them (package and .dist-info); importing one appends its name to ``marker``."""
+    for name in names:
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write({name + chr(10)!r})\n")
+        (site / f"{name}-1.0.dist-info").mkdir()
+        (site / f"{name}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    return site
+
+
+def test_keeping_a_baked_environment_imports_none_of_its_packages(tmp_path, no_python):
+    # Importing jupyterlab to see that it is there took 2.3 s of CPU at every first boot.
+    baked = serving_venv(tmp_path / "venv")
+    marker = tmp_path / "imported"
+    site = installed_stand_ins(tmp_path / "site", ("boto3", "jupyterlab"), marker)
+    proc = bash('source "$1"; ensure_notebook_environment', venv_dir=baked, path=no_python, wheels=tmp_path, site=site)
+    assert proc.stdout.splitlines() == [
+        f"ec2hub-notebook: venv: {baked} has jupyterhub-singleuser and boto3, jupyterlab: nothing to install"]
+    assert not marker.exists()
+
+
+def test_an_environment_without_one_of_the_packages_is_installed_again(tmp_path, no_python):
+    partial = serving_venv(tmp_path / "venv")  # e.g. a first boot's install cut short before jupyterlab
+    site = installed_stand_ins(tmp_path / "site", ("boto3",), tmp_path / "imported")
+    proc = bash('source "$1"; ensure_notebook_environment', venv_dir=partial, path=no_python, wheels=tmp_path,
+                site=site, check=False)
+    # It goes for the install: on this PATH there is no Python to make a venv with.
+    assert proc.returncode == 1
+    assert "no Python >= 3.10 on the AMI" in proc.stdout and "ERROR: no Python >= 3.10" in proc.stderr
 
 
 def test_the_image_step_installs_the_class_packages_over_the_base_and_checks_them(tmp_path, tools, no_python):

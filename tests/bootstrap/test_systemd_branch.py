@@ -88,7 +88,7 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     host = make_host(iid, "10.0.1.40", notebook_tags("carol"))
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, NOTEBOOK_USER_DATA)
-    assert calls == ["daemon-reload", "enable ec2hub-singleuser.service ec2hub-activity.service",
+    assert calls == ["daemon-reload", "enable --no-reload ec2hub-singleuser.service ec2hub-activity.service",
                      "restart ec2hub-singleuser.service ec2hub-activity.service"]
     units = host.upper / "etc/systemd/system"
     for name in ("ec2hub-singleuser.service", "ec2hub-nvidia.service", "ec2hub-activity.service"):
@@ -113,7 +113,7 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     again = host.exec(["/bin/bash", "/var/lib/ec2hub-test/user-data.sh"], timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     calls = (host.upper / "var/log/fake-systemctl.log").read_text().splitlines()
-    assert calls[3:] == ["enable ec2hub-singleuser.service ec2hub-activity.service",
+    assert calls[3:] == ["enable --no-reload ec2hub-singleuser.service ec2hub-activity.service",
                          "start ec2hub-singleuser.service ec2hub-activity.service"]
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
 

@@ -440,8 +440,10 @@ c.EC2Spawner.stop_mode = "stop"
 c.EC2Spawner.fast_poll_interval = 0.2
 c.EC2Spawner.poll_interval = 2
 c.EC2Spawner.launch_visibility_grace = 5
-c.EC2Spawner.start_timeout = 60
-# Eight servers boot at once after scenario 3's restart: about 50 s on this machine when idle.
+# start() returns once the server answers (wait_for_server), and after a restart the hub waits for
+# a server it finds booting itself (http_timeout): eight servers boot at once after scenario 3's
+# restart, about 50 s on this machine when idle.
+c.EC2Spawner.start_timeout = 240
 c.EC2Spawner.http_timeout = 180
 c.EC2Spawner.stop_timeout = 30
 c.EC2Spawner.sweep_orphans = True

@@ -155,8 +155,9 @@ def new_spawner(platform, hub_id):
             "secret_prefix": f"/ec2hub/{hub_id}/servers/", "efs_id": platform.efs_id,
             "fast_poll_interval": 0.05, "poll_interval": 1, "launch_visibility_grace": 5,
             "start_timeout": 15, "http_timeout": 5, "stop_timeout": 10, "sweep_orphans": False,
-            # Emulated instances have 10.x addresses nothing may reach from here: no probes unless asked.
-            "health_check": False,
+            # Emulated instances have 10.x addresses nothing may reach from here: no probes unless asked
+            # (neither the health probes nor start()'s wait for the server's first answer).
+            "health_check": False, "wait_for_server": False,
         }
         settings.update(traits)
         base_url = f"/user/{user}/{server + '/' if server else ''}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,9 +60,9 @@ c.EC2Spawner.notebook_port = {ports['notebook']}
 c.EC2Spawner.server_url_template = "http://127.0.0.1:{{port}}"
 c.EC2Spawner.fast_poll_interval = 0.2
 c.EC2Spawner.poll_interval = 2
-c.EC2Spawner.start_timeout = 30
-# jupyterhub-singleuser took 22 s to answer, and more than 30 s, on a 2-core machine at load 12.
-c.EC2Spawner.http_timeout = 120
+# start() returns once the server answers (wait_for_server): jupyterhub-singleuser took 22 s to
+# answer, and more than 30 s, on a 2-core machine at load 12.
+c.EC2Spawner.start_timeout = 150
 c.EC2Spawner.sweep_orphans = False
 """ + param.get("config", "") + """
 # Last, as in bootstrap/hub/jupyterhub_config.py: the deployment's jupyterhub_config.d files.
@@ -189,6 +190,50 @@ def test_hub_spawns_and_stops_through_rest_api(hub, ssm, live):
         notebook.wait(10)
 
 
+def _saved_instance(hub, user: str) -> str | None:
+    """The instance the hub database's saved state of ``user``'s default server names."""
+    with sqlite3.connect(hub.tmp / "hub.sqlite") as db:
+        rows = db.execute("SELECT spawners.state FROM spawners JOIN users ON users.id = spawners.user_id"
+                          " WHERE users.name = ? AND spawners.name = ''", (user,)).fetchall()
+    return next((json.loads(state).get("instance_id") for (state,) in rows if state), None)
+
+
+def test_a_server_stopped_or_a_hub_restarted_while_the_server_boots(hub, ssm, live):
+    """start() waits for the server's answer (wait_for_server) with its state already saved: a DELETE
+    then ends the instance and its secret; a hub restart keeps it, and the server comes up."""
+    s, api = hub.session, hub.api
+    prefix = f"/ec2hub/{hub.hub_id}/servers/"
+
+    def secrets():
+        return ssm.describe_parameters(ParameterFilters=[
+            {"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])["Parameters"]
+
+    with ThreadPoolExecutor(2) as pool:
+        for user in ("bob", "alice"):
+            assert s.post(f"{api}/users/{user}").status_code == 201
+            pool.submit(s.post, f"{api}/users/{user}/server", json={}, timeout=60)  # answers after 10 s
+        # Nothing plays the instances yet: they run, their servers do not answer.
+        booting = {user: wait_until(lambda u=user: _saved_instance(hub, u), 60, f"{user}'s state saved while booting")
+                   for user in ("bob", "alice")}
+        for user in ("bob", "alice"):
+            assert [(i["InstanceId"], i["State"]["Name"]) for i in live(user)] == [(booting[user], "running")]
+            assert not _server(s, api, user)["ready"]
+
+        assert s.delete(f"{api}/users/bob/server").status_code in (202, 204)
+        wait_until(lambda: _server(s, api, "bob") is None and live("bob") == [], 60, "bob's stop")
+        assert [p["Name"] for p in secrets()] == [prefix + booting["alice"]]
+
+        hub.restart()  # SIGTERM: JupyterHub cancels alice's pending spawn on its way down
+    notebook = play_instance(hub, ssm, hub.tmp / "singleuser.log")  # her server comes up only now
+    try:
+        wait_until(lambda: (_server(s, api, "alice") or {}).get("ready"), 120, "alice's server after the restart")
+        assert [i["InstanceId"] for i in live("alice")] == [booting["alice"]]
+        assert [p["Name"] for p in secrets()] == [prefix + booting["alice"]]
+    finally:
+        notebook.terminate()
+        notebook.wait(10)
+
+
 SWEEPING = """
 c.EC2Spawner.sweep_orphans = True
 c.EC2Spawner.orphan_grace = 1
@@ -291,7 +336,7 @@ def _policies(settings):
     small, gpu, _spot = settings["classes"]
     gpu.pop("allowed_groups")
     gpu.update(environment={"EC2HUB_CLASS_GREETING": "hello from gpu"}, stop_mode="stop", max_per_user=1)
-    small.update(start_timeout=10)  # the hub's own start_timeout is 30 s
+    small.update(start_timeout=10)  # the hub's own start_timeout is 150 s
     settings.update(named_server_limit_per_user=1, extra_config=CONFIG_D)
 
 
@@ -342,7 +387,7 @@ def test_class_policies_profile_alias_and_limits_through_the_hub(hub, emu, ec2, 
         notebook.terminate()
         notebook.wait(10)
 
-    # The small class's start_timeout (10 s) ends a spawn stuck in pending, not the hub's 30 s.
+    # The small class's start_timeout (10 s) ends a spawn stuck in pending, not the hub's 150 s.
     emu.set_timing(pending_s=120)
     assert s.post(f"{api}/users/bob").status_code == 201
     began = time.monotonic()
@@ -432,6 +477,7 @@ def test_metrics_after_a_spawn_at_hub_metrics(hub, emu, ssm, live):
             m, "ec2hub_instances", instance_class="small", state="running") == 1 and m, 30, "running=1")
         assert sample(samples, "ec2hub_spawn_duration_seconds_count", instance_class="small", phase="launch") == 1
         assert sample(samples, "ec2hub_spawn_duration_seconds_count", instance_class="small", phase="boot") == 1
+        assert sample(samples, "ec2hub_spawn_duration_seconds_count", instance_class="small", phase="server") == 1
         assert sample(samples, "ec2hub_capacity_fallbacks_total", instance_class="small",
                       reason="InsufficientInstanceCapacity") == 1
         assert sample(samples, "ec2hub_spend_rate_usd_per_hour", instance_class="small") == pytest.approx(0.0416)

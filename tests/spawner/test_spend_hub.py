@@ -34,8 +34,8 @@ c.EC2Spawner.spend_clock = lambda: float(Path("clock").read_text()) if Path("clo
 c.EC2Spawner.spend_interval = 0.3
 # The test's service also makes the group.
 c.JupyterHub.load_roles[0]["scopes"] += ["admin:groups"]
-# A loaded machine starts jupyterhub-singleuser slowly.
-c.EC2Spawner.http_timeout = 120
+# A loaded machine starts jupyterhub-singleuser slowly (start() waits for its answer).
+c.EC2Spawner.start_timeout = 150
 """
 
 
