@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "would (a changed hub launch template replaces the hub host)")
     deploy.add_argument("-c", "--context", action="append", default=[], metavar="KEY=VALUE",
                         help="CDK context, as cdk deploy -c takes it (e.g. catalog=<path>)")
+    deploy.add_argument("--source", type=Path, metavar="DIR",
+                        help="deploy the tree at DIR instead (another checkout of this repository, e.g. a "
+                        "changed bootstrap/), with this repository's CDK CLI and virtualenv")
+    deploy.add_argument("--pause-before-cleanup", action="store_true",
+                        help="in a hub host replacement, once the new host has signalled, wait for a line on "
+                        "stdin before the old host is terminated (two hub hosts alive, as in a slow cleanup)")
     commands.add_parser("status", help="list instances: state, class, who owns each and what the sweeper intends")
     inject = commands.add_parser("inject", help="inject a fault: into the AWS emulator, or a hard kill of the hub")
     faults = inject.add_subparsers(dest="fault", required=True)
@@ -48,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return runner.down()
     if args.command == "deploy":
         context = dict(item.partition("=")[::2] for item in args.context)
-        return runner.redeploy(context)
+        return runner.redeploy(context, source=(args.source or runner.REPO).resolve(),
+                               pause_before_cleanup=args.pause_before_cleanup)
     if args.command == "status":
         return runner.status()
     return _inject(args)

@@ -48,6 +48,10 @@ classes of the process that runs the server (so use it in-process through
   (the sandbox's own ``sandbox`` key, an instance role's IMDS credentials in the hub's account)
   is ``default_account``'s, where moto would say 123456789012. Unlike ``MOTO_ACCOUNT_ID``, which
   puts every call in one account, this lets the hub's assumed role act in a target account.
+* a trail of every call that may change something (any action but ``Describe*``, ``Get*``,
+  ``List*``), as CloudTrail's management events record who made it: the action, the caller's
+  access key id (from the request's signature; the sandbox's IMDS gives each instance its own,
+  :func:`sandbox.imds.instance_access_key`) and the instance ids the request names.
 
 Control in-process through the :class:`Emulator` methods, or over HTTP on the same port
 (``EmulatorClient`` speaks it)::
@@ -64,6 +68,7 @@ Control in-process through the :class:`Emulator` methods, or over HTTP on the sa
     POST /_ec2hub/release   {"id": 1, "drop": false}
     GET  /_ec2hub/events?after=<seq>&timeout=<s>   long poll: events with seq > after
     GET  /_ec2hub/signals                     the SignalResource calls received, in order
+    GET  /_ec2hub/trail                       the calls that may change something, in order
 
 Only one emulator is active per process at a time (the moto patches are process-wide).
 """
@@ -80,6 +85,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -98,6 +104,10 @@ _STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 
 _MAX_EVENTS = 100_000
 # Transitions a hold can keep from ending (see Emulator.hold).
 _TRANSITIONS = ("pending", "stopping", "shutting-down")
+# Actions that only read, which the trail leaves out (as CloudTrail's write-only event selector).
+_READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+_MAX_TRAIL = 100_000
+_ACCESS_KEY = re.compile(r"Credential=([A-Za-z0-9]+)/")
 
 
 # DescribeInstances' MaxResults range, from the EC2 API reference of DescribeInstances.
@@ -195,6 +205,7 @@ class Emulator:
     # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
     _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
     default_account: str | None = None  # the account of keys moto never issued (None: moto's default)
+    trail: list[dict] = field(default_factory=list)  # calls that may change something, in order
 
     @property
     def endpoint_url(self) -> str:
@@ -310,6 +321,21 @@ class Emulator:
     def count_call(self, action: str) -> None:
         with self._lock:
             self.calls[action] = self.calls.get(action, 0) + 1
+
+    def record(self, action: str, environ: dict, body: bytes) -> None:
+        """Add a call to the trail unless it only reads: who (the access key id it was signed
+        with), what, and the instance ids it names (EC2's ``InstanceId.N``, Auto Scaling's
+        ``InstanceId``)."""
+        if action.startswith(_READ_ONLY_PREFIXES):
+            return
+        key = _ACCESS_KEY.search(environ.get("HTTP_AUTHORIZATION", ""))
+        form = parse_qs(body.decode("utf-8", errors="replace")) if not environ.get("HTTP_X_AMZ_TARGET") else {}
+        ids = sorted(v for k, values in form.items() if k == "InstanceId" or k.startswith("InstanceId.")
+                     for v in values)
+        with self._lock:
+            self.trail.append({"seq": len(self.trail) + 1, "time": time.time(), "action": action,
+                               "access_key_id": key.group(1) if key else "", "instance_ids": ids})
+            del self.trail[:-_MAX_TRAIL]
 
     def state(self) -> dict:
         with self._lock:
@@ -839,6 +865,7 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             with contextlib.suppress(OSError):
                 environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             raise
+        emulator.record(action, environ, body)  # it reaches AWS (CloudTrail records no dropped call)
         if action == "SignalResource":
             return signal_resource(body, start_response)
         if environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET):
@@ -898,6 +925,9 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             if path == CONTROL_PREFIX + "signals" and method == "GET":
                 with emulator._lock:
                     return respond(start_response, "200 OK", {"signals": list(emulator.signals)})
+            if path == CONTROL_PREFIX + "trail" and method == "GET":
+                with emulator._lock:
+                    return respond(start_response, "200 OK", {"trail": list(emulator.trail)})
             if path == CONTROL_PREFIX + "events" and method == "GET":
                 query = parse_qs(environ.get("QUERY_STRING", ""))
                 after = int(query.get("after", ["0"])[0])
@@ -996,6 +1026,10 @@ class EmulatorClient:
     def signals(self) -> list[dict]:
         """The SignalResource calls the emulator received, in order."""
         return self._request("GET", "signals")["signals"]
+
+    def trail(self) -> list[dict]:
+        """The calls that may change something, in order, with who made them (:meth:`Emulator.record`)."""
+        return self._request("GET", "trail")["trail"]
 
     def outage(self, seconds: float) -> dict:
         return self._request("POST", "outage", {"seconds": seconds})

@@ -41,6 +41,13 @@ MAX_TTL_S = 21600
 _VERSIONED = re.compile(r"/(?:latest|\d{4}-\d{2}-\d{2})(?P<key>/.*)?")
 
 
+def instance_access_key(instance_id: str) -> str:
+    """The access key id of the role credentials an instance's IMDS hands out: one per instance,
+    as on EC2 (where CloudTrail names the instance as the role session), so the emulator's trail
+    (sandbox.emulator) says which instance made a call. ``ASIA`` + the id's hex digits, upper case."""
+    return "ASIA" + re.sub(r"[^0-9A-Za-z]", "", instance_id.removeprefix("i-")).upper()
+
+
 @dataclass
 class ImdsData:
     """What an instance's metadata says about it."""
@@ -56,10 +63,14 @@ class ImdsData:
     mac: str = "02:00:00:00:00:01"
     # What RunInstances was given (raw, as EC2 stores it); cloud-init fetches it from user-data.
     user_data: bytes | None = None
-    # botocore's instance-role provider accepts anything; moto accepts any key.
-    access_key_id: str = "ASIASANDBOXEXAMPLE01"
+    # botocore's instance-role provider accepts anything; moto accepts any key. Empty: the
+    # instance's own (instance_access_key), so the emulator's trail can tell who made a call.
+    access_key_id: str = ""
     secret_access_key: str = "sandbox-secret-access-key"
     session_token: str = "sandbox-session-token"
+
+    def __post_init__(self) -> None:
+        self.access_key_id = self.access_key_id or instance_access_key(self.instance_id)
 
     @property
     def az(self) -> str:

@@ -556,11 +556,14 @@ class HubHostKeeper:
         sandbox.write_env()
 
 
-def synth(out: Path, context: dict[str, str] | None = None, *, cdk_context: dict | None = None) -> Path:
+def synth(out: Path, context: dict[str, str] | None = None, *, cdk_context: dict | None = None,
+          source: Path = REPO) -> Path:
     """The real CDK CLI, offline, with the sandbox's context (and ``context``, e.g. another
     catalog) into ``out``. ``cdk_context``: context the command line cannot carry (keys with
     ``=`` in them, lists, such as another account's availability zones), given as the CLI reads
-    cdk.json: from a cdk.json beside ``out`` that is the repository's with it added."""
+    cdk.json: from a cdk.json beside ``out`` that is the app's with it added. ``source``: the app
+    of another checkout of the repository (its infra/, bootstrap/, spawner/ and files), with this
+    repository's CLI and virtualenv."""
     env = {**os.environ, "CDK_DISABLE_VERSION_CHECK": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
     for key in list(env):
         if key.startswith("AWS_"):
@@ -572,18 +575,21 @@ def synth(out: Path, context: dict[str, str] | None = None, *, cdk_context: dict
     cmd = [str(cdk), "synth", "--quiet", "-o", str(out.resolve())]
     for key, value in {**SANDBOX_CONTEXT, **(context or {})}.items():
         cmd += ["-c", f"{key}={value}"]
-    cwd = REPO
+    cwd = source
     if cdk_context:
         cwd = out.parent / f"{out.name}.app"
         cwd.mkdir(parents=True, exist_ok=True)
-        app = json.loads((REPO / "cdk.json").read_text())
-        app["app"] = f"{REPO / '.venv' / 'bin' / 'python'} {REPO / 'app.py'}"
+        app = json.loads((source / "cdk.json").read_text())
+        app["app"] = f"{REPO / '.venv' / 'bin' / 'python'} {source / 'app.py'}"
         app["context"] = {**app.get("context", {}), **cdk_context}
         (cwd / "cdk.json").write_text(json.dumps(app, indent=1))
+    elif source != REPO:  # cdk.json runs .venv/bin/python app.py from the app's directory
+        cmd += ["--app", f"{REPO / '.venv' / 'bin' / 'python'} app.py"]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SandboxError(f"cdk synth failed: {proc.stderr.strip()[-2000:]}")
-    say(f"cdk synth: template written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    say(f"cdk synth{'' if source == REPO else f' of {source}'}: template written to "
+        f"{out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return out
 
 
@@ -659,11 +665,14 @@ def deploy_target(endpoint_url: str, out: Path, *, catalog: Path, hub_role_arn: 
 # -- python -m sandbox deploy ----------------------------------------------------------------------
 
 
-def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> int:
-    """``cdk deploy`` of the current tree into the running sandbox: synth, then UpdateStack in the
-    emulator's CloudFormation; then what moto's CloudFormation leaves out of the update, done here:
-    a hub launch template with a new version is the group's replacing update (:func:`replace_hub_host`).
-    Run beside ``python -m sandbox up``, as root."""
+def redeploy(context: dict[str, str] | None = None, *, source: Path = REPO, pause_before_cleanup: bool = False,
+             timeout: float = 600) -> int:
+    """``cdk deploy`` of the current tree (or the tree at ``source``) into the running sandbox:
+    synth, then UpdateStack in the emulator's CloudFormation; then what moto's CloudFormation
+    leaves out of the update, done here: a hub launch template with a new version is the group's
+    replacing update (:func:`replace_hub_host`; ``pause_before_cleanup``: with both hub hosts
+    alive, wait for a line on stdin before the old one goes). Run beside ``python -m sandbox up``,
+    as root."""
     if not ENV_FILE.exists():
         say("not running (no .sandbox/env.json)")
         return 1
@@ -682,7 +691,8 @@ def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> 
     try:
         # What the sandbox deployed the stack with (a two-account sandbox's catalog and target
         # outputs), under what this deploy is given.
-        assembly = synth(STATE_DIR / "cdk.out.deploy", {**env.get("deploy_context", {}), **(context or {})})
+        assembly = synth(STATE_DIR / "cdk.out.deploy", {**env.get("deploy_context", {}), **(context or {})},
+                         source=source)
         deployment = deploy_assembly(client, assembly, account=ACCOUNT, region=REGION, update=True)
     except (SandboxError, RuntimeError, TimeoutError) as error:
         say(f"error: {error}")
@@ -701,7 +711,8 @@ def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> 
     say(f"hub launch template {template_id}: version {latest} (the hub runs {running}): replacing the hub host")
     try:
         new = replace_hub_host(client, EmulatorClient(env["aws_endpoint_url"]), group_name, template_id, latest,
-                               env["hub_instance_id"], timeout=timeout)
+                               env["hub_instance_id"], timeout=timeout,
+                               before_cleanup=_wait_for_stdin if pause_before_cleanup else None)
     except SandboxError as error:
         say(f"error: {error}")
         return 1
@@ -709,8 +720,14 @@ def redeploy(context: dict[str, str] | None = None, *, timeout: float = 600) -> 
     return 0
 
 
+def _wait_for_stdin(new: str, old: str) -> None:
+    say(f"paused before the cleanup: hub hosts {old} (old) and {new} (new) are both alive; "
+        "a line on stdin (or its end) goes on")
+    sys.stdin.readline()
+
+
 def replace_hub_host(client, emulator, group: str, template_id: str, version: int, old: str, *,
-                     timeout: float = 600) -> str:
+                     timeout: float = 600, before_cleanup=None) -> str:
     """The hub group's replacing update (``AutoScalingReplacingUpdate``), which moto's CloudFormation
     does not carry out (it compares the group's properties as written, and ``LatestVersionNumber``
     is the same ``Fn::GetAtt`` whatever the version): a host from template ``version`` boots beside
@@ -718,7 +735,10 @@ def replace_hub_host(client, emulator, group: str, template_id: str, version: in
     CloudFormation deletes the old group in the update's cleanup. The sandbox's group is one group
     whose size goes to 2 and back (moto's group launches the template's default version, so that
     becomes ``version``), where AWS makes a new group. The load balancer's stand-in follows
-    (:class:`HubHostKeeper`: the old target is gone, the new one answers). Returns the new host."""
+    (:class:`HubHostKeeper`: the old target is gone, the new one answers). ``before_cleanup(new,
+    old)``, if given, runs between the signal and the old host's termination (a slow cleanup: two
+    hub hosts alive, the new one standing by while the old hub holds the lease). Returns the new
+    host."""
     autoscaling, ec2 = client("autoscaling"), client("ec2")
     ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=str(version))
     autoscaling.update_auto_scaling_group(
@@ -747,7 +767,10 @@ def replace_hub_host(client, emulator, group: str, template_id: str, version: in
         autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=new, ShouldDecrementDesiredCapacity=True)
         autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MaxSize=1, DesiredCapacity=1)
         raise SandboxError(f"hub host {new} signalled {signal['status']}: rolled back to {old}")
-    say(f"hub host {new} signalled SUCCESS (its hub answers): terminating {old}, as the update's cleanup does")
+    say(f"hub host {new} signalled SUCCESS (its hub answers)")
+    if before_cleanup is not None:
+        before_cleanup(new, old)
+    say(f"terminating {old}, as the update's cleanup does")
     autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=old, ShouldDecrementDesiredCapacity=True)
     autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=1, DesiredCapacity=1)
     until("the load balancer's stand-in did not move to the new hub",

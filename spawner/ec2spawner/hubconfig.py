@@ -94,6 +94,8 @@ def apply_settings(
         c.EC2Spawner.hub_connect_url = f"http://{settings.hub_dns_name}:{settings.hub_api_port}"
     if settings.lease_table:
         c.EC2Spawner.lease_table = settings.lease_table
+        # A hub that stood by starts again from the database when it takes over (ec2spawner.lease).
+        c.EC2Spawner.lease_restart_on_takeover = True
     if settings.spend_table:
         c.EC2Spawner.spend_table = settings.spend_table
         c.EC2Spawner.group_budgets_usd = dict(settings.group_budgets_usd)

@@ -19,6 +19,14 @@ by less than ``margin`` (EC2 hosts keep time with the Amazon Time Sync Service, 
 milliseconds) and an EC2 call begun just before ``holds()`` turned false ends within the rest
 of ``margin``.
 
+**A hub that stood by restarts when it takes over** (``on_takeover``, which the hub process sets:
+:func:`restart_hub_process`). JupyterHub reads users and servers from its database at its start and
+keeps them in memory; while another hub acted, that one started and stopped servers this process
+never loaded (a server started through the old hub during a replacement had no route in this
+hub's proxy, and this hub took it for stopped). So a lease taken after another holder was seen is
+not acted on: it is kept for this host (not released at the shutdown), the process restarts, and
+the next process of this host renews it at once and starts from the database as it is.
+
 Every call goes through the seam (:meth:`ec2spawner.aws.Aws.call`).
 """
 
@@ -28,8 +36,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -65,6 +76,16 @@ def default_holder_id() -> str:
     return _HOLDER_ID
 
 
+def restart_hub_process(previous: str) -> None:
+    """``on_takeover`` of the hub process: SIGTERM to itself, JupyterHub's own clean shutdown
+    (servers keep running: ``cleanup_servers`` is off); its service manager starts it again
+    (ec2hub-hub.service, ``Restart=always``). Nothing outside a running JupyterHub."""
+    from jupyterhub.app import JupyterHub
+
+    if JupyterHub.initialized():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class LeaseError(RuntimeError):
     """This hub does not hold the lease, so it refused to change EC2."""
 
@@ -84,6 +105,7 @@ class HubLease:
         duration: float = 60.0,
         renew_interval: float = 15.0,
         margin: float = 15.0,
+        on_takeover: Callable[[str], None] | None = None,
         logger: logging.Logger | None = None,
     ):
         if not 0 < renew_interval < duration - margin or margin <= 0:
@@ -106,6 +128,9 @@ class HubLease:
         self._last_logged = ""
         self._release_on_cancel = True
         self._lapse: asyncio.TimerHandle | None = None
+        self.on_takeover = on_takeover
+        self._stood_by_for: str | None = None  # another holder seen while this one did not hold it
+        self.restarting_from: str | None = None  # took the lease from this holder; restarting
         metrics.watch_lease(self)  # ec2hub_lease_held reads holds() at each scrape
 
     # -- registry --------------------------------------------------------------------------------
@@ -141,6 +166,9 @@ class HubLease:
 
     def describe(self) -> str:
         """One line for logs, errors and the health check."""
+        if self.restarting_from:
+            return (f"this hub ({self.holder}) took the lease of hub {self.hub_id} from {self.restarting_from} after "
+                    "standing by and restarts, so that the hub that acts starts from the hub database as it is now")
         if self.holds():
             return f"this hub ({self.holder}) holds the lease of hub {self.hub_id}"
         if self.problem:
@@ -163,8 +191,11 @@ class HubLease:
 
         Refused (another holder's lease runs): standing by at once. No answer (network, throttling,
         DynamoDB down): nothing changes, so a holder keeps acting only until its last expiry minus
-        ``margin``.
+        ``margin``. Taken after another holder was seen, with ``on_takeover``: not acted on, the
+        process restarts (see the module's docstring).
         """
+        if self.restarting_from:
+            return False
         sent = time.monotonic()
         now = time.time()
         params = req.lease_acquire_params(table=self.table, hub_id=self.hub_id, holder=self.holder,
@@ -176,6 +207,8 @@ class HubLease:
                 self._valid_until = 0.0
                 self.problem = None
                 self.other_holder = await self._read_holder()
+                if self.other_holder and self.other_holder != self.holder:
+                    self._stood_by_for = self.other_holder
             elif error.code == "ResourceNotFoundException":
                 self._valid_until = 0.0
                 self.problem = (f"the lease table {self.table} does not exist (the stack creates it; "
@@ -185,6 +218,8 @@ class HubLease:
         except Exception as error:  # noqa: BLE001 (no answer: time alone ends what we hold)
             self.problem = f"DynamoDB did not answer ({error or type(error).__name__})"
         else:
+            if self._stood_by_for and self.on_takeover is not None:
+                return self._take_over(now)
             self._valid_until = sent + self.duration - self.margin
             self._expires_at = now + self.duration
             self.problem = self.other_holder = None
@@ -192,6 +227,19 @@ class HubLease:
         self._settled.set()
         self._log_change()
         return self.holds()
+
+    def _take_over(self, now: float) -> bool:
+        """The lease is this host's now, but this process loaded the database while another hub
+        acted: keep the lease for this host's next process and restart (``on_takeover``)."""
+        self.restarting_from, self._stood_by_for = self._stood_by_for, None
+        self._valid_until = 0.0
+        self._expires_at = now + self.duration
+        self._release_on_cancel = False  # the restarted process (the same holder) renews it at once
+        self.problem = self.other_holder = None
+        self._settled.set()
+        self.log.warning("ec2hub lease: %s; changing nothing in EC2 meanwhile", self.describe())
+        self.on_takeover(self.restarting_from)
+        return False
 
     async def _read_holder(self) -> str | None:
         try:
@@ -223,7 +271,7 @@ class HubLease:
         self._lapse = loop.call_later(max(0.0, self._valid_until - time.monotonic()) + 0.01, self._log_change)
 
     async def _run(self) -> None:
-        while True:
+        while not self.restarting_from:  # restarting: the lease is left to this host's next process
             try:
                 await self.attempt()
                 await asyncio.sleep(self.renew_interval)
@@ -259,7 +307,7 @@ class HubLease:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        if release:
+        if release and not self.restarting_from:  # restarting: the lease is this host's next process's
             self._valid_until = 0.0
             await self.aws.in_thread(self._release_blocking)
         else:

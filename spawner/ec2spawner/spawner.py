@@ -43,7 +43,7 @@ from . import payloads as req
 from . import spend as spend_
 from .aws import AssumedRole, Aws, AwsError, ErrorKind, InstanceView
 from .culler import ServerCuller
-from .lease import HubLease, LeaseError, default_holder_id
+from .lease import HubLease, LeaseError, default_holder_id, restart_hub_process
 from .settings import ClassSettings, TargetSettings
 from .sweeper import OrphanSweeper, Ownership
 from .watcher import InstanceWatcher
@@ -269,6 +269,14 @@ class EC2Spawner(Spawner):
         help="""Seconds before the lease's expiry at which a holder that could not renew stops
         changing EC2 (fencing by time): covers clock skew between hub hosts and an EC2 call
         begun just before.""",
+    ).tag(config=True)
+
+    lease_restart_on_takeover = Bool(
+        False,
+        help="""Restart the hub process when it takes the lease after standing by (another holder
+        was seen): JupyterHub loaded its users and servers while another hub acted, so the hub
+        that acts starts again from the database (:mod:`ec2spawner.lease`). The hub's config sets
+        it (``hubconfig.apply_settings``); off for spawners outside a hub process.""",
     ).tag(config=True)
 
     lease_wait = Float(
@@ -656,6 +664,7 @@ class EC2Spawner(Spawner):
             self.own_aws, table=self.lease_table, hub_id=self.hub_id, holder=self.lease_holder,
             duration=self.lease_duration, renew_interval=self.lease_renew_interval,
             margin=self.lease_margin, logger=self.log,
+            on_takeover=restart_hub_process if self.lease_restart_on_takeover else None,
         )
 
     async def _may_act(self, what: str) -> bool:

@@ -1,6 +1,7 @@
 """What the emulator adds for the hub's Auto Scaling group of one: a launch template's instance
 profile and metadata options on the instances launched from it (moto drops both), CloudFormation's
-SignalResource (moto has none), and the hub launcher's signal sent through it."""
+SignalResource (moto has none), and the hub launcher's signal sent through it; and the trail of who
+changed what, which tells two hub hosts' calls apart."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from waiting import free_port
 
 from sandbox.emulator import EmulatorClient, start_emulator
+from sandbox.imds import ImdsData, instance_access_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bootstrap"))
 from ec2hub_bootstrap import hub as launch
@@ -135,3 +137,19 @@ def test_no_usable_signal_tag_signals_nothing(aws, emulator, hub_url, value, cap
     assert launch.signal_group(tags, "i-0a", REGION, url=hub_url, wait_s=1) is None
     assert EmulatorClient(emulator.endpoint_url).signals()[before:] == []
     assert "nothing to signal" in capsys.readouterr().out
+
+
+def test_the_trail_records_who_changed_what_and_leaves_reads_out(emulator):
+    host = ImdsData(instance_id="i-0aaaaaaaaaaaaaaa1")  # the key its IMDS hands out
+    assert host.access_key_id == instance_access_key("i-0aaaaaaaaaaaaaaa1") == "ASIA0AAAAAAAAAAAAAAA1"
+    kw = {"region_name": REGION, "endpoint_url": emulator.endpoint_url, "aws_secret_access_key": "x"}
+    as_host = boto3.client("ec2", aws_access_key_id=host.access_key_id, **kw)
+    as_other = boto3.client("ec2", aws_access_key_id="ASIAOTHERCALLER01", **kw)
+    client = EmulatorClient(emulator.endpoint_url)
+    before = len(client.trail())
+    [launched] = as_host.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"]
+    iid = launched["InstanceId"]
+    as_other.describe_instances(InstanceIds=[iid])
+    as_other.stop_instances(InstanceIds=[iid])
+    assert [(c["action"], c["access_key_id"], c["instance_ids"]) for c in client.trail()[before:]] == [
+        ("RunInstances", "ASIA0AAAAAAAAAAAAAAA1", []), ("StopInstances", "ASIAOTHERCALLER01", [iid])]

@@ -162,6 +162,39 @@ async def test_a_clean_shutdown_gives_the_lease_up_at_once(new_spawner, emu, dyn
     assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "hub-b"}
 
 
+async def test_a_hub_that_stood_by_restarts_when_it_takes_over_and_keeps_the_lease_for_its_host(
+        new_spawner, emu, ec2, dynamodb, hub_id, table, caplog):
+    """JupyterHub loaded its servers at its start, while the other hub acted: the standby that
+    takes the lease acts on none of it, and restarts; its host's next process renews the lease
+    at once (it was not given up at the shutdown) and acts."""
+    timing = {"lease_duration": 30.0, "lease_renew_interval": 0.3, "lease_margin": 5.0}
+    restarts = []
+    a = hub(new_spawner, table, "hub-a", **timing)("alice")
+    b = hub(new_spawner, table, "hub-b", lease_restart_on_takeover=True, **timing)("bob")
+    assert await a.lease().settled(5)
+    b_lease = b.lease()
+    b_lease.on_takeover = restarts.append  # what the hub process does: restart_hub_process
+    assert not await b_lease.settled(5)
+    await a.lease().stop(release=True)  # the old hub goes (the replacement's cleanup)
+    await until(lambda: restarts, 10, "hub B to take the lease over")
+    assert restarts == ["hub-a"] and not b_lease.holds()
+    assert "took the lease of hub" in b_lease.describe() and "from hub-a after standing by" in b_lease.describe()
+    assert "restarts, so that the hub that acts starts from the hub database" in caplog.text
+    with pytest.raises(SpawnException) as refused:
+        await b.start()
+    assert refused.value.status_code == 503
+    assert live_instances(ec2, hub_id, "bob") == []
+    # Its shutdown leaves the lease to its host (no release); its next process renews it at once.
+    await HubLease.stop_all(release=True)
+    assert lease_item(dynamodb, table, hub_id)["holder"] == {"S": "hub-b"}
+    restarted = hub(new_spawner, table, "hub-b", lease_restart_on_takeover=True, **timing)("bob")
+    assert await restarted.lease().settled(5)
+    await restarted.start()
+    assert [i["InstanceId"] for i in live_instances(ec2, hub_id, "bob")] == [restarted.instance_id]
+    await restarted.stop()
+    assert restarts == ["hub-a"]
+
+
 async def test_a_hub_restarted_on_its_host_takes_its_lease_back_at_once(
         new_spawner, emu, dynamodb, hub_id, table, tmp_path, monkeypatch):
     """A hub killed (SIGKILL: nothing released) and restarted by systemd on the same host is the
