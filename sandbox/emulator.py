@@ -739,6 +739,7 @@ def _install_patches() -> None:
         return [{"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()]
 
     _patch_efs()
+    _patch_security_group_update()
     _patch_target_registration()
     _patch_accounts()
     InstanceBackend.run_instances = patched_run_instances
@@ -792,6 +793,43 @@ def _patch_target_registration() -> None:
         return register(self, [t for t in targets if t not in pending])
 
     FakeTargetGroup.register = patched_register
+
+
+def _patch_security_group_update() -> None:
+    """A stack update changes a security group's rules and tags in place, as CloudFormation does
+    (AWS::EC2::SecurityGroup: SecurityGroupIngress, SecurityGroupEgress and Tags update with no
+    interruption; only a new GroupName, GroupDescription or VpcId replaces the group). moto deletes
+    and re-creates the group on any change, so what names its old id (a launch template, an Auto
+    Scaling group's next instance) names a group that no longer exists: the two-account sandbox's
+    update, which opens the hub API's port to the target's range, broke the hub's replacement."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    update = SecurityGroup.update_from_cloudformation_json.__func__
+
+    def patched_update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        properties = cloudformation_json["Properties"]
+        replaced = (properties.get("VpcId") != original_resource.vpc_id
+                    or properties.get("GroupDescription") != original_resource.description
+                    or properties.get("GroupName", original_resource.name) != original_resource.name)
+        if _ACTIVE is None or replaced:
+            return update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name)
+        backend = ec2_backends[account_id][region_name]
+        group = original_resource
+        group.ingress_rules = []  # the template's rules replace the group's (as CloudFormation's update)
+        backend.tags.pop(group.id, None)
+        for tag in properties.get("Tags", []):
+            group.add_tag(tag["Key"], tag["Value"])
+        for rule in properties.get("SecurityGroupIngress", []):
+            source = {k: rule[name] for k, name in (("GroupId", "SourceSecurityGroupId"),
+                                                     ("GroupName", "SourceSecurityGroupName")) if rule.get(name)}
+            backend.authorize_security_group_ingress(
+                group_name_or_id=group.id, ip_protocol=rule["IpProtocol"], from_port=rule.get("FromPort"),
+                to_port=rule.get("ToPort"), ip_ranges=rule.get("CidrIp", []),
+                source_groups=[source] if source else [], vpc_id=group.vpc_id)
+        return group
+
+    SecurityGroup.update_from_cloudformation_json = classmethod(patched_update)
 
 
 def _patch_efs() -> None:

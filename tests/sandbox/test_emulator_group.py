@@ -6,6 +6,7 @@ changed what, which tells two hub hosts' calls apart."""
 from __future__ import annotations
 
 import http.server
+import json
 import sys
 import threading
 from pathlib import Path
@@ -153,3 +154,35 @@ def test_the_trail_records_who_changed_what_and_leaves_reads_out(emulator):
     as_other.stop_instances(InstanceIds=[iid])
     assert [(c["action"], c["access_key_id"], c["instance_ids"]) for c in client.trail()[before:]] == [
         ("RunInstances", "ASIA0AAAAAAAAAAAAAAA1", []), ("StopInstances", "ASIAOTHERCALLER01", [iid])]
+
+
+def test_a_stack_update_changes_a_security_groups_rules_in_place(aws):
+    """CloudFormation updates a group's ingress in place: its id stays, and a launch template that
+    names it still launches (moto re-created the group under a new id, and the hub group's next
+    instance named one that no longer existed)."""
+    cfn, ec2 = aws("cloudformation"), aws("ec2")
+
+    def template(cidrs):
+        return json.dumps({"Resources": {
+            "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.40.0.0/16"}},
+            "Group": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+                "GroupDescription": "hub", "VpcId": {"Ref": "Vpc"},
+                "SecurityGroupIngress": [{"IpProtocol": "tcp", "FromPort": 8081, "ToPort": 8081, "CidrIp": c}
+                                         for c in cidrs]}},
+            "Template": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
+                "ImageId": "ami-12345678", "SecurityGroupIds": [{"Fn::GetAtt": ["Group", "GroupId"]}]}}},
+        }})
+
+    def group_of(stack):
+        [resource] = [r for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
+                      if r["LogicalResourceId"] == "Group"]
+        return resource["PhysicalResourceId"]
+
+    stack = "sg-update"
+    cfn.create_stack(StackName=stack, TemplateBody=template(["10.40.0.0/16"]))
+    before = group_of(stack)
+    cfn.update_stack(StackName=stack, TemplateBody=template(["10.40.0.0/16", "10.1.0.0/16"]))
+    assert group_of(stack) == before
+    [group] = ec2.describe_security_groups(GroupIds=[before])["SecurityGroups"]
+    assert sorted(r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]) == ["10.1.0.0/16", "10.40.0.0/16"]
+    cfn.delete_stack(StackName=stack)
