@@ -544,6 +544,7 @@ class Emulator:
             self._server.stop()
         if _ACTIVE is self:
             _ACTIVE = None
+            _use_default_account(None)
 
 
 def _next_token(instance_id: str) -> str:
@@ -741,7 +742,6 @@ def _install_patches() -> None:
     _patch_efs()
     _patch_security_group_update()
     _patch_target_registration()
-    _patch_accounts()
     InstanceBackend.run_instances = patched_run_instances
     InstanceResponse.describe_instances = patched_describe_instances
     TaggedEC2Resource.get_tags = tags_of
@@ -752,25 +752,14 @@ def _install_patches() -> None:
     _PATCHED = True
 
 
-def _patch_accounts() -> None:
-    """The account of a request's access key (moto/core/responses.py ``get_current_account`` asks
-    moto/iam/models.py ``get_account_id_from`` at each request): the account whose IAM holds the
-    key (an assumed role's), else the emulator's ``default_account``."""
+def _use_default_account(account: str | None) -> None:
+    """The account of a key no IAM of moto holds (moto/iam/models.py ``get_account_id_from``, which
+    moto/core/responses.py asks at each request, answers moto's ``DEFAULT_ACCOUNT_ID`` for it):
+    ``account``, or moto's own again with None. A key an AssumeRole issued stays its role's account."""
+    import moto.core
     import moto.iam.models as iam_models
 
-    find = iam_models.get_account_id_from
-
-    def account_of(access_key: str) -> str:
-        emulator = _ACTIVE
-        if emulator is None or emulator.default_account is None:
-            return find(access_key)
-        for account_id, account in list(iam_models.iam_backends.items()):
-            for partition in iam_models.PARTITION_NAMES:
-                if access_key in account[partition].access_keys:
-                    return account_id
-        return emulator.default_account
-
-    iam_models.get_account_id_from = account_of
+    iam_models.DEFAULT_ACCOUNT_ID = account or moto.core.DEFAULT_ACCOUNT_ID
 
 
 def _patch_target_registration() -> None:
@@ -1010,6 +999,7 @@ def start_emulator(
     _install_patches()
     emulator = Emulator(host=host, port=port, pending_s=pending_s, stopping_s=stopping_s,
                         shutting_down_s=shutting_down_s, default_account=default_account)
+    _use_default_account(default_account)
 
     class _QuietHandler(MotoRequestHandler):
         def log_request(self, *args, **kwargs) -> None:  # one line per AWS call is noise here

@@ -1,5 +1,5 @@
 """Accounts in the emulator, told by credentials as AWS tells them (sandbox/emulator.py
-``_patch_accounts``): the sandbox's own key is the hub's account A; a role assumed in account B acts
+``_use_default_account``): the sandbox's own key is the hub's account A; a role assumed in account B acts
 in B, where nothing of A is seen and nothing of B is seen from A. The two-account sandbox rests on
 it (tests/e2e/test_accounts.py deploys the target stack and launches there)."""
 
