@@ -90,9 +90,11 @@ def test_user_logs_in_picks_gpu_reaches_jupyterlab_and_stops(sandbox, hub: Hub, 
     assert tags["ec2hub:class"] == "gpu" and instance["InstanceType"] == "g5.xlarge"
 
     # Stop from the hub's home page.
-    page.goto(f"{url}/hub/home")
+    # networkidle: home.js (loaded by requirejs after the load event) has bound #stop's handler;
+    # a click before that does nothing. The handler hides #stop once the hub answered the stop.
+    page.goto(f"{url}/hub/home", wait_until="networkidle")
     page.click("#stop")
-    page.wait_for_selector("#start", state="visible", timeout=120_000)
+    page.wait_for_selector("#stop", state="hidden", timeout=120_000)
     deadline = time.monotonic() + 60
     while hub.instance(instance["InstanceId"])["State"]["Name"] != "terminated":
         assert time.monotonic() < deadline, "the instance was not terminated after Stop My Server"
