@@ -48,6 +48,9 @@ classes of the process that runs the server (so use it in-process through
   (the sandbox's own ``sandbox`` key, an instance role's IMDS credentials in the hub's account)
   is ``default_account``'s, where moto would say 123456789012. Unlike ``MOTO_ACCOUNT_ID``, which
   puts every call in one account, this lets the hub's assumed role act in a target account.
+* every call moto answers takes its turn (one at a time), as AWS applies each atomically: moto's
+  backends are not thread-safe (two RunInstances in one subnet broke its IP generator);
+* DescribeInstances' ``client-token`` filter, which moto lacks;
 * a trail of every call that may change something (any action but ``Describe*``, ``Get*``,
   ``List*``), as CloudTrail's management events record who made it: the action, the caller's
   access key id (from the request's signature; the sandbox's IMDS gives each instance its own,
@@ -200,10 +203,11 @@ class Emulator:
     _dispatch: queue.Queue = field(default_factory=queue.Queue)
     _stopping: threading.Event = field(default_factory=threading.Event)
     signals: list[dict] = field(default_factory=list)  # SignalResource calls, in order
-    # DynamoDB applies each write and transaction atomically; moto's backend does not (a
-    # transaction snapshots whole tables with deepcopy and restores them on any error, so a
-    # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
-    _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
+    # AWS applies each call atomically; moto's backends are not thread-safe. Two RunInstances in
+    # one subnet advance one shared IP generator ("generator already executing", a 500 whose body
+    # botocore cannot parse), a failed DynamoDB transaction restores a whole-table copy taken
+    # before a concurrent writer's update. Every call moto answers takes its turn here.
+    _moto_turn: threading.Lock = field(default_factory=threading.Lock)
     default_account: str | None = None  # the account of keys moto never issued (None: moto's default)
     trail: list[dict] = field(default_factory=list)  # calls that may change something, in order
 
@@ -244,7 +248,7 @@ class Emulator:
 
     def terminate(self, instance_id: str, *, spot: bool = False) -> None:
         """Terminate an instance behind the hub's back (``spot``: as a spot interruption)."""
-        with self._lock:
+        with self._moto_turn, self._lock:
             tracked = self._tracked.get(instance_id)
             if tracked is None:
                 raise KeyError(f"no such instance: {instance_id}")
@@ -649,7 +653,7 @@ def _install_patches() -> None:
     from moto.ec2.models.core import TaggedEC2Resource
     from moto.ec2.models.instances import Instance, InstanceBackend
     from moto.ec2.responses.instances import InstanceResponse
-    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, filter_dict_attribute_mapping, get_prefix
 
     run_instances, all_reservations = InstanceBackend.run_instances, InstanceBackend.all_reservations
     describe_instances = InstanceResponse.describe_instances
@@ -739,6 +743,9 @@ def _install_patches() -> None:
         kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
         return [{"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()]
 
+    # DescribeInstances' ``client-token`` filter (EC2 has it; moto raises NotImplementedError, a
+    # 500): the spawner looks a launch up by its token when RunInstances' answer was lost.
+    filter_dict_attribute_mapping["client-token"] = "client_token"
     _patch_efs()
     _patch_security_group_update()
     _patch_target_registration()
@@ -853,9 +860,6 @@ def _patch_efs() -> None:
     EFSBackend.create_access_point, EFSBackend.describe_access_points = patched_create, patched_describe
 
 
-DYNAMODB_TARGET = "DynamoDB_20120810."  # the X-Amz-Target prefix of DynamoDB's API
-
-
 def _action(environ: dict, body: bytes) -> str:
     """The API action of a request: JSON protocols (SSM) name it in X-Amz-Target, query
     protocols (EC2, STS) in the form field Action."""
@@ -895,10 +899,8 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
         emulator.record(action, environ, body)  # it reaches AWS (CloudTrail records no dropped call)
         if action == "SignalResource":
             return signal_resource(body, start_response)
-        if environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET):
-            with emulator._dynamodb_turn:
-                return moto_app(environ, start_response)
-        return moto_app(environ, start_response)
+        with emulator._moto_turn:
+            return moto_app(environ, start_response)
 
     def signal_resource(body: bytes, start_response):
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}

@@ -78,6 +78,53 @@ def test_client_token_is_idempotent(emu, ec2, subnet):
     assert run(ec2, subnet, ClientToken="other-token-1")["InstanceId"] != first
 
 
+def test_describe_instances_finds_a_launch_by_its_client_token(emu, ec2, subnet):
+    """The spawner asks this when RunInstances' answer was lost (moto has no such filter: a 500)."""
+    iid = run(ec2, subnet, ClientToken="lookup-token-1")["InstanceId"]
+    run(ec2, subnet, ClientToken="lookup-token-2")
+
+    def by_token(token):
+        answer = ec2.describe_instances(Filters=[{"Name": "client-token", "Values": [token]}])
+        return [i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"]]
+
+    assert by_token("lookup-token-1") == [iid]
+    assert by_token("never-used-token") == []
+
+
+def test_aws_calls_take_turns_in_moto(emu, ec2, subnet, monkeypatch):
+    """Each AWS call is atomic, as AWS applies it: a call waits while another is inside moto,
+    whose backends are not thread-safe (two RunInstances in one subnet once advanced its shared
+    IP generator at once: a 500 that botocore could not parse, and a chaos run lost a spawn)."""
+    inside, let_go = threading.Event(), threading.Event()
+    before = emu.before_run_instances
+
+    def slow_before(backend, kwargs):  # inside moto's RunInstances, as its own work would be
+        if kwargs.get("client_token") == "turns-token-1":
+            inside.set()
+            assert let_go.wait(30)
+        return before(backend, kwargs)
+
+    monkeypatch.setattr(emu, "before_run_instances", slow_before)
+    done: dict[str, object] = {}
+    launch = threading.Thread(target=lambda: done.setdefault("run", run(ec2, subnet, ClientToken="turns-token-1")))
+    launch.start()
+    assert inside.wait(30)
+    described = emu.calls.get("DescribeInstances", 0)
+    reader = threading.Thread(target=lambda: done.setdefault("describe", ec2.describe_instances()))
+    reader.start()
+    deadline = time.monotonic() + 30
+    while emu.calls.get("DescribeInstances", 0) == described:  # it reached the emulator
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    reader.join(0.5)
+    assert "describe" not in done, "a DescribeInstances ran inside moto beside a RunInstances"
+    let_go.set()
+    launch.join(30)
+    reader.join(30)
+    ids = [i["InstanceId"] for r in done["describe"]["Reservations"] for i in r["Instances"]]
+    assert done["run"]["InstanceId"] in ids  # it waited for the launch, and then saw it
+
+
 def test_capacity_and_throttle_faults_over_http(emu, ec2, subnet):
     client = EmulatorClient(emu.endpoint_url)
     answer = client.faults(capacity=[{"az": "us-east-1a", "instance_type": "t3.medium"}],
