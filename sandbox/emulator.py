@@ -653,7 +653,11 @@ def _install_patches() -> None:
     from moto.ec2.models.core import TaggedEC2Resource
     from moto.ec2.models.instances import Instance, InstanceBackend
     from moto.ec2.responses.instances import InstanceResponse
-    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, filter_dict_attribute_mapping, get_prefix
+    from moto.ec2.utils import (
+        EC2_PREFIX_TO_RESOURCE,
+        filter_dict_attribute_mapping,
+        get_prefix,
+    )
 
     run_instances, all_reservations = InstanceBackend.run_instances, InstanceBackend.all_reservations
     describe_instances = InstanceResponse.describe_instances
