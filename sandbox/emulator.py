@@ -48,8 +48,11 @@ classes of the process that runs the server (so use it in-process through
   (the sandbox's own ``sandbox`` key, an instance role's IMDS credentials in the hub's account)
   is ``default_account``'s, where moto would say 123456789012. Unlike ``MOTO_ACCOUNT_ID``, which
   puts every call in one account, this lets the hub's assumed role act in a target account.
-* every call moto answers takes its turn (one at a time), as AWS applies each atomically: moto's
-  backends are not thread-safe (two RunInstances in one subnet broke its IP generator);
+* EC2's instances and DynamoDB take turns, as AWS applies each call atomically where moto's
+  backends are not thread-safe: a launch (RunInstances, or an Auto Scaling group's), a describe
+  and every lookup by id hold :data:`_INSTANCES_TURN` (two launches in one subnet advanced moto's
+  shared IP generator at once), and DynamoDB's calls take turns (a failed transaction restored a
+  whole-table copy over a concurrent write);
 * DescribeInstances' ``client-token`` filter, which moto lacks;
 * a trail of every call that may change something (any action but ``Describe*``, ``Get*``,
   ``List*``), as CloudTrail's management events record who made it: the action, the caller's
@@ -203,11 +206,10 @@ class Emulator:
     _dispatch: queue.Queue = field(default_factory=queue.Queue)
     _stopping: threading.Event = field(default_factory=threading.Event)
     signals: list[dict] = field(default_factory=list)  # SignalResource calls, in order
-    # AWS applies each call atomically; moto's backends are not thread-safe. Two RunInstances in
-    # one subnet advance one shared IP generator ("generator already executing", a 500 whose body
-    # botocore cannot parse), a failed DynamoDB transaction restores a whole-table copy taken
-    # before a concurrent writer's update. Every call moto answers takes its turn here.
-    _moto_turn: threading.Lock = field(default_factory=threading.Lock)
+    # DynamoDB applies each write and transaction atomically; moto's backend does not (a
+    # transaction snapshots whole tables with deepcopy and restores them on any error, so a
+    # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
+    _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
     default_account: str | None = None  # the account of keys moto never issued (None: moto's default)
     trail: list[dict] = field(default_factory=list)  # calls that may change something, in order
 
@@ -248,7 +250,7 @@ class Emulator:
 
     def terminate(self, instance_id: str, *, spot: bool = False) -> None:
         """Terminate an instance behind the hub's back (``spot``: as a spot interruption)."""
-        with self._moto_turn, self._lock:
+        with _INSTANCES_TURN, self._lock:  # in this order, as a launch takes them
             tracked = self._tracked.get(instance_id)
             if tracked is None:
                 raise KeyError(f"no such instance: {instance_id}")
@@ -641,6 +643,13 @@ def signal_resource_answer(request_id: str) -> bytes:
 
 _ACTIVE: Emulator | None = None
 _PATCHED = False
+# moto's instance model is not thread-safe: a launch advances its subnet's shared IP generator
+# (two at once: "generator already executing", a 500 whose HTML body botocore cannot parse) and
+# adds to the reservations a describe iterates. Launches (through the API, an Auto Scaling group
+# or a stack), describes and lookups by id take turns on it. A model lock, not one for every
+# HTTP call: a stack update in moto runs for seconds inside its request, and the hub's lease
+# renewals (DynamoDB) must not wait for it.
+_INSTANCES_TURN = threading.RLock()
 
 
 def _install_patches() -> None:
@@ -664,18 +673,20 @@ def _install_patches() -> None:
     start, stop, terminate, reboot = Instance.start, Instance.stop, Instance.terminate, Instance.reboot
 
     def patched_run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
-        emulator = _ACTIVE
-        if emulator is None:
-            return run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
-        replay = emulator.before_run_instances(self, kwargs)
-        if replay is not None:
-            return replay
-        reservation = run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
-        emulator.after_run_instances(self, kwargs, reservation)
-        return reservation
+        with _INSTANCES_TURN:
+            emulator = _ACTIVE
+            if emulator is None:
+                return run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+            replay = emulator.before_run_instances(self, kwargs)
+            if replay is not None:
+                return replay
+            reservation = run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+            emulator.after_run_instances(self, kwargs, reservation)
+            return reservation
 
     def patched_all_reservations(self, filters=None):
-        reservations = all_reservations(self, filters)
+        with _INSTANCES_TURN:
+            reservations = all_reservations(self, filters)
         emulator = _ACTIVE
         if emulator is None or emulator.visibility_lag_s <= 0:
             return reservations
@@ -721,6 +732,10 @@ def _install_patches() -> None:
         # page_instances). The parameter checks are moto's own.
         if _ACTIVE is None:
             return describe_instances(self)
+        with _INSTANCES_TURN:
+            return paged_describe(self)
+
+    def paged_describe(self):
         self.error_on_dryrun()
         if "InstanceId.1" in self.data and "MaxResults" in self.data:
             raise InvalidParameterCombination("The parameter instancesSet cannot be used with the parameter maxResults")
@@ -864,6 +879,9 @@ def _patch_efs() -> None:
     EFSBackend.create_access_point, EFSBackend.describe_access_points = patched_create, patched_describe
 
 
+DYNAMODB_TARGET = "DynamoDB_20120810."  # the X-Amz-Target prefix of DynamoDB's API
+
+
 def _action(environ: dict, body: bytes) -> str:
     """The API action of a request: JSON protocols (SSM) name it in X-Amz-Target, query
     protocols (EC2, STS) in the form field Action."""
@@ -903,8 +921,10 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
         emulator.record(action, environ, body)  # it reaches AWS (CloudTrail records no dropped call)
         if action == "SignalResource":
             return signal_resource(body, start_response)
-        with emulator._moto_turn:
-            return moto_app(environ, start_response)
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET):
+            with emulator._dynamodb_turn:
+                return moto_app(environ, start_response)
+        return moto_app(environ, start_response)
 
     def signal_resource(body: bytes, start_response):
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}

@@ -91,10 +91,13 @@ def test_describe_instances_finds_a_launch_by_its_client_token(emu, ec2, subnet)
     assert by_token("never-used-token") == []
 
 
-def test_aws_calls_take_turns_in_moto(emu, ec2, subnet, monkeypatch):
-    """Each AWS call is atomic, as AWS applies it: a call waits while another is inside moto,
-    whose backends are not thread-safe (two RunInstances in one subnet once advanced its shared
-    IP generator at once: a 500 that botocore could not parse, and a chaos run lost a spawn)."""
+def test_instance_calls_take_turns_in_moto(emu, ec2, subnet, monkeypatch):
+    """Each EC2 call is atomic, as EC2 applies it: a DescribeInstances waits while a RunInstances
+    is inside moto's instance model, which is not thread-safe (two RunInstances in one subnet once
+    advanced its shared IP generator at once: a 500 that botocore could not parse, and a chaos run
+    lost a spawn). Other services do not wait for it."""
+    import boto3
+
     inside, let_go = threading.Event(), threading.Event()
     before = emu.before_run_instances
 
@@ -108,21 +111,27 @@ def test_aws_calls_take_turns_in_moto(emu, ec2, subnet, monkeypatch):
     done: dict[str, object] = {}
     launch = threading.Thread(target=lambda: done.setdefault("run", run(ec2, subnet, ClientToken="turns-token-1")))
     launch.start()
-    assert inside.wait(30)
-    described = emu.calls.get("DescribeInstances", 0)
-    reader = threading.Thread(target=lambda: done.setdefault("describe", ec2.describe_instances()))
-    reader.start()
-    deadline = time.monotonic() + 30
-    while emu.calls.get("DescribeInstances", 0) == described:  # it reached the emulator
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    reader.join(0.5)
-    assert "describe" not in done, "a DescribeInstances ran inside moto beside a RunInstances"
-    let_go.set()
+    try:
+        assert inside.wait(30)
+        # Another service meanwhile: answered (the hub's lease renewals must not wait for EC2).
+        ssm = boto3.client("ssm", endpoint_url=emu.endpoint_url, region_name="us-east-1")
+        ssm.put_parameter(Name="/turns/other-service", Value="answered", Type="String", Overwrite=True)
+        described = emu.calls.get("DescribeInstances", 0)
+        reader = threading.Thread(target=lambda: done.setdefault("describe", ec2.describe_instances()))
+        reader.start()
+        deadline = time.monotonic() + 30
+        while emu.calls.get("DescribeInstances", 0) == described:  # it reached the emulator
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        reader.join(0.5)
+        assert "describe" not in done, "a DescribeInstances ran inside moto beside a RunInstances"
+    finally:
+        let_go.set()
     launch.join(30)
     reader.join(30)
     ids = [i["InstanceId"] for r in done["describe"]["Reservations"] for i in r["Instances"]]
     assert done["run"]["InstanceId"] in ids  # it waited for the launch, and then saw it
+
 
 
 def test_capacity_and_throttle_faults_over_http(emu, ec2, subnet):
