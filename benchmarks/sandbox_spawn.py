@@ -7,18 +7,22 @@ journal (its systemd's, wall-clock timestamps) once the server is ready. Prints 
 and a summary:
 
     click_to_ready_p50_s=X emulator_p50_s=A boot_p50_s=B user_data_p50_s=C singleuser_p50_s=D
-    hub_check_p50_s=E ratio_to_singleuser=X/D
+    hub_check_p50_s=E ratio_to_singleuser=X/D without_boot_p50_s=W ratio_without_boot=W/D
 
 - emulator:   POST .../server until the emulator reports the instance `running` (the hub's
               handling, the spawner's RunInstances, the emulator's pending time);
-- boot:       from then until cloud-init runs the user data (its first line, "start:"): the data
-              plane wiring the host, systemd-nspawn booting systemd, cloud-init's stages (DHCP,
-              IMDS crawl, config modules) up to scripts-user. Split in boot_host (until the
-              instance's journald starts: the data plane, nspawn, systemd's first steps) and
-              boot_cloud_init (from then: systemd's early units and cloud-init's four stages);
+- boot:       from then until the user data's bootstrap starts (its first line, "start:"): the
+              data plane wiring the host, systemd-nspawn booting systemd, cloud-init's first
+              two stages (DHCP, the IMDS crawl, the boothook that hands the bootstrap to systemd
+              as ec2hub-user-data.service, which starts at sysinit.target). Split in boot_host
+              (until the instance's journald starts: the data plane, nspawn, systemd's first
+              steps) and boot_cloud_init (from then: systemd's early units and those stages);
 - user_data:  until the user data hands over to systemd ("service: ..."): IMDS, tags, user,
               home, secret, env file, unit;
 - singleuser: until jupyter-server, started by its unit, logs "is running at";
+- without_boot: click_to_ready minus boot: jupyter-server's start and what ec2hub adds to it
+              (the hub and spawner, the bootstrap, the readiness check), without the machine's
+              boot, which is EC2's (on AWS 25 s or more before any user data runs);
 - hub_check:  until the hub reports the server ready (JupyterHub's HTTP check after start()
               returned, the proxy route; the spawner's own wait for the server's first answer,
               wait_for_server, ends when the server answers, within singleuser).
@@ -62,8 +66,8 @@ def follow_emulator(client: EmulatorClient, after: int, marks: dict, t0_wall: fl
 # (mark, unit or syslog identifier, text): the first journal entry of each, in this order.
 JOURNAL_MARKS = (
     ("journal_start", "systemd-journald", "Journal started"),
-    ("user_data_start", "cloud-init", "ec2hub-notebook: start:"),
-    ("user_data_done", "cloud-init", "ec2hub-notebook: service:"),
+    ("user_data_start", "ec2hub-user-data", "ec2hub-notebook: start:"),
+    ("user_data_done", "ec2hub-user-data", "ec2hub-notebook: service:"),
     ("singleuser_up", "ec2hub-singleuser.service", "is running at"),
 )
 
@@ -167,6 +171,7 @@ def main() -> None:
                 "singleuser_s": m["singleuser_up"] - m["user_data_done"],
                 "hub_check_s": m["ready"] - m["singleuser_up"],
             }
+            split["without_boot_s"] = split["click_to_ready_s"] - split["boot_s"]
             rows.append(split)
             print(f"spawn={n} " + " ".join(f"{k}={v:.2f}" for k, v in split.items()), flush=True)
         p50 = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
@@ -175,6 +180,8 @@ def main() -> None:
               f"boot_cloud_init_p50_s={p50['boot_cloud_init_s']:.2f} user_data_p50_s={p50['user_data_s']:.2f} "
               f"singleuser_p50_s={p50['singleuser_s']:.2f} hub_check_p50_s={p50['hub_check_s']:.2f} "
               f"ratio_to_singleuser={p50['click_to_ready_s'] / p50['singleuser_s']:.2f} "
+              f"without_boot_p50_s={p50['without_boot_s']:.2f} "
+              f"ratio_without_boot={p50['without_boot_s'] / p50['singleuser_s']:.2f} "
               f"spawns={len(rows)} pending_s={args.pending_s:g} load1={os.getloadavg()[0]:.1f}")
     finally:
         process.stop()

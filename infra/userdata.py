@@ -2,9 +2,9 @@
 
 An instance's user data is one shell script: it writes the role's files of bootstrap/ (the Python
 package ec2hub_bootstrap without the other role's launcher, common/ and <role>/) under
-/opt/ec2hub/bootstrap, then runs <role>/user-data.sh from there. Shell scripts, units and config
-files go byte for byte; the package's modules go without their docstrings and comments (an ast
-round trip, :func:`shipped_text`): the same code, about a fifth less compressed, which keeps the
+/opt/ec2hub/bootstrap, then runs <role>/user-data.sh from there. Shell scripts and config files
+go byte for byte, units without their comment lines, the package's modules without their
+docstrings and comments (an ast round trip, :func:`shipped_text`): the same code, which keeps the
 notebook's user data under EC2's limit (tracebacks on an instance then number the lines of the
 shipped module, not of the repository's file). The same files always give the same bytes (sorted, no
 timestamps), so an unchanged bootstrap never makes a new launch template version. cloud-init runs
@@ -131,10 +131,18 @@ def minified_python(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
+def unit_without_comments(text: str) -> str:
+    """A unit file without its comment lines (systemd.syntax(7): a line whose first non-blank
+    character is ``#`` or ``;``); every other line as it is (the units continue no line)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.lstrip().startswith(("#", ";")))
+
+
 def shipped_text(path: Path | str, root: Path = BOOTSTRAP) -> str:
     """The file ``path`` (relative to ``root``) as the user data writes it on the instance."""
     path = Path(path)
     text = (root / path).read_text(encoding="utf-8")
+    if path.suffix == ".service":
+        return unit_without_comments(text)
     return minified_python(text) if path.parts[0] == PACKAGE and path.suffix == ".py" else text
 
 
@@ -145,8 +153,39 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
     newline with no line equal to the heredoc's end marker.
     """
     files = role_files(role, root)
-    return files_script(f"ec2hub {role} user data", files, Path(role) / "user-data.sh", root=root)
+    return files_script(f"ec2hub {role} user data", files, Path(role) / "user-data.sh", root=root,
+                        early_unit=EARLY_UNITS.get(role))
 
+
+# The roles whose user data starts early (EARLY_START), and the name of the unit it runs as.
+EARLY_UNITS = {"notebook": "ec2hub-user-data.service"}
+
+# A cloud-init boothook ("#cloud-boothook") runs in cloud-init's network stage, on every boot, with
+# INSTANCE_ID set. This one acts once per instance id (as a user-data script would run) and hands
+# the bootstrap to systemd as a unit, which starts at sysinit.target (after that stage), beside
+# cloud-init's config and final stages rather than after them (docs/ARCHITECTURE.md §10).
+EARLY_START = """\
+# A boothook: cloud-init runs it early on every boot. Once per instance id it runs the bootstrap as
+# {unit} (docs/ARCHITECTURE.md §10); run otherwise (no INSTANCE_ID), it runs it here."""
+
+EARLY_ONCE = """\
+once=/var/lib/ec2hub/user-data-instance
+if [[ -n "${INSTANCE_ID:-}" && "$(cat "$once" 2>/dev/null)" == "$INSTANCE_ID" ]]; then
+  exit 0  # this instance's user data ran at its first boot
+fi"""
+
+EARLY_RUN = """\
+if [[ -n "${{INSTANCE_ID:-}}" ]]; then
+  mkdir -p "${{once%/*}}"
+  printf '%s\\n' "$INSTANCE_ID" >"$once"
+fi
+if [[ -n "${{INSTANCE_ID:-}}" && -d /run/systemd/system ]]; then
+  # After=, Before= as cloud-final.service's
+  exec systemd-run --no-block --quiet --unit={unit} --description='{title}' -p Type=oneshot \\
+    -p RemainAfterExit=yes -p Wants=network-online.target -p After=network-online.target \\
+    -p Before=apt-daily.service -p StandardOutput=journal+console -p SyslogIdentifier=ec2hub-user-data \\
+    /bin/bash {run}
+fi"""
 
 # The image steps of a notebook image (infra/images.py): the venv helpers and the install script.
 IMAGE_FILES = (Path("common/venv.sh"), Path("notebook/install.sh"))
@@ -173,20 +212,28 @@ def hub_image_script(root: Path = BOOTSTRAP) -> bytes:
 
 
 def files_script(
-    title: str, files: list[Path], entry: Path, *, args: list[str] = (), root: Path = BOOTSTRAP
+    title: str, files: list[Path], entry: Path, *, args: list[str] = (), root: Path = BOOTSTRAP,
+    early_unit: str | None = None,
 ) -> bytes:
     """A bash script that writes ``files`` (relative to ``root``) under INSTANCE_DIR and runs
-    ``entry`` from there with ``args``; the same files give the same bytes."""
+    ``entry`` from there with ``args``; the same files give the same bytes.
+
+    With ``early_unit`` the script is a cloud-init boothook (see :data:`EARLY_START`): it acts once
+    per instance id and runs ``entry`` as the transient systemd unit ``early_unit``."""
     if entry not in files:
         raise ConfigError(f"{_display(root / entry)}: missing (the {title} runs it)")
+    run = " ".join([f'"$dir/{entry}"', *(shlex.quote(a) for a in args)])
     lines = [
+        *(["#cloud-boothook"] if early_unit else []),
         "#!/bin/bash",
         f"# {title}, assembled by infra/userdata.py from these files of the",
         f"# repository's bootstrap/ (modules without docstrings), written under {INSTANCE_DIR}; then it runs",
         f"# {entry} from there:",
         *(f"#   {path}" for path in files),
+        *(EARLY_START.format(unit=early_unit).splitlines() if early_unit else []),
         "set -euo pipefail",
         "umask 022",
+        *(EARLY_ONCE.splitlines() if early_unit else []),
         f"dir={INSTANCE_DIR}",
         'rm -rf "$dir.new"',
         *(f'mkdir -p "$dir.new/{d}"' for d in sorted({str(p.parent) for p in files})),
@@ -198,11 +245,10 @@ def files_script(
                 f"{_display(root / path)}: must end with a newline and have no line {END_OF_FILE}"
             )
         lines += [f"cat >\"$dir.new\"/{shlex.quote(str(path))} <<'{END_OF_FILE}'", text + END_OF_FILE]
-    lines += [
-        'rm -rf "$dir"',
-        'mv "$dir.new" "$dir"',
-        " ".join(["exec /bin/bash", f'"$dir/{entry}"', *(shlex.quote(a) for a in args)]),
-    ]
+    lines += ['rm -rf "$dir"', 'mv "$dir.new" "$dir"']
+    if early_unit:
+        lines += EARLY_RUN.format(unit=early_unit, title=title, run=run).splitlines()
+    lines.append(f"exec /bin/bash {run}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

@@ -88,6 +88,8 @@ CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unifi
 NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 NSPAWN_REBOOT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 STOP_GRACE_S = 30.0
+# The unit a boothook user data runs the bootstrap as (infra/userdata.py, EARLY_UNITS).
+EARLY_USER_DATA_UNIT = "ec2hub-user-data.service"
 # Enabled on this kind of machine, no part of an instance image: they would start in every instance
 # on a copy of the machine's data (a database) or wake up to run apt.
 MASKED_UNITS = (
@@ -735,10 +737,14 @@ class IsolatedHost:
             time.sleep(0.1)
 
     def wait_for_user_data(self, timeout: float = 90) -> int:
-        """Wait until this boot's cloud-init final stage is done; the user data's exit status."""
+        """Wait until this boot's cloud-init is done, and the user data with it (a boothook's unit,
+        :data:`EARLY_USER_DATA_UNIT`, may end after cloud-init); the user data's exit status."""
+        deadline = time.monotonic() + timeout
         self.wait_for_boot(timeout)
-        status = self.user_data_exit_status
-        assert status is not None, self.logs
+        while (status := self.user_data_exit_status) is None:
+            if time.monotonic() > deadline or not self.running:
+                raise TimeoutError(f"{self.name}: the user data did not end:\n{self.logs}")
+            time.sleep(0.2)
         return status
 
     def journal(self, unit: str | None = None, *, this_boot: bool = False) -> str:
@@ -758,7 +764,16 @@ class IsolatedHost:
 
     @property
     def user_data_exit_status(self) -> int | None:
-        """The exit status of the user data's last run by cloud-init (None: it never ran)."""
+        """The exit status of the user data's last run (None: it never ran, or has not ended): of
+        the unit a boothook user data runs it as, where the journal has that unit, else of the
+        script cloud-init's final stage ran."""
+        unit = self.journal(unit=EARLY_USER_DATA_UNIT)
+        if unit:
+            last = unit[unit.rfind(f"Starting {EARLY_USER_DATA_UNIT}"):]
+            exited = re.search(r"Main process exited, code=(exited|killed|dumped), status=(\d+)", last)
+            if exited:
+                return int(exited.group(2)) + (0 if exited.group(1) == "exited" else 128)
+            return 0 if f"Finished {EARLY_USER_DATA_UNIT}" in last else None
         try:
             log = (self.upper / "var/log/cloud-init.log").read_text(errors="replace")
         except FileNotFoundError:

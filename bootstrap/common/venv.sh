@@ -28,8 +28,8 @@ ensure_python() {
   if command -v dnf >/dev/null 2>&1; then
     dnf install -y -q python3.11 python3.11-pip
   elif command -v apt-get >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -q
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q python3 python3-venv
   fi
   PYTHON=$(find_python) || die python "no Python >= 3.10 and none could be installed: use an AMI with python3.11"
 }

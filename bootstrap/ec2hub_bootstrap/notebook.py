@@ -8,7 +8,8 @@ Run with /opt/ec2hub/venv's Python as ``python -m ec2hub_bootstrap.notebook <com
               the local sandbox) ``gpu`` and ``prestart`` here, then the server in the foreground.
 ``prestart``  on every start of the server (the unit's ExecStartPre=+): this server's secret from
               SSM -> /etc/ec2hub/singleuser.env, so a reboot, a stop/start or a restart reads the
-              current secret.
+              current secret. The first start after ``boot`` uses the secret ``boot`` fetched
+              beside its other steps moments before (FRESH_MARK).
 ``gpu``       on every start, before the server (ec2hub-nvidia.service): the NVIDIA device nodes,
               where the driver's tools are installed; nothing otherwise.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import importlib
 import json
 import os
 import pwd
@@ -28,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +40,9 @@ from .logship import ensure_log_shipping
 
 ETC = "/etc/ec2hub"
 ENV_FILE = ETC + "/singleuser.env"
+# Written by boot once it fetched the secret for the server's first start; /run is empty at every
+# boot, and the first prestart removes it: every later start fetches the secret itself.
+FRESH_MARK = "/run/ec2hub/singleuser.env.fresh"
 UNIT_NAME = "ec2hub-singleuser.service"
 GPU_UNIT_NAME = "ec2hub-nvidia.service"
 ACTIVITY_UNIT_NAME = "ec2hub-activity.service"  # the activity agent and backstop (activity.py)
@@ -277,16 +283,26 @@ def exec_foreground(user: pwd.struct_passwd, home: str) -> None:
 
 def boot() -> None:
     """Once per instance (the user data)."""
+    if systemd_is_pid1():  # importing boto3 is most of the secret's fetch below: it begins now
+        threading.Thread(target=importlib.import_module, args=("boto3",), daemon=True).start()
     instance_id, region, tags = instance_facts()
     name = unix_name(tags["ec2hub:user"])
     log("tags", f"hub {shown(tags.get('ec2hub:hub', ''))} user {shown(tags['ec2hub:user'])} "
         f"server {shown(tags.get('ec2hub:server', ''))} class {shown(tags.get('ec2hub:class', ''))} "
         f"-> unix user {name}")
+    prefetch = None
+    if systemd_is_pid1():
+        # The first start's secret, fetched beside the steps below rather than after them in the
+        # unit's prestart (boto3's client alone is about 0.5 s of CPU; the spawner wrote the secret
+        # just after launch).
+        prefetch = threading.Thread(target=prefetch_env_file, args=(instance_id, region, tags))
+        prefetch.start()
     on_efs = ensure_efs(tags, "/home/" + name)
     user = ensure_user(name, "/home/" + name)
     home = ensure_home(user, on_efs)
-    if systemd_is_pid1():
+    if prefetch is not None:
         ensure_log_shipping(console, "notebook", tags.get("ec2hub:hub", ""))  # before the server starts
+        prefetch.join()
         start_service(user, home)
         log("done", f"jupyterhub-singleuser for {name} is {UNIT_NAME}")
         return
@@ -297,7 +313,11 @@ def boot() -> None:
 
 
 # --- every start ----------------------------------------------------------------------------------
-def fetch_secret(region: str, name: str) -> dict[str, str]:
+class SecretNotYet(Exception):
+    """fetch_secret with ``wait=False``: the secret is not there (yet)."""
+
+
+def fetch_secret(region: str, name: str, *, wait: bool = True) -> dict[str, str]:
     import boto3
     import botocore.config
     import botocore.exceptions
@@ -317,6 +337,8 @@ def fetch_secret(region: str, name: str) -> dict[str, str]:
             # Written by the spawner just after launch; its tag (the IAM condition) may lag too.
             if code not in ("ParameterNotFound", "AccessDeniedException") or time.monotonic() > deadline:
                 die("secret", f"GetParameter {name}: {code or exc}")
+            if not wait:
+                raise SecretNotYet(code) from None
         except botocore.exceptions.BotoCoreError as exc:
             if time.monotonic() > deadline:
                 die("secret", f"GetParameter {name}: {exc}")
@@ -364,18 +386,40 @@ def parse_env_file(text: str) -> dict[str, str]:
     return env
 
 
-def write_env_file(instance_id: str, region: str, tags: dict[str, str]) -> bool:
+def write_env_file(instance_id: str, region: str, tags: dict[str, str], *, wait: bool = True) -> bool:
     """The current secret -> the env file (root 0600); True if it changed."""
-    env = fetch_secret(region, tags["ec2hub:secret-prefix"] + instance_id)
+    env = fetch_secret(region, tags["ec2hub:secret-prefix"] + instance_id, wait=wait)
     os.makedirs(ETC, mode=0o755, exist_ok=True)
     changed = write_if_changed(ENV_FILE, env_file_text(env), 0o600)
     log("env", f"{ENV_FILE} {'written' if changed else 'unchanged'} (root, 0600)")
     return changed
 
 
+def prefetch_env_file(instance_id: str, region: str, tags: dict[str, str]) -> None:
+    """boot's fetch for the server's first start, without waiting for the secret: the env file,
+    then FRESH_MARK. Otherwise no mark: that start's prestart fetches (and waits, or fails the
+    start with the reason)."""
+    try:
+        write_env_file(instance_id, region, tags, wait=False)
+    except SecretNotYet as error:
+        log("secret", f"not there yet ({error}): the server's unit waits for it")
+        return
+    except BaseException:  # noqa: BLE001 (die() said why and raised SystemExit; this is a thread)
+        log("secret", "the server's unit fetches it again")
+        return
+    os.makedirs(os.path.dirname(FRESH_MARK), mode=0o755, exist_ok=True)
+    Path(FRESH_MARK).touch(0o600)
+
+
 def prestart() -> None:
-    """Every start of the server (ExecStartPre=+ of ec2hub-singleuser.service)."""
-    write_env_file(*instance_facts())
+    """Every start of the server (ExecStartPre=+ of ec2hub-singleuser.service): the current secret,
+    unless this boot's bootstrap fetched it moments ago for this, the first start (FRESH_MARK)."""
+    try:
+        os.unlink(FRESH_MARK)
+    except FileNotFoundError:
+        write_env_file(*instance_facts())
+    else:
+        log("env", f"{ENV_FILE}: fetched by this boot's bootstrap for the server's first start")
 
 
 # Each makes the nodes of what the driver found (nvidia-smi: /dev/nvidia0.. and /dev/nvidiactl;

@@ -2,10 +2,10 @@
 # ec2hub notebook instance, first boot: the script the notebook user data runs.
 #
 # The user data itself is assembled by infra/userdata.py: it writes this directory, bootstrap/common
-# and the Python package bootstrap/ec2hub_bootstrap under /opt/ec2hub/bootstrap, then runs this script. Identical for
-# every user and server; nothing is templated in. cloud-init runs it once per instance, as root;
-# everything that must happen on every start of the server is in its unit (ec2hub-singleuser.service,
-# ExecStartPre=), see docs/ARCHITECTURE.md §10. Safe to run again: every step is an idempotent
+# and the Python package bootstrap/ec2hub_bootstrap under /opt/ec2hub/bootstrap, then has this
+# script run as ec2hub-user-data.service, once per instance, as root. Identical for every user and
+# server; nothing is templated in. What must happen on every start of the server is in its unit
+# (ExecStartPre=), docs/ARCHITECTURE.md §10. Safe to run again: every step is an idempotent
 # ensure_* that says what it found or did.
 #
 # Inputs (nothing else):
@@ -25,19 +25,12 @@
 #                                     retries; credentials from the instance role; endpoint from
 #                                     botocore's normal configuration).
 #
-# Outputs:
-#   unix user jupyter-<slug>          derived from ec2hub:user (bootstrap/ec2hub_bootstrap/notebook.py unix_name)
-#   /home/<unix-name>                 EFS through the access point (tls,iam; its root is the home)
-#                                     (with systemd also in /etc/fstab, for reboots)
-#   /opt/ec2hub/venv, EFS client      install.sh, the image steps: kept when the AMI has them (a
-#                                     baked class), installed otherwise
-#   /etc/ec2hub/singleuser.env        the server's env, root 0600 (rewritten on every start)
-#   ec2hub-singleuser.service         hardened unit (+ drop-in with the user and home) and
-#   ec2hub-nvidia.service             the GPU device nodes before it; without systemd as PID 1 (a
-#                                     container, the local sandbox) the same every-start steps run
-#                                     here and then the server in the foreground
-#   console output                    one line per step, prefixed "ec2hub-notebook: <step>:";
-#                                     no secret is ever printed
+# Outputs (docs/ARCHITECTURE.md §10): the unix user jupyter-<slug> (notebook.py unix_name), its
+# home (EFS through the access point, in /etc/fstab too), the venv and EFS client (install.sh: kept
+# from a baked image), the hardened units (ec2hub-singleuser.service and its drop-in,
+# ec2hub-nvidia.service, ec2hub-activity.service) and /etc/ec2hub/singleuser.env (root 0600,
+# rewritten on every start). Console: one line per step, "ec2hub-notebook: <step>:"; never a secret.
+# Without systemd as PID 1 the every-start steps run here, then the server in the foreground.
 #
 # OS assumptions: Linux with bash, coreutils, util-linux (mount, setpriv), shadow-utils (useradd);
 # Amazon Linux 2023 or Debian/Ubuntu for installing Python and NFS when the AMI lacks them.

@@ -56,6 +56,12 @@ def test_notebook_runs_once_per_instance_and_systemd_brings_the_server_back(aws,
         pass
     hub.wait_ready(host)
     assert host.wait_for_user_data() == 0, host.logs
+    # The user data (a boothook) ran the bootstrap as a unit of its own, which waits for the network
+    # and not for cloud-init's config and final stages.
+    early = unit_properties(host, "ec2hub-user-data.service")
+    assert (early["LoadState"], early["Result"], early["ExecMainStatus"]) == ("loaded", "success", "0"), early
+    assert "network-online.target" in early["After"].split(), early["After"]
+    assert not {"cloud-config.service", "cloud-final.service"} & set(early["After"].split()), early["After"]
 
     # The hardened unit runs for real, as the user, with its sandboxing in force.
     props = unit_properties(host, UNIT)

@@ -16,6 +16,7 @@ import shlex
 
 import pytest
 
+from infra.userdata import shipped_text
 from sandbox.host import upper_path
 
 from .conftest import (
@@ -40,6 +41,7 @@ export PATH=/usr/local/sbin:$PATH
 exec /bin/bash /var/lib/ec2hub-test/user-data.sh
 """
 SECRET_PREFIX = "/ec2hub/ec2hub-test/servers/"
+FRESH_MARK = "/run/ec2hub/singleuser.env.fresh"  # ec2hub_bootstrap.notebook.FRESH_MARK
 
 
 def boot_with_fake_systemd(host, user_data):
@@ -92,7 +94,7 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
                      "restart ec2hub-singleuser.service ec2hub-activity.service"]
     units = host.upper / "etc/systemd/system"
     for name in ("ec2hub-singleuser.service", "ec2hub-nvidia.service", "ec2hub-activity.service"):
-        assert (units / name).read_bytes() == (REPO / "bootstrap/notebook" / name).read_bytes()
+        assert (units / name).read_text() == shipped_text(f"notebook/{name}")  # the repository's, minus comments
     dropin = (units / "ec2hub-singleuser.service.d/10-user.conf").read_text().splitlines()
     for line in ("User=jupyter-carol", "ReadWritePaths=/home/jupyter-carol", "RequiresMountsFor=/home/jupyter-carol",
                  "WorkingDirectory=/home/jupyter-carol"):
@@ -104,9 +106,12 @@ def test_notebook_installs_hardened_units_and_fstab_entries(aws, make_host):
     bind = (f"fs-0123456789abcdef0:/ /home/jupyter-carol efs _netdev,tls,iam,accesspoint={tags['ec2hub:efs-access-point']}"
             " 0 0")
     assert (host.upper / "etc/fstab").read_text().splitlines().count(bind) == 1
-    # The secret is the unit's business, on each start, not the user data's.
+    # No secret yet (the spawner writes it just after launch): the user data's fetch ahead of the
+    # first start does not wait for it, the unit's every-start step does.
     assert not (host.upper / "etc/ec2hub/singleuser.env").exists()
-    assert "GetParameter" not in host.console_output and "secret" not in host.console_output
+    assert host.exec(["test", "-e", FRESH_MARK]).returncode == 1  # /run: the instance's tmpfs
+    assert "ec2hub-notebook: secret: not there yet (ParameterNotFound): the server's unit waits for it" in host.console_output
+    assert "ERROR" not in host.console_output
 
     # Run again on the same disk (each step is idempotent): nothing to reload or restart, no
     # second fstab line.
@@ -126,9 +131,15 @@ def test_each_start_of_the_notebook_unit_reads_the_current_secret(aws, make_host
     boot_with_fake_systemd(host, NOTEBOOK_USER_DATA)
     env_file = host.upper / "etc/ec2hub/singleuser.env"
 
-    output = run_exec_start_pre(host, "ec2hub-singleuser.service")
+    # The user data fetched it ahead of the server's first start, which uses it without fetching.
     assert 'JUPYTERHUB_API_TOKEN="first-token"' in env_file.read_text()
-    assert "singleuser.env written" in output and "first-token" not in output
+    assert "singleuser.env written" in host.console_output and "first-token" not in host.console_output
+    assert host.exec(["test", "-e", FRESH_MARK]).returncode == 0
+    output = run_exec_start_pre(host, "ec2hub-singleuser.service")
+    assert "fetched by this boot's bootstrap for the server's first start" in output, output
+    assert host.exec(["test", "-e", FRESH_MARK]).returncode == 1
+    # Every later start fetches it: unchanged, the file is too.
+    assert "singleuser.env unchanged" in run_exec_start_pre(host, "ec2hub-singleuser.service")
     # The spawner rewrites the secret before a resume or a reboot: the next start uses it.
     put_secret(aws, iid, "second-token")
     output = run_exec_start_pre(host, "ec2hub-singleuser.service")
@@ -159,7 +170,7 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     # No CloudWatch agent on this image (and no dnf to install it): said once, nothing else done.
     assert "ec2hub-hub: logs: no CloudWatch agent" in host.console_output
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
-    assert installed.read_bytes() == (REPO / "bootstrap/hub/ec2hub-hub.service").read_bytes()
+    assert installed.read_text() == shipped_text("hub/ec2hub-hub.service")  # the repository's, minus comments
     assert_unit_verifies(host, "ec2hub-hub.service", max_exposure=3.5)
 
     etc = host.upper / "etc/ec2hub"
