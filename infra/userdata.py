@@ -36,7 +36,8 @@ ROLES = ("notebook", "hub")
 # Where bootstrap/ goes on the instance (PYTHONPATH of the steps, which import ec2hub_bootstrap).
 INSTANCE_DIR = "/opt/ec2hub/bootstrap"
 PACKAGE = "ec2hub_bootstrap"
-SOURCE_SUFFIXES = {".py", ".sh", ".service"}
+UNIT_SUFFIXES = {".service", ".path"}
+SOURCE_SUFFIXES = {".py", ".sh", *UNIT_SUFFIXES}
 END_OF_FILE = "EC2HUB_END_OF_FILE"
 
 
@@ -141,7 +142,7 @@ def shipped_text(path: Path | str, root: Path = BOOTSTRAP) -> str:
     """The file ``path`` (relative to ``root``) as the user data writes it on the instance."""
     path = Path(path)
     text = (root / path).read_text(encoding="utf-8")
-    if path.suffix == ".service":
+    if path.suffix in UNIT_SUFFIXES:
         return unit_without_comments(text)
     return minified_python(text) if path.parts[0] == PACKAGE and path.suffix == ".py" else text
 

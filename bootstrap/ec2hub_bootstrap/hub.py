@@ -75,6 +75,9 @@ SIGNAL_WAIT_S = 15 * 60
 SETTINGS_FILE = f"{ETC}/settings.json"
 SETTINGS_POLL_S = 15
 WATCH_UNIT_NAME = "ec2hub-settings-watch.service"
+# The hub's own restart requests (a lease takeover; ec2spawner's lease_restart_request).
+RESTART_PATH_UNIT, RESTART_UNIT = "ec2hub-hub-restart.path", "ec2hub-hub-restart.service"
+RESTART_REQUEST = "/var/lib/ec2hub/restart-requested"
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 
@@ -552,19 +555,19 @@ def boot() -> None:
     hub_tags = read_tags(Imds(console).wait(), required=(), who_sets="infra, on the hub instance,")
     ensure_log_shipping(console, "hub", hub_tags.get("ec2hub:hub", ""))
     changed = False
-    for unit in (UNIT_NAME, WATCH_UNIT_NAME):
+    for unit in (UNIT_NAME, WATCH_UNIT_NAME, RESTART_PATH_UNIT, RESTART_UNIT):
         path = f"/etc/systemd/system/{unit}"
         written = write_if_changed(path, (SOURCES / unit).read_text(encoding="utf-8"), 0o644)
         log("files", f"{path} {'written' if written else 'unchanged'}")
         changed = changed or written
     if changed:
         run("service", ["systemctl", "daemon-reload"])
-    run("service", ["systemctl", "enable", UNIT_NAME, WATCH_UNIT_NAME])
+    run("service", ["systemctl", "enable", UNIT_NAME, WATCH_UNIT_NAME, RESTART_PATH_UNIT])
     # restart: a second run of the user data re-applies everything (its ExecStartPre= does);
     # notebooks survive hub restarts (cleanup_servers = False).
     run("service", ["systemctl", "restart", UNIT_NAME])
     log("service", f"{UNIT_NAME} (re)started")
-    run("service", ["systemctl", "restart", WATCH_UNIT_NAME])
+    run("service", ["systemctl", "restart", WATCH_UNIT_NAME, RESTART_PATH_UNIT])
     if not hub_tags.get(SIGNAL_TAG):
         log("signal", f"no {SIGNAL_TAG} tag: no Auto Scaling group waits for this host's signal")
         return

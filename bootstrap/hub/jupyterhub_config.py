@@ -68,6 +68,8 @@ c.ConfigurableHTTPProxy.pid_file = str(STATE / "jupyterhub-proxy.pid")
 # Notebooks run on their own instances: a hub restart must not stop them (also set by apply_settings;
 # restated here because losing it would stop every user's server on each hub restart).
 c.JupyterHub.cleanup_servers = False
+# A hub that takes the hub lease over restarts at once through ec2hub-hub-restart.path (no RestartSec).
+c.EC2Spawner.lease_restart_request = str(STATE / "restart-requested")
 
 # Last: the repository's jupyterhub_config.d/ files (in the settings document), in name order, so
 # they may change anything above (as TLJH's jupyterhub_config.d).

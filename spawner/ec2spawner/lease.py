@@ -76,14 +76,34 @@ def default_holder_id() -> str:
     return _HOLDER_ID
 
 
-def restart_hub_process(previous: str) -> None:
-    """``on_takeover`` of the hub process: SIGTERM to itself, JupyterHub's own clean shutdown
-    (servers keep running: ``cleanup_servers`` is off); its service manager starts it again
-    (ec2hub-hub.service, ``Restart=always``). Nothing outside a running JupyterHub."""
+# How long a hub that asked for its restart waits for its service manager before it ends itself.
+RESTART_REQUEST_WAIT_S = 10.0
+
+
+def restart_hub_process(previous: str, request: str = "") -> None:
+    """``on_takeover`` of the hub process; nothing outside a running JupyterHub.
+
+    With ``request`` (the hub host's ec2hub-hub-restart.path watches that file): create it, and
+    systemd restarts ec2hub-hub.service at once, a clean stop and then the start. Without, if it
+    cannot be written, or if this process still runs ``RESTART_REQUEST_WAIT_S`` later (nothing
+    acted on it): SIGTERM to itself, JupyterHub's own clean shutdown (servers keep running:
+    ``cleanup_servers`` is off), and its service manager starts it again (``Restart=always``,
+    after its ``RestartSec``)."""
     from jupyterhub.app import JupyterHub
 
-    if JupyterHub.initialized():
-        os.kill(os.getpid(), signal.SIGTERM)
+    if not JupyterHub.initialized():
+        return
+    if request:
+        try:
+            Path(request).write_text(f"{previous}\n", encoding="utf-8")
+        except OSError as error:
+            log.warning("ec2hub lease: cannot ask for a restart through %s (%s): ending this process",
+                        request, error)
+        else:
+            log.warning("ec2hub lease: asked for a restart through %s", request)
+            asyncio.get_running_loop().call_later(RESTART_REQUEST_WAIT_S, os.kill, os.getpid(), signal.SIGTERM)
+            return
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class LeaseError(RuntimeError):

@@ -279,6 +279,14 @@ class EC2Spawner(Spawner):
         it (``hubconfig.apply_settings``); off for spawners outside a hub process.""",
     ).tag(config=True)
 
+    lease_restart_request = Unicode(
+        "",
+        help="""A file whose creation makes the hub's service manager restart the hub at once (the
+        hub host's ec2hub-hub-restart.path; the host's config sets it), used by
+        ``lease_restart_on_takeover``. Empty: the hub ends itself and its service manager starts
+        it again after its restart delay (:func:`ec2spawner.lease.restart_hub_process`).""",
+    ).tag(config=True)
+
     lease_wait = Float(
         10.0,
         help="""Most seconds ``start()`` waits for the hub's first answer from the lease table after
@@ -664,7 +672,8 @@ class EC2Spawner(Spawner):
             self.own_aws, table=self.lease_table, hub_id=self.hub_id, holder=self.lease_holder,
             duration=self.lease_duration, renew_interval=self.lease_renew_interval,
             margin=self.lease_margin, logger=self.log,
-            on_takeover=restart_hub_process if self.lease_restart_on_takeover else None,
+            on_takeover=functools.partial(restart_hub_process, request=self.lease_restart_request)
+            if self.lease_restart_on_takeover else None,
         )
 
     async def _may_act(self, what: str) -> bool:

@@ -210,6 +210,23 @@ def test_hub_user_data_starts_a_hub_on_its_database_and_keeps_nothing_on_its_dis
     assert re.search(r"^ec2hub\s+.*jupyterhub -f /etc/ec2hub/jupyterhub_config.py", ps, re.MULTILINE), ps
     wait_until(lambda: "ec2hub culler: checking servers" in host.journal("ec2hub-hub.service"), 60, "the culler")
 
+    # The hub asks for its own restart (as when it takes the hub lease over, ec2spawner.lease):
+    # systemd restarts it at once through ec2hub-hub-restart.path, not through Restart= (which
+    # counts in NRestarts, after its 5 s RestartSec).
+    request = "/var/lib/ec2hub/restart-requested"
+    as_hub = ["setpriv", "--reuid=ec2hub", "--regid=ec2hub", "--clear-groups", "--"]
+    host.exec([*as_hub, "/bin/sh", "-c", f"echo i-0previousholder >{request}"], check=True)
+
+    def main_pid() -> str:
+        return host.exec(["systemctl", "show", "--property=MainPID", "--value", "ec2hub-hub.service"]).stdout.strip()
+
+    wait_until(lambda: main_pid() not in ("", "0", hub_pid), 60, "the hub restarted on its request")
+    wait_until(lambda: _hub_api(network), 90, "the hub after the restart it asked for")
+    assert host.exec(["test", "-e", request]).returncode == 1  # taken
+    restarts = host.exec(["systemctl", "show", "--property=NRestarts", "--value", "ec2hub-hub.service"])
+    assert restarts.stdout.strip() == "0"
+    assert "Finished ec2hub-hub-restart.service" in host.journal("ec2hub-hub-restart.service")
+
     # Stopped and started: cloud-init does not run the user data again (same instance id); the
     # enabled unit's every-start step fetches the same secrets again, and the hub comes back.
     before = {p: (etc / p).read_bytes() for p in ("settings.json", "host.json", "jupyterhub_config.py")}

@@ -163,8 +163,8 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     host = make_host("i-0d00000000000000b", "10.0.1.41", hub_tags(**STATE_SECRETS), efs=False, role="ec2hub-hub")
     host.upper.mkdir(parents=True, exist_ok=True)
     calls = boot_with_fake_systemd(host, HUB_USER_DATA)
-    assert calls == ["daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service",
-                     "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service"]
+    assert calls == ["daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service ec2hub-hub-restart.path",
+                     "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service ec2hub-hub-restart.path"]
     # Launched outside an Auto Scaling group (no ec2hub:cfn-signal tag): no signal is waited for.
     assert "no ec2hub:cfn-signal tag: no Auto Scaling group waits for this host's signal" in host.console_output
     # No CloudWatch agent on this image (and no dnf to install it): said once, nothing else done.
@@ -172,6 +172,9 @@ def test_hub_installs_its_unit_and_each_start_reapplies_settings_and_config(aws,
     installed = host.upper / "etc/systemd/system/ec2hub-hub.service"
     assert installed.read_text() == shipped_text("hub/ec2hub-hub.service")  # the repository's, minus comments
     assert_unit_verifies(host, "ec2hub-hub.service", max_exposure=3.5)
+    assert_unit_verifies(host, "ec2hub-hub-restart.service", max_exposure=10)
+    verify = host.exec(["systemd-analyze", "verify", "--man=no", "/etc/systemd/system/ec2hub-hub-restart.path"])
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
     etc = host.upper / "etc/ec2hub"
     assert not (etc / "settings.json").exists()  # the unit's first start fetches it
@@ -212,8 +215,8 @@ def test_hub_ships_its_journal_to_cloudwatch_when_the_agent_is_there(aws, make_h
     assert calls == [
         "daemon-reload", "enable --now ec2hub-journal-export.service",
         "agent-ctl -a fetch-config -m ec2 -s -c file:/etc/ec2hub/cloudwatch-agent.json",
-        "daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service",
-        "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service",
+        "daemon-reload", "enable ec2hub-hub.service ec2hub-settings-watch.service ec2hub-hub-restart.path",
+        "restart ec2hub-hub.service", "restart ec2hub-settings-watch.service ec2hub-hub-restart.path",
     ]
     config = json.loads((host.upper / "etc/ec2hub/cloudwatch-agent.json").read_text())
     assert config == agent_config("ec2hub-test", "hub")

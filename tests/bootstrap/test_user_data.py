@@ -45,7 +45,8 @@ def test_each_role_gets_its_own_files_and_the_shared_ones():
         "notebook/ec2hub-singleuser.service", "notebook/user-data.sh",
     ])
     assert [str(p) for p in role_files("hub")] == sorted([
-        *shared, "ec2hub_bootstrap/hub.py", "hub/ec2hub-hub.service", "hub/ec2hub-settings-watch.service",
+        *shared, "ec2hub_bootstrap/hub.py", "hub/ec2hub-hub-restart.path", "hub/ec2hub-hub-restart.service",
+        "hub/ec2hub-hub.service", "hub/ec2hub-settings-watch.service",
         "hub/jupyterhub_config.py", "hub/user-data.sh",
     ])
 
@@ -88,7 +89,7 @@ def test_shipped_modules_are_the_repositorys_code_without_docstrings_units_witho
             # The same program: the shipped module's syntax tree is the original's minus its docstrings.
             assert ast.dump(ast.parse(shipped)) == _without_docstrings(ast.parse(original)), path
             assert len(shipped) < len(original) or not original.strip(), path
-        elif path.suffix == ".service":
+        elif path.suffix in (".service", ".path"):
             # The same unit without its comment lines (systemd reads them as nothing).
             kept = [line for line in original.splitlines() if not line.lstrip().startswith(("#", ";"))]
             assert shipped.splitlines() == kept and len(shipped) < len(original), path

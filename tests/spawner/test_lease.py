@@ -195,6 +195,33 @@ async def test_a_hub_that_stood_by_restarts_when_it_takes_over_and_keeps_the_lea
     assert restarts == ["hub-a"]
 
 
+async def test_a_hub_that_takes_over_asks_its_host_for_a_restart_and_ends_itself_if_nothing_acts(tmp_path, monkeypatch):
+    """restart_hub_process, the hub's on_takeover: with the host's request file (a path unit
+    restarts the hub at once) it writes the file and ends nothing; if nothing restarts it, or the
+    file cannot be written, the process ends itself (SIGTERM) and systemd's Restart= starts it."""
+    import os
+    import signal
+
+    from ec2spawner import lease as lease_module
+    from jupyterhub.app import JupyterHub
+
+    killed = []
+    monkeypatch.setattr(JupyterHub, "initialized", classmethod(lambda cls: True))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(lease_module, "RESTART_REQUEST_WAIT_S", 0.2)
+    request = tmp_path / "restart-requested"
+    lease_module.restart_hub_process("hub-a", request=str(request))
+    assert request.read_text() == "hub-a\n" and killed == []  # asked; its service manager acts
+    await until(lambda: killed, 10, "the process to end itself, as nothing restarted it")
+    assert killed == [(os.getpid(), signal.SIGTERM)]
+    killed.clear()
+    lease_module.restart_hub_process("hub-a", request=str(tmp_path / "no-such-directory" / "restart-requested"))
+    assert killed == [(os.getpid(), signal.SIGTERM)]  # could not ask: at once
+    killed.clear()
+    lease_module.restart_hub_process("hub-a")  # no request file configured: at once
+    assert killed == [(os.getpid(), signal.SIGTERM)]
+
+
 async def test_a_hub_restarted_on_its_host_takes_its_lease_back_at_once(
         new_spawner, emu, dynamodb, hub_id, table, tmp_path, monkeypatch):
     """A hub killed (SIGKILL: nothing released) and restarted by systemd on the same host is the
