@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e")]
 from e2e_hub import Hub, SandboxProcess
 
+from infra.userdata import EARLY_UNITS
 from sandbox.emulator import EmulatorClient
 
 HOSTS = Path("/var/tmp/ec2hub-hosts")
@@ -66,8 +67,8 @@ def follow_emulator(client: EmulatorClient, after: int, marks: dict, t0_wall: fl
 # (mark, unit or syslog identifier, text): the first journal entry of each, in this order.
 JOURNAL_MARKS = (
     ("journal_start", "systemd-journald", "Journal started"),
-    ("user_data_start", "ec2hub-user-data", "ec2hub-notebook: start:"),
-    ("user_data_done", "ec2hub-user-data", "ec2hub-notebook: service:"),
+    ("user_data_start", EARLY_UNITS["notebook"], "ec2hub-notebook: start:"),
+    ("user_data_done", EARLY_UNITS["notebook"], "ec2hub-notebook: service:"),
     ("singleuser_up", "ec2hub-singleuser.service", "is running at"),
 )
 

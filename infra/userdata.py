@@ -158,13 +158,12 @@ def assemble_script(role: str, root: Path = BOOTSTRAP) -> bytes:
                         early_unit=EARLY_UNITS.get(role))
 
 
-# The roles whose user data starts early (EARLY_START), and the name of the unit it runs as.
+# The roles whose user data is a cloud-init boothook, and the unit it runs the bootstrap as (its
+# journal identifier: the name without ".service"). cloud-init runs a boothook in its network stage,
+# on every boot, with INSTANCE_ID set; this one acts once per instance id, and the unit starts at
+# sysinit.target, beside cloud-init's config and final stages (docs/ARCHITECTURE.md §10).
 EARLY_UNITS = {"notebook": "ec2hub-user-data.service"}
 
-# A cloud-init boothook ("#cloud-boothook") runs in cloud-init's network stage, on every boot, with
-# INSTANCE_ID set. This one acts once per instance id (as a user-data script would run) and hands
-# the bootstrap to systemd as a unit, which starts at sysinit.target (after that stage), beside
-# cloud-init's config and final stages rather than after them (docs/ARCHITECTURE.md §10).
 EARLY_START = """\
 # A boothook: cloud-init runs it early on every boot. Once per instance id it runs the bootstrap as
 # {unit} (docs/ARCHITECTURE.md §10); run otherwise (no INSTANCE_ID), it runs it here."""
@@ -184,7 +183,7 @@ if [[ -n "${{INSTANCE_ID:-}}" && -d /run/systemd/system ]]; then
   # After=, Before= as cloud-final.service's
   exec systemd-run --no-block --quiet --unit={unit} --description='{title}' -p Type=oneshot \\
     -p RemainAfterExit=yes -p Wants=network-online.target -p After=network-online.target \\
-    -p Before=apt-daily.service -p StandardOutput=journal+console -p SyslogIdentifier=ec2hub-user-data \\
+    -p Before=apt-daily.service -p StandardOutput=journal+console -p SyslogIdentifier={ident} \\
     /bin/bash {run}
 fi"""
 
@@ -248,7 +247,8 @@ def files_script(
         lines += [f"cat >\"$dir.new\"/{shlex.quote(str(path))} <<'{END_OF_FILE}'", text + END_OF_FILE]
     lines += ['rm -rf "$dir"', 'mv "$dir.new" "$dir"']
     if early_unit:
-        lines += EARLY_RUN.format(unit=early_unit, title=title, run=run).splitlines()
+        lines += EARLY_RUN.format(unit=early_unit, ident=early_unit.removesuffix(".service"), title=title,
+                                  run=run).splitlines()
     lines.append(f"exec /bin/bash {run}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 

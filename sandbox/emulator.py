@@ -210,7 +210,6 @@ class Emulator:
     # transaction snapshots whole tables with deepcopy and restores them on any error, so a
     # concurrent writer's update is lost). Its calls take turns here, as DynamoDB's would appear.
     _dynamodb_turn: threading.Lock = field(default_factory=threading.Lock)
-    default_account: str | None = None  # the account of keys moto never issued (None: moto's default)
     trail: list[dict] = field(default_factory=list)  # calls that may change something, in order
 
     @property
@@ -328,14 +327,13 @@ class Emulator:
         with self._lock:
             self.calls[action] = self.calls.get(action, 0) + 1
 
-    def record(self, action: str, environ: dict, body: bytes) -> None:
+    def record(self, action: str, environ: dict, form: dict[str, list[str]]) -> None:
         """Add a call to the trail unless it only reads: who (the access key id it was signed
-        with), what, and the instance ids it names (EC2's ``InstanceId.N``, Auto Scaling's
+        with), what, and the instance ids its form names (EC2's ``InstanceId.N``, Auto Scaling's
         ``InstanceId``)."""
         if action.startswith(_READ_ONLY_PREFIXES):
             return
         key = _ACCESS_KEY.search(environ.get("HTTP_AUTHORIZATION", ""))
-        form = parse_qs(body.decode("utf-8", errors="replace")) if not environ.get("HTTP_X_AMZ_TARGET") else {}
         ids = sorted(v for k, values in form.items() if k == "InstanceId" or k.startswith("InstanceId.")
                      for v in values)
         with self._lock:
@@ -882,14 +880,19 @@ def _patch_efs() -> None:
 DYNAMODB_TARGET = "DynamoDB_20120810."  # the X-Amz-Target prefix of DynamoDB's API
 
 
-def _action(environ: dict, body: bytes) -> str:
-    """The API action of a request: JSON protocols (SSM) name it in X-Amz-Target, query
-    protocols (EC2, STS) in the form field Action."""
+def _form(environ: dict, body: bytes) -> dict[str, list[str]]:
+    """A query-protocol request's form fields (EC2, STS, Auto Scaling); {} for a JSON protocol's
+    (SSM, DynamoDB: X-Amz-Target names the action)."""
+    return {} if environ.get("HTTP_X_AMZ_TARGET") else parse_qs(body.decode("utf-8", errors="replace"))
+
+
+def _action(environ: dict, form: dict[str, list[str]]) -> str:
+    """The API action of a request: JSON protocols name it in X-Amz-Target, query protocols in the
+    form field Action (of the body, or of the query string)."""
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         return target.rsplit(".", 1)[-1]
-    query = parse_qs(body.decode("utf-8", errors="replace")) or parse_qs(environ.get("QUERY_STRING", ""))
-    return query.get("Action", ["?"])[0]
+    return (form or parse_qs(environ.get("QUERY_STRING", ""))).get("Action", ["?"])[0]
 
 
 def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
@@ -905,7 +908,8 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
-        action = _action(environ, body)
+        form = _form(environ, body)
+        action = _action(environ, form)
         emulator.count_call(action)
         try:
             if emulator.in_outage:
@@ -918,7 +922,7 @@ def _control_app(emulator: Emulator, moto_app: Callable) -> Callable:
             with contextlib.suppress(OSError):
                 environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             raise
-        emulator.record(action, environ, body)  # it reaches AWS (CloudTrail records no dropped call)
+        emulator.record(action, environ, form)  # it reaches AWS (CloudTrail records no dropped call)
         if action == "SignalResource":
             return signal_resource(body, start_response)
         if environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET):
@@ -1024,7 +1028,7 @@ def start_emulator(
 
     _install_patches()
     emulator = Emulator(host=host, port=port, pending_s=pending_s, stopping_s=stopping_s,
-                        shutting_down_s=shutting_down_s, default_account=default_account)
+                        shutting_down_s=shutting_down_s)
     _use_default_account(default_account)
 
     class _QuietHandler(MotoRequestHandler):

@@ -88,8 +88,6 @@ CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unifi
 NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 NSPAWN_REBOOT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 STOP_GRACE_S = 30.0
-# The unit a boothook user data runs the bootstrap as (infra/userdata.py, EARLY_UNITS).
-EARLY_USER_DATA_UNIT = "ec2hub-user-data.service"
 # Enabled on this kind of machine, no part of an instance image: they would start in every instance
 # on a copy of the machine's data (a database) or wake up to run apt.
 MASKED_UNITS = (
@@ -738,7 +736,7 @@ class IsolatedHost:
 
     def wait_for_user_data(self, timeout: float = 90) -> int:
         """Wait until this boot's cloud-init is done, and the user data with it (a boothook's unit,
-        :data:`EARLY_USER_DATA_UNIT`, may end after cloud-init); the user data's exit status."""
+        infra.userdata's EARLY_UNITS, may end after cloud-init); the user data's exit status."""
         deadline = time.monotonic() + timeout
         self.wait_for_boot(timeout)
         while (status := self.user_data_exit_status) is None:
@@ -767,13 +765,17 @@ class IsolatedHost:
         """The exit status of the user data's last run (None: it never ran, or has not ended): of
         the unit a boothook user data runs it as, where the journal has that unit, else of the
         script cloud-init's final stage ran."""
-        unit = self.journal(unit=EARLY_USER_DATA_UNIT)
+        # Imported here: infra's config models take 0.25 s to import.
+        from infra.userdata import EARLY_UNITS
+
+        early = EARLY_UNITS["notebook"]
+        unit = self.journal(unit=early)
         if unit:
-            last = unit[unit.rfind(f"Starting {EARLY_USER_DATA_UNIT}"):]
+            last = unit[unit.rfind(f"Starting {early}"):]
             exited = re.search(r"Main process exited, code=(exited|killed|dumped), status=(\d+)", last)
             if exited:
                 return int(exited.group(2)) + (0 if exited.group(1) == "exited" else 128)
-            return 0 if f"Finished {EARLY_USER_DATA_UNIT}" in last else None
+            return 0 if f"Finished {early}" in last else None
         try:
             log = (self.upper / "var/log/cloud-init.log").read_text(errors="replace")
         except FileNotFoundError:

@@ -77,7 +77,6 @@ SETTINGS_POLL_S = 15
 WATCH_UNIT_NAME = "ec2hub-settings-watch.service"
 # The hub's own restart requests (a lease takeover; ec2spawner's lease_restart_request).
 RESTART_PATH_UNIT, RESTART_UNIT = "ec2hub-hub-restart.path", "ec2hub-hub-restart.service"
-RESTART_REQUEST = "/var/lib/ec2hub/restart-requested"
 # The unit and config, as the user data wrote them next to this module.
 SOURCES = Path(__file__).resolve().parent.parent / "hub"
 

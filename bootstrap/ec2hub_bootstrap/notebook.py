@@ -283,15 +283,15 @@ def exec_foreground(user: pwd.struct_passwd, home: str) -> None:
 
 def boot() -> None:
     """Once per instance (the user data)."""
-    if systemd_is_pid1():  # importing boto3 is most of the secret's fetch below: it begins now
+    booted = systemd_is_pid1()
+    if booted:  # importing boto3 is most of the secret's fetch below: it begins now
         threading.Thread(target=importlib.import_module, args=("boto3",), daemon=True).start()
     instance_id, region, tags = instance_facts()
     name = unix_name(tags["ec2hub:user"])
     log("tags", f"hub {shown(tags.get('ec2hub:hub', ''))} user {shown(tags['ec2hub:user'])} "
         f"server {shown(tags.get('ec2hub:server', ''))} class {shown(tags.get('ec2hub:class', ''))} "
         f"-> unix user {name}")
-    prefetch = None
-    if systemd_is_pid1():
+    if booted:
         # The first start's secret, fetched beside the steps below rather than after them in the
         # unit's prestart (boto3's client alone is about 0.5 s of CPU; the spawner wrote the secret
         # just after launch).
@@ -300,7 +300,7 @@ def boot() -> None:
     on_efs = ensure_efs(tags, "/home/" + name)
     user = ensure_user(name, "/home/" + name)
     home = ensure_home(user, on_efs)
-    if prefetch is not None:
+    if booted:
         ensure_log_shipping(console, "notebook", tags.get("ec2hub:hub", ""))  # before the server starts
         prefetch.join()
         start_service(user, home)

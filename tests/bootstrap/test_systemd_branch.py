@@ -15,6 +15,7 @@ import re
 import shlex
 
 import pytest
+from ec2hub_bootstrap.notebook import FRESH_MARK
 
 from infra.userdata import shipped_text
 from sandbox.host import upper_path
@@ -41,7 +42,6 @@ export PATH=/usr/local/sbin:$PATH
 exec /bin/bash /var/lib/ec2hub-test/user-data.sh
 """
 SECRET_PREFIX = "/ec2hub/ec2hub-test/servers/"
-FRESH_MARK = "/run/ec2hub/singleuser.env.fresh"  # ec2hub_bootstrap.notebook.FRESH_MARK
 
 
 def boot_with_fake_systemd(host, user_data):

@@ -98,40 +98,61 @@ def test_instance_calls_take_turns_in_moto(emu, ec2, subnet, monkeypatch):
     lost a spawn). Other services do not wait for it."""
     import boto3
 
-    inside, let_go = threading.Event(), threading.Event()
-    before = emu.before_run_instances
+    from sandbox import emulator as emulator_module
+
+    inside, let_go, settled = threading.Event(), threading.Event(), threading.Event()
+    launching: list[threading.Thread] = []  # the request thread of the held RunInstances
+    waited: list[bool] = []  # another request asked for the turn meanwhile: was it taken (it waits)?
+    before, turn = emu.before_run_instances, emulator_module._INSTANCES_TURN
 
     def slow_before(backend, kwargs):  # inside moto's RunInstances, as its own work would be
         if kwargs.get("client_token") == "turns-token-1":
+            launching.append(threading.current_thread())
             inside.set()
             assert let_go.wait(30)
         return before(backend, kwargs)
 
+    class WatchedTurn:
+        """The emulator's turn, telling when another request asks for it while the launch is inside."""
+
+        def __enter__(self):
+            if inside.is_set() and not let_go.is_set() and threading.current_thread() not in launching:
+                free = turn.acquire(blocking=False)
+                if free:
+                    turn.release()
+                waited.append(not free)
+                settled.set()
+            return turn.__enter__()
+
+        def __exit__(self, *exc):
+            return turn.__exit__(*exc)
+
     monkeypatch.setattr(emu, "before_run_instances", slow_before)
+    monkeypatch.setattr(emulator_module, "_INSTANCES_TURN", WatchedTurn())
     done: dict[str, object] = {}
+
+    def describe():
+        done["describe"] = ec2.describe_instances()
+        settled.set()
+
     launch = threading.Thread(target=lambda: done.setdefault("run", run(ec2, subnet, ClientToken="turns-token-1")))
     launch.start()
+    reader = threading.Thread(target=describe)
     try:
         assert inside.wait(30)
         # Another service meanwhile: answered (the hub's lease renewals must not wait for EC2).
         ssm = boto3.client("ssm", endpoint_url=emu.endpoint_url, region_name="us-east-1")
         ssm.put_parameter(Name="/turns/other-service", Value="answered", Type="String", Overwrite=True)
-        described = emu.calls.get("DescribeInstances", 0)
-        reader = threading.Thread(target=lambda: done.setdefault("describe", ec2.describe_instances()))
         reader.start()
-        deadline = time.monotonic() + 30
-        while emu.calls.get("DescribeInstances", 0) == described:  # it reached the emulator
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        reader.join(0.5)
-        assert "describe" not in done, "a DescribeInstances ran inside moto beside a RunInstances"
+        # Either the describe asks for the turn (and waits there), or it ran beside the launch.
+        assert settled.wait(30)
+        assert "describe" not in done and waited == [True], "a DescribeInstances ran inside moto beside a RunInstances"
     finally:
         let_go.set()
     launch.join(30)
     reader.join(30)
     ids = [i["InstanceId"] for r in done["describe"]["Reservations"] for i in r["Instances"]]
     assert done["run"]["InstanceId"] in ids  # it waited for the launch, and then saw it
-
 
 
 def test_capacity_and_throttle_faults_over_http(emu, ec2, subnet):
