@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -274,9 +275,12 @@ class Sandbox:
         return template["LatestVersionNumber"]
 
     def write_env(self) -> None:
-        fd = os.open(ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """env.json, root only, replaced whole: the keeper rewrites it while `python -m sandbox
+        deploy`, the tests and the benchmarks read it (a truncate-then-write showed them an empty file)."""
+        fd, partial = tempfile.mkstemp(dir=ENV_FILE.parent, prefix=".env.json.")  # 0600
         with os.fdopen(fd, "w") as out:
             json.dump(self.env, out, indent=2)
+        os.replace(partial, ENV_FILE)
 
     def start_database(self) -> tuple[str, int, str]:
         """The stack's RDS instance, played by a real PostgreSQL server; its secrets, made here.
